@@ -1,0 +1,272 @@
+"""The ``ipg`` command line.
+
+    ipg organism data  [--out DIR]          deterministic support / eval splits as JSONL
+    ipg organism train [--out DIR]          reproduce the shipped checkpoint (fixed seed, ~10 min on 2 cores)
+    ipg organism eval  [--model M] [--json] greedy accuracy, sampled disagreement, length on the eval split
+    ipg eval --model M --data FILE          accuracy@1 and mean length of any HF causal LM on a JSONL file
+    ipg attribute --model M --signal S --layers L.. --out DIR   IPG scores.parquet + run.json
+    ipg sae train --model M --layer L --out FILE                 a TopK SAE on a block's outputs
+
+Bad input (files, model paths, values) prints one ``error:`` line naming the field and exits with 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ipg.errors import InputError
+
+
+def _organism_data(args) -> None:
+    from ipg.data import write_jsonl
+    from ipg.organism.card import splits
+
+    for name, examples in splits(args.seed, args.n_support, args.n_eval).items():
+        path = write_jsonl(Path(args.out) / f"{name}.jsonl", examples)
+        print(f"wrote {len(examples)} examples to {path}")
+
+
+def _organism_train(args) -> None:
+    from ipg.models import load_model
+    from ipg.organism.card import evaluate_organism, write_card
+    from ipg.organism.train import TrainConfig, train
+
+    out = train(Path(args.out), TrainConfig(seed=args.seed, steps=args.steps))
+    model, tokenizer = load_model(str(out))
+    result = evaluate_organism(model, tokenizer)
+    print(result.table())
+    print(f"model card: {write_card(out, result)}")
+
+
+def _organism_eval(args) -> None:
+    from ipg.data import load_examples
+    from ipg.models import load_model
+    from ipg.organism.card import evaluate_organism
+
+    model, tokenizer = load_model(args.model)
+    examples = load_examples(args.data, required=("prompt", "answer")) if args.data else None
+    result = evaluate_organism(model, tokenizer, examples)
+    print(json.dumps(result.as_dict(), indent=2) if args.json else result.table())
+
+
+def _eval(args) -> None:
+    from ipg.data import load_examples
+    from ipg.evaluation import evaluate, format_table
+    from ipg.generation import SamplingParams
+    from ipg.models import load_model
+
+    params = SamplingParams(n=args.n, greedy=args.temperature == 0, temperature=args.temperature or 1.0,
+                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    examples = load_examples(args.data, required=("prompt", "answer"))
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
+                                  trust_remote_code=args.trust_remote_code)
+    summary = evaluate(model, tokenizer, examples, params, batch_size=args.batch_size)
+    print(json.dumps(summary.as_dict(), indent=2) if args.json else format_table({args.model: summary}))
+
+
+def _examples_for(args, required):
+    from ipg.data import load_examples
+    from ipg.organism.card import splits
+
+    if args.data:
+        return load_examples(args.data, required=required)
+    if args.model != "organism":
+        raise InputError("--data: required unless --model is 'organism' (whose support split is the default)")
+    return splits()["support"][: args.limit] if getattr(args, "limit", None) else splits()["support"]
+
+
+def _signal_params(pairs: list[str]) -> dict:
+    import yaml
+
+    out = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise InputError(f"--signal-param: '{pair}' must be KEY=VALUE (VALUE parsed as YAML, e.g. sign=-1)")
+        key, value = pair.split("=", 1)
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def _attribute(args) -> None:
+    import time
+    import uuid
+
+    from ipg.attribution import attribute
+    from ipg.files import atomic_write_json
+    from ipg.models import load_model, model_fingerprint
+    from ipg.provenance import versions
+    from ipg.sae import TopKSAE
+    from ipg.scores import select, write_scores
+
+    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+    saes = {}
+    for path in args.sae or []:
+        sae = TopKSAE.load(path)
+        saes[sae.layer] = sae
+    signal_params = _signal_params(args.signal_param)
+    required = ("prompt", "answer") if args.signal == "accuracy" else ("prompt",)
+    examples = _examples_for(args, required)
+    settings = dict(layers=args.layers, kind=args.kind, n_samples=args.n_samples, q=args.q, schedule=args.schedule,
+                    baseline=args.baseline, advantage=args.advantage, method=args.method, resample=args.resample,
+                    positions=args.positions, temperature=args.temperature, top_p=args.top_p,
+                    max_new_tokens=args.max_new_tokens, seed=args.seed, batch_tokens=args.batch_tokens,
+                    completeness=not args.no_completeness)
+    run_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else None
+    res = attribute(model, tokenizer, examples, signal=args.signal, signal_params=signal_params, saes=saes,
+                    run_id=run_id, log=log, **settings)
+    out = Path(args.out)
+    write_scores(out / "scores.parquet", res.table)
+    run = {"run_id": run_id, "command": "attribute", "model": model_fingerprint(model), "signal": args.signal,
+           "signal_params": signal_params, "data": args.data or "organism support split",
+           "n_examples": len(examples), "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in res.config.__dict__.items()},
+           "saes": args.sae or [], "diagnostics": res.diagnostics, "versions": versions()}
+    atomic_write_json(out / "run.json", run)
+    print(f"wrote {out / 'scores.parquet'} ({res.table.num_rows} components) and {out / 'run.json'}")
+    print(f"{res.diagnostics['seconds_per_prompt']:.3f} s per prompt; mean reward {res.diagnostics['mean_reward']:.3f}; "
+          f"{res.diagnostics['mixed_groups']}/{len(examples)} groups with varying rewards")
+    for layer in res.config.layers:
+        d = res.diagnostics["sites"][f"layers.{layer}.{res.config.kind}"]
+        top = select(res.table, min(args.show, res.table.num_rows), layer=layer, kind=res.config.kind)
+        scores = res.scores(layer)
+        gap = f"; J(0) {d['J_alpha0']:.3f} J({d['alpha_min']:.3g}) {d['J_alpha_min']:.3f} J(1) {d['J_alpha1']:.3f}" if "J_alpha0" in d else ""
+        print(f"layers.{layer}.{res.config.kind}: sum of scores {d['sum_scores']:.4f}{gap}")
+        print("  top: " + ", ".join(f"{c.index} ({scores[c.index]:+.4f})" for c in top))
+
+
+def _sae_train(args) -> None:
+    import random
+
+    from ipg.files import atomic_write_json
+    from ipg.models import load_model, model_fingerprint
+    from ipg.organism import task
+    from ipg.organism.card import splits
+    from ipg.sae import collect_activations, train_sae
+
+    model, tokenizer = load_model(args.model, dtype="float32", device=args.device)
+    if args.data:
+        from ipg.data import load_examples
+
+        examples = load_examples(args.data)[: args.prompts]
+    elif args.model == "organism":  # fresh teacher prompts, never the support/eval splits
+        held = {ex["prompt"] for split in splits().values() for ex in split}
+        rng, examples = random.Random(f"sae-{args.seed}"), []
+        while len(examples) < args.prompts:
+            p = task.sample_problem(rng)
+            if p.prompt not in held:
+                examples.append(task.to_example(p))
+                held.add(p.prompt)
+    else:
+        raise InputError("--data: required unless --model is 'organism'")
+    from ipg.components import Site, check_site
+
+    check_site(model, Site(args.layer, "residual"))
+    acts = collect_activations(model, tokenizer, examples, args.layer, n_samples=args.samples, seed=args.seed)
+    sae, stats = train_sae(acts, args.features, args.k, steps=args.steps, seed=args.seed, layer=args.layer,
+                           model=model_fingerprint(model))
+    path = sae.save(args.out)
+    atomic_write_json(Path(args.out).with_suffix(".json"), {"layer": args.layer, "model": model_fingerprint(model), **stats})
+    print(f"wrote {path}: {stats}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ipg", description="Integrated Policy Gradient: attribute and steer LLM reasoning.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    organism = sub.add_parser("organism", help="the bundled model organism").add_subparsers(dest="action", required=True)
+    p = organism.add_parser("data", help="write support.jsonl and eval.jsonl")
+    p.add_argument("--out", default="data/organism")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--n-support", type=int, default=256)
+    p.add_argument("--n-eval", type=int, default=500)
+    p.set_defaults(run=_organism_data)
+    p = organism.add_parser("train", help="train the organism from a fixed seed and write its model card")
+    p.add_argument("--out", default="runs/organism-checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=1800)
+    p.set_defaults(run=_organism_train)
+    p = organism.add_parser("eval", help="greedy accuracy, sampled disagreement and length on the eval split")
+    p.add_argument("--model", default="organism", help="checkpoint directory (default: the shipped organism)")
+    p.add_argument("--data", help="JSONL of examples with prompt and answer (default: the organism eval split)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=_organism_eval)
+
+    p = sub.add_parser("attribute", help="IPG attribution: scores.parquet and run.json in --out")
+    p.add_argument("--model", default="organism", help="local path, Hugging Face hub id, or 'organism'")
+    p.add_argument("--data", help="examples (JSONL/Parquet; default for the organism: its support split)")
+    p.add_argument("--limit", type=int, help="use only the first N examples of the organism's support split")
+    p.add_argument("--signal", default="accuracy", help="accuracy | length | reflection | reward_model")
+    p.add_argument("--signal-param", action="append", metavar="KEY=VALUE", help="signal parameter (repeatable)")
+    p.add_argument("--layers", type=int, nargs="+", required=True)
+    p.add_argument("--kind", default="residual", help="residual | mlp | sae")
+    p.add_argument("--sae", action="append", help="TopK SAE file (safetensors) for kind sae (repeatable)")
+    p.add_argument("--n-samples", type=int, default=5)
+    p.add_argument("--q", type=int, default=10)
+    p.add_argument("--schedule", default="uniform", help="uniform | gauss_legendre | geometric")
+    p.add_argument("--baseline", default="zero", help="zero | mean")
+    p.add_argument("--advantage", default="grpo", help="grpo | mean | rloo | none")
+    p.add_argument("--method", default="ipg", help="ipg | pg")
+    p.add_argument("--resample", action="store_true", help="fresh on-policy samples at every alpha (q x rollouts)")
+    p.add_argument("--positions", default="generated", help="generated | all")
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--top-p", type=float, default=0.8)
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-tokens", type=int, default=8192, help="micro-batch budget: rows x tokens")
+    p.add_argument("--no-completeness", action="store_true", help="skip the J(0)/J(alpha_min) rollouts")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--run-id")
+    p.add_argument("--show", type=int, default=8, help="top components to print per layer")
+    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_attribute)
+
+    sae = sub.add_parser("sae", help="sparse autoencoders").add_subparsers(dest="action", required=True)
+    p = sae.add_parser("train", help="train a TopK SAE on a block's outputs over sampled completions")
+    p.add_argument("--model", default="organism")
+    p.add_argument("--data", help="prompts (default for the organism: fresh task prompts)")
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--features", type=int, default=512)
+    p.add_argument("--k", type=int, default=16)
+    p.add_argument("--prompts", type=int, default=600)
+    p.add_argument("--samples", type=int, default=4, help="samples per prompt")
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=_sae_train)
+
+    p = sub.add_parser("eval", help="accuracy@1 and mean length of a causal LM on a JSONL/Parquet file")
+    p.add_argument("--model", required=True, help="local path, Hugging Face hub id, or 'organism'")
+    p.add_argument("--data", required=True, help="examples with 'prompt' and 'answer'")
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--trust-remote-code", action="store_true")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=_eval)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

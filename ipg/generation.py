@@ -1,0 +1,136 @@
+"""Batched generation (left padding, KV cache), greedy or sampled, with per-token log-probabilities.
+
+Sampling draws each trajectory's tokens from its own generator seeded by (seed, example id, sample
+index), so a prompt's samples do not depend on the batch size, on which other prompts share its batch,
+or on how prompts are sharded across workers. Log-probabilities are those of the unmodified policy
+(temperature 1, no top-p): the ``log pi(a_t | s_t)`` of the policy gradient.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+from ipg.errors import InputError
+
+
+@dataclass
+class Sample:
+    """One generated trajectory. ``completion_ids`` exclude the prompt and stop after EOS (EOS kept)."""
+
+    example_id: str
+    sample_index: int
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    text: str  # decoded completion, EOS and padding removed
+    logprobs: list[float] = field(default_factory=list)  # one per completion token
+    finished: bool = True  # False when max_new_tokens cut it off before EOS
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.completion_ids)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    greedy: bool = True
+    temperature: float = 0.6
+    top_p: float = 0.8
+    max_new_tokens: int = 128
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.n < 1:
+            raise InputError(f"sampling.n: must be >= 1, got {self.n}")
+        if not self.greedy and not self.temperature > 0:
+            raise InputError(f"sampling.temperature: must be > 0 for sampling, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise InputError(f"sampling.top_p: must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise InputError(f"sampling.max_new_tokens: must be >= 1, got {self.max_new_tokens}")
+
+
+def sample_seed(seed: int, example_id: str, sample_index: int) -> int:
+    digest = hashlib.sha256(f"{seed}/{example_id}/{sample_index}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def _pick(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator]) -> torch.Tensor:
+    """Next token per row from raw logits (B, V): argmax, or temperature + nucleus sampling."""
+    if params.greedy:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits / params.temperature, dim=-1)  # (B, V)
+    if params.top_p < 1.0:
+        sorted_p, order = probs.sort(-1, descending=True)
+        # keep the smallest prefix whose mass reaches top_p (the first token is always kept)
+        drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
+        sorted_p = sorted_p.masked_fill(drop, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
+
+
+@torch.no_grad()
+def generate(
+    model,
+    tokenizer,
+    examples: list[dict],
+    params: SamplingParams = SamplingParams(),
+    *,
+    batch_size: int = 64,
+) -> list[list[Sample]]:
+    """Generate ``params.n`` completions for each example (dict with ``id`` and ``prompt``).
+
+    Returns one list of ``n`` samples per example, in input order. ``batch_size`` counts rows
+    (prompts x samples) per forward pass.
+    """
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    ids = [ex["id"] for ex in examples]
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InputError(f"examples: duplicate id '{dup}'; samples are keyed and seeded by id, so ids must be unique")
+    rows = [(ex, j) for ex in examples for j in range(params.n)]
+    prompt_ids = {ex["id"]: tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"] for ex in examples}
+    out: dict[tuple[str, int], Sample] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start : start + batch_size]
+        prompts = [prompt_ids[ex["id"]] for ex, _ in chunk]
+        width = max(len(p) for p in prompts)
+        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, L)
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, L)
+        generators = [torch.Generator().manual_seed(sample_seed(params.seed, ex["id"], j)) for ex, j in chunk]
+        completions = _decode_loop(model, ids, mask, params, generators, eos)
+        for (ex, j), p, (toks, lps, done) in zip(chunk, prompts, completions):
+            text = tokenizer.decode([t for t in toks if t != eos], skip_special_tokens=True)
+            out[(ex["id"], j)] = Sample(ex["id"], j, p, toks, text, lps, done)
+    return [[out[(ex["id"], j)] for j in range(params.n)] for ex in examples]
+
+
+def _decode_loop(model, ids, mask, params, generators, eos):
+    """KV-cached decode of a left-padded batch; returns (token ids, logprobs, finished) per row."""
+    batch = ids.shape[0]
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): left padding does not shift positions
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    cache = out.past_key_values
+    logits = out.logits[:, -1].float()  # (B, V)
+    tokens: list[list[int]] = [[] for _ in range(batch)]
+    logprobs: list[list[float]] = [[] for _ in range(batch)]
+    done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
+    next_pos = positions[:, -1:] + 1  # (B, 1)
+    for _ in range(params.max_new_tokens):
+        nxt = _pick(logits, params, generators)  # (B,)
+        lp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]  # (B,)
+        for i in torch.nonzero(~done).flatten().tolist():
+            tokens[i].append(int(nxt[i]))
+            logprobs[i].append(float(lp[i]))
+        done |= nxt == eos
+        if bool(done.all()):
+            break
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
+        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        cache, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), next_pos + 1
+    return [(tokens[i], logprobs[i], bool(done[i])) for i in range(batch)]

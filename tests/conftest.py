@@ -1,0 +1,29 @@
+"""Shared fixtures: the shipped organism (loaded once per session) and a tiny random Qwen2."""
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="session")
+def organism():
+    from ipg.models import load_model
+
+    torch.set_num_threads(2)
+    return load_model("organism")
+
+
+@pytest.fixture(scope="session")
+def tiny_random():
+    """A random 2-layer Qwen2 with the organism's tokenizer: for shape/plumbing tests, no training."""
+    from transformers import Qwen2ForCausalLM
+
+    from ipg.organism.tokenizer import build_tokenizer
+    from ipg.organism.train import TrainConfig, model_config
+
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    cfg = model_config(TrainConfig(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128),
+                       len(tok), tok.pad_token_id, tok.eos_token_id)
+    model = Qwen2ForCausalLM(cfg).eval()
+    model.requires_grad_(False)
+    return model, tok
