@@ -1,0 +1,431 @@
+"""Integrated Policy Gradient attribution in one process (method.md, sections 2 and 6).
+
+For a prompt x with N trajectories, each with advantage A_n, and a site with activations h (its
+decision positions P), baseline h' and schedule {(alpha_k, w_k)}:
+
+    IPG(i; x) = sum_k w_k (1/N) sum_n sum_{t in P} (h_ti - h'_ti) g^(n,k)_ti
+    g^(n,k)   = d/dx [ A_n sum_{t generated} log pi(a_t | s_t) ]  at x = h' + alpha_k (h - h') on P
+
+Full autograd from the site to every later token. The blocks below the site are run once per
+trajectory (capture pass) and replaced by stand-ins that emit the interpolated tensor, so each
+(alpha, trajectory) row costs a forward/backward of the blocks from the site up only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from ipg.advantages import ADVANTAGES, advantages
+from ipg.components import POSITIONS, Site, capture, check_site, decoder_layers, edit
+from ipg.errors import InputError
+from ipg.generation import Sample, SamplingParams, generate
+from ipg.paths import BASELINES, SCHEDULES, schedule
+from ipg.scores import PartialScores
+from ipg.signals import Signal, make_signal
+
+
+@dataclass(frozen=True)
+class AttributionConfig:
+    """Settings of one attribution; validated on construction (errors name the field)."""
+
+    layers: tuple[int, ...] = (1,)
+    kind: str = "residual"
+    n_samples: int = 5
+    q: int = 10
+    schedule: str = "uniform"
+    baseline: str = "zero"
+    advantage: str = "grpo"
+    method: str = "ipg"
+    resample: bool = False
+    positions: str = "generated"
+    temperature: float = 0.6
+    top_p: float = 0.8
+    max_new_tokens: int = 128
+    seed: int = 0
+    policy_temperature: float = 1.0  # log pi of the gradient: the model's own policy (the paper's)
+    batch_tokens: int = 8192  # micro-batch budget: rows x padded length per forward/backward
+    generation_batch_size: int = 64
+    completeness: bool = True
+
+    def __post_init__(self):
+        checks = [
+            ("kind", self.kind in ("residual", "mlp", "sae"), "one of ['residual', 'mlp', 'sae']"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
+            ("baseline", self.baseline in BASELINES, f"one of {list(BASELINES)}"),
+            ("advantage", self.advantage in ADVANTAGES, f"one of {list(ADVANTAGES)}"),
+            ("method", self.method in ("ipg", "pg"), "'ipg' or 'pg'"),
+            ("positions", self.positions in POSITIONS, f"one of {list(POSITIONS)}"),
+            ("n_samples", self.n_samples >= 1, "an integer >= 1"),
+            ("q", self.q >= 1, "an integer >= 1"),
+            ("layers", len(self.layers) > 0 and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices"),
+            ("policy_temperature", self.policy_temperature > 0, "> 0"),
+            ("batch_tokens", self.batch_tokens >= 1, "an integer >= 1"),
+        ]
+        for name, ok, want in checks:
+            if not ok:
+                raise InputError(f"{name}: got {getattr(self, name)!r}; must be {want}")
+        self.sampling()  # validates temperature, top_p, max_new_tokens
+
+    def sampling(self, seed: int | None = None) -> SamplingParams:
+        return SamplingParams(n=self.n_samples, greedy=False, temperature=self.temperature, top_p=self.top_p,
+                              max_new_tokens=self.max_new_tokens, seed=self.seed if seed is None else seed)
+
+    @property
+    def alphas(self) -> list[tuple[float, float]]:
+        return schedule(self.schedule, self.q, self.method)
+
+
+@dataclass
+class Rollout:
+    """One prompt's group of trajectories, scored."""
+
+    example: dict
+    samples: list[Sample]
+    rewards: list[float]
+    advantages: list[float]
+
+
+def _alpha_seed(seed: int, alpha: float) -> int:
+    """Sampling seed at a path point: alpha = 1 uses the run seed; other points get their own draws."""
+    if alpha == 1.0:
+        return seed
+    return int.from_bytes(hashlib.sha256(f"{seed}/alpha/{alpha!r}".encode()).digest()[:7], "little")
+
+
+def _interpolation(baseline: torch.Tensor, alpha: float):
+    return lambda h: baseline.to(h.dtype) + alpha * (h - baseline.to(h.dtype))
+
+
+def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg: AttributionConfig, *,
+                    site: Site | None = None, alpha: float = 1.0, baseline: torch.Tensor | None = None,
+                    saes: dict | None = None) -> list[Rollout]:
+    """N trajectories per example from the model with the site on the path at ``alpha`` (alpha = 1:
+    the unmodified model), scored by the signal, with per-group advantages."""
+    ctx = nullcontext()
+    if site is not None and alpha != 1.0:
+        ctx = edit(model, site, _interpolation(baseline, alpha), positions=cfg.positions, saes=saes)
+    with ctx:
+        groups = generate(model, tokenizer, examples, cfg.sampling(_alpha_seed(cfg.seed, alpha)),
+                          batch_size=cfg.generation_batch_size)
+    out = []
+    for ex, samples in zip(examples, groups):
+        rewards = [float(r) for r in signal([s.text for s in samples], [ex] * len(samples), [s.n_tokens for s in samples])]
+        for j, r in enumerate(rewards):
+            if not np.isfinite(r):
+                raise InputError(f"signal '{signal.name}': reward {r} for example '{ex['id']}' sample {j} is not finite; a signal must return finite floats")
+        out.append(Rollout(ex, samples, rewards, advantages(rewards, cfg.advantage)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# the gradient pass
+
+
+class _StandIn(torch.nn.Module):
+    """Replaces a decoder block: passes its input through, or emits a fixed tensor."""
+
+    def __init__(self, block: torch.nn.Module, value: torch.Tensor | None):
+        super().__init__()
+        self.value = value
+        if hasattr(block, "attention_type"):
+            self.attention_type = block.attention_type
+
+    def forward(self, hidden_states, *args, **kwargs):
+        return hidden_states if self.value is None else self.value
+
+
+@contextmanager
+def _skip_blocks(model, upto: int, value: torch.Tensor):
+    """Skip blocks 0..upto-1; block upto-1 emits ``value`` (B, T, hidden). Restored on exit."""
+    layers = decoder_layers(model)
+    originals = [layers[i] for i in range(upto)]
+    try:
+        for i in range(upto):
+            layers[i] = _StandIn(originals[i], value if i == upto - 1 else None)
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            layers[i] = block
+
+
+def _positions_mask(prompt_len: int, total_len: int, width: int, positions: str) -> torch.Tensor:
+    """(width,) bool: the positions on the path. generated: L-1 .. L+T-2 (decision positions)."""
+    mask = torch.zeros(width, dtype=torch.bool)
+    if positions == "all":
+        mask[:total_len] = True
+    else:
+        mask[prompt_len - 1 : total_len - 1] = True
+    return mask
+
+
+def _policy_logprobs(model, hidden: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor, temperature: float):
+    """Sum of log pi(a_t | s_t) per row over ``target_mask`` positions; hidden (R, T, d) after the
+    final norm. Only the masked positions go through the LM head."""
+    logits = model.lm_head(hidden[:, :-1][target_mask[:, :-1]]).float()  # (N_gen, V)
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    logp = torch.log_softmax(logits / temperature, dim=-1)
+    targets = ids[:, 1:][target_mask[:, :-1]]  # (N_gen,)
+    token_lp = logp.gather(-1, targets[:, None])[:, 0]
+    row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)[:, :-1][target_mask[:, :-1]]
+    return torch.zeros(ids.shape[0], dtype=token_lp.dtype, device=ids.device).index_add(0, row, token_lp)
+
+
+@dataclass
+class _Trajectory:
+    ids: list[int]
+    prompt_len: int
+    advantage: float
+
+
+@dataclass
+class _Row:
+    traj: int
+    prompt: int
+    alpha: float
+    weight: float  # w_k / N
+
+
+def _micro_batches(rows: list[_Row], lengths: list[int], budget: int):
+    batch: list[_Row] = []
+    width = 0
+    for r in rows:
+        w = max(width, lengths[r.traj])
+        if batch and (len(batch) + 1) * w > budget:
+            yield batch
+            batch, w = [], lengths[r.traj]
+        batch.append(r)
+        width = w
+    if batch:
+        yield batch
+
+
+def site_scores(model, site: Site, trajectories: list[_Trajectory], rows: list[_Row], n_prompts: int,
+                baseline: torch.Tensor, cfg: AttributionConfig, saes: dict | None = None) -> np.ndarray:
+    """Per-prompt IPG scores (n_prompts, width) of one site from the given (trajectory, alpha) rows."""
+    width = check_site(model, site, saes)
+    device = next(model.parameters()).device
+    out = np.zeros((n_prompts, width), dtype=np.float64)
+    rows = [r for r in rows if trajectories[r.traj].advantage != 0.0]  # zero advantage: zero gradient
+    lengths = [len(t.ids) for t in trajectories]
+    sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
+    capture_site = Site(site.layer, "residual") if site.kind == "sae" else site
+    b = baseline.to(device)
+    # trajectories in chunks: capture once per chunk, then every (alpha) row of the chunk
+    traj_order = sorted({r.traj for r in rows})
+    chunk_size = max(1, cfg.batch_tokens // max([lengths[t] for t in traj_order] or [1]))
+    for c in range(0, len(traj_order), chunk_size):
+        chunk = traj_order[c : c + chunk_size]
+        acts = _capture_chunk(model, capture_site, [trajectories[t] for t in chunk], device, saes=None)
+        acts = {t: {k: v[i] for k, v in acts.items()} for i, t in enumerate(chunk)}
+        chunk_rows = [r for r in rows if r.traj in acts]
+        for batch in _micro_batches(chunk_rows, lengths, cfg.batch_tokens):
+            contrib = _batch_contributions(model, site, sae, batch, trajectories, acts, b, cfg, device)
+            for r, c_r in zip(batch, contrib):
+                out[r.prompt] += r.weight * c_r
+    return out
+
+
+def _capture_chunk(model, site: Site, trajs: list[_Trajectory], device, saes=None) -> dict[str, torch.Tensor]:
+    """One no-grad forward of a right-padded chunk; the site's tensors per row, cropped later."""
+    width = max(len(t.ids) for t in trajs)
+    ids = torch.tensor([t.ids + [0] * (width - len(t.ids)) for t in trajs], device=device)  # (B, T)
+    with torch.no_grad(), capture(model, [site], saes) as store:
+        model.model(input_ids=ids)
+    out = {"h": store[site]}  # (B, T, width)
+    if site.kind == "mlp":
+        out["block_input"] = store[Site(site.layer, "block_input")]
+    return out
+
+
+def _batch_contributions(model, site, sae, batch: list[_Row], trajectories, acts, b, cfg, device) -> np.ndarray:
+    """(R, width): sum over path positions of (h - h') * grad for each row."""
+    width = max(len(trajectories[r.traj].ids) for r in batch)
+    R = len(batch)
+
+    def padded(key):  # (R, T, d) from per-trajectory (T_full, d) tensors, cropped/padded to width
+        return torch.stack([acts[r.traj][key][:width] for r in batch]) if key in acts[batch[0].traj] else None
+
+    ids = torch.tensor([trajectories[r.traj].ids + [0] * (width - len(trajectories[r.traj].ids)) for r in batch], device=device)
+    on_path = torch.stack([_positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, cfg.positions)
+                           for r in batch]).to(device)  # (R, T)
+    targets = torch.stack([_positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, "generated")
+                           for r in batch]).to(device)  # (R, T): states that predict generated tokens
+    z = padded("h")  # residual/sae: block output (R, T, hidden); mlp: down_proj input (R, T, inter)
+    h = sae.encode(z) if sae is not None else z  # the components: (R, T, width_site)
+    alpha = torch.tensor([r.alpha for r in batch], device=device, dtype=h.dtype)[:, None, None]
+    leaf = (b + alpha * (h - b)).detach().requires_grad_(True)
+    x = torch.where(on_path[..., None], leaf, h)
+    adv = torch.tensor([trajectories[r.traj].advantage for r in batch], device=device, dtype=torch.float32)
+
+    if site.kind == "mlp":
+        ctx_skip = _skip_blocks(model, site.layer, padded("block_input")) if site.layer > 0 else nullcontext()
+        ctx_edit = edit(model, site, lambda _: x, positions="all")
+    else:
+        emitted = x if sae is None else z + sae.decode_delta(x - h).to(z.dtype)
+        ctx_skip, ctx_edit = _skip_blocks(model, site.layer + 1, emitted), nullcontext()
+    with torch.enable_grad(), ctx_skip, ctx_edit:
+        hidden = model.model(input_ids=ids).last_hidden_state  # (R, T, d)
+        logp = _policy_logprobs(model, hidden, ids, targets, cfg.policy_temperature)  # (R,)
+        (adv * logp).sum().backward()
+    grad = leaf.grad  # (R, T, width_site)
+    delta = (h - b) * on_path[..., None]
+    return (delta * grad).sum(1).double().cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------------
+# the public entry point
+
+
+@dataclass
+class Attribution:
+    """Result of ``attribute``: the score table (Arrow), the mergeable partial sums, diagnostics."""
+
+    table: object  # pyarrow.Table, schema ipg.scores.SCHEMA
+    partial: PartialScores
+    diagnostics: dict
+    config: AttributionConfig
+    baselines: dict[Site, torch.Tensor] = field(default_factory=dict)
+
+    def to_pandas(self):
+        return self.table.to_pandas()
+
+    def scores(self, layer: int, kind: str | None = None) -> np.ndarray:
+        return self.partial.means(Site(layer, kind or self.config.kind))
+
+
+def site_baselines(model, rollouts: list[Rollout], sites: list[Site], cfg: AttributionConfig, saes=None) -> dict[Site, torch.Tensor]:
+    """Baseline vector per site: zeros, or the mean activation over the path positions of the rollouts."""
+    out = {}
+    for site in sites:
+        width = check_site(model, site, saes)
+        if cfg.baseline == "zero":
+            out[site] = torch.zeros(width)
+            continue
+        total, count = torch.zeros(width, dtype=torch.float64), 0
+        capture_site = Site(site.layer, "residual") if site.kind == "sae" else site
+        trajs = [_Trajectory(s.prompt_ids + s.completion_ids, len(s.prompt_ids), 0.0) for r in rollouts for s in r.samples]
+        chunk = max(1, cfg.batch_tokens // max(len(t.ids) for t in trajs))
+        for c in range(0, len(trajs), chunk):
+            part = trajs[c : c + chunk]
+            h = _capture_chunk(model, capture_site, part, next(model.parameters()).device)["h"]  # (B, T, w)
+            if site.kind == "sae":
+                h = saes[site.layer].encode(h)
+            mask = torch.stack([_positions_mask(t.prompt_len, len(t.ids), h.shape[1], cfg.positions) for t in part])
+            total += h[mask.to(h.device)].double().sum(0).cpu()
+            count += int(mask.sum())
+        out[site] = (total / max(count, 1)).float()
+    return out
+
+
+def rows_for(rollouts_by_alpha: list[tuple[float, float, list[Rollout]]]) -> tuple[list[_Trajectory], list[_Row]]:
+    """Trajectories and (trajectory, alpha, weight) rows: each schedule point's rollouts at that alpha."""
+    trajectories, rows, index = [], [], {}
+    for alpha, weight, rollouts in rollouts_by_alpha:
+        for p, r in enumerate(rollouts):
+            for s, a in zip(r.samples, r.advantages):
+                key = (id(r), s.sample_index)
+                if key not in index:
+                    index[key] = len(trajectories)
+                    trajectories.append(_Trajectory(s.prompt_ids + s.completion_ids, len(s.prompt_ids), a))
+                rows.append(_Row(index[key], p, alpha, weight / len(r.samples)))
+    return trajectories, rows
+
+
+def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", signal_params: dict | None = None,
+              saes: dict | None = None, run_id: str = "", log=None, **settings) -> Attribution:
+    """Attribute ``signal`` to the components of ``layers`` (see AttributionConfig for settings).
+
+    ``examples`` are dicts with ``prompt`` (and ``answer`` for accuracy); ``id`` is derived when absent.
+    Returns an Attribution whose ``table`` has one row per component (layer, kind, index, score,
+    stderr, n_prompts, n_trajectories, rank and the settings).
+    """
+    cfg = AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
+    if not examples:
+        raise InputError("examples: empty; attribution needs at least one example with a 'prompt'")
+    examples = [{"id": str(ex.get("id", f"example-{i}")), **ex} for i, ex in enumerate(examples)]
+    for ex in examples:
+        if not isinstance(ex.get("prompt"), str) or not ex["prompt"]:
+            raise InputError(f"example '{ex['id']}': field 'prompt' is missing or empty")
+    sig = make_signal(signal, **(signal_params or {}))
+    sig.check(examples)
+    sites = [Site(layer, cfg.kind) for layer in cfg.layers]
+    for site in sites:
+        check_site(model, site, saes)
+    log = log or (lambda msg: None)
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    base = sample_rollouts(model, tokenizer, examples, sig, cfg, saes=saes)
+    timings["rollout"] = time.perf_counter() - t0
+    log(f"rollouts: {len(examples)} prompts x {cfg.n_samples} samples in {timings['rollout']:.1f}s")
+    baselines = site_baselines(model, base, sites, cfg, saes)
+    partial = PartialScores()
+    diagnostics: dict = {"sites": {}}
+    j1 = float(np.mean([np.mean(r.rewards) for r in base]))
+    timings["gradient"] = timings["path_rollouts"] = 0.0
+    for site in sites:
+        t = time.perf_counter()
+        if cfg.resample and cfg.method == "ipg":
+            path = [(a, w, base if a == 1.0 else sample_rollouts(model, tokenizer, examples, sig, cfg, site=site,
+                                                                 alpha=a, baseline=baselines[site], saes=saes))
+                    for a, w in cfg.alphas]
+        else:
+            path = [(a, w, base) for a, w in cfg.alphas]
+        timings["path_rollouts"] += time.perf_counter() - t
+        t = time.perf_counter()
+        trajectories, rows = rows_for(path)
+        per_prompt = site_scores(model, site, trajectories, rows, len(examples), baselines[site], cfg, saes)
+        timings["gradient"] += time.perf_counter() - t
+        for p, r in enumerate(base):
+            partial.add_prompt(site, per_prompt[p], len(r.samples))
+        log(f"{site}: {len(rows)} (trajectory, alpha) rows in {time.perf_counter() - t:.1f}s")
+        t = time.perf_counter()
+        diagnostics["sites"][str(site)] = _completeness(model, tokenizer, examples, sig, cfg, site, baselines[site],
+                                                        saes, path, j1, float(partial.means(site).sum()))
+        timings["completeness"] = timings.get("completeness", 0.0) + time.perf_counter() - t
+    timings["total"] = time.perf_counter() - t0
+    diagnostics.update(
+        timings={k: round(v, 3) for k, v in timings.items()},
+        seconds_per_prompt=round(timings["total"] / len(examples), 4),
+        mean_reward=j1,
+        mixed_groups=sum(len(set(r.rewards)) > 1 for r in base),
+        n_prompts=len(examples),
+        n_trajectories=sum(len(r.samples) for r in base),
+        mean_generated_tokens=float(np.mean([s.n_tokens for r in base for s in r.samples])),
+    )
+    from ipg.models import model_fingerprint
+
+    meta = {"run_id": run_id, "model": model_fingerprint(model), "signal": sig.name, "method": cfg.method,
+            "q": 1 if cfg.method == "pg" else cfg.q, "schedule": cfg.schedule, "baseline": cfg.baseline,
+            "advantage": cfg.advantage, "positions": cfg.positions, "seed": cfg.seed}
+    return Attribution(partial.table(meta), partial, diagnostics, cfg, baselines)
+
+
+def _completeness(model, tokenizer, examples, sig, cfg, site, baseline, saes, path, j1: float, sum_scores: float) -> dict:
+    """J along the path vs the sum of scores (method.md s. 6: J can jump right after alpha = 0)."""
+    out = {"sum_scores": sum_scores, "J_alpha1": j1,
+           "comparable": cfg.advantage == "none",  # only raw rewards put scores in units of J
+           "note": "sum of scores ~ J(1) - J(0) holds for advantage 'none' with on-policy samples (resample)"}
+    if cfg.resample and cfg.method == "ipg":
+        out["J_path"] = [[a, float(np.mean([np.mean(r.rewards) for r in rolls]))] for a, _, rolls in path]
+    if not cfg.completeness:
+        return out
+    alpha_min = cfg.alphas[0][0]
+    for name, alpha in (("J_alpha0", 0.0), ("J_alpha_min", alpha_min)):
+        if alpha == 1.0:
+            out[name] = j1
+        elif "J_path" in out and alpha == out["J_path"][0][0]:
+            out[name] = out["J_path"][0][1]  # resample mode sampled there already
+        else:
+            rolls = sample_rollouts(model, tokenizer, examples, sig, cfg, site=site, alpha=alpha, baseline=baseline, saes=saes)
+            out[name] = float(np.mean([np.mean(r.rewards) for r in rolls]))
+    out["alpha_min"] = alpha_min
+    out["gap"] = sum_scores - (j1 - out["J_alpha0"])
+    return out

@@ -1,0 +1,183 @@
+"""Components of a decoder model, their canonical ids, and hooks that edit them.
+
+A *site* is one hookable tensor of block ``l``; its coordinates are the components:
+
+``layers.{l}.residual``  output of decoder block l, (B, T, hidden)         -- the paper's neurons
+``layers.{l}.mlp``       input of block l's ``mlp.down_proj``, (B, T, intermediate)
+``layers.{l}.sae``       TopK SAE features of block l's output, (B, T, n_features); editing keeps the
+                         SAE's error term: out = z + W_dec (f' - f), so untouched features leave the
+                         block output bit-identical
+
+A component id is ``layers.{l}.{kind}:{index}``, e.g. ``layers.20.residual:1337``.
+
+Edits are context managers over forward hooks, removed in ``finally`` even when the body raises.
+Which positions an edit touches during generation (``positions``):
+``"generated"``  the decision positions: in a prefill call only the last prompt position, then every
+                 newly fed token (these are the states that predict generated tokens)
+``"all"``        every position, prompt included
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ipg.errors import InputError
+
+KINDS = ("residual", "mlp", "sae")
+POSITIONS = ("generated", "all")
+_ID = re.compile(r"^layers\.(\d+)\.(residual|mlp|sae):(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    layer: int
+    kind: str
+
+    def __str__(self) -> str:
+        return f"layers.{self.layer}.{self.kind}"
+
+
+@dataclass(frozen=True, order=True)
+class ComponentId:
+    layer: int
+    kind: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"layers.{self.layer}.{self.kind}:{self.index}"
+
+    @property
+    def site(self) -> Site:
+        return Site(self.layer, self.kind)
+
+    @classmethod
+    def parse(cls, text: str) -> "ComponentId":
+        m = _ID.match(text.strip())
+        if not m:
+            raise InputError(f"component id '{text}': expected 'layers.<layer>.<residual|mlp|sae>:<index>'")
+        return cls(int(m.group(1)), m.group(2), int(m.group(3)))
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    """The model's list of decoder blocks (``model.model.layers``), or a clear error."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, torch.nn.ModuleList):
+        raise InputError(
+            f"model: {type(model).__name__} has no model.layers; supported are decoder-only HF models with "
+            "model.model.layers blocks (Qwen2/Qwen3/Llama/Mistral/Gemma families)"
+        )
+    return layers
+
+
+def check_site(model, site: Site, saes: dict | None = None) -> int:
+    """Validate a site against the model; return its width (number of components)."""
+    n_layers = len(decoder_layers(model))
+    if site.kind not in KINDS:
+        raise InputError(f"kind: unknown '{site.kind}'; use one of {list(KINDS)}")
+    if not 0 <= site.layer < n_layers:
+        raise InputError(f"layers: {site.layer} is out of range for this {n_layers}-layer model; use 0..{n_layers - 1}")
+    if site.kind == "residual":
+        return model.config.hidden_size
+    if site.kind == "mlp":
+        down = getattr(getattr(decoder_layers(model)[site.layer], "mlp", None), "down_proj", None)
+        if not isinstance(down, torch.nn.Linear):
+            raise InputError(f"kind: 'mlp' needs block {site.layer} to have mlp.down_proj (a Linear); this model has none")
+        return down.in_features
+    sae = (saes or {}).get(site.layer)
+    if sae is None:
+        raise InputError(f"sae: kind 'sae' at layer {site.layer} needs an SAE for that layer; pass saes={{{site.layer}: sae}}")
+    if sae.d_model != model.config.hidden_size:
+        raise InputError(f"sae: SAE for layer {site.layer} has d_model {sae.d_model}, the model's hidden size is {model.config.hidden_size}")
+    return sae.n_features
+
+
+def _select(t: int, positions: str) -> slice:
+    """Positions of a (B, T, .) call to edit: see the module docstring."""
+    if positions == "all" or t == 1:
+        return slice(None)
+    return slice(t - 1, t)
+
+
+def _apply(x: torch.Tensor, fn, sel: slice) -> torch.Tensor:
+    out = x.clone()
+    out[:, sel] = fn(x[:, sel]).to(x.dtype)
+    return out
+
+
+@contextmanager
+def edit(model, site: Site, fn: Callable[[torch.Tensor], torch.Tensor], *, positions: str = "generated",
+         saes: dict | None = None):
+    """Replace the site's components ``h`` (B, T_sel, width) by ``fn(h)`` on every forward pass.
+
+    Works during generation (KV cache) and teacher forcing alike; see the module docstring for
+    ``positions``. The hook is removed on exit, also when the body raises.
+    """
+    if positions not in POSITIONS:
+        raise InputError(f"positions: unknown '{positions}'; use one of {list(POSITIONS)}")
+    check_site(model, site, saes)
+    block = decoder_layers(model)[site.layer]
+    if site.kind == "mlp":
+
+        def pre_hook(module, args):
+            (x,) = args[:1]  # (B, T, intermediate)
+            return (_apply(x, fn, _select(x.shape[1], positions)),) + tuple(args[1:])
+
+        handle = block.mlp.down_proj.register_forward_pre_hook(pre_hook)
+    else:
+        sae = saes[site.layer] if site.kind == "sae" else None
+
+        def hook(module, args, output):
+            z = output[0] if isinstance(output, tuple) else output  # (B, T, hidden)
+            sel = _select(z.shape[1], positions)
+            if sae is None:
+                new = _apply(z, fn, sel)
+            else:
+                new = z.clone()
+                f = sae.encode(z[:, sel])  # (B, T_sel, n_features)
+                new[:, sel] = z[:, sel] + sae.decode_delta(fn(f) - f).to(z.dtype)
+            return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+        handle = block.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def capture(model, sites: list[Site], saes: dict | None = None):
+    """Record each site's activations ``{site: (B, T, width)}`` on the forward passes of the body
+    (the last pass wins). Also records the input of each block that an ``mlp`` site needs, under
+    ``Site(l, "block_input")``. Hooks are removed on exit."""
+    store: dict[Site, torch.Tensor] = {}
+    handles = []
+    layers = decoder_layers(model)
+    try:
+        for site in sites:
+            check_site(model, site, saes)
+            block = layers[site.layer]
+            if site.kind == "mlp":
+                handles.append(block.mlp.down_proj.register_forward_pre_hook(
+                    lambda m, args, s=site: store.__setitem__(s, args[0].detach())))
+                handles.append(block.register_forward_pre_hook(
+                    lambda m, args, kwargs, s=site: store.__setitem__(Site(s.layer, "block_input"), (args[0] if args else kwargs["hidden_states"]).detach()),
+                    with_kwargs=True))
+            else:
+                sae = saes[site.layer] if site.kind == "sae" else None
+
+                def hook(module, args, output, s=site, sae=sae):
+                    z = (output[0] if isinstance(output, tuple) else output).detach()
+                    store[s] = z if sae is None else sae.encode(z)
+                    if sae is not None:
+                        store[Site(s.layer, "residual")] = z
+
+                handles.append(block.register_forward_hook(hook))
+        yield store
+    finally:
+        for h in handles:
+            h.remove()

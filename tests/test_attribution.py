@@ -1,0 +1,128 @@
+"""Behaviour of ipg.attribute beyond exactness: determinism, batching, hooks, outputs, bad inputs."""
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from ipg.attribution import attribute
+from ipg.components import Site, decoder_layers, edit
+from ipg.errors import InputError
+from ipg.scores import SCHEMA, dice, select, write_scores
+
+EXAMPLES = [{"id": f"e{i}", "prompt": f"{10 + 7 * i}+{21 + 3 * i}\n", "answer": "1"} for i in range(4)]
+FAST = dict(q=3, n_samples=4, max_new_tokens=8, temperature=1.0, top_p=1.0, completeness=False)
+
+
+def checksum(completion, example):
+    """Varies between samples of a random model (a count of one character would be 0 almost always)."""
+    return float(sum(map(ord, completion)) % 7)
+
+
+def _scores(res):
+    return np.array(res.table.column("score").to_pylist())
+
+
+def test_deterministic_under_a_seed_and_seed_sensitive(tiny_random):
+    model, tok = tiny_random
+    a = _scores(attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], seed=3, **FAST))
+    assert np.abs(a).max() > 0
+    b = _scores(attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], seed=3, **FAST))
+    c = _scores(attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], seed=4, **FAST))
+    assert np.array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+@pytest.mark.parametrize("kind", ["residual", "mlp"])
+def test_invariant_to_micro_batch_size(tiny_random, kind):
+    model, tok = tiny_random
+    big = _scores(attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], kind=kind, batch_tokens=100_000, **FAST))
+    small = _scores(attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], kind=kind, batch_tokens=20, **FAST))
+    assert np.abs(big).max() > 0
+    np.testing.assert_allclose(small, big, rtol=1e-5, atol=1e-7 * np.abs(big).max())
+
+
+def test_layers_in_one_call_equal_separate_calls(tiny_random):
+    model, tok = tiny_random
+    both = attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], **FAST)
+    only1 = attribute(model, tok, EXAMPLES, signal=checksum, layers=[1], **FAST)
+    np.testing.assert_allclose(both.scores(1), only1.scores(1), rtol=1e-6)
+
+
+def test_hooks_removed_after_an_exception_and_outputs_unchanged(tiny_random):
+    model, tok = tiny_random
+    ids = torch.tensor([tok("12+34\n")["input_ids"]])
+    before = model(ids).logits.clone()
+    blocks = list(decoder_layers(model))
+
+    def boom(completion, example):
+        raise RuntimeError("signal failed")
+
+    with pytest.raises(RuntimeError, match="signal failed"):
+        attribute(model, tok, EXAMPLES, signal=boom, layers=[0], **FAST)
+    with pytest.raises(RuntimeError, match="inside"):
+        with edit(model, Site(1, "mlp"), lambda h: 0 * h):
+            raise RuntimeError("inside")
+    attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], kind="mlp", resample=True, **FAST)
+    assert list(decoder_layers(model)) == blocks  # stand-ins swapped back
+    for module in model.modules():
+        assert not module._forward_hooks and not module._forward_pre_hooks
+    assert torch.equal(model(ids).logits, before)
+
+
+def test_zero_advantage_groups_count_as_zero(tiny_random):
+    model, tok = tiny_random
+    res = attribute(model, tok, EXAMPLES, signal=lambda c, e: 1.0, layers=[0], **FAST)
+    assert np.all(_scores(res) == 0.0)
+    assert set(res.table.column("n_prompts").to_pylist()) == {4}
+
+
+def test_table_schema_parquet_and_selection(tiny_random, tmp_path):
+    model, tok = tiny_random
+    res = attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], run_id="r1", **FAST)
+    assert res.table.schema == SCHEMA
+    assert res.table.num_rows == 2 * model.config.hidden_size
+    path = write_scores(tmp_path / "scores.parquet", res.table)
+    back = pq.read_table(path)
+    assert back.equals(res.table)
+    layer1 = [r for r in back.to_pylist() if r["layer"] == 1]
+    top = select(back, 5, layer=1, kind="residual")
+    assert [c.index for c in top] == [r["index"] for r in sorted(layer1, key=lambda r: -r["score"])[:5]]
+    assert {r["rank"] for r in layer1} == set(range(1, len(layer1) + 1))
+    bottom = select(back, 5, by="bottom", layer=1, kind="residual")
+    absolute = select(back, 5, by="abs", layer=1, kind="residual")
+    assert set(bottom).isdisjoint(top) and len(set(absolute)) == 5
+    assert dice(top, top) == 1.0 and dice(top, bottom) == 0.0 and dice(top[:4], top[1:]) == 0.75
+    with pytest.raises(InputError, match="several sites"):
+        select(back, 3)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(signal="nonsense"), r"signal: unknown 'nonsense'"),
+    (dict(layers=[7]), r"layers: 7 is out of range for this 2-layer model; use 0..1"),
+    (dict(layers=[]), r"layers: .* non-empty"),
+    (dict(kind="heads"), r"kind: got 'heads'"),
+    (dict(method="sgd"), r"method: got 'sgd'"),
+    (dict(advantage="ppo"), r"advantage: got 'ppo'"),
+    (dict(schedule="cubic"), r"schedule: got 'cubic'"),
+    (dict(q=0), r"q: got 0"),
+    (dict(kind="sae"), r"sae: kind 'sae' at layer 0 needs an SAE"),
+    (dict(temperature=0.0), r"sampling.temperature"),
+])
+def test_bad_settings_name_the_field(tiny_random, kwargs, message):
+    model, tok = tiny_random
+    settings = {"signal": checksum, "layers": [0], **FAST, **kwargs}
+    with pytest.raises(InputError, match=message):
+        attribute(model, tok, EXAMPLES, **settings)
+
+
+def test_bad_examples_and_rewards(tiny_random):
+    model, tok = tiny_random
+    with pytest.raises(InputError, match="examples: empty"):
+        attribute(model, tok, [], signal=checksum, layers=[0], **FAST)
+    with pytest.raises(InputError, match=r"example 'x': field 'answer' is missing; signal 'accuracy' needs it"):
+        attribute(model, tok, [{"id": "x", "prompt": "1+1\n"}], signal="accuracy", layers=[0], **FAST)
+    with pytest.raises(InputError, match=r"reward nan for example 'e0' sample 0 is not finite"):
+        attribute(model, tok, EXAMPLES, signal=lambda c, e: float("nan"), layers=[0], **FAST)
+    with pytest.raises(InputError, match="model: Linear has no model.layers"):
+        attribute(torch.nn.Linear(2, 2), tok, EXAMPLES, signal=checksum, layers=[0], **FAST)

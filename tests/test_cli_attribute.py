@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+
+from driver.cli import main
+from ipg.scores import SCHEMA
+
+
+def test_attribute_command_writes_scores_and_run_json(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["attribute", "--model", "organism", "--limit", "6", "--signal", "length", "--layers", "1", "2",
+                 "--q", "2", "--n-samples", "3", "--out", str(out), "--run-id", "t1", "--quiet"])
+    assert code == 0
+    table = pq.read_table(out / "scores.parquet")
+    assert table.schema == SCHEMA and table.num_rows == 2 * 128
+    assert set(table.column("run_id").to_pylist()) == {"t1"} and set(table.column("signal").to_pylist()) == {"length"}
+    run = json.loads((out / "run.json").read_text())
+    assert run["settings"]["layers"] == [1, 2] and run["settings"]["q"] == 2
+    assert run["versions"]["torch"] and "transformers" in run["versions"]
+    d = run["diagnostics"]
+    assert d["seconds_per_prompt"] > 0 and d["n_prompts"] == 6 and d["n_trajectories"] == 18
+    site = d["sites"]["layers.1.residual"]
+    assert {"sum_scores", "J_alpha0", "J_alpha_min", "J_alpha1", "gap"} <= set(site)
+    printed = capsys.readouterr().out
+    assert "layers.2.residual: sum of scores" in printed and "top:" in printed
+
+
+def test_attribute_bad_inputs_exit_2(tmp_path, capsys):
+    assert main(["attribute", "--model", "organism", "--layers", "9", "--limit", "2", "--out", str(tmp_path)]) == 2
+    assert "layers: 9 is out of range for this 4-layer model; use 0..3" in capsys.readouterr().err
+    assert main(["attribute", "--model", "organism", "--layers", "1", "--signal", "length", "--signal-param", "a",
+                 "--limit", "2", "--out", str(tmp_path)]) == 2
+    assert "--signal-param: 'a' must be KEY=VALUE" in capsys.readouterr().err
+    assert not (tmp_path / "scores.parquet").exists()  # nothing half-written
+
+
+def test_sae_train_command(tmp_path):
+    from ipg.sae import TopKSAE
+
+    code = main(["sae", "train", "--layer", "1", "--features", "64", "--k", "4", "--prompts", "12", "--samples", "2",
+                 "--steps", "50", "--out", str(tmp_path / "sae.safetensors")])
+    assert code == 0
+    sae = TopKSAE.load(tmp_path / "sae.safetensors")
+    assert (sae.layer, sae.n_features, sae.k, sae.d_model) == (1, 64, 4, 128)
+    stats = json.loads((tmp_path / "sae.json").read_text())
+    assert stats["n_activations"] > 100 and stats["fvu"] < 1.5
+
+
+def test_library_and_driver_import_no_engine_stack():
+    code = "import sys, ipg, driver, driver.cli, ipg.attribution, ipg.signals; " \
+           "bad = [m for m in ('vllm', 'deepspeed', 'ray') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
