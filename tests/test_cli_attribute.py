@@ -50,6 +50,7 @@ def test_sae_train_command(tmp_path):
 
 def test_library_and_driver_import_no_engine_stack():
     code = "import sys, ipg, driver, driver.cli, ipg.attribution, ipg.signals; " \
+           "assert ipg.attribute is ipg.attribution.attribute and ipg.TopKSAE.__name__ == 'TopKSAE'; " \
            "bad = [m for m in ('vllm', 'deepspeed', 'ray') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
