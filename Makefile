@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/ipg organism eval
+	$(VENV)/bin/ipg run
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -6,6 +6,8 @@
     ipg eval --model M --data FILE          accuracy@1 and mean length of any HF causal LM on a JSONL file
     ipg attribute --model M --signal S --layers L.. --out DIR   IPG scores.parquet + run.json
     ipg sae train --model M --layer L --out FILE                 a TopK SAE on a block's outputs
+    ipg run [--config FILE] [--section.key=value ...]            attribute, steer, evaluate, report
+    ipg report RUN_DIR                                           rebuild report.md and plots from Parquet
 
 Bad input (files, model paths, values) prints one ``error:`` line naming the field and exits with 2.
 """
@@ -172,6 +174,21 @@ def _sae_train(args) -> None:
     print(f"wrote {path}: {stats}")
 
 
+def _run(args) -> None:
+    from driver.config import load_config
+    from driver.experiment import run_experiment
+
+    cfg = load_config(args.config, args.overrides)
+    out = run_experiment(cfg)
+    print(f"report: {out / 'report.md'}")
+
+
+def _report(args) -> None:
+    from driver.report import write_report
+
+    print(f"wrote {write_report(args.run_dir)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ipg", description="Integrated Policy Gradient: attribute and steer LLM reasoning.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -226,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(run=_attribute)
 
+    p = sub.add_parser("run", help="attribute, steer and evaluate against baselines; writes a report")
+    p.add_argument("--config", help="YAML run config (default: the organism experiment)")
+    p.set_defaults(run=_run, overrides=[])
+    p = sub.add_parser("report", help="rebuild report.md and plots of a run directory from its Parquet files")
+    p.add_argument("run_dir")
+    p.set_defaults(run=_report)
+
     sae = sub.add_parser("sae", help="sparse autoencoders").add_subparsers(dest="action", required=True)
     p = sae.add_parser("train", help="train a TopK SAE on a block's outputs over sampled completions")
     p.add_argument("--model", default="organism")
@@ -259,7 +283,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # only `ipg run` takes config overrides such as --attribution.q=4 or --seeds=[0,1]
+        if args.command != "run" or not all(x.startswith("--") and "=" in x for x in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = extra
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars drown the run's own output

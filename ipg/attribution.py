@@ -293,6 +293,7 @@ class Attribution:
     diagnostics: dict
     config: AttributionConfig
     baselines: dict[Site, torch.Tensor] = field(default_factory=dict)
+    rollouts: list[Rollout] = field(default_factory=list)  # the alpha = 1 rollouts (support trajectories)
 
     def to_pandas(self):
         return self.table.to_pandas()
@@ -405,7 +406,7 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     meta = {"run_id": run_id, "model": model_fingerprint(model), "signal": sig.name, "method": cfg.method,
             "q": 1 if cfg.method == "pg" else cfg.q, "schedule": cfg.schedule, "baseline": cfg.baseline,
             "advantage": cfg.advantage, "positions": cfg.positions, "seed": cfg.seed}
-    return Attribution(partial.table(meta), partial, diagnostics, cfg, baselines)
+    return Attribution(partial.table(meta), partial, diagnostics, cfg, baselines, base)
 
 
 def _completeness(model, tokenizer, examples, sig, cfg, site, baseline, saes, path, j1: float, sum_scores: float) -> dict:

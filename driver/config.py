@@ -1,0 +1,210 @@
+"""The run configuration: one typed tree of frozen dataclasses, loaded from YAML, overridden by dotted
+flags (``--attribution.q=4``), validated once. Unknown keys and wrong types raise an InputError that
+names the dotted key. Every default serves the organism on CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ipg.errors import InputError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = "organism"  # local path, hub id, or 'organism'
+    dtype: str = "float32"
+    device: str = "cpu"
+    trust_remote_code: bool = False
+    saes: dict[int, str] = field(default_factory=lambda: {2: "organism:layer2"})  # layer -> SAE file
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    support: str | None = None  # JSONL/Parquet; None: the organism's support split
+    eval: str | None = None  # None: the organism's eval split
+    n_support: int = 64  # prompts drawn (per seed) from the support file
+    n_eval: int = 200  # first n prompts of the eval file
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    layers: list[int] = field(default_factory=lambda: [1, 2])
+    kind: str = "residual"
+    n_samples: int = 5
+    q: int = 10
+    schedule: str = "uniform"
+    baseline: str = "zero"
+    advantage: str = "grpo"
+    positions: str = "generated"
+    temperature: float = 0.6
+    top_p: float = 0.8
+    max_new_tokens: int = 128
+    batch_tokens: int = 8192
+    completeness: bool = False  # the J(0)/J(alpha_min) rollouts; off in sweeps of many cells
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    p: list[int] = field(default_factory=lambda: [8, 16])
+    enhance_gammas: list[float] = field(default_factory=lambda: [1.5])
+    suppress_gammas: list[float] = field(default_factory=lambda: [0.0])
+    max_new_tokens: int = 128
+    positions: str = "generated"
+    batch_size: int = 128
+
+
+@dataclass(frozen=True)
+class BaselinesConfig:
+    methods: list[str] = field(default_factory=lambda: ["pg", "random", "activation", "concept_tokens",
+                                                        "control_vector", "reason_score"])
+    concept_tokens: list[str] = field(default_factory=lambda: ["+", "="])
+    reflection_words: list[str] = field(default_factory=lambda: ["wait", "check"])
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """Steering with another signal (length, reflection): attribute, then sweep gamma."""
+
+    enabled: bool = True
+    layers: list[int] = field(default_factory=lambda: [1, 2])
+    p: int = 8
+    gammas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.5, 2.0, 3.0])
+    signal_params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StabilityConfig:
+    enabled: bool = True
+    p: int = 8  # top-p sets compared
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    signal: str = "accuracy"
+    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
+    length: ControlConfig = field(default_factory=ControlConfig)
+    reflection: ControlConfig = field(default_factory=lambda: ControlConfig(layers=[2]))
+    stability: StabilityConfig = field(default_factory=StabilityConfig)
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    out: str = "runs/organism"
+
+
+KNOWN_BASELINES = ("pg", "random", "activation", "concept_tokens", "control_vector", "reason_score")
+
+
+def _check_type(value, tp, key: str):
+    """Coerce/validate a YAML value against a field type; raise naming the dotted key."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return None if value is None else _check_type(value, args[0], key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(f"{key}: expected a list, got {value!r}")
+        (inner,) = typing.get_args(tp)
+        return [_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{key}: expected a mapping, got {value!r}")
+        kt, vt = typing.get_args(tp)
+        return {_check_type(k, kt, f"{key}.{k}"): _check_type(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, str) and value.lstrip("-").isdigit():
+        return int(value)
+    if tp in (int, float, str, bool) and (not isinstance(value, tp) or (tp is int and isinstance(value, bool))):
+        raise InputError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise InputError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(f"{prefix}{unknown[0]}: unknown key; known keys here: {sorted(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_type(value, tp, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def _set_dotted(tree: dict, dotted: str, value) -> None:
+    parts = dotted.split(".")
+    node = tree
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise InputError(f"{dotted}: '{part}' is not a section")
+    node[parts[-1]] = value
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Checks across fields that types cannot express."""
+    a = cfg.attribution
+    from ipg.attribution import AttributionConfig
+
+    try:
+        AttributionConfig(layers=tuple(a.layers), kind=a.kind, n_samples=a.n_samples, q=a.q, schedule=a.schedule,
+                          baseline=a.baseline, advantage=a.advantage, positions=a.positions, temperature=a.temperature,
+                          top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_tokens=a.batch_tokens)
+    except InputError as e:
+        raise InputError(f"attribution.{e}") from None
+    for m in cfg.baselines.methods:
+        if m not in KNOWN_BASELINES:
+            raise InputError(f"baselines.methods: unknown '{m}'; use any of {list(KNOWN_BASELINES)}")
+    for key, values in (("evaluation.enhance_gammas", cfg.evaluation.enhance_gammas),
+                        ("evaluation.suppress_gammas", cfg.evaluation.suppress_gammas),
+                        ("length.gammas", cfg.length.gammas), ("reflection.gammas", cfg.reflection.gammas)):
+        if any(g < 0 for g in values):
+            raise InputError(f"{key}: gammas must be >= 0, got {values}")
+    if any(g < 1 for g in cfg.evaluation.enhance_gammas) or any(g > 1 for g in cfg.evaluation.suppress_gammas):
+        raise InputError("evaluation: enhance_gammas must be >= 1 and suppress_gammas <= 1")
+    if not cfg.evaluation.p or any(p < 1 for p in cfg.evaluation.p):
+        raise InputError(f"evaluation.p: a non-empty list of integers >= 1, got {cfg.evaluation.p}")
+    if not cfg.seeds:
+        raise InputError("seeds: give at least one seed")
+    for key, n in (("data.n_support", cfg.data.n_support), ("data.n_eval", cfg.data.n_eval)):
+        if n < 1:
+            raise InputError(f"{key}: must be >= 1, got {n}")
+    return cfg
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """YAML file (optional) + ``key.sub=value`` overrides (values parsed as YAML) -> validated RunConfig."""
+    tree: dict = {}
+    if path:
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"--config: file '{path}' not found")
+        try:
+            tree = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise InputError(f"--config: '{path}' is not valid YAML ({str(e).splitlines()[0]})") from None
+    for item in overrides or []:
+        key, sep, value = item.lstrip("-").partition("=")
+        if not sep:
+            raise InputError(f"override '{item}': expected --section.key=value")
+        _set_dotted(tree, key, yaml.safe_load(value))
+    return validate(_build(RunConfig, tree, ""))
+
+
+def as_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)

@@ -1,0 +1,268 @@
+"""The experiment runner behind ``ipg run``: attribute, steer, evaluate against baselines, report.
+
+Stages (each timed under its own name in run.json):
+  attribute     IPG and PG (and SAE features where an SAE exists) on the support set, per seed
+  baselines     random / activation / concept_tokens / reason_score / control_vector selections
+  evaluate      greedy accuracy and mean length on the held-out eval split under every steering
+  control       length and reflection signals: attribute, then sweep gamma
+  stability     Dice overlap of top-p sets across seeds and across disjoint support subsets
+  report        report.md and plots, rebuilt from the Parquet files alone
+Outputs in cfg.out: scores.parquet, eval.parquet, stability.parquet, run.json, report.md, plots/.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+
+import pyarrow as pa
+
+from driver.config import RunConfig, as_dict
+from ipg.attribution import attribute
+from ipg.baselines import activation_scores, contrast_scores, control_vector, random_components, top_components
+from ipg.components import Site
+from ipg.data import load_examples
+from ipg.errors import InputError
+from ipg.evaluation import summarise
+from ipg.files import atomic_write_json
+from ipg.generation import SamplingParams, generate
+from ipg.models import ORGANISM, ORGANISM_PATH, load_model, model_fingerprint
+from ipg.provenance import versions
+from ipg.sae import TopKSAE
+from ipg.scores import dice, select, write_scores
+from ipg.steering import add_vector, scale
+
+EVAL_SCHEMA = pa.schema([
+    ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("p", pa.int32()),
+    ("gamma", pa.float64()), ("seed", pa.int64()), ("accuracy", pa.float64()), ("mean_length", pa.float64()),
+    ("n", pa.int64()), ("reflection_share", pa.float64()),
+])
+STABILITY_SCHEMA = pa.schema([
+    ("comparison", pa.string()), ("layer", pa.int32()), ("p", pa.int32()), ("a", pa.string()), ("b", pa.string()),
+    ("dice", pa.float64()),
+])
+
+
+class Timers:
+    def __init__(self, log):
+        self.seconds: dict[str, float] = {}
+        self.log = log
+
+    @contextmanager
+    def stage(self, name: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def _saes(cfg: RunConfig) -> dict[int, TopKSAE]:
+    out = {}
+    for layer, path in cfg.model.saes.items():
+        if path.startswith("organism:"):
+            if cfg.model.name != ORGANISM:
+                raise InputError(f"model.saes.{layer}: '{path}' belongs to the organism; give SAE files for this model or {{}}")
+            path = str(ORGANISM_PATH.parent / "saes" / f"{path.split(':', 1)[1]}.safetensors")
+        sae = TopKSAE.load(path)
+        if sae.layer != layer:
+            raise InputError(f"model.saes.{layer}: '{path}' was trained on layer {sae.layer}, not {layer}")
+        out[layer] = sae
+    return out
+
+
+def _splits(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+    from ipg.organism.card import splits
+
+    default = splits() if cfg.model.name == ORGANISM else None
+    if (cfg.data.support is None or cfg.data.eval is None) and default is None:
+        raise InputError("data.support / data.eval: required unless model.name is 'organism'")
+    need = ("prompt", "answer") if cfg.signal == "accuracy" else ("prompt",)
+    support = load_examples(cfg.data.support, need) if cfg.data.support else default["support"]
+    evaluation = load_examples(cfg.data.eval, ("prompt", "answer")) if cfg.data.eval else default["eval"]
+    overlap = {e["prompt"] for e in support} & {e["prompt"] for e in evaluation[: cfg.data.n_eval]}
+    if overlap:
+        raise InputError(f"data: {len(overlap)} eval prompts also occur in the support set; the eval split must be held out")
+    return support, evaluation[: cfg.data.n_eval]
+
+
+class Experiment:
+    def __init__(self, cfg: RunConfig, log=print):
+        self.cfg, self.log = cfg, log
+        self.timers = Timers(log)
+        self.model, self.tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
+                                                trust_remote_code=cfg.model.trust_remote_code)
+        self.saes = _saes(cfg)
+        self.support_all, self.eval_examples = _splits(cfg)
+        self.eval_rows: list[dict] = []
+        self.score_tables: list[pa.Table] = []
+        self.stability_rows: list[dict] = []
+        self.ipg_tables: dict[int, pa.Table] = {}  # accuracy-signal IPG scores per seed (for stability)
+
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _support(self, seed: int) -> list[dict]:
+        n = min(self.cfg.data.n_support, len(self.support_all))
+        return random.Random(f"support/{seed}").sample(self.support_all, n)
+
+    def _attribute(self, examples, *, signal, layers, seed, method="ipg", kind=None, signal_params=None, tag=""):
+        a = self.cfg.attribution
+        with self.timers.stage("attribute"):
+            res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params or {},
+                            saes=self.saes, run_id=f"{signal}-{method}-{kind or a.kind}-seed{seed}{tag}", layers=layers,
+                            kind=kind or a.kind, n_samples=a.n_samples, q=a.q, schedule=a.schedule, baseline=a.baseline,
+                            advantage=a.advantage, method=method, positions=a.positions, temperature=a.temperature,
+                            top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=seed, batch_tokens=a.batch_tokens,
+                            completeness=a.completeness)
+        self.score_tables.append(res.table)
+        self.log(f"  attributed {signal}/{method}/{kind or a.kind} layers {layers} seed {seed}: "
+                 f"{res.diagnostics['seconds_per_prompt']:.2f} s/prompt, {res.diagnostics['mixed_groups']}/{len(examples)} mixed groups")
+        return res
+
+    def _evaluate(self, ctx, **row) -> dict:
+        e = self.cfg.evaluation
+        params = SamplingParams(n=1, greedy=True, max_new_tokens=e.max_new_tokens)
+        with self.timers.stage("evaluate"), ctx:
+            samples = generate(self.model, self.tokenizer, self.eval_examples, params, batch_size=e.batch_size)
+        s = summarise(self.eval_examples, samples, tuple(self.cfg.baselines.reflection_words))
+        out = {**row, "accuracy": s.accuracy, "mean_length": s.mean_length, "n": s.n_examples,
+               "reflection_share": s.keyword_share}
+        self.eval_rows.append(out)
+        return out
+
+    def _steer(self, components, gamma):
+        return scale(self.model, components, gamma, positions=self.cfg.evaluation.positions, saes=self.saes)
+
+    def _sweep(self, experiment, method, layer, p, seed, components, gammas):
+        for gamma in gammas:
+            r = self._evaluate(self._steer(components, gamma), experiment=experiment, method=method, layer=layer,
+                               p=p, gamma=gamma, seed=seed)
+            self.log(f"    {experiment:10s} {method:15s} layer {layer} p {p:3d} gamma {gamma:4.2f}: "
+                     f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}")
+
+    # -- stages ----------------------------------------------------------------------------------------
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        out = Path(cfg.out)
+        start = time.perf_counter()
+        original = self._evaluate(nullcontext(), experiment="accuracy", method="original", layer=-1, p=0, gamma=1.0, seed=cfg.seeds[0])
+        self.log(f"original: accuracy {100 * original['accuracy']:.1f}%, mean length {original['mean_length']:.1f}")
+        for seed in cfg.seeds[1:]:
+            self.eval_rows.append({**original, "seed": seed})  # greedy decoding: identical for every seed
+        for seed in cfg.seeds:
+            self.log(f"seed {seed}")
+            self._accuracy_experiment(seed)
+            for name in ("length", "reflection"):
+                if getattr(cfg, name).enabled:
+                    self._control_experiment(name, seed)
+        if cfg.stability.enabled:
+            with self.timers.stage("stability"):
+                self._stability()
+        self._write(out, time.perf_counter() - start)
+        return out
+
+    def _accuracy_experiment(self, seed: int) -> None:
+        cfg, a = self.cfg, self.cfg.attribution
+        support = self._support(seed)
+        methods = set(cfg.baselines.methods)
+        ipg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed)
+        self.ipg_tables[seed] = ipg_res.table
+        pg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method="pg") if "pg" in methods else None
+        sae_layers = sorted(set(self.saes) & set(a.layers))
+        sae_res = self._attribute(support, signal=cfg.signal, layers=sae_layers, seed=seed, kind="sae") if sae_layers else None
+        sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in ipg_res.rollouts for s in r.samples]
+        gammas = cfg.evaluation.enhance_gammas + cfg.evaluation.suppress_gammas
+        for layer in a.layers:
+            site = Site(layer, a.kind)
+            with self.timers.stage("baselines"):
+                scores = {}
+                if "activation" in methods:
+                    scores["activation"] = activation_scores(self.model, sequences, site)
+                if "concept_tokens" in methods:
+                    scores["concept_tokens"] = contrast_scores(self.model, self.tokenizer, sequences, site,
+                                                               tuple(cfg.baselines.concept_tokens))
+                if layer in sae_layers and "reason_score" in methods:
+                    sae_site = Site(layer, "sae")
+                    scores["reason_score"] = contrast_scores(self.model, self.tokenizer, sequences, sae_site,
+                                                             tuple(cfg.baselines.reflection_words), self.saes)
+            for p in cfg.evaluation.p:
+                chosen = {"ipg": select(ipg_res.table, p, layer=layer, kind=a.kind)}
+                if pg_res is not None:
+                    chosen["pg"] = select(pg_res.table, p, layer=layer, kind=a.kind)
+                if "random" in methods:
+                    chosen["random"] = random_components(self.model, site, p, seed)
+                for name in ("activation", "concept_tokens"):
+                    if name in scores:
+                        chosen[name] = top_components(scores[name], site, p)
+                if sae_res is not None and layer in sae_layers:
+                    chosen["ipg_sae"] = select(sae_res.table, p, layer=layer, kind="sae")
+                    if "reason_score" in scores:
+                        chosen["reason_score"] = top_components(scores["reason_score"], Site(layer, "sae"), p)
+                for method, components in chosen.items():
+                    self._sweep("accuracy", method, layer, p, seed, components, gammas)
+            if "control_vector" in methods:
+                correct = [r.example["prompt"] + s.text for r in ipg_res.rollouts
+                           for s, reward in zip(r.samples, r.rewards) if reward > 0]
+                with self.timers.stage("baselines"):
+                    vector, separation = control_vector(self.model, self.tokenizer, correct[:64], layer, seed)
+                for gamma in cfg.evaluation.enhance_gammas:  # enhance only, as in the paper
+                    r = self._evaluate(add_vector(self.model, layer, vector, (gamma - 1.0) * separation,
+                                                  positions=cfg.evaluation.positions),
+                                       experiment="accuracy", method="control_vector", layer=layer, p=0, gamma=gamma, seed=seed)
+                    self.log(f"    accuracy   control_vector  layer {layer}       gamma {gamma:4.2f}: acc {100 * r['accuracy']:5.1f}%")
+
+    def _control_experiment(self, name: str, seed: int) -> None:
+        cfg = self.cfg
+        c = getattr(cfg, name)
+        params = dict(c.signal_params)
+        if name == "reflection" and "keywords" not in params:
+            params["keywords"] = list(cfg.baselines.reflection_words)
+        res = self._attribute(self._support(seed), signal=name, layers=c.layers, seed=seed, signal_params=params)
+        for layer in c.layers:
+            site = Site(layer, cfg.attribution.kind)
+            self._sweep(name, "ipg", layer, c.p, seed, select(res.table, c.p, layer=layer, kind=site.kind), c.gammas)
+            self._sweep(name, "random", layer, c.p, seed, random_components(self.model, site, c.p, seed), c.gammas)
+
+    def _stability(self) -> None:
+        cfg, a = self.cfg, self.cfg.attribution
+        p = cfg.stability.p
+        for layer in a.layers:
+            top = {seed: select(t, p, layer=layer, kind=a.kind) for seed, t in self.ipg_tables.items()}
+            for s1, s2 in itertools.combinations(cfg.seeds, 2):
+                self.stability_rows.append({"comparison": "seeds", "layer": layer, "p": p, "a": f"seed {s1}",
+                                            "b": f"seed {s2}", "dice": dice(top[s1], top[s2])})
+        # disjoint halves of the support pool, same seed: how much the selection depends on the prompts
+        pool = random.Random("stability-halves").sample(self.support_all, len(self.support_all))
+        n = min(cfg.data.n_support, len(pool) // 2)
+        halves = [pool[:n], pool[n : 2 * n]]
+        results = [self._attribute(h, signal=cfg.signal, layers=a.layers, seed=cfg.seeds[0], tag=f"-half{name}")
+                   for name, h in zip("AB", halves)]
+        for layer in a.layers:
+            sets = [select(r.table, p, layer=layer, kind=a.kind) for r in results]
+            self.stability_rows.append({"comparison": "support subsets", "layer": layer, "p": p, "a": "half A",
+                                        "b": "half B", "dice": dice(*sets)})
+
+    def _write(self, out: Path, seconds: float) -> None:
+        from driver.report import write_report
+
+        tables = [t.replace_schema_metadata(None) for t in self.score_tables]
+        write_scores(out / "scores.parquet", pa.concat_tables(tables))
+        write_scores(out / "eval.parquet", pa.Table.from_pylist(self.eval_rows, schema=EVAL_SCHEMA))
+        write_scores(out / "stability.parquet", pa.Table.from_pylist(self.stability_rows, schema=STABILITY_SCHEMA))
+        with self.timers.stage("report"):
+            write_report(out)
+        atomic_write_json(out / "run.json", {
+            "command": "run", "config": as_dict(self.cfg), "model": model_fingerprint(self.model),
+            "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples),
+            "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1),
+            "versions": versions(),
+        })
+        self.log(f"wrote {out}/report.md ({seconds:.0f} s)")
+
+
+def run_experiment(cfg: RunConfig, log=print) -> Path:
+    return Experiment(cfg, log).run()

@@ -1,0 +1,76 @@
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from driver.cli import main
+from driver.config import load_config
+from ipg.errors import InputError
+
+
+def test_defaults_serve_the_organism_and_overrides_apply(tmp_path):
+    cfg = load_config(None, ["--attribution.q=4", "--seeds=[1,2]", "--evaluation.p=[4, 8]"])
+    assert cfg.model.name == "organism" and cfg.attribution.q == 4 and cfg.seeds == [1, 2] and cfg.evaluation.p == [4, 8]
+    f = tmp_path / "c.yaml"
+    f.write_text("attribution:\n  layers: [2]\n  n_samples: 3\n")
+    cfg = load_config(str(f), ["--attribution.n_samples=4"])
+    assert cfg.attribution.layers == [2] and cfg.attribution.n_samples == 4  # the flag wins over the file
+    assert load_config("deploy/configs/organism.yaml") == load_config(None)  # the shipped file states the defaults
+
+
+@pytest.mark.parametrize("text, overrides, message", [
+    ("attribution:\n  qq: 3\n", [], r"attribution.qq: unknown key"),
+    ("", ["--evaluation.p=[0]"], r"evaluation.p: a non-empty list"),
+    ("", ["--attribution.q=ten"], r"attribution.q: expected int, got 'ten'"),
+    ("", ["--attribution.kind=heads"], r"attribution.kind: got 'heads'"),
+    ("", ["--baselines.methods=[random, magic]"], r"baselines.methods: unknown 'magic'"),
+    ("", ["--evaluation.enhance_gammas=[0.5]"], r"enhance_gammas must be >= 1"),
+    ("model: [1]\n", [], r"model: expected a mapping"),
+    ("", ["--data.n_eval=0"], r"data.n_eval: must be >= 1"),
+])
+def test_bad_keys_and_values_name_the_dotted_key(tmp_path, text, overrides, message):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError, match=message):
+        load_config(str(f), overrides)
+
+
+def test_cli_reports_config_errors_and_unknown_flags(capsys):
+    assert main(["run", "--attribution.layers=[9]", "--data.n_eval=2"]) == 2
+    assert "layers: 9 is out of range" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["report", "x", "--attribution.q=3"])  # overrides belong to `ipg run` only
+
+
+def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
+    out = tmp_path / "run"
+    code = main(["run", f"--out={out}", "--seeds=[0,1]", "--data.n_support=6", "--data.n_eval=12",
+                 "--attribution.layers=[2]", "--attribution.q=2", "--attribution.n_samples=3", "--evaluation.p=[4]",
+                 "--baselines.methods=[random, activation, reason_score]", "--length.layers=[2]",
+                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4"])
+    assert code == 0
+    evals = pq.read_table(out / "eval.parquet").to_pylist()
+    assert {"method", "layer", "p", "gamma", "seed", "accuracy", "mean_length", "n"} <= set(evals[0])
+    methods = {r["method"] for r in evals if r["experiment"] == "accuracy"}
+    assert methods == {"original", "ipg", "ipg_sae", "random", "activation", "reason_score"}
+    assert {r["seed"] for r in evals} == {0, 1} and all(r["n"] == 12 for r in evals)
+    assert {(r["method"], r["gamma"]) for r in evals if r["experiment"] == "length"} == {(m, g) for m in ("ipg", "random") for g in (0.0, 2.0)}
+    stability = pq.read_table(out / "stability.parquet").to_pylist()
+    assert {r["comparison"] for r in stability} == {"seeds", "support subsets"}
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["seeds"] == [0, 1] and {"attribute", "evaluate", "report"} <= set(run["timings"])
+    report = (out / "report.md").read_text()
+    assert "## Table 1" in report and "| reason_score |" in report and "## Evidence" in report
+    plots = sorted(p.name for p in (out / "plots").iterdir())
+    assert {"accuracy_vs_gamma.png", "accuracy_vs_p.png", "length_vs_gamma.png", "top_components.png", "dice.png"} <= set(plots)
+    (out / "report.md").unlink()
+    for p in (out / "plots").iterdir():
+        p.unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text() == report
+    assert sorted(p.name for p in (out / "plots").iterdir()) == plots
+
+
+def test_report_on_a_directory_without_results(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "eval.parquet not found" in capsys.readouterr().err
