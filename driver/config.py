@@ -43,6 +43,7 @@ class AttributionSettings:
     baseline: str = "zero"
     advantage: str = "grpo"
     positions: str = "generated"
+    resample: bool = False  # fresh on-policy samples at every alpha (q x rollouts)
     temperature: float = 0.6
     top_p: float = 0.8
     max_new_tokens: int = 128
@@ -163,7 +164,7 @@ def validate(cfg: RunConfig) -> RunConfig:
 
     try:
         AttributionConfig(layers=tuple(a.layers), kind=a.kind, n_samples=a.n_samples, q=a.q, schedule=a.schedule,
-                          baseline=a.baseline, advantage=a.advantage, positions=a.positions, temperature=a.temperature,
+                          baseline=a.baseline, advantage=a.advantage, positions=a.positions, resample=a.resample, temperature=a.temperature,
                           top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_tokens=a.batch_tokens)
     except InputError as e:
         raise InputError(f"attribution.{e}") from None

@@ -114,7 +114,8 @@ class Experiment:
             res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params or {},
                             saes=self.saes, run_id=f"{signal}-{method}-{kind or a.kind}-seed{seed}{tag}", layers=layers,
                             kind=kind or a.kind, n_samples=a.n_samples, q=a.q, schedule=a.schedule, baseline=a.baseline,
-                            advantage=a.advantage, method=method, positions=a.positions, temperature=a.temperature,
+                            advantage=a.advantage, method=method, positions=a.positions, resample=a.resample,
+                            temperature=a.temperature,
                             top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=seed, batch_tokens=a.batch_tokens,
                             completeness=a.completeness)
         self.score_tables.append(res.table)
