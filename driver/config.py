@@ -13,7 +13,13 @@ from pathlib import Path
 
 import yaml
 
+from ipg.attribution import AttributionConfig
 from ipg.errors import InputError
+
+
+def _attribution_defaults() -> AttributionConfig:
+    # the organism's defaults for a run; method and seed are set by the runner (IPG and PG, per seed)
+    return AttributionConfig(layers=(1, 2), completeness=False)
 
 
 @dataclass(frozen=True)
@@ -31,24 +37,6 @@ class DataConfig:
     eval: str | None = None  # None: the organism's eval split
     n_support: int = 64  # prompts drawn (per seed) from the support file
     n_eval: int = 200  # first n prompts of the eval file
-
-
-@dataclass(frozen=True)
-class AttributionSettings:
-    layers: list[int] = field(default_factory=lambda: [1, 2])
-    kind: str = "residual"
-    n_samples: int = 5
-    q: int = 10
-    schedule: str = "uniform"
-    baseline: str = "zero"
-    advantage: str = "grpo"
-    positions: str = "generated"
-    resample: bool = False  # fresh on-policy samples at every alpha (q x rollouts)
-    temperature: float = 0.6
-    top_p: float = 0.8
-    max_new_tokens: int = 128
-    batch_tokens: int = 8192
-    completeness: bool = False  # the J(0)/J(alpha_min) rollouts; off in sweeps of many cells
 
 
 @dataclass(frozen=True)
@@ -91,7 +79,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     signal: str = "accuracy"
-    attribution: AttributionSettings = field(default_factory=AttributionSettings)
+    attribution: AttributionConfig = field(default_factory=_attribution_defaults)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     length: ControlConfig = field(default_factory=ControlConfig)
@@ -110,6 +98,11 @@ def _check_type(value, tp, key: str):
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return None if value is None else _check_type(value, args[0], key)
+    if origin is tuple:  # tuple[X, ...]
+        if not isinstance(value, (list, tuple)):
+            raise InputError(f"{key}: expected a list, got {value!r}")
+        inner = typing.get_args(tp)[0]
+        return tuple(_check_type(v, inner, f"{key}[{i}]") for i, v in enumerate(value))
     if origin is list:
         if not isinstance(value, list):
             raise InputError(f"{key}: expected a list, got {value!r}")
@@ -129,7 +122,7 @@ def _check_type(value, tp, key: str):
     return value
 
 
-def _build(cls, data: dict, prefix: str):
+def _build(cls, data: dict, prefix: str, base=None):
     if not isinstance(data, dict):
         raise InputError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -141,10 +134,14 @@ def _build(cls, data: dict, prefix: str):
     for name, value in data.items():
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+            default = fields[name].default_factory()  # a section starts from its own defaults
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.", default)
         else:
             kwargs[name] = _check_type(value, tp, f"{prefix}{name}")
-    return cls(**kwargs)
+    try:
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
+    except InputError as e:  # the section's own validation: name the full dotted key
+        raise InputError(f"{prefix}{e}") from None
 
 
 def _set_dotted(tree: dict, dotted: str, value) -> None:
@@ -159,15 +156,10 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Checks across fields that types cannot express."""
-    a = cfg.attribution
-    from ipg.attribution import AttributionConfig
-
-    try:
-        AttributionConfig(layers=tuple(a.layers), kind=a.kind, n_samples=a.n_samples, q=a.q, schedule=a.schedule,
-                          baseline=a.baseline, advantage=a.advantage, positions=a.positions, resample=a.resample, temperature=a.temperature,
-                          top_p=a.top_p, max_new_tokens=a.max_new_tokens, batch_tokens=a.batch_tokens)
-    except InputError as e:
-        raise InputError(f"attribution.{e}") from None
+    defaults = _attribution_defaults()
+    for key in ("method", "seed"):
+        if getattr(cfg.attribution, key) != getattr(defaults, key):
+            raise InputError(f"attribution.{key}: set by the runner (it runs IPG and PG, once per entry of 'seeds'); remove it")
     for m in cfg.baselines.methods:
         if m not in KNOWN_BASELINES:
             raise InputError(f"baselines.methods: unknown '{m}'; use any of {list(KNOWN_BASELINES)}")

@@ -12,6 +12,7 @@ Outputs in cfg.out: scores.parquet, eval.parquet, stability.parquet, run.json, r
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 import time
@@ -109,17 +110,13 @@ class Experiment:
         return random.Random(f"support/{seed}").sample(self.support_all, n)
 
     def _attribute(self, examples, *, signal, layers, seed, method="ipg", kind=None, signal_params=None, tag=""):
-        a = self.cfg.attribution
+        a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
+                                method=method, seed=seed)
         with self.timers.stage("attribute"):
             res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params or {},
-                            saes=self.saes, run_id=f"{signal}-{method}-{kind or a.kind}-seed{seed}{tag}", layers=layers,
-                            kind=kind or a.kind, n_samples=a.n_samples, q=a.q, schedule=a.schedule, baseline=a.baseline,
-                            advantage=a.advantage, method=method, positions=a.positions, resample=a.resample,
-                            temperature=a.temperature,
-                            top_p=a.top_p, max_new_tokens=a.max_new_tokens, seed=seed, batch_tokens=a.batch_tokens,
-                            completeness=a.completeness)
+                            saes=self.saes, run_id=f"{signal}-{method}-{a.kind}-seed{seed}{tag}", **dataclasses.asdict(a))
         self.score_tables.append(res.table)
-        self.log(f"  attributed {signal}/{method}/{kind or a.kind} layers {layers} seed {seed}: "
+        self.log(f"  attributed {signal}/{method}/{a.kind} layers {list(layers)} seed {seed}: "
                  f"{res.diagnostics['seconds_per_prompt']:.2f} s/prompt, {res.diagnostics['mixed_groups']}/{len(examples)} mixed groups")
         return res
 

@@ -149,6 +149,14 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     made = []
+
+    def save(fig, name: str, tight: bool = True) -> None:
+        if tight:
+            fig.tight_layout()
+        fig.savefig(plots / name, dpi=110)
+        plt.close(fig)
+        made.append(name)
+
     acc = [r for r in evals if r["experiment"] == "accuracy" and r["method"] != "original"]
     original = _mean([r["accuracy"] for r in evals if r["method"] == "original"])
     layers = sorted({r["layer"] for r in acc})
@@ -165,10 +173,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
             ax.axhline(100 * original, color="gray", ls="--", label="original")
             ax.set(title=f"layer {layer}, p = {p0}", xlabel="gamma", ylabel="greedy accuracy %")
         axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plots / "accuracy_vs_gamma.png", dpi=110)
-        plt.close(fig)
-        made.append("accuracy_vs_gamma.png")
+        save(fig, "accuracy_vs_gamma.png")
         fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
         for ax, layer in zip(axes[0], layers):
             rows = [r for r in acc if r["layer"] == layer and r["gamma"] == 0.0]
@@ -178,10 +183,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
             ax.axhline(100 * original, color="gray", ls="--")
             ax.set(title=f"suppression (gamma 0), layer {layer}", xlabel="p", ylabel="greedy accuracy %")
         axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plots / "accuracy_vs_p.png", dpi=110)
-        plt.close(fig)
-        made.append("accuracy_vs_p.png")
+        save(fig, "accuracy_vs_p.png")
     length = [r for r in evals if r["experiment"] == "length"]
     if length:
         fig, ax = plt.subplots(figsize=(5.5, 4))
@@ -190,10 +192,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
             ax.plot([k[0] for k, _ in g], [_mean([r["mean_length"] for r in x]) for _, x in g], marker="o", label=f"{method} layer {layer}")
         ax.set(title="length control", xlabel="gamma", ylabel="mean generated tokens")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plots / "length_vs_gamma.png", dpi=110)
-        plt.close(fig)
-        made.append("length_vs_gamma.png")
+        save(fig, "length_vs_gamma.png")
     ipg = [r for r in scores if r["method"] == "ipg" and r["kind"] == "residual" and r["signal"] == "accuracy"
            and "-half" not in r["run_id"]]  # per-seed runs only, not the stability halves
     if ipg:
@@ -204,10 +203,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
             top = sorted(mean, key=lambda i: -mean[i])[:16]
             ax.bar([str(i) for i in top], [mean[i] for i in top])
             ax.set(title=f"layer {layer}: top IPG components (accuracy, mean over seeds)", ylabel="score")
-        fig.tight_layout()
-        fig.savefig(plots / "top_components.png", dpi=110)
-        plt.close(fig)
-        made.append("top_components.png")
+        save(fig, "top_components.png")
     seeds = [r for r in stability if r["comparison"] == "seeds"]
     if seeds:
         slayers = sorted({r["layer"] for r in seeds})
@@ -224,9 +220,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
                     ax.text(j, i, f"{m[i][j]:.2f}", ha="center", va="center", color="w", fontsize=8)
             ax.set_title(f"Dice of top-{rows[0]['p']} IPG sets, layer {layer}", fontsize=9)
         fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-        fig.savefig(plots / "dice.png", dpi=110)
-        plt.close(fig)
-        made.append("dice.png")
+        save(fig, "dice.png", tight=False)  # colorbar spans the axes
     return made
 
 

@@ -14,7 +14,7 @@ def test_defaults_serve_the_organism_and_overrides_apply(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("attribution:\n  layers: [2]\n  n_samples: 3\n")
     cfg = load_config(str(f), ["--attribution.n_samples=4"])
-    assert cfg.attribution.layers == [2] and cfg.attribution.n_samples == 4  # the flag wins over the file
+    assert cfg.attribution.layers == (2,) and cfg.attribution.n_samples == 4  # the flag wins over the file
     assert load_config("deploy/configs/organism.yaml") == load_config(None)  # the shipped file states the defaults
 
 
