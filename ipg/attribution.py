@@ -223,7 +223,7 @@ def site_scores(model, site: Site, trajectories: list[_Trajectory], rows: list[_
     chunk_size = max(1, cfg.batch_tokens // max([lengths[t] for t in traj_order] or [1]))
     for c in range(0, len(traj_order), chunk_size):
         chunk = traj_order[c : c + chunk_size]
-        acts = _capture_chunk(model, capture_site, [trajectories[t] for t in chunk], device, saes=None)
+        acts = _capture_chunk(model, capture_site, [trajectories[t] for t in chunk], device)
         acts = {t: {k: v[i] for k, v in acts.items()} for i, t in enumerate(chunk)}
         chunk_rows = [r for r in rows if r.traj in acts]
         for batch in _micro_batches(chunk_rows, lengths, cfg.batch_tokens):
@@ -233,11 +233,11 @@ def site_scores(model, site: Site, trajectories: list[_Trajectory], rows: list[_
     return out
 
 
-def _capture_chunk(model, site: Site, trajs: list[_Trajectory], device, saes=None) -> dict[str, torch.Tensor]:
+def _capture_chunk(model, site: Site, trajs: list[_Trajectory], device) -> dict[str, torch.Tensor]:
     """One no-grad forward of a right-padded chunk; the site's tensors per row, cropped later."""
     width = max(len(t.ids) for t in trajs)
     ids = torch.tensor([t.ids + [0] * (width - len(t.ids)) for t in trajs], device=device)  # (B, T)
-    with torch.no_grad(), capture(model, [site], saes) as store:
+    with torch.no_grad(), capture(model, [site]) as store:
         model.model(input_ids=ids)
     out = {"h": store[site]}  # (B, T, width)
     if site.kind == "mlp":

@@ -7,7 +7,6 @@ shards can be reduced in any order (idempotency per shard id is the reducer's jo
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -116,6 +115,3 @@ def dice(a, b) -> float:
     a, b = set(a), set(b)
     return 1.0 if not a and not b else 2 * len(a & b) / (len(a) + len(b))
 
-
-def is_finite_table(table: pa.Table) -> bool:
-    return all(math.isfinite(x) for x in table.column("score").to_pylist())

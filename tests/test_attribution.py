@@ -126,3 +126,33 @@ def test_bad_examples_and_rewards(tiny_random):
         attribute(model, tok, EXAMPLES, signal=lambda c, e: float("nan"), layers=[0], **FAST)
     with pytest.raises(InputError, match="model: Linear has no model.layers"):
         attribute(torch.nn.Linear(2, 2), tok, EXAMPLES, signal=checksum, layers=[0], **FAST)
+
+
+def test_partial_scores_merge_is_associative_commutative_with_identity():
+    from ipg.scores import PartialScores
+
+    rng = np.random.default_rng(0)
+    sites = [Site(1, "residual"), Site(2, "residual")]
+
+    def part(n):
+        p = PartialScores()
+        for _ in range(n):
+            p.add_prompt(sites[rng.integers(2)], rng.normal(size=6), int(rng.integers(1, 6)))
+        return p
+
+    a, b, c = part(3), part(4), part(2)
+
+    def same(x, y):
+        assert set(x.sites) == set(y.sites)
+        for s in x.sites:
+            np.testing.assert_allclose(x.sites[s].total, y.sites[s].total, rtol=1e-12)
+            np.testing.assert_allclose(x.sites[s].total_sq, y.sites[s].total_sq, rtol=1e-12)
+            assert (x.sites[s].n_prompts, x.sites[s].n_trajectories) == (y.sites[s].n_prompts, y.sites[s].n_trajectories)
+
+    same(a.merge(b).merge(c), a.merge(b.merge(c)))
+    same(a.merge(b), b.merge(a))
+    same(a.merge(PartialScores()), a)
+    same(PartialScores().merge(a), a)
+    merged = a.merge(b).merge(c)
+    meta = {"run_id": "m"}
+    assert merged.table(meta).num_rows == 6 * len(merged.sites)

@@ -12,8 +12,6 @@ pipeline would be silently replaced (the byte-level regex then drops newlines).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from transformers import Qwen2Tokenizer
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
@@ -44,8 +42,3 @@ def build_tokenizer() -> Qwen2Tokenizer:
         model_max_length=256,
     )
 
-
-def save_tokenizer(directory: Path) -> Qwen2Tokenizer:
-    tok = build_tokenizer()
-    tok.save_pretrained(str(directory))
-    return tok
