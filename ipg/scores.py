@@ -115,3 +115,38 @@ def dice(a, b) -> float:
     a, b = set(a), set(b)
     return 1.0 if not a and not b else 2 * len(a & b) / (len(a) + len(b))
 
+
+
+PARTIAL_SCHEMA = pa.schema([
+    ("layer", pa.int32()), ("kind", pa.string()), ("index", pa.int32()), ("total", pa.float64()),
+    ("total_sq", pa.float64()), ("n_prompts", pa.int64()), ("n_trajectories", pa.int64()),
+])
+
+
+def partial_to_arrow(partial: PartialScores, metadata: dict[str, str] | None = None) -> pa.Table:
+    """Lossless Arrow form of a PartialScores (float64 sums), for snapshots and transport."""
+    cols: dict[str, list] = {name: [] for name in PARTIAL_SCHEMA.names}
+    for site in sorted(partial.sites):
+        s = partial.sites[site]
+        n = len(s.total)
+        cols["layer"] += [site.layer] * n
+        cols["kind"] += [site.kind] * n
+        cols["index"] += list(range(n))
+        cols["total"] += s.total.tolist()
+        cols["total_sq"] += s.total_sq.tolist()
+        cols["n_prompts"] += [s.n_prompts] * n
+        cols["n_trajectories"] += [s.n_trajectories] * n
+    return pa.table(cols, schema=PARTIAL_SCHEMA.with_metadata(metadata or {}))
+
+
+def partial_from_arrow(table: pa.Table) -> PartialScores:
+    out = PartialScores()
+    rows = table.to_pydict()
+    by_site: dict[Site, list[int]] = {}
+    for i, (layer, kind) in enumerate(zip(rows["layer"], rows["kind"])):
+        by_site.setdefault(Site(layer, kind), []).append(i)
+    for site, idx in by_site.items():
+        order = sorted(idx, key=lambda i: rows["index"][i])
+        out.sites[site] = SiteSums(np.array([rows["total"][i] for i in order]), np.array([rows["total_sq"][i] for i in order]),
+                                   rows["n_prompts"][order[0]], rows["n_trajectories"][order[0]])
+    return out
