@@ -45,19 +45,20 @@ def load_model(
 ):
     """Return ``(model, tokenizer)``: the model in eval mode with frozen weights on ``device``; the
     tokenizer padding on the left (batched generation) with a pad token (EOS when the model has none)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     if dtype not in DTYPES:
         raise InputError(f"model.dtype: '{dtype}' is not supported; use one of {sorted(DTYPES)}")
     source = resolve_model_path(name_or_path)
     kwargs = {"trust_remote_code": trust_remote_code, "revision": revision}
     try:
+        config = AutoConfig.from_pretrained(source, **kwargs)  # first and cheapest: one network round if remote
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[dtype], **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, config=config, dtype=DTYPES[dtype], **kwargs)
     except (OSError, ValueError) as e:
         raise InputError(
             f"model: could not load '{name_or_path}' ({str(e).splitlines()[0]}); pass a local model "
-            "directory, a hub id reachable from this machine, or 'organism'"
+            "directory, a hub id reachable from this machine, or 'organism' (HF_HUB_OFFLINE=1 skips hub retries)"
         ) from e
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
