@@ -340,6 +340,36 @@ def rows_for(rollouts_by_alpha: list[tuple[float, float, list[Rollout]]]) -> tup
     return trajectories, rows
 
 
+def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg: AttributionConfig, sites: list[Site],
+                 baselines: dict[Site, torch.Tensor], saes: dict | None = None, log=None):
+    """Partial scores of one shard of prompts from its alpha = 1 rollouts: the unit of work of a
+    gradient worker. Every prompt is scored independently, so merging the partials of any sharding
+    gives the in-process result. Resample mode draws the shard's path rollouts here.
+
+    Returns (PartialScores, {site: [(alpha, weight, rollouts)]}, timings)."""
+    log = log or (lambda msg: None)
+    examples = [r.example for r in rollouts]
+    partial, paths = PartialScores(), {}
+    timings = {"path_rollouts": 0.0, "gradient": 0.0}
+    for site in sites:
+        t = time.perf_counter()
+        if cfg.resample and cfg.method == "ipg":
+            paths[site] = [(a, w, rollouts if a == 1.0 else sample_rollouts(model, tokenizer, examples, signal, cfg, site=site,
+                                                                            alpha=a, baseline=baselines[site], saes=saes))
+                           for a, w in cfg.alphas]
+        else:
+            paths[site] = [(a, w, rollouts) for a, w in cfg.alphas]
+        timings["path_rollouts"] += time.perf_counter() - t
+        t = time.perf_counter()
+        trajectories, rows = rows_for(paths[site])
+        per_prompt = site_scores(model, site, trajectories, rows, len(rollouts), baselines[site], cfg, saes)
+        for p, r in enumerate(rollouts):
+            partial.add_prompt(site, per_prompt[p], len(r.samples))
+        timings["gradient"] += time.perf_counter() - t
+        log(f"{site}: {len(rows)} (trajectory, alpha) rows in {time.perf_counter() - t:.1f}s")
+    return partial, paths, timings
+
+
 def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", signal_params: dict | None = None,
               saes: dict | None = None, run_id: str = "", log=None, **settings) -> Attribution:
     """Attribute ``signal`` to the components of ``layers`` (see AttributionConfig for settings).
@@ -367,30 +397,15 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     timings["rollout"] = time.perf_counter() - t0
     log(f"rollouts: {len(examples)} prompts x {cfg.n_samples} samples in {timings['rollout']:.1f}s")
     baselines = site_baselines(model, base, sites, cfg, saes)
-    partial = PartialScores()
+    partial, paths, shard_timings = shard_scores(model, tokenizer, base, sig, cfg, sites, baselines, saes, log)
+    timings.update(shard_timings)
     diagnostics: dict = {"sites": {}}
     j1 = float(np.mean([np.mean(r.rewards) for r in base]))
-    timings["gradient"] = timings["path_rollouts"] = 0.0
+    t = time.perf_counter()
     for site in sites:
-        t = time.perf_counter()
-        if cfg.resample and cfg.method == "ipg":
-            path = [(a, w, base if a == 1.0 else sample_rollouts(model, tokenizer, examples, sig, cfg, site=site,
-                                                                 alpha=a, baseline=baselines[site], saes=saes))
-                    for a, w in cfg.alphas]
-        else:
-            path = [(a, w, base) for a, w in cfg.alphas]
-        timings["path_rollouts"] += time.perf_counter() - t
-        t = time.perf_counter()
-        trajectories, rows = rows_for(path)
-        per_prompt = site_scores(model, site, trajectories, rows, len(examples), baselines[site], cfg, saes)
-        timings["gradient"] += time.perf_counter() - t
-        for p, r in enumerate(base):
-            partial.add_prompt(site, per_prompt[p], len(r.samples))
-        log(f"{site}: {len(rows)} (trajectory, alpha) rows in {time.perf_counter() - t:.1f}s")
-        t = time.perf_counter()
         diagnostics["sites"][str(site)] = _completeness(model, tokenizer, examples, sig, cfg, site, baselines[site],
-                                                        saes, path, j1, float(partial.means(site).sum()))
-        timings["completeness"] = timings.get("completeness", 0.0) + time.perf_counter() - t
+                                                        saes, paths[site], j1, float(partial.means(site).sum()))
+    timings["completeness"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     diagnostics.update(
         timings={k: round(v, 3) for k, v in timings.items()},
@@ -401,12 +416,16 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         n_trajectories=sum(len(r.samples) for r in base),
         mean_generated_tokens=float(np.mean([s.n_tokens for r in base for s in r.samples])),
     )
+    return Attribution(partial.table(score_meta(model, sig.name, cfg, run_id)), partial, diagnostics, cfg, baselines, base)
+
+
+def score_meta(model, signal_name: str, cfg: AttributionConfig, run_id: str = "") -> dict:
+    """The settings columns of a score table."""
     from ipg.models import model_fingerprint
 
-    meta = {"run_id": run_id, "model": model_fingerprint(model), "signal": sig.name, "method": cfg.method,
+    return {"run_id": run_id, "model": model_fingerprint(model), "signal": signal_name, "method": cfg.method,
             "q": 1 if cfg.method == "pg" else cfg.q, "schedule": cfg.schedule, "baseline": cfg.baseline,
             "advantage": cfg.advantage, "positions": cfg.positions, "seed": cfg.seed}
-    return Attribution(partial.table(meta), partial, diagnostics, cfg, baselines, base)
 
 
 def _completeness(model, tokenizer, examples, sig, cfg, site, baseline, saes, path, j1: float, sum_scores: float) -> dict:
