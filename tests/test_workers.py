@@ -7,7 +7,6 @@ import torch
 from ipg.attribution import AttributionConfig, attribute, score_meta, site_baselines
 from ipg.components import Site
 from ipg.organism.card import splits
-from ipg.scores import partial_from_arrow
 from workers.gradient import GradientWorker
 from workers.reducer import Reducer
 from workers.rollout import RolloutWorker
@@ -25,9 +24,9 @@ def test_sharded_workers_equal_in_process_attribution(organism, tmp_path, n_shar
     reducer = Reducer(tmp_path, score_meta(model, "accuracy", cfg), snapshot_every=2)
     shards = [examples[i::n_shards] for i in range(n_shards)]  # interleaved: each shard mixes prompts
     for k, shard in enumerate(shards):
-        sid, rollouts = rollout_worker.generate(f"s{k}", shard, cfg, "accuracy")
-        sid, table = gradient_worker.attribute(sid, rollouts, cfg, "accuracy", baselines)
-        reducer.merge(sid, partial_from_arrow(table))
+        rollouts = rollout_worker.generate(f"s{k}", shard, cfg, "accuracy")
+        table = gradient_worker.attribute(f"s{k}", rollouts, cfg, "accuracy", baselines)
+        reducer.merge(f"s{k}", table)
     ours = reducer.finalize()
     ref = np.array(reference.table.column("score").to_pylist())
     got = np.array(ours.column("score").to_pylist())

@@ -38,10 +38,13 @@ class Reducer:
             self.ledger = json.loads(table.schema.metadata[LEDGER_KEY])
             self.restore_seconds = time.perf_counter() - start
 
-    def merge(self, shard_id: str, partial: PartialScores) -> bool:
-        """Add a shard's partial table; False (and no change) when this shard was merged before."""
+    def merge(self, shard_id: str, partial) -> bool:
+        """Add a shard's partial table (PartialScores or its Arrow form); False, and no change, when
+        this shard was merged before."""
         if shard_id in self.ledger:
             return False
+        if not isinstance(partial, PartialScores):
+            partial = partial_from_arrow(partial)
         self.partial = self.partial.merge(partial)
         self.ledger.append(shard_id)
         self.since_snapshot += 1
