@@ -44,8 +44,9 @@ def attribute_on_ray(model: str, examples: list[dict], cfg: AttributionConfig, *
     local_model, _ = load_model(model)  # validates the model, layers and signal before any actor starts
     for layer in cfg.layers:
         check_site(local_model, Site(layer, cfg.kind))
-    make_signal(signal, **(signal_params or {})).check(examples)
-    meta = score_meta(local_model, make_signal(signal, **(signal_params or {})).name, cfg, run_id)
+    sig = make_signal(signal, **(signal_params or {}))
+    sig.check(examples)
+    meta = score_meta(local_model, sig.name, cfg, run_id)
     del local_model
     check_resources({"CPU": (n_rollout + n_gradient) * cpus_per_actor})
     rollout_actors = spawn(RolloutWorker, n_rollout, model, threads=threads, num_cpus=cpus_per_actor)

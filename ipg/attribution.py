@@ -16,13 +16,13 @@ from __future__ import annotations
 import hashlib
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ipg.advantages import ADVANTAGES, advantages
-from ipg.components import POSITIONS, Site, capture, check_site, decoder_layers, edit
+from ipg.components import POSITIONS, Site, capture_batch, check_site, decoder_layers, edit, site_activations
 from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, generate
 from ipg.paths import BASELINES, SCHEDULES, schedule
@@ -216,14 +216,14 @@ def site_scores(model, site: Site, trajectories: list[_Trajectory], rows: list[_
     rows = [r for r in rows if trajectories[r.traj].advantage != 0.0]  # zero advantage: zero gradient
     lengths = [len(t.ids) for t in trajectories]
     sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
-    capture_site = Site(site.layer, "residual") if site.kind == "sae" else site
+    capture_site = Site(site.layer, "residual") if site.kind == "sae" else site  # SAE features are encoded per row below
     b = baseline.to(device)
     # trajectories in chunks: capture once per chunk, then every (alpha) row of the chunk
     traj_order = sorted({r.traj for r in rows})
     chunk_size = max(1, cfg.batch_tokens // max([lengths[t] for t in traj_order] or [1]))
     for c in range(0, len(traj_order), chunk_size):
         chunk = traj_order[c : c + chunk_size]
-        acts = _capture_chunk(model, capture_site, [trajectories[t] for t in chunk], device)
+        acts = capture_batch(model, capture_site, [trajectories[t].ids for t in chunk])
         acts = {t: {k: v[i] for k, v in acts.items()} for i, t in enumerate(chunk)}
         chunk_rows = [r for r in rows if r.traj in acts]
         for batch in _micro_batches(chunk_rows, lengths, cfg.batch_tokens):
@@ -233,22 +233,9 @@ def site_scores(model, site: Site, trajectories: list[_Trajectory], rows: list[_
     return out
 
 
-def _capture_chunk(model, site: Site, trajs: list[_Trajectory], device) -> dict[str, torch.Tensor]:
-    """One no-grad forward of a right-padded chunk; the site's tensors per row, cropped later."""
-    width = max(len(t.ids) for t in trajs)
-    ids = torch.tensor([t.ids + [0] * (width - len(t.ids)) for t in trajs], device=device)  # (B, T)
-    with torch.no_grad(), capture(model, [site]) as store:
-        model.model(input_ids=ids)
-    out = {"h": store[site]}  # (B, T, width)
-    if site.kind == "mlp":
-        out["block_input"] = store[Site(site.layer, "block_input")]
-    return out
-
-
 def _batch_contributions(model, site, sae, batch: list[_Row], trajectories, acts, b, cfg, device) -> np.ndarray:
     """(R, width): sum over path positions of (h - h') * grad for each row."""
     width = max(len(trajectories[r.traj].ids) for r in batch)
-    R = len(batch)
 
     def padded(key):  # (R, T, d) from per-trajectory (T_full, d) tensors, cropped/padded to width
         return torch.stack([acts[r.traj][key][:width] for r in batch]) if key in acts[batch[0].traj] else None
@@ -311,16 +298,10 @@ def site_baselines(model, rollouts: list[Rollout], sites: list[Site], cfg: Attri
             out[site] = torch.zeros(width)
             continue
         total, count = torch.zeros(width, dtype=torch.float64), 0
-        capture_site = Site(site.layer, "residual") if site.kind == "sae" else site
-        trajs = [_Trajectory(s.prompt_ids + s.completion_ids, len(s.prompt_ids), 0.0) for r in rollouts for s in r.samples]
-        chunk = max(1, cfg.batch_tokens // max(len(t.ids) for t in trajs))
-        for c in range(0, len(trajs), chunk):
-            part = trajs[c : c + chunk]
-            h = _capture_chunk(model, capture_site, part, next(model.parameters()).device)["h"]  # (B, T, w)
-            if site.kind == "sae":
-                h = saes[site.layer].encode(h)
-            mask = torch.stack([_positions_mask(t.prompt_len, len(t.ids), h.shape[1], cfg.positions) for t in part])
-            total += h[mask.to(h.device)].double().sum(0).cpu()
+        sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts for s in r.samples]
+        for ids, prompt_len, h in site_activations(model, site, sequences, saes=saes, batch_tokens=cfg.batch_tokens):
+            mask = _positions_mask(prompt_len, len(ids), len(ids), cfg.positions)
+            total += h[mask].double().sum(0)
             count += int(mask.sum())
         out[site] = (total / max(count, 1)).float()
     return out

@@ -17,7 +17,7 @@ import random as _random
 import numpy as np
 import torch
 
-from ipg.components import ComponentId, Site, capture, check_site
+from ipg.components import ComponentId, Site, check_site, site_activations
 from ipg.errors import InputError
 
 Sequence = tuple[list[int], int]  # (token ids of prompt + completion, prompt length)
@@ -39,23 +39,10 @@ def random_components(model, site: Site, p: int, seed: int, saes: dict | None = 
     return [ComponentId(site.layer, site.kind, i) for i in sorted(chosen)]
 
 
-def _activations(model, sequences: list[Sequence], site: Site, saes: dict | None):
-    """Yield (ids, prompt_len, h (T, width)) per sequence: the site's components on each position."""
-    device = next(model.parameters()).device
-    capture_site = Site(site.layer, "residual") if site.kind == "sae" else site
-    for ids, prompt_len in sequences:
-        with torch.no_grad(), capture(model, [capture_site]) as store:
-            model.model(input_ids=torch.tensor([ids], device=device))
-        h = store[capture_site][0]
-        if site.kind == "sae":
-            h = saes[site.layer].encode(h)
-        yield ids, prompt_len, h.float().cpu()
-
-
 def activation_scores(model, sequences: list[Sequence], site: Site, saes: dict | None = None) -> np.ndarray:
     """Mean |activation| per component over decision positions (prompt_len-1 .. T-2)."""
     total, count = None, 0
-    for ids, L, h in _activations(model, sequences, site, saes):
+    for ids, L, h in site_activations(model, site, sequences, saes=saes):
         part = h[L - 1 : len(ids) - 1].abs()
         total = part.sum(0) if total is None else total + part.sum(0)
         count += part.shape[0]
@@ -85,7 +72,7 @@ def contrast_scores(model, tokenizer, sequences: list[Sequence], site: Site, wor
     with reflection words."""
     on_sum = off_sum = None
     on_n = off_n = 0
-    for ids, L, h in _activations(model, sequences, site, saes):
+    for ids, L, h in site_activations(model, site, sequences, saes=saes):
         mask = torch.from_numpy(_token_spans(tokenizer, ids, words))
         mask[:L] = False  # generated tokens only
         off = torch.zeros_like(mask)
@@ -118,7 +105,7 @@ def control_vector(model, tokenizer, cot_texts: list[str], layer: int, seed: int
         noise = "".join(rng.choice(alphabet) for _ in range(len(text)))
         means = []
         for ids in (tokenizer(text)["input_ids"], tokenizer(noise)["input_ids"]):
-            _, _, h = next(_activations(model, [(ids, 1)], site, None))
+            _, _, h = next(site_activations(model, site, [(ids, 1)]))
             means.append(h.mean(0))
         diffs.append(means[0] - means[1])
     d = torch.stack(diffs)  # (n, hidden)

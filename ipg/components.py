@@ -181,3 +181,32 @@ def capture(model, sites: list[Site], saes: dict | None = None):
     finally:
         for h in handles:
             h.remove()
+
+
+def capture_batch(model, site: Site, id_lists: list[list[int]], saes: dict | None = None) -> dict[str, torch.Tensor]:
+    """One no-grad forward of the right-padded sequences (causal attention: padding after a sequence
+    cannot change it). Returns ``{"h": (B, T, width)}`` of the site, plus ``"block_input"`` for ``mlp``
+    sites; an ``sae`` site is captured on the residual and encoded."""
+    device = next(model.parameters()).device
+    width = max(len(ids) for ids in id_lists)
+    ids = torch.tensor([i + [0] * (width - len(i)) for i in id_lists], device=device)  # (B, T)
+    captured = Site(site.layer, "residual") if site.kind == "sae" else site
+    with torch.no_grad(), capture(model, [captured]) as store:
+        model.model(input_ids=ids)
+    h = store[captured]
+    out = {"h": saes[site.layer].encode(h) if site.kind == "sae" else h}
+    if site.kind == "mlp":
+        out["block_input"] = store[Site(site.layer, "block_input")]
+    return out
+
+
+def site_activations(model, site: Site, sequences: list[tuple[list[int], int]], *, saes: dict | None = None,
+                     batch_tokens: int = 8192):
+    """Yield ``(ids, prompt_len, h (T, width))`` per ``(ids, prompt_len)``: the site's components at
+    every position, float32 on the CPU; forwards batched under ``batch_tokens``."""
+    chunk = max(1, batch_tokens // max(len(ids) for ids, _ in sequences))
+    for c in range(0, len(sequences), chunk):
+        part = sequences[c : c + chunk]
+        h = capture_batch(model, site, [ids for ids, _ in part], saes)["h"]
+        for (ids, prompt_len), row in zip(part, h):
+            yield ids, prompt_len, row[: len(ids)].float().cpu()

@@ -10,7 +10,6 @@ Saved as safetensors with its layer, k and source model in the metadata (never p
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from pathlib import Path
@@ -117,16 +116,11 @@ def train_sae(activations: torch.Tensor, n_features: int, k: int, *, steps: int 
 def collect_activations(model, tokenizer, examples: list[dict], layer: int, *, n_samples: int = 4,
                         max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
     """Block-``layer`` outputs (N, d_model) at every position of sampled completions of the prompts."""
-    from ipg.components import Site, capture
+    from ipg.components import Site, site_activations
     from ipg.generation import SamplingParams, generate
 
     params = SamplingParams(n=n_samples, greedy=False, temperature=temperature, top_p=1.0,
                             max_new_tokens=max_new_tokens, seed=seed)
-    rows = []
-    site = Site(layer, "residual")
-    for group in generate(model, tokenizer, examples, params):
-        for s in group:
-            with torch.no_grad(), capture(model, [site]) as store:
-                model.model(input_ids=torch.tensor([s.prompt_ids + s.completion_ids], device=next(model.parameters()).device))
-            rows.append(store[site][0].float().cpu())  # (T, d_model)
-    return torch.cat(rows)
+    sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids))
+                 for group in generate(model, tokenizer, examples, params) for s in group]
+    return torch.cat([h for _, _, h in site_activations(model, Site(layer, "residual"), sequences)])  # (N, d_model)

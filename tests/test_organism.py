@@ -2,7 +2,6 @@ import json
 import random
 from collections import Counter
 
-import pytest
 
 from driver.cli import main
 from ipg.answers import is_correct

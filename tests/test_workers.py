@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from ipg.attribution import AttributionConfig, attribute, score_meta, site_baselines
+from ipg.attribution import AttributionConfig, attribute, score_meta
 from ipg.components import Site
 from ipg.organism.card import splits
 from workers.gradient import GradientWorker
