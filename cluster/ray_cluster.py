@@ -1,41 +1,149 @@
-"""Connect to a Ray cluster, or start a local one on loopback, and spawn actor groups.
+"""Connect to a Ray cluster or start a local one; resources, placement groups, actor groups.
 
-Local clusters bind to 127.0.0.1 and keep Ray 2.60's token authentication on (the default). Actor
-classes are plain classes from workers/; ``ray.remote`` is applied here, with their options.
+Local clusters: the dashboard binds to 127.0.0.1 and Ray 2.60's token authentication stays on (its
+default). Note, measured with ``ss -ltn`` on Ray 2.60: ``ray.init`` and ``ray start`` resolve
+127.0.0.1 to the host's address and the GCS/raylet gRPC ports listen on all interfaces whatever the
+node address; token authentication is what guards them, which is why it is never turned off here.
+
+Actor classes are plain classes from workers/; ``ray.remote`` and every actor option (CPUs, GPUs,
+restarts, retries, runtime env, placement) are applied here, in ``actor_options``.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 
 import ray
 
 from ipg.errors import InputError
 
+# environment the actors need from the driver: offline hub settings, caches, and the project's own
+# IPG_* switches (fault injection in tests, log level)
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "HF_HUB_CACHE")
 
-def connect(address: str | None = None, *, num_cpus: int | None = None) -> None:
-    """Join ``address`` (or ``RAY_ADDRESS``); with neither, start a local cluster on 127.0.0.1."""
-    if ray.is_initialized():
-        return
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, dashboard: bool = True) -> dict:
+    """Join ``address`` (or ``RAY_ADDRESS``); with neither, start a local cluster with the dashboard on
+    127.0.0.1. Returns where things are: address, dashboard URL, and whether the cluster is local."""
     address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=num_cpus, log_to_driver=False)
+    if not ray.is_initialized():
+        if address:
+            try:
+                ray.init(address=address, log_to_driver=True)
+            except ConnectionError as e:
+                raise InputError(f"ray.address: cannot connect to '{address}' ({e}); start a head with "
+                                 "`ray start --head` or unset RAY_ADDRESS to start a local cluster") from None
+        else:
+            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                     num_cpus=num_cpus, log_to_driver=False)
+    from ray._private.worker import get_dashboard_url
+
+    return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": get_dashboard_url() or None,
+            "local": not address}
 
 
-def spawn(cls, n: int, *args, num_cpus: float = 1.0, max_restarts: int = 2, **kwargs) -> list:
-    """``n`` actors of a plain class; restarted by Ray if their process dies (tasks retried by the driver)."""
-    actor = ray.remote(num_cpus=num_cpus, max_restarts=max_restarts, max_task_retries=2)(cls)
-    return [actor.remote(*args, **kwargs) for _ in range(n)]
+def metrics_endpoints() -> list[str]:
+    """The Prometheus endpoints of the cluster's nodes (where ``ipg_*`` metrics are exported)."""
+    return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes() if n["Alive"]]
 
 
-def check_resources(needed: dict[str, float]) -> None:
-    """Fail before placing actors when the cluster cannot hold them (actors would wait forever)."""
+def runtime_env(threads: int | None = None) -> dict:
+    """The runtime env of every actor: forwarded hub/cache settings and IPG_* variables, and thread
+    counts pinned to the actor's CPU share (no oversubscription of a node's cores)."""
+    env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV or k.startswith("IPG_")}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if threads:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    return {"env_vars": env}
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """What one actor of a group needs; the single place where actor options are decided."""
+
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    max_restarts: int = 2  # a dead actor process is restarted (its constructor re-runs: the reducer restores)
+    max_task_retries: int = 2  # a task lost with its actor is retried on the restarted actor
+    threads: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def bundle(self) -> dict[str, float]:
+        return {k: v for k, v in (("CPU", self.num_cpus), ("GPU", self.num_gpus)) if v}
+
+
+def actor_options(spec: ActorSpec, placement_group=None, bundle_index: int = -1) -> dict:
+    options = dict(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=spec.max_restarts,
+                   max_task_retries=spec.max_task_retries, runtime_env=runtime_env(spec.threads), **spec.extra)
+    if placement_group is not None:
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
+            placement_group=placement_group, placement_group_bundle_index=bundle_index)
+    return options
+
+
+class ActorGroup:
+    """``n`` actors of one plain class, with their options; picked round-robin by shard number."""
+
+    def __init__(self, cls, n: int, spec: ActorSpec, *args, placement_group=None, first_bundle: int = 0, **kwargs):
+        if n < 1:
+            raise InputError(f"ray: a group of {cls.__name__} needs at least 1 actor, got {n}")
+        remote_cls = ray.remote(cls)
+        self.name, self.spec = cls.__name__, spec
+        self.actors = [remote_cls.options(**actor_options(spec, placement_group, first_bundle + i if placement_group else -1))
+                       .remote(*args, **kwargs) for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.actors)
+
+    def pick(self, k: int):
+        return self.actors[k % len(self.actors)]
+
+    def kill(self) -> None:
+        for a in self.actors:
+            ray.kill(a, no_restart=True)
+
+
+def check_resources(groups: dict[str, tuple[int, ActorSpec]]) -> None:
+    """Fail before placing actors when the cluster cannot hold them (they would wait forever). The
+    error lists, per resource, what is needed and what each node has."""
+    needed: dict[str, float] = {}
+    for n, spec in groups.values():
+        for k, v in spec.bundle().items():
+            needed[k] = needed.get(k, 0.0) + n * v
     total = ray.cluster_resources()
-    missing = {k: (v, total.get(k, 0.0)) for k, v in needed.items() if total.get(k, 0.0) < v}
+    missing = {k: (v, total.get(k, 0.0)) for k, v in needed.items() if total.get(k, 0.0) < v - 1e-9}
     if missing:
-        per_node = [{k: n["Resources"].get(k, 0.0) for k in needed} for n in ray.nodes() if n["Alive"]]
+        nodes = [n for n in ray.nodes() if n["Alive"]]
+        per_node = "; ".join(f"node {n['NodeManagerAddress']}: " + ", ".join(f"{k} {n['Resources'].get(k, 0.0):g}" for k in needed)
+                             for n in nodes)
+        want = ", ".join(f"{name} {n} x {spec.bundle()}" for name, (n, spec) in groups.items())
         raise InputError("ray: the cluster lacks resources for the actors: " +
                          ", ".join(f"{k} needs {v:g}, has {h:g}" for k, (v, h) in missing.items()) +
-                         f"; per node: {per_node}. Lower the worker counts or ray.cpus_per_actor, or add nodes")
+                         f" (actors: {want}; {per_node}). Lower ray.rollout_workers / ray.gradient_workers or "
+                         "ray.cpus_per_actor / ray.gpus_per_actor, or add nodes")
+
+
+def reserve(groups: dict[str, tuple[int, ActorSpec]], strategy: str = "PACK", timeout_s: float = 120.0):
+    """A placement group with one bundle per actor (in the order of ``groups``), ready or an error.
+    Returns (placement group, {group name: first bundle index})."""
+    from ray.util.placement_group import placement_group
+
+    if strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
+        raise InputError(f"ray.placement_strategy: '{strategy}'; use PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
+    check_resources(groups)
+    bundles, first = [], {}
+    for name, (n, spec) in groups.items():
+        first[name] = len(bundles)
+        bundles += [spec.bundle() or {"CPU": 0.001}] * n
+    pg = placement_group(bundles, strategy=strategy)
+    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
+    if not ready:
+        from ray.util.placement_group import remove_placement_group
+
+        remove_placement_group(pg)
+        raise InputError(f"ray.placement_strategy: {strategy} could not place {len(bundles)} bundles {bundles} within "
+                         f"{timeout_s:.0f} s (the resources exist but not in that shape); use PACK or SPREAD, or add nodes")
+    return pg, first

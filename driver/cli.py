@@ -6,7 +6,9 @@
     ipg eval --model M --data FILE          accuracy@1 and mean length of any HF causal LM on a JSONL file
     ipg attribute --model M --signal S --layers L.. --out DIR   IPG scores.parquet + run.json
     ipg sae train --model M --layer L --out FILE                 a TopK SAE on a block's outputs
+    ipg attribute ... --ray [--address A] [--resume DIR]         the same on a Ray cluster (local by default)
     ipg run [--config FILE] [--section.key=value ...]            attribute, steer, evaluate, report
+    ipg run --ray [--address A] | --resume RUN_DIR               attribution on Ray; continue a killed run
     ipg report RUN_DIR                                           rebuild report.md and plots from Parquet
 
 Bad input (files, model paths, values) prints one ``error:`` line naming the field and exits with 2.
@@ -92,22 +94,26 @@ def _signal_params(pairs: list[str]) -> dict:
     return out
 
 
+PLAN = "plan.json"  # the arguments of an `ipg attribute --ray` run, so `--resume DIR` repeats it exactly
+
+
 def _attribute(args) -> None:
     import time
     import uuid
 
-    from ipg.attribution import attribute
     from ipg.files import atomic_write_json
-    from ipg.models import load_model, model_fingerprint
     from ipg.provenance import versions
-    from ipg.sae import TopKSAE
-    from ipg.scores import select, write_scores
+    from ipg.scores import write_scores
 
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-    saes = {}
-    for path in args.sae or []:
-        sae = TopKSAE.load(path)
-        saes[sae.layer] = sae
+    if args.resume:
+        plan = Path(args.resume) / PLAN
+        if not plan.is_file():
+            raise InputError(f"--resume: '{args.resume}' has no {PLAN}; it is not the output directory of an `ipg attribute --ray` run")
+        saved = json.loads(plan.read_text())
+        args = argparse.Namespace(**{**saved, "resume": args.resume, "out": args.resume, "ray": True,
+                                     "address": args.address or saved.get("address")})
+    if not args.layers:
+        raise InputError("--layers: required (the layer indices to attribute, e.g. --layers 1 2)")
     signal_params = _signal_params(args.signal_param)
     required = ("prompt", "answer") if args.signal == "accuracy" else ("prompt",)
     examples = _examples_for(args, required)
@@ -115,27 +121,76 @@ def _attribute(args) -> None:
                     baseline=args.baseline, advantage=args.advantage, method=args.method, resample=args.resample,
                     positions=args.positions, temperature=args.temperature, top_p=args.top_p,
                     max_new_tokens=args.max_new_tokens, seed=args.seed, batch_tokens=args.batch_tokens,
-                    completeness=not args.no_completeness)
-    run_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else None
-    res = attribute(model, tokenizer, examples, signal=args.signal, signal_params=signal_params, saes=saes,
-                    run_id=run_id, log=log, **settings)
+                    completeness=not args.no_completeness, on_error=args.on_error)
+    args.run_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None)
     out = Path(args.out)
-    write_scores(out / "scores.parquet", res.table)
-    run = {"run_id": run_id, "command": "attribute", "model": model_fingerprint(model), "signal": args.signal,
-           "signal_params": signal_params, "data": args.data or "organism support split",
+    use_ray = args.ray or bool(args.address) or bool(__import__("os").environ.get("RAY_ADDRESS"))
+    if use_ray:
+        from driver.config import ModelConfig, RayConfig
+        from driver.pipeline import attribute_on_ray
+        from ipg.attribution import AttributionConfig
+
+        if not args.resume:
+            atomic_write_json(out / PLAN, {k: v for k, v in vars(args).items() if k not in ("run", "resume")})
+        cfg = AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
+        ray_cfg = RayConfig(enabled=True, address=args.address, rollout_workers=args.rollout_workers,
+                            gradient_workers=args.gradient_workers, shard_size=args.shard_size,
+                            max_in_flight=args.max_in_flight, cpus_per_actor=args.cpus_per_actor,
+                            threads_per_actor=args.threads_per_actor, snapshot_every=args.snapshot_every)
+        model = ModelConfig(name=args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
+                            saes={}) if not args.sae else _model_with_saes(args)
+        res = attribute_on_ray(model, examples, cfg, signal=args.signal, signal_params=signal_params, out_dir=out,
+                               ray_cfg=ray_cfg, run_id=args.run_id, resume=bool(args.resume), log=log)
+        fingerprint = res.table.column("model")[0].as_py() if res.table.num_rows else args.model
+    else:
+        from ipg.attribution import attribute
+        from ipg.models import load_model, model_fingerprint
+        from ipg.sae import TopKSAE
+
+        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
+        saes = {}
+        for path in args.sae or []:
+            sae = TopKSAE.load(path)
+            saes[sae.layer] = sae
+        res = attribute(model, tokenizer, examples, signal=args.signal, signal_params=signal_params, saes=saes,
+                        run_id=args.run_id, log=log, **settings)
+        write_scores(out / "scores.parquet", res.table)
+        fingerprint = model_fingerprint(model)
+    run = {"run_id": args.run_id, "command": "attribute", "model": fingerprint, "signal": args.signal,
+           "signal_params": signal_params, "data": args.data or "organism support split", "ray": use_ray,
            "n_examples": len(examples), "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in res.config.__dict__.items()},
            "saes": args.sae or [], "diagnostics": res.diagnostics, "versions": versions()}
     atomic_write_json(out / "run.json", run)
+    _print_summary(res, out, len(examples), args.show)
+
+
+def _model_with_saes(args):
+    from driver.config import ModelConfig
+    from ipg.sae import TopKSAE
+
+    saes = {TopKSAE.load(path).layer: path for path in args.sae}
+    return ModelConfig(name=args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, saes=saes)
+
+
+def _print_summary(res, out: Path, n_examples: int, show: int) -> None:
+    from ipg.scores import select
+
+    d = res.diagnostics
     print(f"wrote {out / 'scores.parquet'} ({res.table.num_rows} components) and {out / 'run.json'}")
-    print(f"{res.diagnostics['seconds_per_prompt']:.3f} s per prompt; mean reward {res.diagnostics['mean_reward']:.3f}; "
-          f"{res.diagnostics['mixed_groups']}/{len(examples)} groups with varying rewards")
+    print(f"{d['seconds_per_prompt']:.3f} s per prompt; mean reward {d['mean_reward']:.3f}; "
+          f"{d['mixed_groups']}/{d['n_prompts']} groups with varying rewards")
+    if d.get("skipped"):
+        print(f"skipped {len(d['skipped'])}/{n_examples} examples whose signal failed (on_error skip): "
+              + ", ".join(list(d["skipped"])[:5]))
+    rows = res.table.to_pydict()
+    kind = res.config.kind
     for layer in res.config.layers:
-        d = res.diagnostics["sites"][f"layers.{layer}.{res.config.kind}"]
-        top = select(res.table, min(args.show, res.table.num_rows), layer=layer, kind=res.config.kind)
-        scores = res.scores(layer)
-        gap = f"; J(0) {d['J_alpha0']:.3f} J({d['alpha_min']:.3g}) {d['J_alpha_min']:.3f} J(1) {d['J_alpha1']:.3f}" if "J_alpha0" in d else ""
-        print(f"layers.{layer}.{res.config.kind}: sum of scores {d['sum_scores']:.4f}{gap}")
+        s = d["sites"][f"layers.{layer}.{kind}"]
+        top = select(res.table, min(show, res.table.num_rows), layer=layer, kind=kind)
+        scores = {i: sc for i, sc, l_, k in zip(rows["index"], rows["score"], rows["layer"], rows["kind"]) if l_ == layer and k == kind}
+        gap = f"; J(0) {s['J_alpha0']:.3f} J({s['alpha_min']:.3g}) {s['J_alpha_min']:.3f} J(1) {s['J_alpha1']:.3f}" if "J_alpha0" in s else ""
+        print(f"layers.{layer}.{kind}: sum of scores {s['sum_scores']:.4f}{gap}")
         print("  top: " + ", ".join(f"{c.index} ({scores[c.index]:+.4f})" for c in top))
 
 
@@ -178,8 +233,25 @@ def _run(args) -> None:
     from driver.config import load_config
     from driver.experiment import run_experiment
 
-    cfg = load_config(args.config, args.overrides)
-    out = run_experiment(cfg)
+    overrides = list(args.overrides)
+    if args.out:
+        if args.resume:
+            raise InputError("--out: not with --resume (the run continues in RUN_DIR)")
+        overrides.append(f"--out={json.dumps(args.out)}")
+    if args.ray:
+        overrides.append("--ray.enabled=true")
+    if args.address:
+        overrides.append(f"--ray.address={json.dumps(args.address)}")
+    if args.resume:  # the run's own resolved config; flags may still change how it runs (ray.*)
+        saved = Path(args.resume) / "config.yaml"
+        if not saved.is_file():
+            raise InputError(f"--resume: '{args.resume}' has no config.yaml; it is not the directory of an `ipg run`")
+        if args.config:
+            raise InputError("--config: not with --resume (the run continues with the config saved in its directory)")
+        cfg = load_config(str(saved), overrides + [f"--out={json.dumps(args.resume)}"])
+    else:
+        cfg = load_config(args.config, overrides)
+    out = run_experiment(cfg, resume=bool(args.resume))
     print(f"report: {out / 'report.md'}")
 
 
@@ -187,6 +259,12 @@ def _report(args) -> None:
     from driver.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
+
+
+def _ray_flags(p) -> None:
+    p.add_argument("--ray", action="store_true", help="run attribution on Ray (default when RAY_ADDRESS or --address is set)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster on 127.0.0.1)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed Ray run in RUN_DIR, skipping the shards in its ledger")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, help="use only the first N examples of the organism's support split")
     p.add_argument("--signal", default="accuracy", help="accuracy | length | reflection | reward_model")
     p.add_argument("--signal-param", action="append", metavar="KEY=VALUE", help="signal parameter (repeatable)")
-    p.add_argument("--layers", type=int, nargs="+", required=True)
+    p.add_argument("--layers", type=int, nargs="+")
     p.add_argument("--kind", default="residual", help="residual | mlp | sae")
     p.add_argument("--sae", action="append", help="TopK SAE file (safetensors) for kind sae (repeatable)")
     p.add_argument("--n-samples", type=int, default=5)
@@ -240,11 +318,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run-id")
     p.add_argument("--show", type=int, default=8, help="top components to print per layer")
     p.add_argument("--quiet", action="store_true")
-    p.add_argument("--out", required=True)
+    p.add_argument("--on-error", default="fail", help="an example whose signal fails: fail (naming it) | skip (and count it)")
+    _ray_flags(p)
+    p.add_argument("--rollout-workers", type=int, default=1)
+    p.add_argument("--gradient-workers", type=int, default=1)
+    p.add_argument("--shard-size", type=int, default=8, help="prompts per shard (unit of work, retry and resume)")
+    p.add_argument("--max-in-flight", type=int, default=4)
+    p.add_argument("--snapshot-every", type=int, default=4, help="reducer snapshot every K merged shards (resume point)")
+    p.add_argument("--cpus-per-actor", type=float, default=1.0)
+    p.add_argument("--threads-per-actor", type=int, default=1)
+    p.add_argument("--out", help="output directory (required unless --resume)")
     p.set_defaults(run=_attribute)
 
     p = sub.add_parser("run", help="attribute, steer and evaluate against baselines; writes a report")
     p.add_argument("--config", help="YAML run config (default: the organism experiment)")
+    p.add_argument("--out", help="output directory (the config's 'out' otherwise)")
+    _ray_flags(p)
     p.set_defaults(run=_run, overrides=[])
     p = sub.add_parser("report", help="rebuild report.md and plots of a run directory from its Parquet files")
     p.add_argument("run_dir")
@@ -285,6 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
+    if args.command == "attribute" and not (args.out or args.resume):
+        parser.error("attribute: --out is required (or --resume RUN_DIR)")
     if extra:  # only `ipg run` takes config overrides such as --attribution.q=4 or --seeds=[0,1]
         if args.command != "run" or not all(x.startswith("--") and "=" in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -32,6 +32,40 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class RayConfig:
+    """Where and how attribution runs on Ray (``--ray`` / ``--address`` / ``--ray.key=value``)."""
+
+    enabled: bool | None = None  # None: on when an address is set (ray.address or RAY_ADDRESS)
+    address: str | None = None  # None: RAY_ADDRESS, else a local cluster on 127.0.0.1
+    rollout_workers: int = 1
+    gradient_workers: int = 1
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    threads_per_actor: int = 1  # torch threads in each actor (OMP/MKL pinned to it too)
+    shard_size: int = 8  # prompts per shard: the unit of work, retry and resume
+    max_in_flight: int = 4  # shards generated/attributed/merged at once
+    snapshot_every: int = 4  # reducer snapshot every K merged shards (and at the end)
+    placement_strategy: str = "PACK"
+    rollout_backend: str = "hf"
+    gradient_backend: str = "torch"
+    progress: str = "auto"  # auto (bar on a terminal, lines in a job log) | bar | lines | off
+
+    def __post_init__(self):
+        for name in ("rollout_workers", "gradient_workers", "threads_per_actor", "shard_size", "max_in_flight", "snapshot_every"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+            raise InputError("cpus_per_actor / gpus_per_actor: must be >= 0")
+        if self.progress not in ("auto", "bar", "lines", "off"):
+            raise InputError(f"progress: '{self.progress}'; use auto, bar, lines or off")
+
+    def active(self) -> bool:
+        import os
+
+        return self.enabled if self.enabled is not None else bool(self.address or os.environ.get("RAY_ADDRESS"))
+
+
+@dataclass(frozen=True)
 class DataConfig:
     support: str | None = None  # JSONL/Parquet; None: the organism's support split
     eval: str | None = None  # None: the organism's eval split
@@ -87,6 +121,7 @@ class RunConfig:
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     out: str = "runs/organism"
+    ray: RayConfig = field(default_factory=RayConfig)
 
 
 KNOWN_BASELINES = ("pg", "random", "activation", "concept_tokens", "control_vector", "reason_score")
@@ -201,3 +236,16 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
 
 def as_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def sae_path(path: str, model: str, layer: int) -> str:
+    """An SAE file of ``model.saes``: 'organism:NAME' (shipped with the organism) or a file path."""
+    from ipg.models import ORGANISM, ORGANISM_PATH
+
+    if path.startswith("organism:"):
+        if model != ORGANISM:
+            raise InputError(f"model.saes.{layer}: '{path}' belongs to the organism; give SAE files for this model or {{}}")
+        return str(ORGANISM_PATH.parent / "saes" / f"{path.split(':', 1)[1]}.safetensors")
+    if not Path(path).is_file():
+        raise InputError(f"model.saes.{layer}: SAE file '{path}' not found")
+    return str(Path(path).resolve())

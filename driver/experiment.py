@@ -14,26 +14,29 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import random
 import time
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import pyarrow as pa
+import yaml
 
-from driver.config import RunConfig, as_dict
-from ipg.attribution import attribute
+from driver.config import RunConfig, as_dict, sae_path
+from ipg.attribution import attribute, prepare_examples, sample_rollouts
 from ipg.baselines import activation_scores, contrast_scores, control_vector, random_components, top_components
 from ipg.components import Site
 from ipg.data import load_examples
 from ipg.errors import InputError
 from ipg.evaluation import summarise
-from ipg.files import atomic_write_json
+from ipg.files import atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams, generate
-from ipg.models import ORGANISM, ORGANISM_PATH, load_model, model_fingerprint
+from ipg.models import ORGANISM, load_model, model_fingerprint
 from ipg.provenance import versions
 from ipg.sae import TopKSAE
 from ipg.scores import dice, select, write_scores
+from ipg.signals import make_signal
 from ipg.steering import add_vector, scale
 
 EVAL_SCHEMA = pa.schema([
@@ -64,10 +67,7 @@ class Timers:
 def _saes(cfg: RunConfig) -> dict[int, TopKSAE]:
     out = {}
     for layer, path in cfg.model.saes.items():
-        if path.startswith("organism:"):
-            if cfg.model.name != ORGANISM:
-                raise InputError(f"model.saes.{layer}: '{path}' belongs to the organism; give SAE files for this model or {{}}")
-            path = str(ORGANISM_PATH.parent / "saes" / f"{path.split(':', 1)[1]}.safetensors")
+        path = sae_path(path, cfg.model.name, layer)
         sae = TopKSAE.load(path)
         if sae.layer != layer:
             raise InputError(f"model.saes.{layer}: '{path}' was trained on layer {sae.layer}, not {layer}")
@@ -91,9 +91,10 @@ def _splits(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
 
 
 class Experiment:
-    def __init__(self, cfg: RunConfig, log=print):
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: RunConfig, log=print, resume: bool = False):
+        self.cfg, self.log, self.resume = cfg, log, resume
         self.timers = Timers(log)
+        self.session = None
         self.model, self.tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
                                                 trust_remote_code=cfg.model.trust_remote_code)
         self.saes = _saes(cfg)
@@ -102,6 +103,12 @@ class Experiment:
         self.score_tables: list[pa.Table] = []
         self.stability_rows: list[dict] = []
         self.ipg_tables: dict[int, pa.Table] = {}  # accuracy-signal IPG scores per seed (for stability)
+        if cfg.ray.active() or resume:
+            from driver.pipeline import RaySession
+
+            self.session = RaySession(cfg.model, cfg.ray, log)
+            self.log(f"ray: {cfg.ray.rollout_workers} rollout + {cfg.ray.gradient_workers} gradient workers on "
+                     f"{self.session.info['address']} (dashboard {self.session.info['dashboard_url']})")
 
     # -- helpers ---------------------------------------------------------------------------------------
 
@@ -112,13 +119,27 @@ class Experiment:
     def _attribute(self, examples, *, signal, layers, seed, method="ipg", kind=None, signal_params=None, tag=""):
         a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
                                 method=method, seed=seed)
+        run_id = f"{signal}-{method}-{a.kind}-seed{seed}{tag}"
         with self.timers.stage("attribute"):
-            res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params or {},
-                            saes=self.saes, run_id=f"{signal}-{method}-{a.kind}-seed{seed}{tag}", **dataclasses.asdict(a))
+            if self.session is not None:  # one resumable unit per attribution under out/attributions/
+                res = self.session.attribute(examples, a, signal=signal, signal_params=signal_params or {}, run_id=run_id,
+                                             out_dir=Path(self.cfg.out) / "attributions" / run_id, resume=self.resume)
+            else:
+                res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params or {},
+                                saes=self.saes, run_id=run_id, **dataclasses.asdict(a))
         self.score_tables.append(res.table)
         self.log(f"  attributed {signal}/{method}/{a.kind} layers {list(layers)} seed {seed}: "
                  f"{res.diagnostics['seconds_per_prompt']:.2f} s/prompt, {res.diagnostics['mixed_groups']}/{len(examples)} mixed groups")
         return res
+
+    def _rollouts(self, res, examples):
+        """The support rollouts of an attribution; a Ray run keeps them in the cluster, so they are drawn
+        again here (sampling is seeded per example and sample: the same trajectories)."""
+        if res.rollouts:
+            return res.rollouts
+        with self.timers.stage("baselines"):
+            return sample_rollouts(self.model, self.tokenizer, prepare_examples(examples), make_signal(self.cfg.signal),
+                                   res.config, saes=self.saes, skipped={})
 
     def _evaluate(self, ctx, **row) -> dict:
         e = self.cfg.evaluation
@@ -144,9 +165,17 @@ class Experiment:
     # -- stages ----------------------------------------------------------------------------------------
 
     def run(self) -> Path:
+        try:
+            return self._run()
+        finally:
+            if self.session is not None:
+                self.session.close()
+
+    def _run(self) -> Path:
         cfg = self.cfg
         out = Path(cfg.out)
         start = time.perf_counter()
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
         original = self._evaluate(nullcontext(), experiment="accuracy", method="original", layer=-1, p=0, gamma=1.0, seed=cfg.seeds[0])
         self.log(f"original: accuracy {100 * original['accuracy']:.1f}%, mean length {original['mean_length']:.1f}")
         for seed in cfg.seeds[1:]:
@@ -172,7 +201,8 @@ class Experiment:
         pg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method="pg") if "pg" in methods else None
         sae_layers = sorted(set(self.saes) & set(a.layers))
         sae_res = self._attribute(support, signal=cfg.signal, layers=sae_layers, seed=seed, kind="sae") if sae_layers else None
-        sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in ipg_res.rollouts for s in r.samples]
+        rollouts = self._rollouts(ipg_res, support)
+        sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts for s in r.samples]
         gammas = cfg.evaluation.enhance_gammas + cfg.evaluation.suppress_gammas
         for layer in a.layers:
             site = Site(layer, a.kind)
@@ -203,7 +233,7 @@ class Experiment:
                 for method, components in chosen.items():
                     self._sweep("accuracy", method, layer, p, seed, components, gammas)
             if "control_vector" in methods:
-                correct = [r.example["prompt"] + s.text for r in ipg_res.rollouts
+                correct = [r.example["prompt"] + s.text for r in rollouts
                            for s, reward in zip(r.samples, r.rewards) if reward > 0]
                 with self.timers.stage("baselines"):
                     vector, separation = control_vector(self.model, self.tokenizer, correct[:64], layer, seed)
@@ -257,10 +287,11 @@ class Experiment:
             "command": "run", "config": as_dict(self.cfg), "model": model_fingerprint(self.model),
             "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples),
             "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1),
+            "ray": self.session.info if self.session is not None else None,
             "versions": versions(),
         })
         self.log(f"wrote {out}/report.md ({seconds:.0f} s)")
 
 
-def run_experiment(cfg: RunConfig, log=print) -> Path:
-    return Experiment(cfg, log).run()
+def run_experiment(cfg: RunConfig, log=print, resume: bool = False) -> Path:
+    return Experiment(cfg, log, resume).run()

@@ -2,28 +2,54 @@
 
 The driver never holds trajectories: each shard's rollouts go from a rollout actor to a gradient actor
 as an ObjectRef, and the partial table from there to the reducer. In-flight shards are bounded with
-ray.wait. Scores equal in-process ``ipg.attribute`` (zero baseline) for any number of workers.
+``ray.wait``. Scores equal in-process ``ipg.attribute`` for any number of workers (the mean baseline
+takes a first pass that adds activation sums over all shards, then the same second pass).
+
+Durability: the reducer snapshots (sums + ledger of merged shards) every K shards. The driver keeps
+each shard's partial-table ref until the end and re-sends any shard missing from the ledger, so a
+reducer restarted from an older snapshot loses nothing and double counts nothing. ``resume=True``
+continues a killed run in the same directory, skipping the shards in the ledger.
+
+Files in ``out_dir``: scores.parquet (final), attribution.json (run key, diagnostics; written last:
+its presence means the unit is complete), reducer-snapshot.parquet (while running), baseline.safetensors
+(mean baseline, so a resumed run uses the same one).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+import pyarrow.parquet as pq
 import ray
+import torch
 
-from cluster.ray_cluster import check_resources, spawn
-from ipg.attribution import AttributionConfig, score_meta
-from ipg.components import Site, check_site
+from cluster.errors import FatalError, ItemError, cause, error_class
+from cluster.metrics import StageTimer, metrics
+from cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve
+from driver.config import ModelConfig, RayConfig, sae_path
+from ipg.attribution import AttributionConfig, prepare_examples, score_meta
+from ipg.components import Site
 from ipg.errors import InputError
-from ipg.models import load_model
+from ipg.files import atomic_write_json
 from ipg.signals import make_signal
+from workers.faults import maybe_crash
 from workers.gradient import GradientWorker
-from workers.reducer import Reducer
+from workers.reducer import SNAPSHOT, Reducer, read_snapshot
 from workers.rollout import RolloutWorker
+
+DONE = "attribution.json"
+BASELINE = "baseline.safetensors"
 
 
 def shard(examples: list[dict], shard_size: int) -> list[tuple[str, list[dict]]]:
-    """Deterministic shards in input order; the id names the first and last example."""
+    """Deterministic shards in input order; the id names the shard number and first and last example."""
     if shard_size < 1:
         raise InputError(f"ray.shard_size: must be >= 1, got {shard_size}")
     out = []
@@ -33,32 +59,329 @@ def shard(examples: list[dict], shard_size: int) -> list[tuple[str, list[dict]]]
     return out
 
 
-def attribute_on_ray(model: str, examples: list[dict], cfg: AttributionConfig, *, signal: str = "accuracy",
-                     signal_params: dict | None = None, out_dir: str | Path, n_rollout: int = 1, n_gradient: int = 1,
-                     shard_size: int = 8, max_in_flight: int = 4, run_id: str = "", threads: int = 1,
-                     cpus_per_actor: float = 1.0):
-    """Run attribution on the connected Ray cluster; returns the ObjectRef of the final score table
-    (also written to out_dir/scores.parquet by the reducer)."""
-    if cfg.baseline != "zero":
-        raise InputError("baseline: the Ray pipeline supports 'zero' for now ('mean' needs a global first pass)")
-    local_model, _ = load_model(model)  # validates the model, layers and signal before any actor starts
-    for layer in cfg.layers:
-        check_site(local_model, Site(layer, cfg.kind))
-    sig = make_signal(signal, **(signal_params or {}))
-    sig.check(examples)
-    meta = score_meta(local_model, sig.name, cfg, run_id)
-    del local_model
-    check_resources({"CPU": (n_rollout + n_gradient) * cpus_per_actor})
-    rollout_actors = spawn(RolloutWorker, n_rollout, model, threads=threads, num_cpus=cpus_per_actor)
-    gradient_actors = spawn(GradientWorker, n_gradient, model, threads=threads, num_cpus=cpus_per_actor)
-    reducer = spawn(Reducer, 1, str(out_dir), meta, num_cpus=0)[0]
-    in_flight = []
-    for k, (sid, part) in enumerate(shard(examples, shard_size)):
-        rollouts_ref = rollout_actors[k % n_rollout].generate.remote(sid, part, cfg, signal, signal_params)
-        table_ref = gradient_actors[k % n_gradient].attribute.remote(sid, rollouts_ref, cfg, signal, None, signal_params)
-        in_flight.append(reducer.merge.remote(sid, table_ref))
-        if len(in_flight) >= max_in_flight:
-            done, in_flight = ray.wait(in_flight, num_returns=1)
-            ray.get(done)  # surface a failed shard here, naming it
-    ray.get(in_flight)
-    return reducer.finalize.remote()
+@dataclass
+class RayAttribution:
+    """Result of a Ray attribution: the same table as in-process ``ipg.attribute`` (``table_ref`` is it
+    in the object store), diagnostics from the reducer's ledger."""
+
+    table: object
+    diagnostics: dict
+    config: AttributionConfig
+    table_ref: object = None
+    rollouts: list = field(default_factory=list)  # trajectories stay in the cluster; empty here
+
+    def to_pandas(self):
+        return self.table.to_pandas()
+
+
+class Progress:
+    """A bar on a terminal, plain lines (every ~10% or 30 s) in a job log, or nothing."""
+
+    def __init__(self, total: int, what: str, mode: str = "auto", log=print):
+        self.total, self.what, self.done, self.start, self.last = total, what, 0, time.perf_counter(), 0.0
+        self.mode = ("bar" if sys.stderr.isatty() else "lines") if mode == "auto" else mode
+        self.log, self.bar = log, None
+        if self.mode == "bar" and total:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=what, unit="shard", file=sys.stderr, leave=False)
+
+    def advance(self, n: int = 1, prompts: int = 0) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        elapsed = time.perf_counter() - self.start
+        step = max(1, self.total // 10)
+        if self.mode == "lines" and (self.done % step == 0 or self.done == self.total or elapsed - self.last > 30):
+            self.last = elapsed
+            eta = elapsed / self.done * (self.total - self.done)
+            self.log(f"  {self.what}: {self.done}/{self.total} shards ({100 * self.done / self.total:.0f}%), "
+                     f"{elapsed:.1f} s, ~{eta:.0f} s left")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _unwrap(exc: BaseException, what: str) -> BaseException:
+    """A worker's error as the driver reports it: per-item and input errors as InputError (one line,
+    naming shard and example), anything else as FatalError with its class."""
+    inner = cause(exc)
+    if isinstance(inner, (ItemError, InputError)):
+        return InputError(str(inner))
+    if isinstance(exc, ray.exceptions.RayActorError):
+        return FatalError(f"{what}: an actor died more often than its restart budget allows ({exc})")
+    return FatalError(f"{what}: {type(inner).__name__}: {inner}")
+
+
+def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards, run_id: str) -> str:
+    plan = {"model": model, "signal": signal, "signal_params": signal_params, "config": dataclasses.asdict(cfg),
+            "run_id": run_id, "shards": [[sid, [ex["id"] for ex in part]] for sid, part in shards]}
+    return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class RaySession:
+    """Rollout and gradient actor groups for one model, reused across attributions (``ipg run`` attributes
+    many times with the same model). Close it to release the actors and the placement group."""
+
+    def __init__(self, model: ModelConfig | str = "organism", ray_cfg: RayConfig | None = None, log=print):
+        self.model = ModelConfig(name=model, saes={}) if isinstance(model, str) else model
+        self.cfg = ray_cfg or RayConfig()
+        self.log = log
+        self.info = connect(self.cfg.address)
+        c = self.cfg
+        spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor)
+        groups = {"rollout": (c.rollout_workers, spec), "gradient": (c.gradient_workers, spec)}
+        self.placement_group, first = reserve(groups, c.placement_strategy)
+        m = self.model
+        saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
+        common = dict(dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code, saes=saes,
+                      threads=c.threads_per_actor)
+        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, spec, m.name, backend=c.rollout_backend,
+                                  placement_group=self.placement_group, first_bundle=first["rollout"], **common)
+        self.gradient = ActorGroup(GradientWorker, c.gradient_workers, spec, m.name, backend=c.gradient_backend,
+                                   placement_group=self.placement_group, first_bundle=first["gradient"], **common)
+        self.timer = StageTimer()
+
+    def close(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        self.rollout.kill()
+        self.gradient.kill()
+        remove_placement_group(self.placement_group)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- one attribution ---------------------------------------------------------------------------
+
+    def attribute(self, examples: list[dict], cfg: AttributionConfig, *, signal: str = "accuracy",
+                  signal_params: dict | None = None, out_dir: str | Path, run_id: str = "",
+                  resume: bool = False) -> RayAttribution:
+        out_dir, signal_params = Path(out_dir), dict(signal_params or {})
+        examples = prepare_examples(examples)
+        sig = make_signal(signal, **signal_params)
+        sig.check(examples)
+        sites = [Site(layer, cfg.kind) for layer in cfg.layers]
+        try:  # validates layers/kind against the model where it lives (the driver loads no weights)
+            info = ray.get(self.gradient.pick(0).describe.remote(sites))
+        except ray.exceptions.RayError as e:
+            raise _unwrap(e, "gradient worker") from None
+        shards = shard(examples, self.cfg.shard_size)
+        key = run_key(info["model"], sig.name, signal_params, cfg, shards, run_id)
+        done = _finished(out_dir, key)
+        if done is not None and resume:
+            self.log(f"  {out_dir}: complete (run key {key}), loaded")
+            return RayAttribution(pq.read_table(out_dir / "scores.parquet"), done["diagnostics"], cfg)
+        found = read_snapshot(out_dir)
+        if found is not None and not resume:
+            raise InputError(f"{out_dir}: holds an unfinished run ({SNAPSHOT}); continue it with --resume {out_dir}, "
+                             "or choose another output directory")
+        if found is not None and found[2] != key:
+            raise InputError(f"{out_dir}: --resume with different settings than the run there (run key {found[2]}, "
+                             f"now {key}); resume with the same config, or use another output directory")
+        start = time.perf_counter()
+        meta = score_meta(info["model"], sig.name, cfg, run_id)
+        reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0, max_restarts=4, max_task_retries=4), str(out_dir), meta,
+                             snapshot_every=self.cfg.snapshot_every, run_key=key).pick(0)
+        try:
+            return self._run(reducer, shards, cfg, signal, signal_params, sites, info, key, out_dir, start)
+        finally:
+            ray.kill(reducer, no_restart=True)
+
+    def _run(self, reducer, shards, cfg, signal, params, sites, info, key, out_dir, start) -> RayAttribution:
+        merged = set(ray.get(reducer.merged_shards.remote()))
+        restore = ray.get(reducer.status.remote())["restore_seconds"]
+        if merged:
+            self.log(f"  resuming {out_dir}: {len(merged)}/{len(shards)} shards already merged "
+                     f"(snapshot restored in {restore:.3f} s)")
+        rollout_refs = {}
+        baselines = None
+        if cfg.baseline == "mean":
+            baselines, rollout_refs = self._mean_baseline(shards, cfg, signal, params, sites, out_dir)
+        todo = [(k, sid, part) for k, (sid, part) in enumerate(shards) if sid not in merged]
+        baselines_ref = ray.put(baselines) if baselines is not None else None
+        table_refs, in_flight = {}, {}
+        progress = Progress(len(todo), f"attribute {out_dir.name}", self.cfg.progress, self.log)
+        try:
+            with self.timer("attribute"):
+                for k, sid, part in todo:
+                    rollouts = rollout_refs.pop(sid, None) or self.rollout.pick(k).generate.remote(sid, part, cfg, signal, params)
+                    table_refs[sid] = self.gradient.pick(k).attribute.remote(sid, rollouts, cfg, signal, baselines_ref, params)
+                    in_flight[reducer.merge.remote(sid, table_refs[sid])] = sid
+                    while len(in_flight) >= self.cfg.max_in_flight:
+                        self._wait_one(in_flight, progress)
+                while in_flight:
+                    self._wait_one(in_flight, progress)
+                # a reducer restarted from an older snapshot forgot the shards merged after it: re-send them
+                for _ in range(3):
+                    missing = [sid for sid, _ in shards if sid not in set(ray.get(reducer.merged_shards.remote()))]
+                    if not missing:
+                        break
+                    self.log(f"  reducer restarted: re-sending {len(missing)} shard(s) merged after its last snapshot")
+                    ray.get([reducer.merge.remote(sid, table_refs[sid]) for sid in missing])
+                else:
+                    raise FatalError(f"reducer: shards {missing} still missing after re-sending them")
+        except BaseException:
+            # let the shards already under way land (cancelling queued actor calls stalls the reducer's
+            # call sequence), then make every merged shard durable for --resume; never write scores.parquet
+            try:
+                ray.wait(list(in_flight), num_returns=len(in_flight), timeout=120)
+                ray.get(reducer.snapshot.remote(), timeout=60)
+            except Exception:
+                pass
+            raise
+        finally:
+            progress.close()
+        ledger = ray.get(reducer.ledger_stats.remote())
+        skipped = {ex: err for s in ledger.values() for ex, err in s.get("skipped", {}).items()}
+        n_prompts = sum(s.get("prompts", 0) for s in ledger.values())
+        if n_prompts == 0:
+            raise InputError(f"examples: the signal failed on every example (on_error 'skip'); first: {next(iter(skipped.values()), '')}")
+        if baselines is None:
+            baselines = {s: torch.zeros(info["widths"][str(s)]) for s in sites}
+        completeness = self._completeness(shards, ledger, cfg, signal, params, sites, baselines)
+        restore = ray.get(reducer.status.remote())["restore_seconds"] or restore  # a restart mid-run restored too
+        table_ref = reducer.finalize.remote()
+        table = ray.get(table_ref)
+        seconds = time.perf_counter() - start
+        diagnostics = _diagnostics(ledger, table, sites, cfg, completeness, seconds, restore)
+        atomic_write_json(out_dir / DONE, {"run_key": key, "model": info["model"], "signal": getattr(signal, "__name__", signal), "signal_params": params,
+                                           "config": dataclasses.asdict(cfg), "shards": [sid for sid, _ in shards],
+                                           "workers": {"rollout": len(self.rollout), "gradient": len(self.gradient)},
+                                           "diagnostics": diagnostics})
+        (out_dir / SNAPSHOT).unlink(missing_ok=True)  # complete: attribution.json + scores.parquet are the record
+        return RayAttribution(table, diagnostics, cfg, table_ref)
+
+    def _wait_one(self, in_flight: dict, progress: Progress) -> None:
+        done, _ = ray.wait(list(in_flight), num_returns=1)
+        sid = in_flight.pop(done[0])
+        try:
+            ray.get(done[0])
+            maybe_crash("driver", sid)  # tests: the driver dies with this shard merged
+        except ray.exceptions.RayError as e:
+            m = metrics()
+            if m is not None and error_class(cause(e)) == "fatal":
+                m.error("fatal", "driver")
+            raise _unwrap(e, f"shard '{sid}'") from None
+        progress.advance()
+
+    def _mean_baseline(self, shards, cfg, signal, params, sites, out_dir):
+        """First pass: every shard's rollouts and activation sums, added into the global mean. Saved, so
+        a resumed run uses the same baseline; the rollout refs are kept for the second pass."""
+        from safetensors.torch import load_file, save_file
+
+        path = out_dir / BASELINE
+        if path.is_file():
+            saved = load_file(path)
+            return {s: saved[str(s)] for s in sites}, {}
+        rollout_refs, sums_refs = {}, []
+        with self.timer("baseline"):
+            for k, (sid, part) in enumerate(shards):
+                rollout_refs[sid] = self.rollout.pick(k).generate.remote(sid, part, cfg, signal, params)
+                sums_refs.append(self.gradient.pick(k).activation_sums.remote(sid, rollout_refs[sid], cfg))
+            try:
+                sums = ray.get(sums_refs)
+            except ray.exceptions.RayError as e:
+                raise _unwrap(e, "mean baseline") from None
+        baselines = {}
+        for s in sites:
+            total = np.sum([part[str(s)][0] for part in sums], axis=0)
+            count = sum(part[str(s)][1] for part in sums)
+            baselines[s] = torch.from_numpy(total / max(count, 1)).float()
+        out_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out_dir / f".{BASELINE}.tmp"
+        save_file({str(s): v.contiguous() for s, v in baselines.items()}, str(tmp))
+        tmp.replace(path)
+        return baselines, rollout_refs
+
+    def _completeness(self, shards, ledger, cfg, signal, params, sites, baselines) -> dict:
+        """J(0) and J(alpha_min) per site as rollout tasks over the scored prompts (and J along the path
+        from the ledger in resample mode), the same numbers as in-process ``attribute``."""
+        out = {str(s): {} for s in sites}
+        n = sum(st["prompts"] for st in ledger.values())
+        if cfg.resample and cfg.method == "ipg":
+            for s in sites:
+                path = [st["J_path"][str(s)] for st in ledger.values() if st.get("prompts")]
+                out[str(s)]["J_path"] = [[path[0][i][0], sum(p[i][1] for p in path) / n] for i in range(len(path[0]))]
+        if not cfg.completeness:
+            return out
+        scored = [(sid, [ex for ex in part if ex["id"] in set(ledger[sid]["example_ids"])]) for sid, part in shards]
+        scored = [(sid, part) for sid, part in scored if part]
+        alpha_min = cfg.alphas[0][0]
+        with self.timer("completeness"):
+            for s in sites:
+                for name, alpha in (("J_alpha0", 0.0), ("J_alpha_min", alpha_min)):
+                    path = out[str(s)].get("J_path")
+                    if alpha == 1.0 or (path and alpha == path[0][0]):
+                        continue  # filled from J(1) / the resampled path in _diagnostics
+                    refs = [self.rollout.pick(k).mean_reward.remote(sid, part, cfg, signal, params, s, alpha, baselines[s])
+                            for k, (sid, part) in enumerate(scored)]
+                    try:
+                        parts = ray.get(refs)
+                    except ray.exceptions.RayError as e:
+                        raise _unwrap(e, "completeness") from None
+                    out[str(s)][name] = sum(p[0] for p in parts) / sum(p[1] for p in parts)
+        return out
+
+
+def _finished(out_dir: Path, key: str) -> dict | None:
+    path = out_dir / DONE
+    if not (path.is_file() and (out_dir / "scores.parquet").is_file()):
+        return None
+    record = json.loads(path.read_text())
+    return record if record.get("run_key") == key else None
+
+
+def _diagnostics(ledger, table, sites, cfg, completeness, seconds, restore) -> dict:
+    stats = [s for s in ledger.values()]
+    n_prompts = sum(s["prompts"] for s in stats)
+    n_traj = sum(s["trajectories"] for s in stats)
+    j1 = sum(s["reward_sum"] for s in stats) / n_prompts
+    rows = table.to_pydict()
+    out_sites = {}
+    for site in sites:
+        total = float(sum(sc for sc, layer, kind in zip(rows["score"], rows["layer"], rows["kind"])
+                          if layer == site.layer and kind == site.kind))
+        d = {"sum_scores": total, "J_alpha1": j1, "comparable": cfg.advantage == "none",
+             "note": "sum of scores ~ J(1) - J(0) holds for advantage 'none' with on-policy samples (resample)",
+             **completeness[str(site)]}
+        if cfg.completeness:
+            alpha_min = cfg.alphas[0][0]
+            path = d.get("J_path")
+            for name, alpha in (("J_alpha0", 0.0), ("J_alpha_min", alpha_min)):
+                if name not in d:
+                    d[name] = j1 if alpha == 1.0 else path[0][1]
+            d["alpha_min"] = alpha_min
+            d["gap"] = total - (j1 - d["J_alpha0"])
+        out_sites[str(site)] = d
+    return {
+        "sites": out_sites,
+        "timings": {"total": round(seconds, 3), "rollout_worker_seconds": round(sum(s["rollout_seconds"] for s in stats), 3),
+                    "gradient_worker_seconds": round(sum(s["gradient_seconds"] for s in stats), 3),
+                    "reducer_restore_seconds": restore},
+        "seconds_per_prompt": round(seconds / n_prompts, 4),
+        "mean_reward": j1,
+        "mixed_groups": sum(s["mixed"] for s in stats),
+        "n_prompts": n_prompts,
+        "skipped": {ex: err for s in stats for ex, err in s.get("skipped", {}).items()},
+        "n_trajectories": n_traj,
+        "mean_generated_tokens": sum(s["tokens"] for s in stats) / max(n_traj, 1),
+        "n_shards": len(stats),
+    }
+
+
+def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: AttributionConfig | None = None, *,
+                     signal: str = "accuracy", signal_params: dict | None = None, out_dir: str | Path,
+                     ray_cfg: RayConfig | None = None, run_id: str = "", resume: bool = False, log=print,
+                     **settings) -> RayAttribution:
+    """One attribution on Ray (connects, or starts a local cluster): the same table as
+    ``ipg.attribute`` with the same settings. ``settings`` are AttributionConfig fields when ``cfg`` is None."""
+    cfg = cfg or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
+    with RaySession(model, ray_cfg, log) as session:
+        return session.attribute(examples, cfg, signal=signal, signal_params=signal_params, out_dir=out_dir,
+                                 run_id=run_id, resume=resume)

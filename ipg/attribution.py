@@ -17,13 +17,14 @@ import hashlib
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 from ipg.advantages import ADVANTAGES, advantages
 from ipg.components import POSITIONS, Site, capture_batch, check_site, decoder_layers, edit, site_activations
-from ipg.errors import InputError
+from ipg.errors import ExampleError, InputError
 from ipg.generation import Sample, SamplingParams, generate
 from ipg.paths import BASELINES, SCHEDULES, schedule
 from ipg.scores import PartialScores
@@ -52,6 +53,7 @@ class AttributionConfig:
     batch_tokens: int = 8192  # micro-batch budget: rows x padded length per forward/backward
     generation_batch_size: int = 64
     completeness: bool = True
+    on_error: str = "fail"  # an example whose signal fails: 'fail' the run naming it, or 'skip' it and count it
 
     def __post_init__(self):
         checks = [
@@ -66,6 +68,7 @@ class AttributionConfig:
             ("layers", len(self.layers) > 0 and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices"),
             ("policy_temperature", self.policy_temperature > 0, "> 0"),
             ("batch_tokens", self.batch_tokens >= 1, "an integer >= 1"),
+            ("on_error", self.on_error in ("fail", "skip"), "'fail' or 'skip'"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -104,9 +107,12 @@ def _interpolation(baseline: torch.Tensor, alpha: float):
 
 def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg: AttributionConfig, *,
                     site: Site | None = None, alpha: float = 1.0, baseline: torch.Tensor | None = None,
-                    saes: dict | None = None) -> list[Rollout]:
+                    saes: dict | None = None, skipped: dict[str, str] | None = None) -> list[Rollout]:
     """N trajectories per example from the model with the site on the path at ``alpha`` (alpha = 1:
-    the unmodified model), scored by the signal, with per-group advantages."""
+    the unmodified model), scored by the signal, with per-group advantages.
+
+    An example whose signal fails raises ExampleError (``cfg.on_error`` 'fail'), or ('skip') is left
+    out and recorded in ``skipped`` (example id -> error)."""
     ctx = nullcontext()
     if site is not None and alpha != 1.0:
         ctx = edit(model, site, _interpolation(baseline, alpha), positions=cfg.positions, saes=saes)
@@ -115,12 +121,26 @@ def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg:
                           batch_size=cfg.generation_batch_size)
     out = []
     for ex, samples in zip(examples, groups):
-        rewards = [float(r) for r in signal([s.text for s in samples], [ex] * len(samples), [s.n_tokens for s in samples])]
-        for j, r in enumerate(rewards):
-            if not np.isfinite(r):
-                raise InputError(f"signal '{signal.name}': reward {r} for example '{ex['id']}' sample {j} is not finite; a signal must return finite floats")
+        try:
+            rewards = _rewards(signal, ex, samples)
+        except ExampleError as e:
+            if cfg.on_error == "fail" or skipped is None:
+                raise
+            skipped[ex["id"]] = str(e)
+            continue
         out.append(Rollout(ex, samples, rewards, advantages(rewards, cfg.advantage)))
     return out
+
+
+def _rewards(signal: Signal, ex: dict, samples: list[Sample]) -> list[float]:
+    try:
+        rewards = [float(r) for r in signal([s.text for s in samples], [ex] * len(samples), [s.n_tokens for s in samples])]
+    except Exception as e:  # a user signal or reward model failing on one example: name it
+        raise ExampleError(ex["id"], f"signal '{signal.name}' failed on example '{ex['id']}': {type(e).__name__}: {e}") from e
+    for j, r in enumerate(rewards):
+        if not np.isfinite(r):
+            raise ExampleError(ex["id"], f"signal '{signal.name}': reward {r} for example '{ex['id']}' sample {j} is not finite; a signal must return finite floats")
+    return rewards
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -293,18 +313,24 @@ def site_baselines(model, rollouts: list[Rollout], sites: list[Site], cfg: Attri
     """Baseline vector per site: zeros, or the mean activation over the path positions of the rollouts."""
     out = {}
     for site in sites:
-        width = check_site(model, site, saes)
         if cfg.baseline == "zero":
-            out[site] = torch.zeros(width)
+            out[site] = torch.zeros(check_site(model, site, saes))
             continue
-        total, count = torch.zeros(width, dtype=torch.float64), 0
-        sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts for s in r.samples]
-        for ids, prompt_len, h in site_activations(model, site, sequences, saes=saes, batch_tokens=cfg.batch_tokens):
-            mask = _positions_mask(prompt_len, len(ids), len(ids), cfg.positions)
-            total += h[mask].double().sum(0)
-            count += int(mask.sum())
+        total, count = activation_sums(model, rollouts, site, cfg, saes)
         out[site] = (total / max(count, 1)).float()
     return out
+
+
+def activation_sums(model, rollouts: list[Rollout], site: Site, cfg: AttributionConfig, saes=None) -> tuple[torch.Tensor, int]:
+    """Sum (float64) and count of a site's activations over the path positions of the rollouts: the
+    mergeable pieces of the mean baseline (a distributed run adds them over shards)."""
+    total, count = torch.zeros(check_site(model, site, saes), dtype=torch.float64), 0
+    sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts for s in r.samples]
+    for ids, prompt_len, h in site_activations(model, site, sequences, saes=saes, batch_tokens=cfg.batch_tokens):
+        mask = _positions_mask(prompt_len, len(ids), len(ids), cfg.positions)
+        total += h[mask].double().sum(0)
+        count += int(mask.sum())
+    return total, count
 
 
 def rows_for(rollouts_by_alpha: list[tuple[float, float, list[Rollout]]]) -> tuple[list[_Trajectory], list[_Row]]:
@@ -321,26 +347,39 @@ def rows_for(rollouts_by_alpha: list[tuple[float, float, list[Rollout]]]) -> tup
     return trajectories, rows
 
 
+class ShardScores(NamedTuple):
+    partial: PartialScores
+    paths: dict  # site -> [(alpha, weight, rollouts)]
+    timings: dict[str, float]
+    skipped: dict[str, str]  # example id -> error, for on_error 'skip' (resample mode: failed on the path)
+    rollouts: list[Rollout]  # the alpha = 1 rollouts of the prompts that were scored
+
+
 def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg: AttributionConfig, sites: list[Site],
-                 baselines: dict[Site, torch.Tensor], saes: dict | None = None, log=None):
+                 baselines: dict[Site, torch.Tensor], saes: dict | None = None, log=None) -> ShardScores:
     """Partial scores of one shard of prompts from its alpha = 1 rollouts: the unit of work of a
     gradient worker. Every prompt is scored independently, so merging the partials of any sharding
-    gives the in-process result. Resample mode draws the shard's path rollouts here.
-
-    Returns (PartialScores, {site: [(alpha, weight, rollouts)]}, timings)."""
+    gives the in-process result. Resample mode draws the shard's path rollouts here; with on_error
+    'skip', a prompt whose signal fails anywhere on a path is left out of every site."""
     log = log or (lambda msg: None)
-    examples = [r.example for r in rollouts]
-    partial, paths = PartialScores(), {}
     timings = {"path_rollouts": 0.0, "gradient": 0.0}
-    for site in sites:
+    paths, skipped = {}, {}
+    if cfg.resample and cfg.method == "ipg":
         t = time.perf_counter()
-        if cfg.resample and cfg.method == "ipg":
-            paths[site] = [(a, w, rollouts if a == 1.0 else sample_rollouts(model, tokenizer, examples, signal, cfg, site=site,
-                                                                            alpha=a, baseline=baselines[site], saes=saes))
-                           for a, w in cfg.alphas]
-        else:
-            paths[site] = [(a, w, rollouts) for a, w in cfg.alphas]
+        while True:  # path rollouts of all sites first, so a prompt skipped at one site is dropped from all
+            examples = [r.example for r in rollouts]
+            before = len(skipped)
+            paths = {site: [(a, w, rollouts if a == 1.0 else sample_rollouts(
+                model, tokenizer, examples, signal, cfg, site=site, alpha=a, baseline=baselines[site], saes=saes,
+                skipped=skipped)) for a, w in cfg.alphas] for site in sites}
+            if len(skipped) == before:
+                break
+            rollouts = [r for r in rollouts if r.example["id"] not in skipped]  # per-example seeds: others unchanged
         timings["path_rollouts"] += time.perf_counter() - t
+    else:
+        paths = {site: [(a, w, rollouts) for a, w in cfg.alphas] for site in sites}
+    partial = PartialScores()
+    for site in sites:
         t = time.perf_counter()
         trajectories, rows = rows_for(paths[site])
         per_prompt = site_scores(model, site, trajectories, rows, len(rollouts), baselines[site], cfg, saes)
@@ -348,7 +387,18 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
             partial.add_prompt(site, per_prompt[p], len(r.samples))
         timings["gradient"] += time.perf_counter() - t
         log(f"{site}: {len(rows)} (trajectory, alpha) rows in {time.perf_counter() - t:.1f}s")
-    return partial, paths, timings
+    return ShardScores(partial, paths, timings, skipped, rollouts)
+
+
+def prepare_examples(examples: list[dict]) -> list[dict]:
+    """Examples with ids (derived from the position when absent) and non-empty prompts, or an error."""
+    if not examples:
+        raise InputError("examples: empty; attribution needs at least one example with a 'prompt'")
+    examples = [{"id": str(ex.get("id", f"example-{i}")), **ex} for i, ex in enumerate(examples)]
+    for ex in examples:
+        if not isinstance(ex.get("prompt"), str) or not ex["prompt"]:
+            raise InputError(f"example '{ex['id']}': field 'prompt' is missing or empty")
+    return examples
 
 
 def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", signal_params: dict | None = None,
@@ -360,12 +410,7 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     stderr, n_prompts, n_trajectories, rank and the settings).
     """
     cfg = AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
-    if not examples:
-        raise InputError("examples: empty; attribution needs at least one example with a 'prompt'")
-    examples = [{"id": str(ex.get("id", f"example-{i}")), **ex} for i, ex in enumerate(examples)]
-    for ex in examples:
-        if not isinstance(ex.get("prompt"), str) or not ex["prompt"]:
-            raise InputError(f"example '{ex['id']}': field 'prompt' is missing or empty")
+    examples = prepare_examples(examples)
     sig = make_signal(signal, **(signal_params or {}))
     sig.check(examples)
     sites = [Site(layer, cfg.kind) for layer in cfg.layers]
@@ -374,12 +419,18 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     log = log or (lambda msg: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    base = sample_rollouts(model, tokenizer, examples, sig, cfg, saes=saes)
+    skipped: dict[str, str] = {}
+    base = sample_rollouts(model, tokenizer, examples, sig, cfg, saes=saes, skipped=skipped)
     timings["rollout"] = time.perf_counter() - t0
     log(f"rollouts: {len(examples)} prompts x {cfg.n_samples} samples in {timings['rollout']:.1f}s")
+    if not base:
+        raise InputError(f"examples: the signal failed on every example (on_error 'skip'); first: {next(iter(skipped.values()))}")
     baselines = site_baselines(model, base, sites, cfg, saes)
-    partial, paths, shard_timings = shard_scores(model, tokenizer, base, sig, cfg, sites, baselines, saes, log)
-    timings.update(shard_timings)
+    shard = shard_scores(model, tokenizer, base, sig, cfg, sites, baselines, saes, log)
+    partial, paths, base = shard.partial, shard.paths, shard.rollouts
+    skipped.update(shard.skipped)
+    examples = [r.example for r in base]
+    timings.update(shard.timings)
     diagnostics: dict = {"sites": {}}
     j1 = float(np.mean([np.mean(r.rewards) for r in base]))
     t = time.perf_counter()
@@ -394,6 +445,7 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         mean_reward=j1,
         mixed_groups=sum(len(set(r.rewards)) > 1 for r in base),
         n_prompts=len(examples),
+        skipped=skipped,
         n_trajectories=sum(len(r.samples) for r in base),
         mean_generated_tokens=float(np.mean([s.n_tokens for r in base for s in r.samples])),
     )
@@ -401,10 +453,10 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
 
 
 def score_meta(model, signal_name: str, cfg: AttributionConfig, run_id: str = "") -> dict:
-    """The settings columns of a score table."""
+    """The settings columns of a score table (``model``: the model, or its fingerprint string)."""
     from ipg.models import model_fingerprint
 
-    return {"run_id": run_id, "model": model_fingerprint(model), "signal": signal_name, "method": cfg.method,
+    return {"run_id": run_id, "model": model if isinstance(model, str) else model_fingerprint(model), "signal": signal_name, "method": cfg.method,
             "q": 1 if cfg.method == "pg" else cfg.q, "schedule": cfg.schedule, "baseline": cfg.baseline,
             "advantage": cfg.advantage, "positions": cfg.positions, "seed": cfg.seed}
 

@@ -27,3 +27,14 @@ def tiny_random():
     model = Qwen2ForCausalLM(cfg).eval()
     model.requires_grad_(False)
     return model, tok
+
+
+@pytest.fixture(scope="session")
+def local_ray():
+    """One local Ray cluster for the session's Ray tests (127.0.0.1 dashboard, token auth on, 2 CPUs)."""
+    ray = pytest.importorskip("ray")
+    from cluster.ray_cluster import connect
+
+    info = connect(num_cpus=2)
+    yield info
+    ray.shutdown()

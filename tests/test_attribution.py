@@ -7,7 +7,7 @@ import torch
 
 from ipg.attribution import attribute
 from ipg.components import Site, decoder_layers, edit
-from ipg.errors import InputError
+from ipg.errors import ExampleError, InputError
 from ipg.scores import SCHEMA, dice, select, write_scores
 
 EXAMPLES = [{"id": f"e{i}", "prompt": f"{10 + 7 * i}+{21 + 3 * i}\n", "answer": "1"} for i in range(4)]
@@ -58,8 +58,9 @@ def test_hooks_removed_after_an_exception_and_outputs_unchanged(tiny_random):
     def boom(completion, example):
         raise RuntimeError("signal failed")
 
-    with pytest.raises(RuntimeError, match="signal failed"):
+    with pytest.raises(ExampleError, match=r"signal 'boom' failed on example '.*': RuntimeError: signal failed") as err:
         attribute(model, tok, EXAMPLES, signal=boom, layers=[0], **FAST)
+    assert err.value.example_id == EXAMPLES[0].get("id", "example-0")
     with pytest.raises(RuntimeError, match="inside"):
         with edit(model, Site(1, "mlp"), lambda h: 0 * h):
             raise RuntimeError("inside")
@@ -156,3 +157,24 @@ def test_partial_scores_merge_is_associative_commutative_with_identity():
     merged = a.merge(b).merge(c)
     meta = {"run_id": "m"}
     assert merged.table(meta).num_rows == 6 * len(merged.sites)
+
+
+@pytest.mark.parametrize("resample", [False, True])
+def test_on_error_skip_leaves_the_failing_example_out_and_counts_it(tiny_random, resample):
+    model, tok = tiny_random
+    calls = {"n": 0}
+
+    def flaky(completion, example):  # fails on e2 only; in resample mode only on the path (alpha < 1)
+        calls["n"] += 1
+        if example["id"] == "e2" and (not resample or calls["n"] > 16):
+            raise ValueError("bad example")
+        return float(len(completion) % 3)
+
+    res = attribute(model, tok, EXAMPLES, signal=flaky, layers=[0], resample=resample, on_error="skip", **FAST)
+    assert list(res.diagnostics["skipped"]) == ["e2"] and "ValueError: bad example" in res.diagnostics["skipped"]["e2"]
+    assert res.diagnostics["n_prompts"] == 3 and set(res.table.column("n_prompts").to_pylist()) == {3}
+    rest = [ex for ex in EXAMPLES if ex["id"] != "e2"]
+    expected = attribute(model, tok, rest, signal=lambda c, ex: float(len(c) % 3), layers=[0], resample=resample, **FAST)
+    np.testing.assert_allclose(res.table.column("score").to_pylist(), expected.table.column("score").to_pylist(), rtol=1e-5, atol=1e-9)
+    with pytest.raises(InputError, match="on_error: got 'ignore'"):
+        attribute(model, tok, EXAMPLES, signal=flaky, layers=[0], on_error="ignore", **FAST)

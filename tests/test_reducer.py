@@ -66,10 +66,18 @@ def test_restart_restores_from_the_snapshot_without_double_counting(tmp_path):
     for sid, p in shards.items():  # the driver re-sends everything not acknowledged; duplicates are ignored
         second.merge(sid, p)
     np.testing.assert_allclose(_scores(second.finalize()), _scores(expected), rtol=1e-12)
-    assert sorted(pq.read_table(tmp_path / "run" / SNAPSHOT).schema.metadata) == [b"ipg.ledger"]
+    assert sorted(pq.read_table(tmp_path / "run" / SNAPSHOT).schema.metadata) == [b"ipg.ledger", b"ipg.run_key"]
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]  # atomic writes
 
 
 def test_bad_snapshot_interval():
     with pytest.raises(InputError, match="reducer.snapshot_every"):
         Reducer("/tmp/unused", {}, snapshot_every=0)
+
+
+def test_a_snapshot_of_another_run_is_refused(tmp_path):
+    r = Reducer(tmp_path, {}, snapshot_every=1, run_key="run-a")
+    r.merge("s0", _shards(1)["shard-0"])
+    with pytest.raises(InputError, match=r"a snapshot of another run \(key run-a, this run run-b\)"):
+        Reducer(tmp_path, {}, run_key="run-b")
+    assert Reducer(tmp_path, {}, run_key="run-a").merged_shards() == ["s0"]

@@ -1,30 +1,110 @@
 """RolloutWorker: samples N trajectories per prompt for a shard and scores them with the signal.
 
-Backend ``hf`` (our KV-cached generation); the vLLM backend comes behind the same method. Sampling is
+Backend ``hf`` (our KV-cached generation); the vLLM backend comes behind the same methods. Sampling is
 seeded per (seed, example id, sample index), so a shard's rollouts do not depend on the sharding.
 """
 
 from __future__ import annotations
 
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cluster.errors import ItemError
+from cluster.metrics import StageTimer, metrics
 from ipg.attribution import AttributionConfig, Rollout, sample_rollouts
+from ipg.components import Site
+from ipg.errors import ExampleError
 from ipg.models import load_model
+from ipg.sae import TopKSAE
 from ipg.signals import make_signal
+from workers.faults import maybe_crash
+
+
+@dataclass
+class ShardRollouts:
+    """What travels (as an ObjectRef) from a rollout worker to a gradient worker."""
+
+    shard_id: str
+    rollouts: list[Rollout]
+    skipped: dict[str, str] = field(default_factory=dict)  # example id -> error (on_error 'skip')
+    seconds: float = 0.0
+
+
+def quiet_loading() -> None:
+    """No per-actor "Loading weights" bars in the driver's log."""
+    from transformers.utils import logging
+
+    logging.disable_progress_bar()
+
+
+def load_saes(saes: dict[int, str] | None) -> dict[int, TopKSAE]:
+    return {int(layer): TopKSAE.load(path) for layer, path in (saes or {}).items()}
 
 
 class RolloutWorker:
     def __init__(self, model: str = "organism", *, dtype: str = "float32", device: str = "cpu",
-                 trust_remote_code: bool = False, backend: str = "hf", threads: int | None = None):
+                 trust_remote_code: bool = False, saes: dict[int, str] | None = None, backend: str = "hf",
+                 threads: int | None = None):
         if threads:
             import torch
 
             torch.set_num_threads(threads)  # one actor per core: no oversubscription
         if backend != "hf":
             raise NotImplementedError(f"rollout backend '{backend}' is not available yet; use 'hf'")
+        quiet_loading()
         self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        self.saes = load_saes(saes)
+        self.timer = StageTimer()
 
     def generate(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
-                 signal_params: dict | None = None) -> list[Rollout]:
-        """The shard's scored rollouts (``shard_id`` names the shard in errors and logs)."""
+                 signal_params: dict | None = None) -> ShardRollouts:
+        """The shard's scored rollouts; a failing example raises ItemError (on_error 'fail') or is
+        skipped and reported (on_error 'skip')."""
+        maybe_crash("rollout", shard_id)
         sig = make_signal(signal, **(signal_params or {}))
-        sig.check(examples)
-        return sample_rollouts(self.model, self.tokenizer, examples, sig, cfg)
+        skipped: dict[str, str] = {}
+        start = time.perf_counter()
+        with self.timer("rollout"), _item_errors(shard_id, "rollout"):
+            rollouts = sample_rollouts(self.model, self.tokenizer, examples, sig, cfg, saes=self.saes, skipped=skipped)
+        m = metrics()
+        if m is not None:
+            m.count("rollout", prompts=len(rollouts), trajectories=sum(len(r.samples) for r in rollouts),
+                    tokens=sum(s.n_tokens for r in rollouts for s in r.samples))
+            for _ in skipped:
+                m.error("item", "rollout")
+        return ShardRollouts(shard_id, rollouts, skipped, time.perf_counter() - start)
+
+    def mean_reward(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
+                    signal_params: dict | None, site: Site, alpha: float, baseline) -> tuple[float, int]:
+        """Sum over the shard's prompts of the mean reward with ``site`` at ``alpha`` on the path, and the
+        prompt count (completeness: J(0), J(alpha_min))."""
+        sig = make_signal(signal, **(signal_params or {}))
+        with self.timer("completeness"), _item_errors(shard_id, "completeness"):
+            rolls = sample_rollouts(self.model, self.tokenizer, examples, sig, cfg, site=site, alpha=alpha,
+                                    baseline=baseline, saes=self.saes, skipped={})
+        return float(sum(np.mean(r.rewards) for r in rolls)), len(rolls)
+
+
+class _item_errors:
+    """ExampleError -> ItemError naming the shard (counted as an item error); anything else is counted
+    as fatal and re-raised."""
+
+    def __init__(self, shard_id: str, stage: str):
+        self.shard_id, self.stage = shard_id, stage
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, tp, exc, tb):
+        if exc is None:
+            return False
+        m = metrics()
+        if isinstance(exc, ExampleError):
+            if m is not None:
+                m.error("item", self.stage)
+            raise ItemError(self.shard_id, exc.example_id, exc.message) from exc
+        if m is not None:
+            m.error("fatal", self.stage)
+        return False

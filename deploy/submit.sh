@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Submit `ipg run` to a Ray cluster as a job, follow its log, and exit with the job's status.
+#
+#   deploy/submit.sh [--address URL] [--id SUBMISSION_ID] [--no-wait] [-- IPG_RUN_ARGS...]
+#
+#   deploy/submit.sh -- --config deploy/configs/organism.yaml --out /shared/runs/organism
+#
+# The address is the cluster's dashboard/job API (default: RAY_API_SERVER_ADDRESS, else
+# http://127.0.0.1:8265). Ray 2.60 clusters keep token authentication on: the client sends the token
+# (RAY_AUTH_MODE=token; the token is read from RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token).
+# Inside the job RAY_ADDRESS is set, so `ipg run` attributes on the cluster's actors (ray.enabled auto).
+# The cluster's image or Python environment must have this package installed (deploy/images/); set
+# IPG_WORKING_DIR=. to ship the current checkout instead (dev clusters; .venv, runs and .git excluded).
+set -euo pipefail
+
+address="${RAY_API_SERVER_ADDRESS:-http://127.0.0.1:8265}"
+submission_id="ipg-run-$(date +%Y%m%d-%H%M%S)-$$"
+wait_flag=()
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --address) address="$2"; shift 2 ;;
+    --id) submission_id="$2"; shift 2 ;;
+    --no-wait) wait_flag=(--no-wait); shift ;;
+    --) shift; break ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "submit.sh: unknown option '$1' (ipg run arguments go after --)" >&2; exit 2 ;;
+  esac
+done
+
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+runtime_env='{"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}}'
+if [[ -n "${IPG_WORKING_DIR:-}" ]]; then
+  runtime_env="{\"working_dir\": \"${IPG_WORKING_DIR}\", \"excludes\": [\".venv\", \"runs\", \".git\"], \"env_vars\": {\"HF_HUB_OFFLINE\": \"1\", \"PYTHONUNBUFFERED\": \"1\"}}"
+fi
+ray_bin="${RAY_BIN:-ray}"
+exec "$ray_bin" job submit --address "$address" --submission-id "$submission_id" "${wait_flag[@]}" \
+  --runtime-env-json "$runtime_env" -- ipg run "$@"

@@ -1,0 +1,21 @@
+"""Helpers shared by the Ray tests."""
+
+import numpy as np
+
+from driver.config import RayConfig
+
+SETTINGS = dict(layers=(1, 2), q=3, n_samples=4, max_new_tokens=96, seed=7, completeness=False)
+
+
+def assert_same_scores(table, reference, scale_rtol=1e-7):
+    """Element-wise 1e-5 relative, plus an absolute floor relative to the largest score (scores near 0)."""
+    ref = np.array(reference.column("score").to_pylist())
+    assert np.abs(ref).max() > 0
+    np.testing.assert_allclose(np.array(table.column("score").to_pylist()), ref, rtol=1e-5, atol=scale_rtol * np.abs(ref).max())
+    for col in ("layer", "kind", "index", "n_prompts", "n_trajectories"):
+        assert table.column(col).to_pylist() == reference.column(col).to_pylist()
+
+
+def small_ray(workers: int, **kw) -> RayConfig:
+    return RayConfig(enabled=True, rollout_workers=workers, gradient_workers=workers, shard_size=3, max_in_flight=2,
+                     cpus_per_actor=0.5, progress="lines", **kw)

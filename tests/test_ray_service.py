@@ -1,0 +1,109 @@
+"""The distributed service under faults, bad examples and observation (local Ray cluster, organism).
+
+Crashes are injected with IPG_FAULTS (workers/faults.py): the worker process exits abruptly at a given
+stage and shard, once, as an OOM kill would.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pyarrow.parquet as pq
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from cluster.ray_cluster import metrics_endpoints  # noqa: E402
+from driver.pipeline import RaySession, shard  # noqa: E402
+from ipg.attribution import AttributionConfig, attribute  # noqa: E402
+from ipg.errors import InputError  # noqa: E402
+from ipg.organism.card import splits  # noqa: E402
+from raytools import SETTINGS, assert_same_scores, small_ray  # noqa: E402
+
+EXAMPLES = splits()["support"][20:32]  # 4 shards of 3
+SHARDS = [sid for sid, _ in shard(EXAMPLES, 3)]
+BAD = EXAMPLES[7]["id"]  # in the second shard of EXAMPLES[3:9]
+
+
+@pytest.fixture(scope="module")
+def reference(organism):
+    model, tok = organism
+    return attribute(model, tok, EXAMPLES, signal="accuracy", **SETTINGS).table
+
+
+def test_killed_rollout_gradient_and_reducer_actors_change_no_score(local_ray, reference, tmp_path, monkeypatch):
+    faults = f"rollout@{SHARDS[1]},gradient@{SHARDS[2]},reducer@{SHARDS[2]}"
+    monkeypatch.setenv("IPG_FAULTS", faults)
+    monkeypatch.setenv("IPG_FAULTS_DIR", str(tmp_path))
+    logs = []
+    with RaySession("organism", small_ray(1, snapshot_every=2), log=logs.append) as session:
+        res = session.attribute(EXAMPLES, AttributionConfig(**SETTINGS), out_dir=tmp_path / "run")
+    fired = sorted(p.name for p in tmp_path.iterdir() if "@" in p.name)
+    assert fired == sorted(faults.split(","))  # every process really died once
+    assert_same_scores(res.table, reference)  # nothing lost, nothing counted twice
+    assert res.diagnostics["n_prompts"] == 12 and res.diagnostics["n_shards"] == 4
+    assert res.diagnostics["timings"]["reducer_restore_seconds"] is not None  # the reducer came back from its snapshot
+
+
+def test_killed_driver_resumes_with_identical_scores(local_ray, reference, tmp_path):
+    out = tmp_path / "run"
+    env = {**os.environ, "IPG_FAULTS": f"driver@{SHARDS[2]}", "IPG_FAULTS_DIR": str(tmp_path),
+           "RAY_ADDRESS": local_ray["address"]}
+    cmd = [sys.executable, "-m", "driver.cli", "attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", "2",
+           "--q", "3", "--n-samples", "4", "--max-new-tokens", "96", "--seed", "7", "--no-completeness", "--shard-size", "3",
+           "--max-in-flight", "1", "--snapshot-every", "2", "--cpus-per-actor", "0.5", "--run-id", "r1", "--out", str(out)]
+    (tmp_path / "ex.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in EXAMPLES))
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 17, first.stderr[-2000:]  # the driver died after merging shard 2
+    assert not (out / "scores.parquet").exists()  # no half-written output
+    resumed = subprocess.run([sys.executable, "-m", "driver.cli", "attribute", "--resume", str(out)], env=env,
+                             capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stderr and "already merged" in resumed.stderr
+    merged_before = int(resumed.stderr.split("resuming")[1].split(":")[1].split("/")[0])
+    assert merged_before == 2  # shards 0-1 were snapshotted; shard 2 was merged after, in memory, and is redone
+    table = pq.read_table(out / "scores.parquet")
+    assert_same_scores(table.replace_schema_metadata(None), reference)
+    run = json.loads((out / "run.json").read_text())
+    assert run["ray"] and run["diagnostics"]["n_prompts"] == 12
+
+
+def test_failing_example_fails_the_run_naming_it_or_is_skipped_and_counted(local_ray, organism, tmp_path):
+    model, tok = organism
+    cfg = AttributionConfig(**SETTINGS)
+
+    def _picky(completion: str, example: dict) -> float:  # nested: shipped to the workers by value
+        if example["id"] == BAD:
+            raise ValueError("cannot score this one")
+        from ipg.answers import is_correct
+
+        return float(is_correct(completion, example["answer"]))
+
+    with RaySession("organism", small_ray(1)) as session:
+        bad_shard = shard(EXAMPLES[3:9], 3)[1][0]
+        with pytest.raises(InputError, match=re.escape(f"shard '{bad_shard}', example '{BAD}': signal '_picky' failed on "
+                                                       f"example '{BAD}': ValueError: cannot score")):
+            session.attribute(EXAMPLES[3:9], cfg, signal=_picky, out_dir=tmp_path / "fail")
+        assert not (tmp_path / "fail" / "scores.parquet").exists()
+        skip = AttributionConfig(**{**SETTINGS, "on_error": "skip"})
+        res = session.attribute(EXAMPLES[3:9], skip, signal=_picky, out_dir=tmp_path / "skip")
+        # the metrics of the project appear on the node's Prometheus endpoint while the actors live
+        wanted = ["ray_ipg_prompts_total", "ray_ipg_trajectories_total", "ray_ipg_tokens_total", "ray_ipg_stage_seconds",
+                  "ray_ipg_shards_total", "ray_ipg_reducer_lag_seconds", "ray_ipg_errors_total"]
+        found = {}
+        for _ in range(40):
+            body = "".join(urllib.request.urlopen(url, timeout=10).read().decode() for url in metrics_endpoints())
+            found = {name for name in wanted if f"\n{name}" in body}
+            if len(found) == len(wanted):
+                break
+            time.sleep(1)
+        assert found == set(wanted), sorted(set(wanted) - found)
+        errors = [line for line in body.splitlines() if line.startswith("ray_ipg_errors_total{") and 'error_class="item"' in line]
+        assert errors and sum(float(line.rsplit(" ", 1)[1]) for line in errors) >= 1
+    assert res.diagnostics["skipped"].keys() == {BAD} and res.diagnostics["n_prompts"] == 5
+    expected = attribute(model, tok, [ex for ex in EXAMPLES[3:9] if ex["id"] != BAD], signal="accuracy", **SETTINGS)
+    assert_same_scores(res.table, expected.table)
