@@ -38,6 +38,7 @@ from ipg.attribution import AttributionConfig, prepare_examples, score_meta
 from ipg.components import Site
 from ipg.errors import InputError
 from ipg.files import atomic_write_json
+from ipg.models import resolve_model_path
 from ipg.signals import make_signal
 from workers.faults import maybe_crash
 from workers.gradient import GradientWorker
@@ -128,6 +129,7 @@ class RaySession:
     def __init__(self, model: ModelConfig | str = "organism", ray_cfg: RayConfig | None = None, log=print):
         self.model = ModelConfig(name=model, saes={}) if isinstance(model, str) else model
         self.cfg = ray_cfg or RayConfig()
+        resolve_model_path(self.model.name)  # a missing local path fails here, before any actor starts
         self.log = log
         self.info = connect(self.cfg.address)
         c = self.cfg
@@ -143,6 +145,20 @@ class RaySession:
         self.gradient = ActorGroup(GradientWorker, c.gradient_workers, spec, m.name, backend=c.gradient_backend,
                                    placement_group=self.placement_group, first_bundle=first["gradient"], **common)
         self.timer = StageTimer()
+        self._ready()
+
+    def _ready(self) -> None:
+        """Wait until every actor has loaded the model, so a broken model or environment fails here,
+        once, with the worker's own message (and timings of the attributions exclude start-up)."""
+        try:
+            ray.get([a.ready.remote() for a in self.rollout.actors + self.gradient.actors])
+        except ray.exceptions.RayError as e:
+            self.close()
+            inner = getattr(e, "cause", None) or getattr(getattr(e, "creation_task_error", None), "cause", None)
+            last = str(e).strip().splitlines()[-1]
+            if isinstance(inner, InputError) or last.startswith("ipg.errors.InputError: "):
+                raise InputError(str(inner) if isinstance(inner, InputError) else last.split(": ", 1)[1]) from None
+            raise FatalError(f"workers failed to start: {last}") from None
 
     def close(self) -> None:
         from ray.util.placement_group import remove_placement_group

@@ -56,3 +56,12 @@ def test_bad_layer_and_missing_resources_fail_before_any_work(local_ray, tmp_pat
         attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(layers=(1,)), out_dir=tmp_path,
                          ray_cfg=RayConfig(rollout_workers=4, gradient_workers=4))
     assert not (tmp_path / "scores.parquet").exists()
+
+
+def test_a_model_the_workers_cannot_load_fails_once_with_their_message(local_ray, tmp_path):
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "config.json").write_text('{"model_type": "qwen2"}')
+    with pytest.raises(InputError, match=r"model: could not load '.*m' \(Error no file named model.safetensors"):
+        RaySession(str(tmp_path / "m"), small_ray(1))
+    with pytest.raises(InputError, match=r"model: path '/nonexistent/model' does not exist"):
+        RaySession("/nonexistent/model", small_ray(1))

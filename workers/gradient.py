@@ -39,6 +39,9 @@ class GradientWorker:
         self.saes = load_saes(saes)
         self.timer = StageTimer()
 
+    def ready(self) -> bool:
+        return True
+
     def describe(self, sites: list[Site]) -> dict:
         """The model's fingerprint and each site's width; a bad layer index or kind raises InputError."""
         from ipg.models import model_fingerprint

@@ -58,6 +58,9 @@ class RolloutWorker:
         self.saes = load_saes(saes)
         self.timer = StageTimer()
 
+    def ready(self) -> bool:
+        return True
+
     def generate(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
                  signal_params: dict | None = None) -> ShardRollouts:
         """The shard's scored rollouts; a failing example raises ItemError (on_error 'fail') or is
