@@ -8,6 +8,7 @@ node's Prometheus endpoint without a port per actor). Ray prefixes every name wi
     ipg_shards_total{stage}           shards finished per stage (rollout | gradient | merge)
     ipg_reducer_lag_seconds           time from a partial table's creation to its merge (last shard)
     ipg_errors_total{error_class,stage}   failures: item (one example) | fatal
+    ipg_logprob_gap_max               vLLM vs torch per-token log-prob gap, max over the last shard
 
 Stage names are shared with the driver's timers, so a timer's name is its metric's stage tag.
 """
@@ -17,7 +18,7 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager
 
-STAGES = ("rollout", "baseline", "gradient", "merge", "completeness", "attribute")
+STAGES = ("rollout", "baseline", "gradient", "rescore", "merge", "completeness", "attribute", "evaluate")
 _BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000]
 _metrics = None
 
@@ -35,6 +36,7 @@ class Metrics:
                                        tag_keys=stage)
         self.reducer_lag = Gauge("ipg_reducer_lag_seconds", "partial table created -> merged")
         self.errors = Counter("ipg_errors_total", "failures by class", tag_keys=("error_class", "stage"))
+        self.logprob_gap = Gauge("ipg_logprob_gap_max", "max |rollout-engine log-prob - torch log-prob| of the last shard")
 
     def count(self, stage: str, *, prompts: int = 0, trajectories: int = 0, tokens: int = 0) -> None:
         tags = {"stage": stage}

@@ -32,6 +32,25 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class VLLMConfig:
+    """The vLLM engine of each rollout actor (ray.rollout_backend: vllm)."""
+
+    tensor_parallel_size: int = 1
+    max_model_len: int | None = None  # None: the model's own limit
+    gpu_memory_utilization: float | None = None  # None: 0.9 on GPU; on CPU 0.1 of the NUMA node's memory (process + KV cache)
+    dtype: str | None = None  # None: model.dtype
+    seed: int = 0
+    enforce_eager: bool = True  # steering hooks need eager mode
+    enable_prefix_caching: bool = False  # cached prompt states would bypass steering hooks
+
+    def __post_init__(self):
+        if self.tensor_parallel_size < 1:
+            raise InputError(f"tensor_parallel_size: must be >= 1, got {self.tensor_parallel_size}")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise InputError(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Where and how attribution runs on Ray (``--ray`` / ``--address`` / ``--ray.key=value``)."""
 
@@ -49,6 +68,7 @@ class RayConfig:
     rollout_backend: str = "hf"
     gradient_backend: str = "torch"
     progress: str = "auto"  # auto (bar on a terminal, lines in a job log) | bar | lines | off
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
 
     def __post_init__(self):
         for name in ("rollout_workers", "gradient_workers", "threads_per_actor", "shard_size", "max_in_flight", "snapshot_every"):
@@ -56,6 +76,10 @@ class RayConfig:
                 raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise InputError("cpus_per_actor / gpus_per_actor: must be >= 0")
+        if self.rollout_backend not in ("hf", "vllm"):
+            raise InputError(f"rollout_backend: '{self.rollout_backend}'; use 'hf' or 'vllm' (install the vllm extra)")
+        if self.gradient_backend not in ("torch", "deepspeed"):
+            raise InputError(f"gradient_backend: '{self.gradient_backend}'; use 'torch' or 'deepspeed'")
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise InputError(f"progress: '{self.progress}'; use auto, bar, lines or off")
 

@@ -140,7 +140,8 @@ class RaySession:
         saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
         common = dict(dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code, saes=saes,
                       threads=c.threads_per_actor)
-        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, spec, m.name, backend=c.rollout_backend,
+        vllm = dataclasses.asdict(c.vllm) if c.rollout_backend == "vllm" else None
+        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, spec, m.name, backend=c.rollout_backend, vllm=vllm,
                                   placement_group=self.placement_group, first_bundle=first["rollout"], **common)
         self.gradient = ActorGroup(GradientWorker, c.gradient_workers, spec, m.name, backend=c.gradient_backend,
                                    placement_group=self.placement_group, first_bundle=first["gradient"], **common)
@@ -388,7 +389,18 @@ def _diagnostics(ledger, table, sites, cfg, completeness, seconds, restore) -> d
         "n_trajectories": n_traj,
         "mean_generated_tokens": sum(s["tokens"] for s in stats) / max(n_traj, 1),
         "n_shards": len(stats),
+        **_gap(stats),
     }
+
+
+def _gap(stats: list[dict]) -> dict:
+    """The rollout engine's log-prob gap to the torch model over all shards (vLLM rollouts only)."""
+    gaps = [s["logprob_gap"] for s in stats if "logprob_gap" in s]
+    if not gaps:
+        return {}
+    n = sum(g["n_tokens"] for g in gaps)
+    return {"logprob_gap": {"mean_abs": sum(g["sum_abs"] for g in gaps) / max(n, 1),
+                            "max_abs": max(g["max_abs"] for g in gaps), "n_tokens": n}}
 
 
 def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: AttributionConfig | None = None, *,

@@ -134,3 +134,32 @@ def _decode_loop(model, ids, mask, params, generators, eos):
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
         cache, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), next_pos + 1
     return [(tokens[i], logprobs[i], bool(done[i])) for i in range(batch)]
+
+
+@torch.no_grad()
+def rescore(model, samples: list[Sample], *, batch_tokens: int = 8192) -> list[list[float]]:
+    """Per-token log-probabilities (raw model distribution, as in ``Sample.logprobs``) of each sample's
+    completion under ``model``, teacher-forced: how another engine's samples score under these weights."""
+    device = next(model.parameters()).device
+    order = sorted(range(len(samples)), key=lambda i: -(len(samples[i].prompt_ids) + samples[i].n_tokens))
+    out: list[list[float]] = [[] for _ in samples]
+    i = 0
+    while i < len(order):
+        width = len(samples[order[i]].prompt_ids) + samples[order[i]].n_tokens
+        chunk = order[i : i + max(1, batch_tokens // max(width, 1))]
+        i += len(chunk)
+        seqs = [samples[k].prompt_ids + samples[k].completion_ids for k in chunk]
+        ids = torch.tensor([s + [0] * (width - len(s)) for s in seqs], device=device)
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=device)
+        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)  # (B, T, V)
+        for row, k in enumerate(chunk):
+            p, n = len(samples[k].prompt_ids), samples[k].n_tokens
+            targets = ids[row, p : p + n]
+            out[k] = logp[row, p - 1 : p - 1 + n].gather(-1, targets[:, None])[:, 0].tolist()
+    return out
+
+
+def logprob_gap(samples: list[Sample], rescored: list[list[float]]) -> dict:
+    """Sum and max of |engine log-prob - rescored log-prob| over all completion tokens, and the count."""
+    diffs = [abs(a - b) for s, r in zip(samples, rescored) for a, b in zip(s.logprobs, r)]
+    return {"sum_abs": float(sum(diffs)), "max_abs": float(max(diffs, default=0.0)), "n_tokens": len(diffs)}

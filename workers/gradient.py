@@ -85,6 +85,15 @@ class GradientWorker:
             "rollout_seconds": shard.seconds, "gradient_seconds": time.perf_counter() - start,
             "created_at": time.time(),
         }
+        if shard.backend != "hf" and rollouts:  # another engine sampled: how do its log-probs score here?
+            from ipg.generation import logprob_gap, rescore
+
+            samples = [s for r in rollouts for s in r.samples]
+            with self.timer("rescore"):
+                stats["logprob_gap"] = logprob_gap(samples, rescore(self.model, samples, batch_tokens=cfg.batch_tokens))
+            m = metrics()
+            if m is not None:
+                m.logprob_gap.set(stats["logprob_gap"]["max_abs"])
         if cfg.resample and cfg.method == "ipg" and paths:  # J along the path, per site: sums over prompts
             stats["J_path"] = {str(site): [[a, float(sum(np.mean(r.rewards) for r in rolls))] for a, _, rolls in path]
                                for site, path in paths.items()}

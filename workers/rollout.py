@@ -15,7 +15,8 @@ from cluster.errors import ItemError
 from cluster.metrics import StageTimer, metrics
 from ipg.attribution import AttributionConfig, Rollout, sample_rollouts
 from ipg.components import Site
-from ipg.errors import ExampleError
+from ipg.errors import ExampleError, InputError
+from ipg.generation import Sample, SamplingParams
 from ipg.models import load_model
 from ipg.sae import TopKSAE
 from ipg.signals import make_signal
@@ -30,6 +31,7 @@ class ShardRollouts:
     rollouts: list[Rollout]
     skipped: dict[str, str] = field(default_factory=dict)  # example id -> error (on_error 'skip')
     seconds: float = 0.0
+    backend: str = "hf"  # which engine sampled them (not 'hf': the gradient worker measures the log-prob gap)
 
 
 def quiet_loading() -> None:
@@ -44,17 +46,29 @@ def load_saes(saes: dict[int, str] | None) -> dict[int, TopKSAE]:
 
 
 class RolloutWorker:
+    """Backends: ``hf`` (our KV-cached loop on a torch model) or ``vllm`` (a vLLM engine in this actor;
+    ``vllm`` holds its options: tensor_parallel_size, max_model_len, gpu_memory_utilization, seed, ...)."""
+
     def __init__(self, model: str = "organism", *, dtype: str = "float32", device: str = "cpu",
                  trust_remote_code: bool = False, saes: dict[int, str] | None = None, backend: str = "hf",
-                 threads: int | None = None):
+                 threads: int | None = None, vllm: dict | None = None):
         if threads:
             import torch
 
             torch.set_num_threads(threads)  # one actor per core: no oversubscription
-        if backend != "hf":
-            raise NotImplementedError(f"rollout backend '{backend}' is not available yet; use 'hf'")
+        if backend not in ("hf", "vllm"):
+            raise InputError(f"ray.rollout_backend: '{backend}'; use 'hf' or 'vllm'")
         quiet_loading()
-        self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        self.backend, self.engine, self.model = backend, None, None
+        if backend == "vllm":
+            from workers.vllm_backend import VLLMEngine
+
+            opts = {k: v for k, v in (vllm or {}).items() if v is not None}
+            opts.setdefault("dtype", dtype)
+            self.engine = VLLMEngine(model, trust_remote_code=trust_remote_code, **opts)
+            self.tokenizer = self.engine.tokenizer
+        else:
+            self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
         self.saes = load_saes(saes)
         self.timer = StageTimer()
 
@@ -70,14 +84,15 @@ class RolloutWorker:
         skipped: dict[str, str] = {}
         start = time.perf_counter()
         with self.timer("rollout"), _item_errors(shard_id, "rollout"):
-            rollouts = sample_rollouts(self.model, self.tokenizer, examples, sig, cfg, saes=self.saes, skipped=skipped)
+            rollouts = sample_rollouts(self.model, self.tokenizer, examples, sig, cfg, saes=self.saes, skipped=skipped,
+                                       engine=self.engine)
         m = metrics()
         if m is not None:
             m.count("rollout", prompts=len(rollouts), trajectories=sum(len(r.samples) for r in rollouts),
                     tokens=sum(s.n_tokens for r in rollouts for s in r.samples))
             for _ in skipped:
                 m.error("item", "rollout")
-        return ShardRollouts(shard_id, rollouts, skipped, time.perf_counter() - start)
+        return ShardRollouts(shard_id, rollouts, skipped, time.perf_counter() - start, self.backend)
 
     def mean_reward(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
                     signal_params: dict | None, site: Site, alpha: float, baseline) -> tuple[float, int]:
@@ -86,8 +101,31 @@ class RolloutWorker:
         sig = make_signal(signal, **(signal_params or {}))
         with self.timer("completeness"), _item_errors(shard_id, "completeness"):
             rolls = sample_rollouts(self.model, self.tokenizer, examples, sig, cfg, site=site, alpha=alpha,
-                                    baseline=baseline, saes=self.saes, skipped={})
+                                    baseline=baseline, saes=self.saes, skipped={}, engine=self.engine)
         return float(sum(np.mean(r.rewards) for r in rolls)), len(rolls)
+
+    def steered_generate(self, examples: list[dict], params: SamplingParams, steering: dict | None = None) -> list[list[Sample]]:
+        """Generation under steering, for evaluation at engine speed. ``steering``: None, or
+        {"scale": [component ids], "gamma", "positions"} or {"add": layer, "vector", "coefficient", "positions"}."""
+        from contextlib import nullcontext
+
+        from ipg.components import ComponentId
+        from ipg.generation import generate
+        from ipg.steering import add_vector, scale
+
+        ctx = nullcontext()
+        if steering and "scale" in steering:
+            comps = [ComponentId.parse(c) if isinstance(c, str) else c for c in steering["scale"]]
+            ctx = (self.engine.scale(comps, steering["gamma"], steering["positions"], self.saes) if self.engine else
+                   scale(self.model, comps, steering["gamma"], positions=steering["positions"], saes=self.saes))
+        elif steering and "add" in steering:
+            ctx = (self.engine.add(steering["add"], steering["vector"], steering["coefficient"], steering["positions"])
+                   if self.engine else add_vector(self.model, steering["add"], steering["vector"], steering["coefficient"],
+                                                  positions=steering["positions"]))
+        with self.timer("evaluate"), ctx:
+            if self.engine is not None:
+                return self.engine.generate(examples, params)
+            return generate(self.model, self.tokenizer, examples, params)
 
 
 class _item_errors:

@@ -1,0 +1,244 @@
+"""The vLLM rollout backend: sampling and steered generation inside a vLLM engine.
+
+vLLM is imported here and nowhere else. The engine returns the same ``Sample`` records as
+``ipg.generation.generate``: prompt ids from our tokenizer, completion ids ending with EOS when
+finished, per-token log-probabilities of the raw model distribution (vLLM's ``raw_logprobs``: the
+same definition as the HF backend), and text decoded by our tokenizer.
+
+Sampling: one request per (example, sample index) seeded with ``ipg.generation.sample_seed``, so a
+sample does not depend on batching or sharding (the samples differ from the HF backend's: another
+random stream, same distribution).
+
+Steering inside the engine: forward hooks installed on the engine's model through the worker RPC
+(``LLM.apply_model``), in eager mode with prefix caching off. vLLM's decoder layers return
+``(hidden, residual)`` with the residual add fused into the next norm; a hook edits the block output
+``hidden + residual`` and hands ``(edited, 0)`` on, which the next fused add turns back into exactly
+``edited``. The decision positions (``positions="generated"``) are the last query token of every
+request in the step (``query_start_loc[1:] - 1``): the last prompt token at prefill, the new token at
+decode, as in the HF backend. MLP neurons are the input of ``mlp.down_proj`` (under tensor parallelism
+each rank holds a slice of them; indices are mapped to the rank's slice).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from contextlib import contextmanager
+
+import torch
+
+from ipg.components import Site
+from ipg.errors import InputError
+from ipg.generation import Sample, SamplingParams, sample_seed
+
+
+class VLLMEngine:
+    def __init__(self, model: str, *, dtype: str = "float32", seed: int = 0, tensor_parallel_size: int = 1,
+                 max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
+                 enforce_eager: bool = True, enable_prefix_caching: bool = False, trust_remote_code: bool = False):
+        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model ships our hook functions
+        os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        from transformers import AutoTokenizer
+        from vllm import LLM
+
+        from ipg.models import resolve_model_path
+
+        path = resolve_model_path(model)
+        if gpu_memory_utilization is None:  # on CPU the fraction of host memory vLLM reserves for its KV cache
+            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.1
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        self.llm = LLM(model=path, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
+                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                       enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
+                       trust_remote_code=trust_remote_code)
+        self.enforce_eager = enforce_eager
+
+    def generate(self, examples: list[dict], params: SamplingParams) -> list[list[Sample]]:
+        """``params.n`` samples per example, in input order (the HF backend's records)."""
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
+
+        tok = self.tokenizer
+        eos = tok.eos_token_id
+        ids = [ex["id"] for ex in examples]
+        if len(set(ids)) != len(ids):
+            raise InputError("examples: duplicate ids; samples are keyed and seeded by id, so ids must be unique")
+        prompts, sampling, keys = [], [], []
+        for ex in examples:
+            pid = tok(ex["prompt"], add_special_tokens=False)["input_ids"]
+            for j in range(params.n):
+                prompts.append(TokensPrompt(prompt_token_ids=pid))
+                sampling.append(VSamplingParams(
+                    n=1, temperature=0.0 if params.greedy else params.temperature,
+                    top_p=1.0 if params.greedy else params.top_p, max_tokens=params.max_new_tokens,
+                    seed=None if params.greedy else sample_seed(params.seed, ex["id"], j), logprobs=0,
+                    stop_token_ids=[eos] if eos is not None else None, detokenize=False))
+                keys.append((ex["id"], j, pid))
+        outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
+        by_key = {}
+        for (eid, j, pid), out in zip(keys, outputs):
+            c = out.outputs[0]
+            toks = list(c.token_ids)
+            lps = [float(step[t].logprob) for t, step in zip(toks, c.logprobs or [])]
+            text = tok.decode([t for t in toks if t != eos], skip_special_tokens=True)
+            by_key[(eid, j)] = Sample(eid, j, list(pid), toks, text, lps, bool(toks) and toks[-1] == eos)
+        return [[by_key[(ex["id"], j)] for j in range(params.n)] for ex in examples]
+
+    @contextmanager
+    def edits(self, specs: list[dict]):
+        """Hooks on the engine's model while the body runs (removed on exit, also on errors).
+        A spec: {"layer", "kind", "positions", "op": "scale", "indices", "gamma"} or
+        {..., "op": "interpolate", "alpha", "baseline"}; SAE sites carry the SAE module in "sae"."""
+        if specs and not self.enforce_eager:
+            raise InputError("vllm.enforce_eager: steering hooks need eager mode; set it to true")
+        self.llm.apply_model(functools.partial(install_hooks, specs=specs))  # std pickle: no lambdas
+        try:
+            yield
+        finally:
+            self.llm.apply_model(remove_hooks)
+
+
+    def interpolate(self, site: Site, alpha: float, baseline: torch.Tensor, positions: str, saes: dict | None = None):
+        """The site on the IPG path at ``alpha`` (baseline + alpha (h - baseline)) while the body runs."""
+        return self.edits([interpolation_spec(site, alpha, baseline, positions, saes)])
+
+    def add(self, layer: int, vector: torch.Tensor, coefficient: float, positions: str = "generated"):
+        """Add ``coefficient * vector`` to block ``layer``'s output while the body runs (control vectors)."""
+        return self.edits([dict(layer=layer, kind="residual", positions=positions, op="add",
+                                vector=vector.detach().float().cpu(), coefficient=float(coefficient), sae=None)])
+
+    def scale(self, components, gamma: float, positions: str = "generated", saes: dict | None = None):
+        """Steering: the selected components times gamma while the body runs."""
+        return self.edits(steering_specs(components, gamma, positions, saes))
+
+
+def steering_specs(components, gamma: float, positions: str, saes: dict | None = None) -> list[dict]:
+    """Specs scaling ``components`` (ComponentIds) by gamma, one per site."""
+    from ipg.steering import _by_site
+
+    return [dict(layer=site.layer, kind=site.kind, positions=positions, op="scale", indices=sorted(set(idx)), gamma=float(gamma),
+                 sae=_sae_state(saes, site)) for site, idx in _by_site(components).items()]
+
+
+def interpolation_spec(site: Site, alpha: float, baseline: torch.Tensor, positions: str, saes: dict | None = None) -> dict:
+    return dict(layer=site.layer, kind=site.kind, positions=positions, op="interpolate", alpha=float(alpha),
+                baseline=baseline.detach().float().cpu(), sae=_sae_state(saes, site))
+
+
+def _sae_state(saes, site: Site):
+    if site.kind != "sae":
+        return None
+    sae = (saes or {}).get(site.layer)
+    if sae is None:
+        raise InputError(f"sae: steering layers.{site.layer}.sae needs an SAE for layer {site.layer}")
+    return sae.cpu()  # a torch module: pickled into the worker (ipg is importable there)
+
+
+# -- inside the vLLM worker process ----------------------------------------------------------------
+
+
+def _decision_rows(n_tokens: int, positions: str, device) -> torch.Tensor | None:
+    """Rows of this step's flattened token batch to edit; None in steps without requests (profiling)."""
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if positions == "all":
+        return torch.arange(n_tokens, device=device)
+    if not is_forward_context_available():
+        return None
+    md = get_forward_context().attn_metadata
+    if isinstance(md, list):
+        md = md[0] if md else None
+    if not md:
+        return None
+    meta = next(iter(md.values()))
+    qsl = getattr(meta, "query_start_loc", None)
+    if qsl is None:
+        return None
+    return (qsl[1:] - 1).to(device=device, dtype=torch.long)
+
+
+def _component_fn(spec: dict, device, dtype, lo: int = 0, hi: int | None = None):
+    """The edit in component space: x (rows, width) -> x'. ``lo:hi`` is this rank's slice (MLP under TP)."""
+    if spec["op"] == "scale":
+        idx = torch.tensor([i - lo for i in spec["indices"] if lo <= i < (hi if hi is not None else 1 << 62)],
+                           dtype=torch.long, device=device)
+        gamma = spec["gamma"]
+
+        def fn(x):
+            out = x.clone()
+            out[:, idx] = x[:, idx] * gamma
+            return out
+    elif spec["op"] == "add":
+        v = (spec["coefficient"] * spec["vector"]).to(device=device, dtype=dtype)
+
+        def fn(x):
+            return x + v
+    else:
+        b = spec["baseline"][lo:hi].to(device=device, dtype=dtype)
+        alpha = spec["alpha"]
+
+        def fn(x):
+            return b + alpha * (x - b)
+    return fn
+
+
+def install_hooks(model, specs: list[dict]) -> int:
+    remove_hooks(model)
+    handles = []
+    layers = model.model.layers
+    for spec in specs:
+        block = layers[spec["layer"]]
+        if spec["kind"] == "mlp":
+            from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+            down = block.mlp.down_proj
+            width = down.input_size_per_partition if hasattr(down, "input_size_per_partition") else down.weight.shape[1]
+            rank = get_tensor_model_parallel_rank() if get_tensor_model_parallel_world_size() > 1 else 0
+            lo, hi = rank * width, (rank + 1) * width
+            param = next(down.parameters())
+            fn = _component_fn(spec, param.device, param.dtype, lo, hi)
+
+            def pre_hook(module, args, fn=fn, positions=spec["positions"]):
+                x = args[0]
+                rows = _decision_rows(x.shape[0], positions, x.device)
+                if rows is None:
+                    return None
+                out = x.clone()
+                out[rows] = fn(x[rows]).to(x.dtype)
+                return (out, *args[1:])
+
+            handles.append(down.register_forward_pre_hook(pre_hook))
+            continue
+        sae = spec["sae"]
+        param = next(block.parameters())
+        if sae is not None:
+            sae = sae.to(param.device)
+        fn = _component_fn(spec, param.device, torch.float32 if sae is not None else param.dtype)
+
+        def hook(module, args, output, fn=fn, sae=sae, positions=spec["positions"]):
+            hidden, residual = output
+            full = hidden + residual if residual is not None else hidden
+            rows = _decision_rows(full.shape[0], positions, full.device)
+            if rows is None:
+                return None
+            h = full[rows]
+            if sae is None:
+                new = fn(h)
+            else:
+                f = sae.encode(h.float())
+                new = h + sae.decode_delta(fn(f) - f).to(h.dtype)
+            edited = full.clone()
+            edited[rows] = new.to(full.dtype)
+            return edited, torch.zeros_like(full)
+
+        handles.append(block.register_forward_hook(hook))
+    model._ipg_hooks = handles
+    return len(handles)
+
+
+def remove_hooks(model) -> int:
+    handles = getattr(model, "_ipg_hooks", [])
+    for h in handles:
+        h.remove()
+    model._ipg_hooks = []
+    return len(handles)
