@@ -51,6 +51,19 @@ class VLLMConfig:
 
 
 @dataclass(frozen=True)
+class DeepSpeedConfig:
+    """A DeepSpeed ZeRO-3 gradient group (ray.gradient_backend: deepspeed): ``ranks`` actors, one per
+    device, parameters partitioned across them; each gradient worker of ray.gradient_workers is a group."""
+
+    ranks: int = 2
+    offload_params: bool = False  # ZeRO-3 parameter offload to CPU memory (GPU ranks)
+
+    def __post_init__(self):
+        if self.ranks < 1:
+            raise InputError(f"ranks: must be >= 1, got {self.ranks}")
+
+
+@dataclass(frozen=True)
 class RayConfig:
     """Where and how attribution runs on Ray (``--ray`` / ``--address`` / ``--ray.key=value``)."""
 
@@ -69,6 +82,7 @@ class RayConfig:
     gradient_backend: str = "torch"
     progress: str = "auto"  # auto (bar on a terminal, lines in a job log) | bar | lines | off
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):
         for name in ("rollout_workers", "gradient_workers", "threads_per_actor", "shard_size", "max_in_flight", "snapshot_every"):
@@ -82,6 +96,10 @@ class RayConfig:
             raise InputError(f"gradient_backend: '{self.gradient_backend}'; use 'torch' or 'deepspeed'")
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise InputError(f"progress: '{self.progress}'; use auto, bar, lines or off")
+
+    def gpus_needed(self) -> float:
+        ranks = self.deepspeed.ranks if self.gradient_backend == "deepspeed" else 1
+        return (self.rollout_workers + self.gradient_workers * ranks) * self.gpus_per_actor
 
     def active(self) -> bool:
         import os
