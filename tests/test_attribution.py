@@ -178,3 +178,25 @@ def test_on_error_skip_leaves_the_failing_example_out_and_counts_it(tiny_random,
     np.testing.assert_allclose(res.table.column("score").to_pylist(), expected.table.column("score").to_pylist(), rtol=1e-5, atol=1e-9)
     with pytest.raises(InputError, match="on_error: got 'ignore'"):
         attribute(model, tok, EXAMPLES, signal=flaky, layers=[0], on_error="ignore", **FAST)
+
+
+@pytest.mark.parametrize("kind", ["residual", "mlp"])
+def test_lockstep_padding_changes_no_score(organism, kind):
+    """A ZeRO-3 rank pads to the busiest rank's number of calls with zero-advantage dummies."""
+    from ipg.attribution import AttributionConfig, sample_rollouts, shard_scores
+    from ipg.components import Site
+    from ipg.organism.card import splits
+    from ipg.signals import make_signal
+
+    model, tok = organism
+    cfg = AttributionConfig(layers=(1,), kind=kind, q=2, n_samples=4, max_new_tokens=64, batch_tokens=600, completeness=False)
+    sig = make_signal("accuracy")
+    rollouts = sample_rollouts(model, tok, splits()["support"][:5], sig, cfg)
+    width = 128 if kind == "residual" else 512
+    base = {Site(1, kind): torch.zeros(width)}
+    plain = shard_scores(model, tok, rollouts, sig, cfg, [Site(1, kind)], base).partial.means(Site(1, kind))
+    calls = []
+    padded = shard_scores(model, tok, rollouts, sig, cfg, [Site(1, kind)], base,
+                          agree=lambda n: calls.append(n) or n + 2).partial.means(Site(1, kind))
+    assert len(calls) == 2 and calls[1] > 1  # captures, then gradient micro-batches, each padded by 2
+    np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-7 * np.abs(plain).max())

@@ -27,6 +27,12 @@ STATS_KEY = b"ipg.shard"
 
 
 class GradientWorker:
+    lockstep = None  # a ZeRO-3 rank sets this to its all-reduce-max (see workers/deepspeed_backend.py)
+
+    def part(self, items: list) -> list:
+        """This worker's share of a shard (a ZeRO-3 rank takes every R-th prompt)."""
+        return items
+
     def __init__(self, model: str = "organism", *, dtype: str = "float32", device: str = "cpu",
                  trust_remote_code: bool = False, saes: dict[int, str] | None = None, backend: str = "torch",
                  threads: int | None = None):
@@ -48,13 +54,18 @@ class GradientWorker:
 
         return {"model": model_fingerprint(self.model), "widths": {str(s): check_site(self.model, s, self.saes) for s in sites}}
 
+    def _rescore(self, samples, cfg):
+        from ipg.generation import rescore
+
+        return rescore(self.model, samples, batch_tokens=cfg.batch_tokens)
+
     def activation_sums(self, shard_id: str, shard: ShardRollouts, cfg: AttributionConfig) -> dict[str, tuple]:
         """Per site (str): float64 sum and count of activations on the path positions (mean baseline)."""
         out = {}
         with self.timer("baseline"):
             for layer in cfg.layers:
                 site = Site(layer, cfg.kind)
-                total, count = activation_sums(self.model, shard.rollouts, site, cfg, self.saes)
+                total, count = activation_sums(self.model, self.part(shard.rollouts), site, cfg, self.saes, agree=self.lockstep)
                 out[str(site)] = (total.numpy(), count)
         return out
 
@@ -67,9 +78,10 @@ class GradientWorker:
         if baselines is None:
             baselines = {s: torch.zeros(check_site(self.model, s, self.saes)) for s in sites}
         start = time.perf_counter()
-        if shard.rollouts:
+        mine = self.part(shard.rollouts)
+        if mine or self.lockstep:  # a rank with no prompts still makes the group's calls
             with self.timer("gradient"), _item_errors(shard_id, "gradient"):
-                res = shard_scores(self.model, self.tokenizer, shard.rollouts, sig, cfg, sites, baselines, self.saes)
+                res = shard_scores(self.model, self.tokenizer, mine, sig, cfg, sites, baselines, self.saes, agree=self.lockstep)
             partial, rollouts, skipped, paths = res.partial, res.rollouts, {**shard.skipped, **res.skipped}, res.paths
         else:  # every example of the shard was skipped
             from ipg.scores import PartialScores
@@ -85,12 +97,12 @@ class GradientWorker:
             "rollout_seconds": shard.seconds, "gradient_seconds": time.perf_counter() - start,
             "created_at": time.time(),
         }
-        if shard.backend != "hf" and rollouts:  # another engine sampled: how do its log-probs score here?
-            from ipg.generation import logprob_gap, rescore
+        if shard.backend != "hf" and (rollouts or self.lockstep):  # another engine sampled: how do its log-probs score here?
+            from ipg.generation import logprob_gap
 
             samples = [s for r in rollouts for s in r.samples]
             with self.timer("rescore"):
-                stats["logprob_gap"] = logprob_gap(samples, rescore(self.model, samples, batch_tokens=cfg.batch_tokens))
+                stats["logprob_gap"] = logprob_gap(samples, self._rescore(samples, cfg))
             m = metrics()
             if m is not None:
                 m.logprob_gap.set(stats["logprob_gap"]["max_abs"])
@@ -102,3 +114,30 @@ class GradientWorker:
             m.count("gradient", prompts=len(rollouts), trajectories=n_traj,
                     tokens=sum(len(s.prompt_ids) + s.n_tokens for r in rollouts for s in r.samples))
         return partial_to_arrow(partial, {STATS_KEY: json.dumps(stats).encode()})
+
+
+def merge_rank_tables(*tables: pa.Table) -> pa.Table:
+    """One partial table from a gradient group's per-rank tables: sums added, statistics combined."""
+    from ipg.scores import PartialScores, partial_from_arrow
+
+    partial, stats = PartialScores(), {}
+    for t in tables:
+        partial = partial.merge(partial_from_arrow(t))
+        s = json.loads((t.schema.metadata or {}).get(STATS_KEY, b"{}"))
+        for k, v in s.items():
+            if k in ("skipped",):
+                stats[k] = {**stats.get(k, {}), **v}
+            elif k == "example_ids":
+                stats[k] = stats.get(k, []) + v
+            elif k in ("created_at", "rollout_seconds"):
+                stats[k] = max(stats.get(k, 0.0), v)
+            elif k == "logprob_gap":
+                g = stats.get(k, {"sum_abs": 0.0, "max_abs": 0.0, "n_tokens": 0})
+                stats[k] = {"sum_abs": g["sum_abs"] + v["sum_abs"], "max_abs": max(g["max_abs"], v["max_abs"]),
+                            "n_tokens": g["n_tokens"] + v["n_tokens"]}
+            elif k == "J_path":
+                prev = stats.get(k, {})
+                stats[k] = {site: [[a, x + dict(prev.get(site, [])).get(a, 0.0)] for a, x in path] for site, path in v.items()}
+            else:
+                stats[k] = stats.get(k, 0) + v
+    return partial_to_arrow(partial, {STATS_KEY: json.dumps(stats).encode()})
