@@ -15,7 +15,7 @@ set -euo pipefail
 
 address="${RAY_API_SERVER_ADDRESS:-http://127.0.0.1:8265}"
 submission_id="ipg-run-$(date +%Y%m%d-%H%M%S)-$$"
-wait_flag=()
+wait_flag=()  # --no-wait: return once submitted
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --address) address="$2"; shift 2 ;;
@@ -33,5 +33,22 @@ if [[ -n "${IPG_WORKING_DIR:-}" ]]; then
   runtime_env="{\"working_dir\": \"${IPG_WORKING_DIR}\", \"excludes\": [\".venv\", \"runs\", \".git\"], \"env_vars\": {\"HF_HUB_OFFLINE\": \"1\", \"PYTHONUNBUFFERED\": \"1\"}}"
 fi
 ray_bin="${RAY_BIN:-ray}"
-exec "$ray_bin" job submit --address "$address" --submission-id "$submission_id" "${wait_flag[@]}" \
-  --runtime-env-json "$runtime_env" -- ipg run "$@"
+
+# A freshly started head answers HTTP before its job agent is up ("No available agent to submit job"):
+# retry that for up to a minute; any other submission error is final.
+for attempt in $(seq 1 30); do
+  if out=$("$ray_bin" job submit --address "$address" --submission-id "$submission_id" --no-wait \
+             --runtime-env-json "$runtime_env" -- ipg run "$@" 2>&1); then
+    break
+  fi
+  if grep -q "No available agent" <<<"$out" && [[ $attempt -lt 30 ]]; then sleep 2; continue; fi
+  echo "$out" >&2
+  exit 1
+done
+echo "submitted $submission_id to $address"
+if [[ ${#wait_flag[@]} -gt 0 ]]; then exit 0; fi
+
+"$ray_bin" job logs --address "$address" --follow "$submission_id"
+status=$("$ray_bin" job status --address "$address" "$submission_id" 2>&1 | tail -n 5)
+echo "$status"
+grep -qi "succeeded" <<<"$status"

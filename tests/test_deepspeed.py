@@ -46,3 +46,18 @@ def test_resample_is_refused_on_a_zero3_group(local_ray, tmp_path):
         with pytest.raises(InputError, match="attribution.resample: not available with the deepspeed gradient backend"):
             session.attribute(splits()["support"][:3], AttributionConfig(layers=(1,), q=2, n_samples=2, resample=True,
                                                                          completeness=False), out_dir=tmp_path)
+
+
+def test_vllm_rollouts_with_a_zero3_group_measure_the_log_prob_gap(local_ray, tmp_path):
+    """The Llama config's pairing: vLLM samples, ZeRO-3 ranks re-score them in lockstep."""
+    pytest.importorskip("vllm")
+    from driver.config import VLLMConfig
+
+    cfg = small_ray(1, gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=2), rollout_backend="vllm",
+                    vllm=VLLMConfig(max_model_len=256))
+    with RaySession("organism", cfg) as session:
+        res = session.attribute(splits()["support"][50:55], AttributionConfig(layers=(2,), q=2, n_samples=3, max_new_tokens=64,
+                                                                              completeness=False), out_dir=tmp_path)
+    gap = res.diagnostics["logprob_gap"]
+    assert res.diagnostics["n_prompts"] == 5 and gap["n_tokens"] == round(res.diagnostics["mean_generated_tokens"] * 15)
+    assert gap["max_abs"] < 1e-4, gap
