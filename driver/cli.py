@@ -110,7 +110,8 @@ def _attribute(args) -> None:
         if not plan.is_file():
             raise InputError(f"--resume: '{args.resume}' has no {PLAN}; it is not the output directory of an `ipg attribute --ray` run")
         saved = json.loads(plan.read_text())
-        args = argparse.Namespace(**{**saved, "resume": args.resume, "out": args.resume, "ray": True,
+        defaults = vars(build_parser().parse_args(["attribute", "--out", args.resume]))  # keys added since the plan
+        args = argparse.Namespace(**{**defaults, **saved, "resume": args.resume, "out": args.resume, "ray": True,
                                      "address": args.address or saved.get("address")})
     if not args.layers:
         raise InputError("--layers: required (the layer indices to attribute, e.g. --layers 1 2)")
@@ -127,7 +128,7 @@ def _attribute(args) -> None:
     out = Path(args.out)
     use_ray = args.ray or bool(args.address) or bool(__import__("os").environ.get("RAY_ADDRESS"))
     if use_ray:
-        from driver.config import ModelConfig, RayConfig
+        from driver.config import DeepSpeedConfig, ModelConfig, RayConfig
         from driver.pipeline import attribute_on_ray
         from ipg.attribution import AttributionConfig
 
@@ -137,7 +138,9 @@ def _attribute(args) -> None:
         ray_cfg = RayConfig(enabled=True, address=args.address, rollout_workers=args.rollout_workers,
                             gradient_workers=args.gradient_workers, shard_size=args.shard_size,
                             max_in_flight=args.max_in_flight, cpus_per_actor=args.cpus_per_actor,
-                            threads_per_actor=args.threads_per_actor, snapshot_every=args.snapshot_every)
+                            threads_per_actor=args.threads_per_actor, snapshot_every=args.snapshot_every,
+                            rollout_backend=args.rollout_backend, gradient_backend=args.gradient_backend,
+                            deepspeed=DeepSpeedConfig(ranks=args.deepspeed_ranks))
         model = ModelConfig(name=args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
                             saes={}) if not args.sae else _model_with_saes(args)
         res = attribute_on_ray(model, examples, cfg, signal=args.signal, signal_params=signal_params, out_dir=out,
@@ -327,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--snapshot-every", type=int, default=4, help="reducer snapshot every K merged shards (resume point)")
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--threads-per-actor", type=int, default=1)
+    p.add_argument("--rollout-backend", default="hf", help="hf | vllm (a vLLM engine per rollout actor)")
+    p.add_argument("--gradient-backend", default="torch", help="torch | deepspeed (ZeRO-3 groups of --deepspeed-ranks)")
+    p.add_argument("--deepspeed-ranks", type=int, default=2)
     p.add_argument("--out", help="output directory (required unless --resume)")
     p.set_defaults(run=_attribute)
 

@@ -33,12 +33,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("head")
-    port, dash = _free_port(), _free_port()
+    # every port the head takes is a free one: the test session's own local cluster already holds the
+    # defaults (measured: a second agent on the default 52365 leaves the job API with "No available agent")
+    port, dash, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "head.log", "w")
     proc = subprocess.Popen([str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(port),
                              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--num-cpus", "2",
+                             "--dashboard-agent-listen-port", str(agent), "--ray-client-server-port", str(client),
                              "--disable-usage-stats"], stdout=log, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{dash}"
     for _ in range(90):
