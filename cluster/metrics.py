@@ -15,10 +15,10 @@ Stage names are shared with the driver's timers, so a timer's name is its metric
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 
-STAGES = ("rollout", "baseline", "gradient", "rescore", "merge", "completeness", "attribute", "evaluate")
 _BOUNDARIES = [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000]
 _metrics = None
 
@@ -50,12 +50,12 @@ class Metrics:
 
 
 def metrics() -> Metrics | None:
-    """This process's metrics; None outside a Ray worker or driver (metrics are then not recorded)."""
+    """This process's metrics; None outside a Ray worker or driver (metrics are then not recorded).
+    Ray is not imported here: a process that never loaded it records nothing and stays light."""
     global _metrics
     if _metrics is None:
-        import ray
-
-        if not ray.is_initialized():
+        ray = sys.modules.get("ray")
+        if ray is None or not ray.is_initialized():
             return None
         _metrics = Metrics()
     return _metrics
@@ -65,8 +65,9 @@ class StageTimer:
     """Named timers whose names are the metric stage tags: seconds add up per name, and each timed
     unit is observed in ``ipg_stage_seconds{stage=name}`` when Ray is up."""
 
-    def __init__(self):
+    def __init__(self, observe: bool = True):
         self.seconds: dict[str, float] = {}
+        self.observe = observe  # False: only add up seconds (a caller whose stages Ray workers already observe)
 
     @contextmanager
     def __call__(self, stage: str):
@@ -76,6 +77,6 @@ class StageTimer:
         finally:
             elapsed = time.perf_counter() - start
             self.seconds[stage] = self.seconds.get(stage, 0.0) + elapsed
-            m = metrics()
+            m = metrics() if self.observe else None
             if m is not None:
                 m.stage_seconds.observe(elapsed, tags={"stage": stage})

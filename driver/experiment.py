@@ -17,12 +17,13 @@ import itertools
 import json
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from pathlib import Path
 
 import pyarrow as pa
 import yaml
 
+from cluster.metrics import StageTimer
 from driver.config import RunConfig, as_dict, sae_path
 from ipg.attribution import attribute, prepare_examples, sample_rollouts
 from ipg.baselines import activation_scores, contrast_scores, control_vector, random_components, top_components
@@ -48,20 +49,6 @@ STABILITY_SCHEMA = pa.schema([
     ("comparison", pa.string()), ("layer", pa.int32()), ("p", pa.int32()), ("a", pa.string()), ("b", pa.string()),
     ("dice", pa.float64()),
 ])
-
-
-class Timers:
-    def __init__(self, log):
-        self.seconds: dict[str, float] = {}
-        self.log = log
-
-    @contextmanager
-    def stage(self, name: str):
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
 def _saes(cfg: RunConfig) -> dict[int, TopKSAE]:
@@ -93,7 +80,7 @@ def _splits(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
 class Experiment:
     def __init__(self, cfg: RunConfig, log=print, resume: bool = False):
         self.cfg, self.log, self.resume = cfg, log, resume
-        self.timers = Timers(log)
+        self.timers = StageTimer(observe=False)  # on Ray the pipeline observes its own stages; not twice
         self.session = None
         self.model, self.tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
                                                 trust_remote_code=cfg.model.trust_remote_code)
@@ -120,7 +107,7 @@ class Experiment:
         a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
                                 method=method, seed=seed)
         run_id = f"{signal}-{method}-{a.kind}-seed{seed}{tag}"
-        with self.timers.stage("attribute"):
+        with self.timers("attribute"):
             if self.session is not None:  # one resumable unit per attribution under out/attributions/
                 res = self.session.attribute(examples, a, signal=signal, signal_params=signal_params or {}, run_id=run_id,
                                              out_dir=Path(self.cfg.out) / "attributions" / run_id, resume=self.resume)
@@ -137,7 +124,7 @@ class Experiment:
         again here (sampling is seeded per example and sample: the same trajectories)."""
         if res.rollouts:
             return res.rollouts
-        with self.timers.stage("baselines"):
+        with self.timers("baselines"):
             return sample_rollouts(self.model, self.tokenizer, prepare_examples(examples), make_signal(self.cfg.signal),
                                    res.config, saes=self.saes, skipped={})
 
@@ -148,7 +135,7 @@ class Experiment:
         e = self.cfg.evaluation
         params = SamplingParams(n=1, greedy=True, max_new_tokens=e.max_new_tokens)
         spec = {**steering, "positions": e.positions} if steering else None
-        with self.timers.stage("evaluate"):
+        with self.timers("evaluate"):
             if self.session is not None and self.cfg.ray.rollout_backend == "vllm":
                 samples = self.session.steered_generate(self.eval_examples, params, spec)
             else:
@@ -199,7 +186,7 @@ class Experiment:
                 if getattr(cfg, name).enabled:
                     self._control_experiment(name, seed)
         if cfg.stability.enabled:
-            with self.timers.stage("stability"):
+            with self.timers("stability"):
                 self._stability()
         self._write(out, time.perf_counter() - start)
         return out
@@ -218,7 +205,7 @@ class Experiment:
         gammas = cfg.evaluation.enhance_gammas + cfg.evaluation.suppress_gammas
         for layer in a.layers:
             site = Site(layer, a.kind)
-            with self.timers.stage("baselines"):
+            with self.timers("baselines"):
                 scores = {}
                 if "activation" in methods:
                     scores["activation"] = activation_scores(self.model, sequences, site)
@@ -247,7 +234,7 @@ class Experiment:
             if "control_vector" in methods:
                 correct = [r.example["prompt"] + s.text for r in rollouts
                            for s, reward in zip(r.samples, r.rewards) if reward > 0]
-                with self.timers.stage("baselines"):
+                with self.timers("baselines"):
                     vector, separation = control_vector(self.model, self.tokenizer, correct[:64], layer, seed)
                 for gamma in cfg.evaluation.enhance_gammas:  # enhance only, as in the paper
                     r = self._evaluate({"add": layer, "vector": vector, "coefficient": (gamma - 1.0) * separation},
@@ -292,7 +279,7 @@ class Experiment:
         write_scores(out / "scores.parquet", pa.concat_tables(tables))
         write_scores(out / "eval.parquet", pa.Table.from_pylist(self.eval_rows, schema=EVAL_SCHEMA))
         write_scores(out / "stability.parquet", pa.Table.from_pylist(self.stability_rows, schema=STABILITY_SCHEMA))
-        with self.timers.stage("report"):
+        with self.timers("report"):
             write_report(out)
         atomic_write_json(out / "run.json", {
             "command": "run", "config": as_dict(self.cfg), "model": model_fingerprint(self.model),

@@ -286,7 +286,8 @@ class RaySession:
                     self._wait_one(in_flight, progress)
                 # a reducer restarted from an older snapshot forgot the shards merged after it: re-send them
                 for _ in range(3):
-                    missing = [sid for sid, _ in shards if sid not in set(ray.get(reducer.merged_shards.remote()))]
+                    ledger = set(ray.get(reducer.merged_shards.remote()))  # one call, not one per shard
+                    missing = [sid for sid, _ in shards if sid not in ledger]
                     if not missing:
                         break
                     self.log(f"  reducer restarted: re-sending {len(missing)} shard(s) merged after its last snapshot")
@@ -378,7 +379,8 @@ class RaySession:
                 out[str(s)]["J_path"] = [[path[0][i][0], sum(p[i][1] for p in path) / n] for i in range(len(path[0]))]
         if not cfg.completeness:
             return out
-        scored = [(sid, [ex for ex in part if ex["id"] in set(ledger[sid]["example_ids"])]) for sid, part in shards]
+        ids = {sid: set(ledger[sid]["example_ids"]) for sid, _ in shards}
+        scored = [(sid, [ex for ex in part if ex["id"] in ids[sid]]) for sid, part in shards]
         scored = [(sid, part) for sid, part in scored if part]
         alpha_min = cfg.alphas[0][0]
         with self.timer("completeness"):

@@ -6,8 +6,6 @@ import pytest
 pytest.importorskip("deepspeed")
 ray = pytest.importorskip("ray")
 
-from dataclasses import replace  # noqa: E402
-
 from driver.config import DeepSpeedConfig  # noqa: E402
 from driver.pipeline import RaySession  # noqa: E402
 from ipg.attribution import AttributionConfig, attribute  # noqa: E402
