@@ -57,10 +57,15 @@ class DeepSpeedConfig:
 
     ranks: int = 2
     offload_params: bool = False  # ZeRO-3 parameter offload to CPU memory (GPU ranks)
+    # forming the group and any one collective (a gather of a block's weights) may take this long; past it
+    # the run fails with an error naming this field instead of waiting on a rank that is gone
+    timeout_s: float = 900.0
 
     def __post_init__(self):
         if self.ranks < 1:
             raise InputError(f"ranks: must be >= 1, got {self.ranks}")
+        if not self.timeout_s > 0:
+            raise InputError(f"timeout_s: must be > 0 seconds, got {self.timeout_s}")
 
 
 @dataclass(frozen=True)

@@ -151,7 +151,8 @@ class RaySession:
             from workers.deepspeed_backend import DeepSpeedGradientRank
 
             self.gradient = ActorGroup(DeepSpeedGradientRank, c.gradient_workers * ranks, rank_spec, m.name,
-                                       offload_params=c.deepspeed.offload_params, placement_group=self.placement_group,
+                                       offload_params=c.deepspeed.offload_params, timeout_s=c.deepspeed.timeout_s,
+                                       placement_group=self.placement_group,
                                        first_bundle=first["gradient"],
                                        per_actor=[{"rank": i % ranks, "world": ranks} for i in range(c.gradient_workers * ranks)],
                                        **common)
@@ -171,7 +172,12 @@ class RaySession:
         try:
             for group in self.groups:
                 addr, port = ray.get(group[0].address.remote())
-                memory += ray.get([r.join.remote(addr, port) for r in group])
+                memory += ray.get([r.join.remote(addr, port) for r in group], timeout=self.cfg.deepspeed.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise FatalError(f"deepspeed group: the ranks did not form a group within ray.deepspeed.timeout_s="
+                             f"{self.cfg.deepspeed.timeout_s:g} s (a rank stuck loading or unable to reach "
+                             f"{addr}:{port}); check the rank actors' logs, or raise ray.deepspeed.timeout_s") from None
         except ray.exceptions.RayError as e:
             self.close()
             raise _unwrap(e, "deepspeed group") from None

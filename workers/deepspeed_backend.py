@@ -14,6 +14,7 @@ The model is built through ``HfDeepSpeedConfig`` + ``from_pretrained`` (measured
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 
@@ -31,17 +32,34 @@ def zero3_config(offload_params: bool = False) -> dict:
     return cfg
 
 
+def skip_shm_comm_op() -> None:
+    """On CPU, DeepSpeed JIT-compiles a shared-memory all-reduce op when the group forms. ZeRO-3 does not
+    use it (its collectives are all-gathers and reduce-scatters over gloo), and the build needs a C++
+    compiler, takes ~20 s, and waits forever on the torch-extensions lock file that a process killed
+    mid-build leaves behind (measured: a CI run hung 88 min on such a lock). Not building it removes all
+    three. A DeepSpeed without this hook is left as it is."""
+    import importlib
+
+    # by module name: the attribute deepspeed.comm.torch is the torch package (comm re-exports its imports)
+    ds_torch = importlib.import_module("deepspeed.comm.torch")
+
+    if hasattr(ds_torch, "build_shm_op"):
+        ds_torch.build_shm_op = lambda: None
+
+
 class DeepSpeedGradientRank(GradientWorker):
     """Constructed cheaply; ``join(master_addr, port)`` (called on all ranks at once) forms the group and
     loads the partitioned model. Then the GradientWorker methods run on this rank's share of each shard."""
 
     def __init__(self, model: str = "organism", *, rank: int = 0, world: int = 2, dtype: str = "float32",
                  device: str = "cpu", trust_remote_code: bool = False, saes: dict[int, str] | None = None,
-                 threads: int | None = None, offload_params: bool = False, backend: str = "deepspeed"):
+                 threads: int | None = None, offload_params: bool = False, timeout_s: float = 900.0,
+                 backend: str = "deepspeed"):
         if threads:
             torch.set_num_threads(threads)
         self.name, self.rank, self.world, self.dtype, self.device = model, rank, world, dtype, device
         self.trust_remote_code, self.offload_params, self.sae_paths = trust_remote_code, offload_params, saes
+        self.timeout_s = timeout_s
         self.model = None
 
     def address(self) -> tuple[str, int]:
@@ -66,7 +84,10 @@ class DeepSpeedGradientRank(GradientWorker):
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
                           MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
         cuda = self.device.startswith("cuda")
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo")
+        if not cuda:
+            skip_shm_comm_op()
+        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
+                                   timeout=datetime.timedelta(seconds=self.timeout_s))
         cfg = zero3_config(self.offload_params)
         self._hf_ds_config = HfDeepSpeedConfig(cfg)  # must stay alive while the model is built: ZeRO-3 partitioning
         path = resolve_model_path(self.name)
