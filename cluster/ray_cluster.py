@@ -67,15 +67,20 @@ class ActorSpec:
     max_restarts: int = 2  # a dead actor process is restarted (its constructor re-runs: the reducer restores)
     max_task_retries: int = 2  # a task lost with its actor is retried on the restarted actor
     threads: int | None = None
+    # custom resources (e.g. {"ipg_rollout": 1}) that only some nodes declare: pins the actor to them
+    resources: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def bundle(self) -> dict[str, float]:
-        return {k: v for k, v in (("CPU", self.num_cpus), ("GPU", self.num_gpus)) if v}
+        base = {k: v for k, v in (("CPU", self.num_cpus), ("GPU", self.num_gpus)) if v}
+        return {**base, **{k: float(v) for k, v in self.resources.items()}}
 
 
 def actor_options(spec: ActorSpec, placement_group=None, bundle_index: int = -1) -> dict:
     options = dict(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=spec.max_restarts,
                    max_task_retries=spec.max_task_retries, runtime_env=runtime_env(spec.threads), **spec.extra)
+    if spec.resources:
+        options["resources"] = {k: float(v) for k, v in spec.resources.items()}
     if placement_group is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -124,7 +129,8 @@ def check_resources(groups: dict[str, tuple[int, ActorSpec]]) -> None:
         raise InputError("ray: the cluster lacks resources for the actors: " +
                          ", ".join(f"{k} needs {v:g}, has {h:g}" for k, (v, h) in missing.items()) +
                          f" (actors: {want}; {per_node}). Lower ray.rollout_workers / ray.gradient_workers or "
-                         "ray.cpus_per_actor / ray.gpus_per_actor, or add nodes")
+                         "ray.cpus_per_actor / ray.gpus_per_actor, check that the nodes declare the custom resources of "
+                         "ray.rollout_resources / ray.gradient_resources, or add nodes")
 
 
 def reserve(groups: dict[str, tuple[int, ActorSpec]], strategy: str = "PACK", timeout_s: float = 120.0):

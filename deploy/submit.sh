@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Submit `ipg run` to a Ray cluster as a job, follow its log, and exit with the job's status.
+# Submit `ipg run` (or `ipg sweep` / `ipg attribute`) to a Ray cluster as a job, follow its log, and exit
+# with the job's status.
 #
-#   deploy/submit.sh [--address URL] [--id SUBMISSION_ID] [--no-wait] [-- IPG_RUN_ARGS...]
+#   deploy/submit.sh [--address URL] [--id SUBMISSION_ID] [--no-wait] [--command run|sweep|attribute] [-- IPG_ARGS...]
 #
 #   deploy/submit.sh -- --config deploy/configs/organism.yaml --out /shared/runs/organism
+#   deploy/submit.sh --command sweep -- --spec deploy/sweeps/organism-2x2.yaml --out /shared/sweeps/organism-2x2
 #
 # The address is the cluster's dashboard/job API (default: RAY_API_SERVER_ADDRESS, else
 # http://127.0.0.1:8265). Ray 2.60 clusters keep token authentication on: the client sends the token
@@ -14,18 +16,24 @@
 set -euo pipefail
 
 address="${RAY_API_SERVER_ADDRESS:-http://127.0.0.1:8265}"
-submission_id="ipg-run-$(date +%Y%m%d-%H%M%S)-$$"
+submission_id=""
+command="run"
 wait_flag=()  # --no-wait: return once submitted
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --address) address="$2"; shift 2 ;;
     --id) submission_id="$2"; shift 2 ;;
     --no-wait) wait_flag=(--no-wait); shift ;;
+    --command)
+      case "${2:-}" in run|sweep|attribute) command="$2" ;;
+        *) echo "submit.sh: --command '${2:-}': use run, sweep or attribute" >&2; exit 2 ;; esac
+      shift 2 ;;
     --) shift; break ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
-    *) echo "submit.sh: unknown option '$1' (ipg run arguments go after --)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+    *) echo "submit.sh: unknown option '$1' (ipg arguments go after --)" >&2; exit 2 ;;
   esac
 done
+submission_id="${submission_id:-ipg-$command-$(date +%Y%m%d-%H%M%S)-$$}"
 
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 runtime_env='{"env_vars": {"HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}}'
@@ -38,7 +46,7 @@ ray_bin="${RAY_BIN:-ray}"
 # retry that for up to a minute; any other submission error is final.
 for attempt in $(seq 1 30); do
   if out=$("$ray_bin" job submit --address "$address" --submission-id "$submission_id" --no-wait \
-             --runtime-env-json "$runtime_env" -- ipg run "$@" 2>&1); then
+             --runtime-env-json "$runtime_env" -- ipg "$command" "$@" 2>&1); then
     break
   fi
   if grep -q "No available agent" <<<"$out" && [[ $attempt -lt 30 ]]; then sleep 2; continue; fi

@@ -258,6 +258,12 @@ def _run(args) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+def _sweep(args) -> None:
+    from driver.sweep import run_sweep
+
+    run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work)
+
+
 def _report(args) -> None:
     from driver.report import write_report
 
@@ -341,6 +347,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output directory (the config's 'out' otherwise)")
     _ray_flags(p)
     p.set_defaults(run=_run, overrides=[])
+    p = sub.add_parser("sweep", help="models x signals x layers x kinds x methods: one attribution (and steering "
+                                     "evaluation) a cell, into a Parquet dataset; a rerun skips finished cells")
+    p.add_argument("--spec", required=True, help="sweep spec YAML (deploy/sweeps/*.yaml)")
+    p.add_argument("--out", help="local path or URI (s3://, gs://, ...) for the results (the spec's 'out' otherwise)")
+    p.add_argument("--ray", action="store_true", help="run the cells on Ray (default when RAY_ADDRESS or --address is set)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster on 127.0.0.1)")
+    p.add_argument("--work", help="local directory for the cells' resumable state (default: OUT/work, or "
+                                  "~/.cache/ipg/sweeps/NAME when OUT is a URI)")
+    p.set_defaults(run=_sweep)
     p = sub.add_parser("report", help="rebuild report.md and plots of a run directory from its Parquet files")
     p.add_argument("run_dir")
     p.set_defaults(run=_report)

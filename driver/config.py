@@ -83,6 +83,10 @@ class RayConfig:
     max_in_flight: int = 4  # shards generated/attributed/merged at once
     snapshot_every: int = 4  # reducer snapshot every K merged shards (and at the end)
     placement_strategy: str = "PACK"
+    # custom resources each rollout / gradient actor asks for, so it lands on the nodes that declare them
+    # (KubeRay worker groups: rayStartParams.resources, e.g. '{"ipg_rollout": 1000}'); empty: any node
+    rollout_resources: dict[str, float] = field(default_factory=dict)
+    gradient_resources: dict[str, float] = field(default_factory=dict)
     rollout_backend: str = "hf"
     gradient_backend: str = "torch"
     progress: str = "auto"  # auto (bar on a terminal, lines in a job log) | bar | lines | off
@@ -101,6 +105,13 @@ class RayConfig:
             raise InputError(f"gradient_backend: '{self.gradient_backend}'; use 'torch' or 'deepspeed'")
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise InputError(f"progress: '{self.progress}'; use auto, bar, lines or off")
+        for name in ("rollout_resources", "gradient_resources"):
+            for k, v in getattr(self, name).items():
+                if k in ("CPU", "GPU", "memory", "object_store_memory"):
+                    raise InputError(f"{name}.{k}: set CPUs and GPUs with cpus_per_actor / gpus_per_actor; "
+                                     "this map is for custom resources such as ipg_rollout")
+                if not v > 0:
+                    raise InputError(f"{name}.{k}: must be > 0, got {v}")
 
     def gpus_needed(self) -> float:
         ranks = self.deepspeed.ranks if self.gradient_backend == "deepspeed" else 1

@@ -62,7 +62,7 @@ def _saes(cfg: RunConfig) -> dict[int, TopKSAE]:
     return out
 
 
-def _splits(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+def splits_of(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
     from ipg.organism.card import splits
 
     default = splits() if cfg.model.name == ORGANISM else None
@@ -78,14 +78,17 @@ def _splits(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
 
 
 class Experiment:
-    def __init__(self, cfg: RunConfig, log=print, resume: bool = False):
+    def __init__(self, cfg: RunConfig, log=print, resume: bool = False, resume_units: bool | None = None):
+        """``resume``: continue a killed run (needs Ray). ``resume_units`` (default ``resume``): each Ray
+        attribution unit continues from its ledger or loads its finished result (a sweep sets it always)."""
         self.cfg, self.log, self.resume = cfg, log, resume
+        self.resume_units = resume if resume_units is None else resume_units
         self.timers = StageTimer(observe=False)  # on Ray the pipeline observes its own stages; not twice
         self.session = None
         self.model, self.tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
                                                 trust_remote_code=cfg.model.trust_remote_code)
         self.saes = _saes(cfg)
-        self.support_all, self.eval_examples = _splits(cfg)
+        self.support_all, self.eval_examples = splits_of(cfg)
         self.eval_rows: list[dict] = []
         self.score_tables: list[pa.Table] = []
         self.stability_rows: list[dict] = []
@@ -110,7 +113,7 @@ class Experiment:
         with self.timers("attribute"):
             if self.session is not None:  # one resumable unit per attribution under out/attributions/
                 res = self.session.attribute(examples, a, signal=signal, signal_params=signal_params or {}, run_id=run_id,
-                                             out_dir=Path(self.cfg.out) / "attributions" / run_id, resume=self.resume)
+                                             out_dir=Path(self.cfg.out) / "attributions" / run_id, resume=self.resume_units)
             else:
                 res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params or {},
                                 saes=self.saes, run_id=run_id, **dataclasses.asdict(a))

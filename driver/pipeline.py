@@ -137,15 +137,17 @@ class RaySession:
         spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor)
         ranks = c.deepspeed.ranks if c.gradient_backend == "deepspeed" else 1
         # a ZeRO-3 rank cannot rejoin its group after a crash: no restarts (the run fails; --resume continues it)
+        rollout_spec = dataclasses.replace(spec, resources=dict(c.rollout_resources))
+        spec = dataclasses.replace(spec, resources=dict(c.gradient_resources))
         rank_spec = dataclasses.replace(spec, max_restarts=0, max_task_retries=0) if ranks > 1 or c.gradient_backend == "deepspeed" else spec
-        groups = {"rollout": (c.rollout_workers, spec), "gradient": (c.gradient_workers * ranks, rank_spec)}
+        groups = {"rollout": (c.rollout_workers, rollout_spec), "gradient": (c.gradient_workers * ranks, rank_spec)}
         self.placement_group, first = reserve(groups, c.placement_strategy)
         m = self.model
         saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
         common = dict(dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code, saes=saes,
                       threads=c.threads_per_actor)
         vllm = dataclasses.asdict(c.vllm) if c.rollout_backend == "vllm" else None
-        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, spec, m.name, backend=c.rollout_backend, vllm=vllm,
+        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, rollout_spec, m.name, backend=c.rollout_backend, vllm=vllm,
                                   placement_group=self.placement_group, first_bundle=first["rollout"], **common)
         if c.gradient_backend == "deepspeed":
             from workers.deepspeed_backend import DeepSpeedGradientRank

@@ -93,3 +93,5 @@ def test_a_failing_job_reports_failure(head, tmp_path):
 def test_submit_script_rejects_unknown_options():
     result = subprocess.run([str(ROOT / "deploy" / "submit.sh"), "--bogus"], capture_output=True, text=True)
     assert result.returncode == 2 and "unknown option '--bogus'" in result.stderr
+    result = subprocess.run([str(ROOT / "deploy" / "submit.sh"), "--command", "nope"], capture_output=True, text=True)
+    assert result.returncode == 2 and "--command 'nope': use run, sweep or attribute" in result.stderr

@@ -55,6 +55,12 @@ def test_bad_layer_and_missing_resources_fail_before_any_work(local_ray, tmp_pat
     with pytest.raises(InputError, match=r"ray: the cluster lacks resources for the actors: CPU needs 8, has 2.*node"):
         attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(layers=(1,)), out_dir=tmp_path,
                          ray_cfg=RayConfig(rollout_workers=4, gradient_workers=4))
+    # a custom resource no node declares (a KubeRay worker group missing its rayStartParams.resources)
+    with pytest.raises(InputError, match=r"ipg_rollout needs 1, has 0.*ray.rollout_resources"):
+        attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(layers=(1,)), out_dir=tmp_path,
+                         ray_cfg=small_ray(1, rollout_resources={"ipg_rollout": 1}))
+    with pytest.raises(InputError, match=r"gradient_resources.GPU: set CPUs and GPUs with cpus_per_actor"):
+        small_ray(1, gradient_resources={"GPU": 1})
     assert not (tmp_path / "scores.parquet").exists()
 
 
