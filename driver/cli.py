@@ -259,9 +259,13 @@ def _run(args) -> None:
 
 
 def _sweep(args) -> None:
-    from driver.sweep import run_sweep
+    from driver.sweep import SweepFailed, run_sweep
 
-    run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work)
+    try:
+        run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work)
+    except SweepFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def _report(args) -> None:

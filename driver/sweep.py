@@ -58,6 +58,10 @@ SUMMARY_SCHEMA = pa.schema([
 ])
 
 
+class SweepFailed(RuntimeError):
+    """Some cells failed (each recorded in cells/<cell>.json); the others are done."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     model: str
@@ -233,7 +237,7 @@ class Sweep:
                     exp.session.close()
         summary = self.summary()
         if failed:
-            raise RuntimeError(f"sweep {self.spec.name}: {len(failed)} cell(s) failed ({', '.join(failed)}); their "
+            raise SweepFailed(f"sweep {self.spec.name}: {len(failed)} cell(s) failed ({', '.join(failed)}); their "
                                f"errors are in {self.spec.out}/cells/<cell>.json; rerun the same command to retry them")
         return summary
 
