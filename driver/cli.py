@@ -262,7 +262,7 @@ def _sweep(args) -> None:
     from driver.sweep import SweepFailed, run_sweep
 
     try:
-        run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work)
+        run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work, overrides=args.overrides)
     except SweepFailed as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster on 127.0.0.1)")
     p.add_argument("--work", help="local directory for the cells' resumable state (default: OUT/work, or "
                                   "~/.cache/ipg/sweeps/NAME when OUT is a URI)")
-    p.set_defaults(run=_sweep)
+    p.set_defaults(run=_sweep, overrides=[])
     p = sub.add_parser("report", help="rebuild report.md and plots of a run directory from its Parquet files")
     p.add_argument("run_dir")
     p.set_defaults(run=_report)
@@ -401,8 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if args.command == "attribute" and not (args.out or args.resume):
         parser.error("attribute: --out is required (or --resume RUN_DIR)")
-    if extra:  # only `ipg run` takes config overrides such as --attribution.q=4 or --seeds=[0,1]
-        if args.command != "run" or not all(x.startswith("--") and "=" in x for x in extra):
+    if extra:  # only `ipg run` and `ipg sweep` take config overrides such as --attribution.q=4 or --seeds=[0,1]
+        if args.command not in ("run", "sweep") or not all(x.startswith("--") and "=" in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
     from transformers.utils import logging as hf_logging

@@ -39,7 +39,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from driver.config import RunConfig, _build, validate
+from driver.config import RunConfig, _build, _set_dotted, validate
 from driver.storage import Store
 from ipg.errors import InputError
 from ipg.scores import select
@@ -322,9 +322,27 @@ def render_summary(name: str, table: pa.Table) -> str:
     return "\n".join(lines) + "\n"
 
 
+def apply_overrides(spec: SweepSpec, overrides: list[str]) -> SweepSpec:
+    """``ray.*`` keys for every cell (``--ray.rollout_resources={ipg_rollout: 1}``) on top of the spec's
+    ``config``: where a sweep runs, never what it measures. Validated for every model."""
+    if not overrides:
+        return spec
+    tree = json.loads(json.dumps(spec.tree))
+    for item in overrides:
+        key, sep, value = item.lstrip("-").partition("=")
+        if not sep or not key.startswith("ray."):
+            raise InputError(f"override '{item}': a sweep takes --ray.key=value overrides only (where it runs); "
+                             "what it measures belongs in the spec's config, so finished cells stay comparable")
+        _set_dotted(tree, key, yaml.safe_load(value))
+    spec = dataclasses.replace(spec, tree=tree)
+    for m in spec.models:
+        spec.run_config(m, "unused")
+    return spec
+
+
 def run_sweep(spec_path: str, *, out: str | None = None, ray: bool = False, address: str | None = None,
-              work: str | None = None, log=print) -> pa.Table:
-    spec = load_spec(spec_path, out)
+              work: str | None = None, overrides: list[str] | None = None, log=print) -> pa.Table:
+    spec = apply_overrides(load_spec(spec_path, out), overrides or [])
     if ray or address:
         ray_tree = {"enabled": True, **({"address": address} if address else {})}
         spec = dataclasses.replace(spec, tree=_merge(spec.tree, {"ray": ray_tree}))

@@ -170,3 +170,11 @@ def test_a_failing_cell_is_recorded_the_others_finish_and_a_rerun_retries_it(tmp
     assert any("2 cells, 1 done, 1 to run" in line for line in logs)
     assert table.column("status").to_pylist() == ["done", "done"]
     assert json.loads((cells / f"{CELLS[1]}.json").read_text())["attempts"] == 2
+
+
+def test_sweep_overrides_are_ray_keys_only(tmp_path):
+    with pytest.raises(InputError, match=r"a sweep takes --ray.key=value overrides only"):
+        run_sweep(_spec(tmp_path), out=str(tmp_path / "out"), overrides=["--attribution.q=9"], log=lambda m: None)
+    with pytest.raises(InputError, match=r"ray.shard_size: must be >= 1"):
+        run_sweep(_spec(tmp_path), out=str(tmp_path / "out"), overrides=["--ray.shard_size=0"], log=lambda m: None)
+    assert not (tmp_path / "out" / "cells").exists()
