@@ -29,6 +29,9 @@ def error_class(exc: BaseException) -> str:
 
 
 def cause(exc: BaseException) -> BaseException:
-    """The worker's own exception inside a Ray task error (or ``exc`` itself)."""
-    inner = getattr(exc, "cause", None)
-    return inner if isinstance(inner, BaseException) else exc
+    """The worker's own exception inside a Ray task error, or inside the creation error of an actor whose
+    constructor raised (or ``exc`` itself)."""
+    for inner in (getattr(exc, "cause", None), getattr(getattr(exc, "creation_task_error", None), "cause", None)):
+        if isinstance(inner, BaseException):
+            return inner
+    return exc

@@ -106,12 +106,19 @@ class Progress:
             self.bar.close()
 
 
-def _unwrap(exc: BaseException, what: str) -> BaseException:
+def _unwrap(exc: BaseException, what: str, starting: bool = False) -> BaseException:
     """A worker's error as the driver reports it: per-item and input errors as InputError (one line,
-    naming shard and example), anything else as FatalError with its class."""
+    naming shard and example), anything else as FatalError with its class. ``starting``: the actors'
+    start-up (model loading), where a dead actor means its constructor failed, not a spent restart budget."""
     inner = cause(exc)
     if isinstance(inner, (ItemError, InputError)):
         return InputError(str(inner))
+    text = str(exc).strip()
+    last = text.splitlines()[-1] if text else type(exc).__name__
+    if last.startswith("ipg.errors.InputError: "):  # only Ray's rendering of the worker's error came back
+        return InputError(last.split(": ", 1)[1])
+    if starting:
+        return FatalError(f"{what}: {last}")
     if isinstance(exc, ray.exceptions.RayActorError):
         return FatalError(f"{what}: an actor died more often than its restart budget allows ({exc})")
     return FatalError(f"{what}: {type(inner).__name__}: {inner}")
@@ -199,11 +206,7 @@ class RaySession:
             ray.get([a.ready.remote() for a in self.rollout.actors + self.gradient.actors])
         except ray.exceptions.RayError as e:
             self.close()
-            inner = getattr(e, "cause", None) or getattr(getattr(e, "creation_task_error", None), "cause", None)
-            last = str(e).strip().splitlines()[-1]
-            if isinstance(inner, InputError) or last.startswith("ipg.errors.InputError: "):
-                raise InputError(str(inner) if isinstance(inner, InputError) else last.split(": ", 1)[1]) from None
-            raise FatalError(f"workers failed to start: {last}") from None
+            raise _unwrap(e, "workers failed to start", starting=True) from None
 
     def close(self) -> None:
         from ray.util.placement_group import remove_placement_group
