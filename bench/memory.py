@@ -7,6 +7,9 @@ forward/backward), each budget in a fresh process, same prompts and settings; sc
 For each budget: peak RSS of the process (ru_maxrss), RSS after the model is loaded (before attributing),
 the attribution's own increase (peak - loaded), seconds, and the largest score difference to the first
 budget's scores relative to the largest |score|. Prints one JSON line with the ratios to the smallest budget.
+
+``--zero3 R`` also starts a DeepSpeed ZeRO-3 gradient group of R ranks on a local Ray cluster (CPU, gloo)
+and reports each rank's parameter bytes against the unsharded model's.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ def main() -> int:
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--budgets", type=int, nargs="+", default=[512, 2048, 8192, 32768])
     ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--zero3", type=int, default=0, metavar="RANKS", help="also measure a ZeRO-3 group of RANKS ranks")
     ap.add_argument("--out")
     args = ap.parse_args()
 
@@ -79,6 +83,8 @@ def main() -> int:
     result = {"bench": "memory", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "model": args.model, "prompts": args.prompts, "layers": args.layers, "q": args.q, "n": args.n,
               "max_new_tokens": args.max_new_tokens, "threads": args.threads, "budgets": rows}
+    if args.zero3:
+        result["zero3"] = zero3(args.model, args.zero3)
     line = json.dumps(result)
     print(line)
     if args.out:
@@ -87,6 +93,26 @@ def main() -> int:
 
         atomic_write_text(args.out, line + "\n")
     return 0
+
+
+def zero3(model: str, ranks: int) -> dict:
+    """Per-rank parameter bytes of a ZeRO-3 group vs the unsharded model (what each rank holds at rest)."""
+    sys.path.insert(0, str(ROOT))
+    import ray
+
+    from driver.config import DeepSpeedConfig, RayConfig
+    from driver.pipeline import RaySession
+
+    cfg = RayConfig(enabled=True, gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=ranks),
+                    cpus_per_actor=0.5, progress="off")
+    try:
+        with RaySession(model, cfg, log=lambda m: None) as session:
+            per_rank = session.info["zero3"]
+    finally:
+        ray.shutdown()
+    full = per_rank[0]["full_bytes"]
+    return {"ranks": ranks, "full_bytes": full, "per_rank_bytes": [m["local_bytes"] for m in per_rank],
+            "max_rank_vs_full": round(max(m["local_bytes"] for m in per_rank) / full, 4)}
 
 
 if __name__ == "__main__":

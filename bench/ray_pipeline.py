@@ -1,7 +1,14 @@
-"""Wall time of one attribution in-process vs on a local Ray cluster with 1 and 2 gradient workers
-(same prompts, same settings, one run, side by side), and how long a reducer restore takes.
+"""Ray's cost and scaling for attribution, measured side by side in one run (benchmark 3).
 
     .venv/bin/python bench/ray_pipeline.py [--prompts 64] [--cpus N] [--out bench/results/ray_pipeline.json]
+
+1. Gradient stage (the part that dominates at scale): the same shard rollouts, sampled once, scored
+   in-process on 1 thread (shard by shard, partials merged) vs by 1 and 2 Ray gradient actors of 1
+   thread each, fed from the object store, merged by the reducer actor (Arrow partials, snapshots),
+   finalized into the table. Ray overhead = Ray with 1 actor / in-process; scaling = 1 actor / 2 actors.
+2. End to end: one whole attribution in-process (all CPUs as torch threads) vs the pipeline (rollout
+   actor -> gradient actors -> reducer) with 1 and 2 gradient workers; on a machine this small the
+   rollout actor shares the cores with the gradient actors, so this is not the gradient scaling.
 
 Every configuration computes the same table (checked here: max |difference| / max |score| is printed).
 The restore figure comes from a real crash: the reducer process is killed (IPG_FAULTS) after merging a
@@ -11,6 +18,7 @@ shard and Ray restarts it from its last snapshot; the restarted reducer times it
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -58,6 +66,7 @@ def main() -> None:
 
     connect(num_cpus=args.cpus)
     tmp = Path(tempfile.mkdtemp(prefix="ipg-bench-"))
+    stage = gradient_stage(model, tok, examples, settings, args, tmp, ref)
     threads = 1
     for n_grad in (1, 2):
         n_actors = 1 + n_grad
@@ -99,6 +108,10 @@ def main() -> None:
             "r = Reducer(%r, {}, run_key='bench'); print(r.restore_seconds)") % (str(Path(__file__).resolve().parents[1]), str(snap))
     idle = min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) for _ in range(3))
 
+    print(f"gradient stage: {stage['shards']} shards of 8 prompts (rollouts sampled once), 1 thread per process")
+    for r in stage["rows"]:
+        print(f"  {r['setup']:60s} {r['seconds']:8.2f} s  max |diff|/max|score| {r['max_rel_diff']:.1e}")
+    print(f"  Ray overhead (1 actor / in-process): {stage['overhead']:.2f}x; 1 -> 2 gradient actors: {stage['scaling']:.2f}x")
     base = rows[0]["seconds"]
     print(f"organism, {args.prompts} prompts x 5 samples, layers 1-2, q 10; {args.cpus} CPUs ({platform.processor() or platform.machine()})")
     print(f"{'setup':62s} {'seconds':>8s} {'vs in-process':>14s} {'max |diff|/max|score|':>22s}")
@@ -110,8 +123,77 @@ def main() -> None:
           f"(restarted process, cores busy); {1000 * idle:.1f} ms in a fresh idle process")
     atomic_write_json(args.out, {"prompts": args.prompts, "cpus": args.cpus, "settings": {k: list(v) if isinstance(v, tuple) else v
                                                                                              for k, v in settings.items()},
-                                 "rows": rows, "reducer_restore_seconds": restore,
+                                 "gradient_stage": stage, "rows": rows, "reducer_restore_seconds": restore,
                                  "reducer_restore_seconds_idle": idle})
+
+
+def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndarray) -> dict:
+    """The gradient stage alone: in-process on 1 thread vs 1 and 2 Ray gradient actors (1 thread each)."""
+    import ray
+
+    from cluster.ray_cluster import ActorGroup, ActorSpec
+    from driver.config import RayConfig
+    from driver.pipeline import LeastLoaded, shard
+    from ipg.attribution import AttributionConfig, sample_rollouts, score_meta, shard_scores
+    from ipg.components import Site
+    from ipg.scores import PartialScores
+    from ipg.signals import make_signal
+    from workers.gradient import GradientWorker
+    from workers.reducer import Reducer
+    from workers.rollout import ShardRollouts
+
+    cfg, sig = AttributionConfig(**settings), make_signal("accuracy")
+    sites = [Site(layer, cfg.kind) for layer in cfg.layers]
+    zeros = {s: torch.zeros(model.config.hidden_size) for s in sites}
+    shards = [ShardRollouts(sid, sample_rollouts(model, tok, part, sig, cfg), {}, 0.0, "hf") for sid, part in shard(examples, 8)]
+    refs = [ray.put(sh) for sh in shards]  # in the object store, as a rollout actor's results would be
+    meta = score_meta(model, sig.name, cfg)
+    # 3 idle actors (0.5 CPU each so both groups fit at once; each runs 1 thread): rounds interleave the setups,
+    # so drift in the machine's speed hits all of them alike
+    groups = {n: ActorGroup(GradientWorker, n, ActorSpec(num_cpus=0.5, threads=1), "organism", threads=1) for n in (1, 2)}
+    ray.get([a.ready.remote() for g in groups.values() for a in g.actors])
+
+    def in_process():
+        merged = PartialScores()
+        for sh in shards:
+            merged = merged.merge(shard_scores(model, tok, sh.rollouts, sig, cfg, sites, zeros).partial)
+        return merged.table(meta)
+
+    def on_ray(n, k):
+        group = groups[n]  # the reducer's start is part of the stage (the pipeline starts one per run)
+        reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0), str(tmp / f"stage-{n}-{k}"), meta, run_key="bench").pick(0)
+        balance, in_flight = LeastLoaded(n), {}  # the pipeline's scheduling: bounded in flight, least loaded first
+        for sh, r in zip(shards, refs):
+            g = balance.pick()
+            in_flight[reducer.merge.remote(sh.shard_id, group.pick(g).attribute.remote(sh.shard_id, r, cfg, "accuracy"))] = g
+            while len(in_flight) >= RayConfig().max_in_flight or (sh is shards[-1] and in_flight):
+                done, _ = ray.wait(list(in_flight), num_returns=1)
+                ray.get(done[0])  # a failed shard fails the benchmark
+                balance.done(in_flight.pop(done[0]))
+        table = ray.get(reducer.finalize.remote())
+        ray.kill(reducer, no_restart=True)
+        return table
+
+    runs = itertools.count()  # a fresh output directory per Ray run
+    setups = {"in-process, 1 thread": in_process}
+    for n in (1, 2):
+        setups[f"ray: {n} gradient actor(s), 1 thread each, + reducer"] = lambda n=n: on_ray(n, next(runs))
+    times, tables = {name: [] for name in setups}, {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    for _ in range(max(3, args.repeat)):
+        for name, fn in setups.items():
+            start = time.perf_counter()
+            tables[name] = fn()
+            times[name].append(time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    for g in groups.values():
+        g.kill()
+    rows = [{"setup": name, "seconds": min(times[name]), "all_seconds": times[name],
+             "max_rel_diff": float(np.abs(np.array(tables[name].column("score").to_pylist()) - ref).max() / np.abs(ref).max())}
+            for name in setups]
+    return {"shards": len(shards), "rows": rows, "overhead": rows[1]["seconds"] / rows[0]["seconds"],
+            "scaling": rows[1]["seconds"] / rows[2]["seconds"]}
 
 
 def res_partial(res):

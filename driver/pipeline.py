@@ -283,18 +283,20 @@ class RaySession:
         todo = [(k, sid, part) for k, (sid, part) in enumerate(shards) if sid not in merged]
         baselines_ref = ray.put(baselines) if baselines is not None else None
         table_refs, in_flight = {}, {}
+        balance, group_of = LeastLoaded(len(self.groups)), {}
         progress = Progress(len(todo), f"attribute {out_dir.name}", self.cfg.progress, self.log)
         try:
             with self.timer("attribute"):
                 for k, sid, part in todo:
                     rollouts = rollout_refs.pop(sid, None) or self.rollout.pick(k).generate.remote(sid, part, cfg, signal, params)
-                    parts = self._gradient(k, "attribute", sid, rollouts, cfg, signal, baselines_ref, params)
+                    group_of[sid] = g = balance.pick()  # shards differ in cost: the least busy group gets the next
+                    parts = self._gradient(g, "attribute", sid, rollouts, cfg, signal, baselines_ref, params)
                     table_refs[sid] = parts[0] if len(parts) == 1 else _merge_ranks.remote(*parts)
                     in_flight[reducer.merge.remote(sid, table_refs[sid])] = sid
                     while len(in_flight) >= self.cfg.max_in_flight:
-                        self._wait_one(in_flight, progress)
+                        balance.done(group_of[self._wait_one(in_flight, progress)])
                 while in_flight:
-                    self._wait_one(in_flight, progress)
+                    balance.done(group_of[self._wait_one(in_flight, progress)])
                 # a reducer restarted from an older snapshot forgot the shards merged after it: re-send them
                 for _ in range(3):
                     ledger = set(ray.get(reducer.merged_shards.remote()))  # one call, not one per shard
@@ -337,7 +339,8 @@ class RaySession:
         (out_dir / SNAPSHOT).unlink(missing_ok=True)  # complete: attribution.json + scores.parquet are the record
         return RayAttribution(table, diagnostics, cfg, table_ref)
 
-    def _wait_one(self, in_flight: dict, progress: Progress) -> None:
+    def _wait_one(self, in_flight: dict, progress: Progress) -> str:
+        """Wait for one shard's merge; return its id (or raise the worker's error)."""
         done, _ = ray.wait(list(in_flight), num_returns=1)
         sid = in_flight.pop(done[0])
         try:
@@ -349,6 +352,7 @@ class RaySession:
                 m.error("fatal", "driver")
             raise _unwrap(e, f"shard '{sid}'") from None
         progress.advance()
+        return sid
 
     def _mean_baseline(self, shards, cfg, signal, params, sites, out_dir):
         """First pass: every shard's rollouts and activation sums, added into the global mean. Saved, so
@@ -408,6 +412,23 @@ class RaySession:
                         raise _unwrap(e, "completeness") from None
                     out[str(s)][name] = sum(p[0] for p in parts) / sum(p[1] for p in parts)
         return out
+
+
+class LeastLoaded:
+    """Which of ``n`` gradient groups gets the next shard: the one with the fewest shards outstanding
+    (ties: the lowest index). Shards differ in cost (trajectory lengths, zero-advantage groups), so a
+    fixed round-robin leaves one worker idle while another works through its backlog."""
+
+    def __init__(self, n: int):
+        self.load = [0] * n
+
+    def pick(self) -> int:
+        i = min(range(len(self.load)), key=lambda j: (self.load[j], j))
+        self.load[i] += 1
+        return i
+
+    def done(self, i: int) -> None:
+        self.load[i] -= 1
 
 
 def _finished(out_dir: Path, key: str) -> dict | None:

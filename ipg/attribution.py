@@ -23,12 +23,15 @@ import numpy as np
 import torch
 
 from ipg.advantages import ADVANTAGES, advantages
-from ipg.components import POSITIONS, Site, capture_batch, check_site, decoder_layers, edit, site_activations
+from ipg.components import POSITIONS, Site, capture_sites, check_site, decoder_layers, edit, site_activations
 from ipg.errors import ExampleError, InputError
 from ipg.generation import Sample, SamplingParams, generate
 from ipg.paths import BASELINES, SCHEDULES, schedule
 from ipg.scores import PartialScores
 from ipg.signals import Signal, make_signal
+
+
+_AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class AttributionConfig:
     policy_temperature: float = 1.0  # log pi of the gradient: the model's own policy (the paper's)
     batch_tokens: int = 8192  # micro-batch budget: rows x padded length per forward/backward
     generation_batch_size: int = 64
+    autocast: str = "off"  # gradient pass in 'bf16'/'fp16' autocast (GPU speed; scores differ by the precision)
+    checkpoint: bool = False  # activation checkpointing of the blocks above the site (long trajectories, less memory)
     completeness: bool = True
     on_error: str = "fail"  # an example whose signal fails: 'fail' the run naming it, or 'skip' it and count it
 
@@ -69,6 +74,8 @@ class AttributionConfig:
             ("policy_temperature", self.policy_temperature > 0, "> 0"),
             ("batch_tokens", self.batch_tokens >= 1, "an integer >= 1"),
             ("on_error", self.on_error in ("fail", "skip"), "'fail' or 'skip'"),
+            ("autocast", self.autocast in _AUTOCAST, f"one of {list(_AUTOCAST)}"),
+            ("checkpoint", isinstance(self.checkpoint, bool), "true or false"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -217,7 +224,19 @@ class _Row:
     weight: float  # w_k / N
 
 
+def _chunks(order: list[int], lengths: list[int], budget: int) -> list[list[int]]:
+    """Trajectories (longest first) in groups whose padded size (count x longest) fits the budget."""
+    out: list[list[int]] = []
+    for t in order:
+        if out and (len(out[-1]) + 1) * lengths[out[-1][0]] <= budget:
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return out
+
+
 def _micro_batches(rows: list[_Row], lengths: list[int], budget: int):
+    """Consecutive rows in batches of at most ``budget`` padded tokens (rows x the longest row)."""
     batch: list[_Row] = []
     width = 0
     for r in rows:
@@ -231,69 +250,87 @@ def _micro_batches(rows: list[_Row], lengths: list[int], budget: int):
         yield batch
 
 
-def site_scores(model, site: Site, trajectories: list[_Trajectory], rows: list[_Row], n_prompts: int,
-                baseline: torch.Tensor, cfg: AttributionConfig, saes: dict | None = None) -> np.ndarray:
-    """Per-prompt IPG scores (n_prompts, width) of one site from the given (trajectory, alpha) rows."""
-    width = check_site(model, site, saes)
+def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows: list[_Row], n_prompts: int,
+                baselines: dict[Site, torch.Tensor], cfg: AttributionConfig, saes: dict | None = None,
+                agree=None) -> dict[Site, np.ndarray]:
+    """Per-prompt IPG scores ``{site: (n_prompts, width)}`` of sites that share the same (trajectory,
+    alpha) rows.
+
+    Trajectories go longest first in chunks under ``cfg.batch_tokens``. Each chunk gets one no-grad
+    forward that captures every site and stops at the highest (the shared prefix: blocks below a site
+    run once per trajectory, not once per alpha and not once per site). Then, per site, the chunk's rows
+    (each trajectory's q alphas adjacent, so a micro-batch pads little) run forward/backward from the
+    site up only.
+
+    ``agree``: set on a rank of a ZeRO-3 group, whose ranks must make the same sequence of forward and
+    backward calls (each block's parameters are gathered collectively). ``agree(n)`` returns the max of
+    n over the ranks; a rank with fewer chunks or micro-batches pads with a dummy trajectory of
+    advantage 0, whose contribution is zero, and captures run whole forwards."""
+    widths = {site: check_site(model, site, saes) for site in sites}
     device = next(model.parameters()).device
-    out = np.zeros((n_prompts, width), dtype=np.float64)
+    out = {site: np.zeros((n_prompts, widths[site]), dtype=np.float64) for site in sites}
     rows = [r for r in rows if trajectories[r.traj].advantage != 0.0]  # zero advantage: zero gradient
-    lengths = [len(t.ids) for t in trajectories]
-    sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
-    capture_site = Site(site.layer, "residual") if site.kind == "sae" else site  # SAE features are encoded per row below
-    b = baseline.to(device)
-    # trajectories in chunks: capture once per chunk, then every (alpha) row of the chunk
-    traj_order = sorted({r.traj for r in rows})
-    chunk_size = max(1, cfg.batch_tokens // max([lengths[t] for t in traj_order] or [1]))
-    for c in range(0, len(traj_order), chunk_size):
-        chunk = traj_order[c : c + chunk_size]
-        acts = capture_batch(model, capture_site, [trajectories[t].ids for t in chunk])
-        acts = {t: {k: v[i] for k, v in acts.items()} for i, t in enumerate(chunk)}
-        chunk_rows = [r for r in rows if r.traj in acts]
-        for batch in _micro_batches(chunk_rows, lengths, cfg.batch_tokens):
-            contrib = _batch_contributions(model, site, sae, batch, trajectories, acts, b, cfg, device)
-            for r, c_r in zip(batch, contrib):
-                out[r.prompt] += r.weight * c_r
-    return out
-
-
-def site_scores_lockstep(model, site: Site, trajectories: list[_Trajectory], rows: list[_Row], n_prompts: int,
-                         baseline: torch.Tensor, cfg: AttributionConfig, saes: dict | None, agree) -> np.ndarray:
-    """``site_scores`` for ranks that must make the same sequence of forward/backward calls (a ZeRO-3
-    group gathers each block's parameters collectively): every rank makes one dummy capture, then as
-    many captures and gradient micro-batches as the busiest rank (``agree(n)`` returns the max of n over
-    the ranks), padding with a dummy trajectory of advantage 0, whose contribution is zero."""
-    width = check_site(model, site, saes)
-    device = next(model.parameters()).device
-    out = np.zeros((n_prompts, width), dtype=np.float64)
-    rows = [r for r in rows if trajectories[r.traj].advantage != 0.0]
-    trajs = list(trajectories) + [_Trajectory([0, 0], 1, 0.0)]
+    trajs = list(trajectories) + ([_Trajectory([0, 0], 1, 0.0)] if agree is not None else [])
     dummy = len(trajs) - 1
     lengths = [len(t.ids) for t in trajs]
-    sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
-    capture_site = Site(site.layer, "residual") if site.kind == "sae" else site
-    b = baseline.to(device)
-    order = sorted({r.traj for r in rows})
-    size = max(1, cfg.batch_tokens // max([lengths[t] for t in order] or [2]))
-    chunks = [[dummy]] + [order[c : c + size] for c in range(0, len(order), size)]
-    acts = {}
-    for i in range(1 + agree(len(chunks) - 1)):
-        chunk = chunks[i] if i < len(chunks) else [dummy]
-        captured = capture_batch(model, capture_site, [trajs[t].ids for t in chunk])
-        acts.update({t: {k: v[j] for k, v in captured.items()} for j, t in enumerate(chunk)})
-    batches = list(_micro_batches(rows, lengths, cfg.batch_tokens))
-    for i in range(agree(len(batches))):
-        if i < len(batches):
-            contrib = _batch_contributions(model, site, sae, batches[i], trajs, acts, b, cfg, device)
-            for r, c_r in zip(batches[i], contrib):
-                out[r.prompt] += r.weight * c_r
-        else:
-            _batch_contributions(model, site, sae, [_Row(dummy, 0, 1.0, 0.0)], trajs, acts, b, cfg, device)
+    order = sorted({r.traj for r in rows}, key=lambda t: (-lengths[t], t))
+    rank = {t: i for i, t in enumerate(order)}
+    chunks = _chunks(order, lengths, cfg.batch_tokens)
+    b = {site: baselines[site].to(device) for site in sites}
+    n_chunks = agree(len(chunks)) if agree is not None else len(chunks)
+    for c in range(n_chunks):
+        chunk = chunks[c] if c < len(chunks) else []
+        if agree is not None:
+            chunk = chunk + [dummy]  # padding micro-batches below need the dummy's activations
+        captured = capture_sites(model, sites, [trajs[t].ids for t in chunk], saes, stop_early=agree is None)
+        in_chunk = set(chunk)
+        chunk_rows = sorted((r for r in rows if r.traj in in_chunk), key=lambda r: (rank[r.traj], r.alpha))
+        for site in sites:
+            acts = {t: {k: v[i] for k, v in captured[site].items()} for i, t in enumerate(chunk)}
+            batches = list(_micro_batches(chunk_rows, lengths, cfg.batch_tokens))
+            n_batches = agree(len(batches)) if agree is not None else len(batches)
+            for i in range(n_batches):
+                batch = batches[i] if i < len(batches) else [_Row(dummy, 0, 1.0, 0.0)]
+                contrib = _batch_contributions(model, site, saes, batch, trajs, acts, b[site], cfg, device)
+                for r, c_r in zip(batch, contrib):
+                    if r.weight:
+                        out[site][r.prompt] += r.weight * c_r
     return out
 
 
-def _batch_contributions(model, site, sae, batch: list[_Row], trajectories, acts, b, cfg, device) -> np.ndarray:
+@contextmanager
+def _checkpointed(model, start: int, enabled: bool):
+    """Blocks ``start``.. recompute their activations in the backward pass instead of storing them."""
+    if not enabled:
+        yield
+        return
+    layers = decoder_layers(model)
+    originals = [layers[i] for i in range(start, len(layers))]
+    try:
+        for i, block in enumerate(originals):
+            layers[start + i] = _Checkpointed(block)
+        yield
+    finally:
+        for i, block in enumerate(originals):
+            layers[start + i] = block
+
+
+class _Checkpointed(torch.nn.Module):
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        self.block = block
+        if hasattr(block, "attention_type"):
+            self.attention_type = block.attention_type
+
+    def forward(self, *args, **kwargs):
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)
+
+
+def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, acts, b, cfg, device) -> np.ndarray:
     """(R, width): sum over path positions of (h - h') * grad for each row."""
+    sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
     width = max(len(trajectories[r.traj].ids) for r in batch)
 
     def padded(key):  # (R, T, d) from per-trajectory (T_full, d) tensors, cropped/padded to width
@@ -304,8 +341,7 @@ def _batch_contributions(model, site, sae, batch: list[_Row], trajectories, acts
                            for r in batch]).to(device)  # (R, T)
     targets = torch.stack([_positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, "generated")
                            for r in batch]).to(device)  # (R, T): states that predict generated tokens
-    z = padded("h")  # residual/sae: block output (R, T, hidden); mlp: down_proj input (R, T, inter)
-    h = sae.encode(z) if sae is not None else z  # the components: (R, T, width_site)
+    h = padded("h")  # residual: block output (R, T, hidden); mlp: down_proj input (R, T, inter); sae: features
     alpha = torch.tensor([r.alpha for r in batch], device=device, dtype=h.dtype)[:, None, None]
     leaf = (b + alpha * (h - b)).detach().requires_grad_(True)
     x = torch.where(on_path[..., None], leaf, h)
@@ -314,11 +350,15 @@ def _batch_contributions(model, site, sae, batch: list[_Row], trajectories, acts
     if site.kind == "mlp":
         ctx_skip = _skip_blocks(model, site.layer, padded("block_input")) if site.layer > 0 else nullcontext()
         ctx_edit = edit(model, site, lambda _: x, positions="all")
+        first_run = site.layer
     else:
-        emitted = x if sae is None else z + sae.decode_delta(x - h).to(z.dtype)
+        emitted = x if sae is None else padded("residual") + sae.decode_delta(x - h).to(h.dtype)
         ctx_skip, ctx_edit = _skip_blocks(model, site.layer + 1, emitted), nullcontext()
-    with torch.enable_grad(), ctx_skip, ctx_edit:
-        hidden = model.model(input_ids=ids).last_hidden_state  # (R, T, d)
+        first_run = site.layer + 1
+    dtype = _AUTOCAST[cfg.autocast]
+    ctx_cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
+    with torch.enable_grad(), ctx_skip, ctx_edit, _checkpointed(model, first_run, cfg.checkpoint), ctx_cast:
+        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state  # (R, T, d)
         logp = _policy_logprobs(model, hidden, ids, targets, cfg.policy_temperature)  # (R,)
         (adv * logp).sum().backward()
     grad = leaf.grad  # (R, T, width_site)
@@ -370,7 +410,7 @@ def activation_sums(model, rollouts: list[Rollout], site: Site, cfg: Attribution
     if agree is not None:
         n = len(sequences)
         sequences = sequences + [([0, 0], 1)] * (agree(n) - n)
-        pieces = (x for seq in sequences for x in site_activations(model, site, [seq], saes=saes))
+        pieces = (x for seq in sequences for x in site_activations(model, site, [seq], saes=saes, stop_early=False))
         pieces = (x for i, x in enumerate(pieces) if i < n)
     else:
         pieces = site_activations(model, site, sequences, saes=saes, batch_tokens=cfg.batch_tokens)
@@ -410,7 +450,7 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
     gives the in-process result. Resample mode draws the shard's path rollouts here; with on_error
     'skip', a prompt whose signal fails anywhere on a path is left out of every site.
 
-    ``agree``: set on a rank of a ZeRO-3 group (see ``site_scores_lockstep``); resample mode samples
+    ``agree``: set on a rank of a ZeRO-3 group (see ``site_scores``); resample mode samples
     inside this function, which such a group cannot do in lockstep."""
     if agree is not None and cfg.resample and cfg.method == "ipg":
         raise InputError("attribution.resample: not available with the deepspeed gradient backend yet (path sampling "
@@ -433,15 +473,23 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
     else:
         paths = {site: [(a, w, rollouts) for a, w in cfg.alphas] for site in sites}
     partial = PartialScores()
+    groups: list[list[Site]] = []  # sites with the same path rollouts share their captures and micro-batches
     for site in sites:
+        same = next((g for g in groups if paths[g[0]] is paths[site] or all(
+            a[:2] == b[:2] and a[2] is b[2] for a, b in zip(paths[g[0]], paths[site]))), None)
+        if same is None:
+            groups.append([site])
+        else:
+            same.append(site)
+    for group in groups:
         t = time.perf_counter()
-        trajectories, rows = rows_for(paths[site])
-        per_prompt = (site_scores(model, site, trajectories, rows, len(rollouts), baselines[site], cfg, saes) if agree is None else
-                      site_scores_lockstep(model, site, trajectories, rows, len(rollouts), baselines[site], cfg, saes, agree))
-        for p, r in enumerate(rollouts):
-            partial.add_prompt(site, per_prompt[p], len(r.samples))
+        trajectories, rows = rows_for(paths[group[0]])
+        per_site = site_scores(model, group, trajectories, rows, len(rollouts), baselines, cfg, saes, agree)
+        for site in group:
+            for p, r in enumerate(rollouts):
+                partial.add_prompt(site, per_site[site][p], len(r.samples))
         timings["gradient"] += time.perf_counter() - t
-        log(f"{site}: {len(rows)} (trajectory, alpha) rows in {time.perf_counter() - t:.1f}s")
+        log(f"{', '.join(map(str, group))}: {len(rows)} (trajectory, alpha) rows in {time.perf_counter() - t:.1f}s")
     return ShardScores(partial, paths, timings, skipped, rollouts)
 
 

@@ -19,48 +19,16 @@ Which positions an edit touches during generation (``positions``):
 
 from __future__ import annotations
 
-import re
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 
 from ipg.errors import InputError
 
-KINDS = ("residual", "mlp", "sae")
+from ipg.sites import KINDS, ComponentId, Site  # noqa: F401 (re-exported: the pure types live in ipg.sites)
+
 POSITIONS = ("generated", "all")
-_ID = re.compile(r"^layers\.(\d+)\.(residual|mlp|sae):(\d+)$")
-
-
-@dataclass(frozen=True, order=True)
-class Site:
-    layer: int
-    kind: str
-
-    def __str__(self) -> str:
-        return f"layers.{self.layer}.{self.kind}"
-
-
-@dataclass(frozen=True, order=True)
-class ComponentId:
-    layer: int
-    kind: str
-    index: int
-
-    def __str__(self) -> str:
-        return f"layers.{self.layer}.{self.kind}:{self.index}"
-
-    @property
-    def site(self) -> Site:
-        return Site(self.layer, self.kind)
-
-    @classmethod
-    def parse(cls, text: str) -> "ComponentId":
-        m = _ID.match(text.strip())
-        if not m:
-            raise InputError(f"component id '{text}': expected 'layers.<layer>.<residual|mlp|sae>:<index>'")
-        return cls(int(m.group(1)), m.group(2), int(m.group(3)))
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -183,30 +151,57 @@ def capture(model, sites: list[Site], saes: dict | None = None):
             h.remove()
 
 
-def capture_batch(model, site: Site, id_lists: list[list[int]], saes: dict | None = None) -> dict[str, torch.Tensor]:
+class _Stop(Exception):
+    """Raised by the hook on the highest captured block: nothing above it is needed."""
+
+
+def capture_sites(model, sites: list[Site], id_lists: list[list[int]], saes: dict | None = None, *,
+                  stop_early: bool = True) -> dict[Site, dict[str, torch.Tensor]]:
     """One no-grad forward of the right-padded sequences (causal attention: padding after a sequence
-    cannot change it). Returns ``{"h": (B, T, width)}`` of the site, plus ``"block_input"`` for ``mlp``
-    sites; an ``sae`` site is captured on the residual and encoded."""
+    cannot change it) that records every site: ``{site: {"h": (B, T, width)}}``, plus ``"block_input"``
+    for ``mlp`` sites; an ``sae`` site is captured on the residual (kept as ``"residual"``) and encoded. With ``stop_early`` the
+    forward stops after the highest site's block (the blocks above it and the final norm never run);
+    ZeRO-3 ranks pass False, since their collective parameter gathers expect whole forwards."""
     device = next(model.parameters()).device
     width = max(len(ids) for ids in id_lists)
     ids = torch.tensor([i + [0] * (width - len(i)) for i in id_lists], device=device)  # (B, T)
-    captured = Site(site.layer, "residual") if site.kind == "sae" else site
-    with torch.no_grad(), capture(model, [captured]) as store:
-        model.model(input_ids=ids)
-    h = store[captured]
-    out = {"h": saes[site.layer].encode(h) if site.kind == "sae" else h}
-    if site.kind == "mlp":
-        out["block_input"] = store[Site(site.layer, "block_input")]
+    captured = sorted({Site(s.layer, "residual") if s.kind == "sae" else s for s in sites})
+    top = max(s.layer for s in sites)
+
+    def stop(module, args, output):
+        raise _Stop
+
+    with torch.no_grad(), capture(model, captured) as store:
+        handle = decoder_layers(model)[top].register_forward_hook(stop) if stop_early else None  # after the capture hooks
+        try:
+            model.model(input_ids=ids, use_cache=False)
+        except _Stop:
+            pass
+        finally:
+            if handle is not None:
+                handle.remove()
+    out = {}
+    for site in sites:
+        h = store[Site(site.layer, "residual") if site.kind == "sae" else site]
+        out[site] = {"h": saes[site.layer].encode(h), "residual": h} if site.kind == "sae" else {"h": h}
+        if site.kind == "mlp":
+            out[site]["block_input"] = store[Site(site.layer, "block_input")]
     return out
 
 
+def capture_batch(model, site: Site, id_lists: list[list[int]], saes: dict | None = None, *,
+                  stop_early: bool = True) -> dict[str, torch.Tensor]:
+    """``capture_sites`` for one site: ``{"h": (B, T, width)}`` (+ ``"block_input"`` for mlp)."""
+    return capture_sites(model, [site], id_lists, saes, stop_early=stop_early)[site]
+
+
 def site_activations(model, site: Site, sequences: list[tuple[list[int], int]], *, saes: dict | None = None,
-                     batch_tokens: int = 8192):
+                     batch_tokens: int = 8192, stop_early: bool = True):
     """Yield ``(ids, prompt_len, h (T, width))`` per ``(ids, prompt_len)``: the site's components at
     every position, float32 on the CPU; forwards batched under ``batch_tokens``."""
     chunk = max(1, batch_tokens // max(len(ids) for ids, _ in sequences))
     for c in range(0, len(sequences), chunk):
         part = sequences[c : c + chunk]
-        h = capture_batch(model, site, [ids for ids, _ in part], saes)["h"]
+        h = capture_batch(model, site, [ids for ids, _ in part], saes, stop_early=stop_early)["h"]
         for (ids, prompt_len), row in zip(part, h):
             yield ids, prompt_len, row[: len(ids)].float().cpu()

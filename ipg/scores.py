@@ -14,9 +14,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ipg.components import ComponentId, Site
+from ipg.sites import ComponentId, Site
 from ipg.errors import InputError
 from ipg.files import atomic_write_bytes
+
+STATS_KEY = b"ipg.shard"  # a shard partial's statistics in its Arrow schema metadata (gradient worker -> reducer)
 
 SCHEMA = pa.schema([
     ("run_id", pa.string()), ("model", pa.string()), ("layer", pa.int32()), ("kind", pa.string()),

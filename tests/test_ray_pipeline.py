@@ -71,3 +71,15 @@ def test_a_model_the_workers_cannot_load_fails_once_with_their_message(local_ray
         RaySession(str(tmp_path / "m"), small_ray(1))
     with pytest.raises(InputError, match=r"model: path '/nonexistent/model' does not exist"):
         RaySession("/nonexistent/model", small_ray(1))
+
+
+def test_least_loaded_gives_the_next_shard_to_the_idle_group():
+    from driver.pipeline import LeastLoaded
+
+    b = LeastLoaded(2)
+    assert [b.pick(), b.pick(), b.pick()] == [0, 1, 0]  # ties go to the lowest index
+    b.done(1)  # group 1 finished its shard while group 0 still holds two
+    assert b.pick() == 1 and b.load == [2, 1]
+    b.done(0)
+    b.done(0)
+    assert b.pick() == 0  # round-robin would have queued it behind group 1's work

@@ -18,12 +18,11 @@ from cluster.metrics import StageTimer, metrics
 from ipg.attribution import AttributionConfig, activation_sums, shard_scores
 from ipg.components import Site, check_site
 from ipg.models import load_model
-from ipg.scores import partial_to_arrow
+from ipg.scores import STATS_KEY, partial_to_arrow
 from ipg.signals import make_signal
 from workers.faults import maybe_crash
 from workers.rollout import ShardRollouts, _item_errors, load_saes, quiet_loading
 
-STATS_KEY = b"ipg.shard"
 
 
 class GradientWorker:

@@ -20,9 +20,8 @@ import pyarrow.parquet as pq
 
 from cluster.metrics import StageTimer, metrics
 from ipg.errors import InputError
-from ipg.scores import PartialScores, partial_from_arrow, partial_to_arrow, write_scores
+from ipg.scores import STATS_KEY, PartialScores, partial_from_arrow, partial_to_arrow, write_scores
 from workers.faults import maybe_crash
-from workers.gradient import STATS_KEY
 
 SNAPSHOT = "reducer-snapshot.parquet"
 LEDGER_KEY = b"ipg.ledger"

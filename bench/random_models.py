@@ -1,0 +1,42 @@
+"""Randomly initialised Qwen2 models for benchmarks (no download): shapes by name, a word-level
+tokenizer whose EOS id lies outside the model's vocabulary (never sampled, so every sample runs the
+full length: a benchmark's worst case), prompts, and a reward that varies between samples."""
+
+from __future__ import annotations
+
+import torch
+
+SHAPES = {
+    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, vocab_size=512),
+    "24x512": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
+                         vocab_size=151936),
+}
+
+
+def build(shape: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
+    """(model, tokenizer) with ``SHAPES[shape]``, seed 0, eval mode, no parameter gradients."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+
+    dims = dict(SHAPES[shape])
+    vocab = dims["vocab_size"]
+    cfg = Qwen2Config(max_position_embeddings=4096, tie_word_embeddings=shape != "tiny", bos_token_id=0, eos_token_id=1,
+                      pad_token_id=2, **dims)
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
+    model.requires_grad_(False)
+    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab + 1)}, unk_token="t3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=f"t{vocab}", pad_token="t2", unk_token="t3")
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def prompts(n: int, length: int = 48) -> list[dict]:
+    return [{"id": f"p{i}", "prompt": " ".join(f"t{4 + (7 * i + j) % 400}" for j in range(length))} for i in range(n)]
+
+
+def varied(completion: str, example: dict) -> float:
+    """A reward that differs between samples (a constant one gives zero advantages and no gradient work)."""
+    return float(sum(map(len, completion.split())) % 97)

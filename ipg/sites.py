@@ -1,0 +1,41 @@
+"""Sites and component ids: pure types (no torch), so processes that only merge scores start fast."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ipg.errors import InputError
+
+KINDS = ("residual", "mlp", "sae")
+_ID = re.compile(r"^layers\.(\d+)\.(residual|mlp|sae):(\d+)$")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    layer: int
+    kind: str
+
+    def __str__(self) -> str:
+        return f"layers.{self.layer}.{self.kind}"
+
+
+@dataclass(frozen=True, order=True)
+class ComponentId:
+    layer: int
+    kind: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"layers.{self.layer}.{self.kind}:{self.index}"
+
+    @property
+    def site(self) -> Site:
+        return Site(self.layer, self.kind)
+
+    @classmethod
+    def parse(cls, text: str) -> "ComponentId":
+        m = _ID.match(text.strip())
+        if not m:
+            raise InputError(f"component id '{text}': expected 'layers.<layer>.<residual|mlp|sae>:<index>'")
+        return cls(int(m.group(1)), m.group(2), int(m.group(3)))
