@@ -342,6 +342,7 @@ def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, act
     targets = torch.stack([_positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, "generated")
                            for r in batch]).to(device)  # (R, T): states that predict generated tokens
     h = padded("h")  # residual: block output (R, T, hidden); mlp: down_proj input (R, T, inter); sae: features
+    b = b.to(h.dtype)  # a bf16 model's path stays bf16 (the baseline is kept in float32)
     alpha = torch.tensor([r.alpha for r in batch], device=device, dtype=h.dtype)[:, None, None]
     leaf = (b + alpha * (h - b)).detach().requires_grad_(True)
     x = torch.where(on_path[..., None], leaf, h)
@@ -362,8 +363,8 @@ def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, act
         logp = _policy_logprobs(model, hidden, ids, targets, cfg.policy_temperature)  # (R,)
         (adv * logp).sum().backward()
     grad = leaf.grad  # (R, T, width_site)
-    delta = (h - b) * on_path[..., None]
-    return (delta * grad).sum(1).double().cpu().numpy()
+    delta = (h - b).float() * on_path[..., None]
+    return (delta * grad.float()).sum(1).double().cpu().numpy()  # summed over positions in float32 at least
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -90,3 +90,17 @@ def test_capture_stops_above_the_highest_site(organism):
     assert ran == [0, 1]
     assert got[Site(1, "mlp")]["h"].shape == (2, 4, 512) and got[Site(1, "mlp")]["block_input"].shape == (2, 4, 128)
     assert got[Site(0, "residual")]["h"].shape == (2, 4, 128)
+
+
+def test_a_bfloat16_model_attributes_close_to_float32(organism, support):
+    """Weights in bf16 (how large models are loaded on GPUs): the path stays bf16, scores stay close."""
+    import copy
+
+    model, tok = organism
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    site = Site(1, "residual")
+    cfg = AttributionConfig(**SETTINGS)
+    out = [shard_scores(m, tok, support, make_signal("accuracy"), cfg, [site], {site: torch.zeros(128)}).partial.means(site)
+           for m in (model, half)]
+    rel = np.linalg.norm(out[1] - out[0]) / np.linalg.norm(out[0])
+    assert 0 < rel < 0.1, rel
