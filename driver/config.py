@@ -273,17 +273,21 @@ def validate(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def read_yaml(path: str | Path, field: str):
+    """A YAML file's content (None for an empty file), or an InputError naming ``field`` (the flag or
+    key that gave the path): the file is missing, or it is not valid YAML."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"{field}: file '{path}' not found")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{field}: '{path}' is not valid YAML ({str(e).splitlines()[0]})") from None
+
+
 def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
     """YAML file (optional) + ``key.sub=value`` overrides (values parsed as YAML) -> validated RunConfig."""
-    tree: dict = {}
-    if path:
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"--config: file '{path}' not found")
-        try:
-            tree = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise InputError(f"--config: '{path}' is not valid YAML ({str(e).splitlines()[0]})") from None
+    tree: dict = (read_yaml(path, "--config") or {}) if path else {}
     for item in overrides or []:
         key, sep, value = item.lstrip("-").partition("=")
         if not sep:

@@ -39,7 +39,7 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from driver.config import RunConfig, _build, _set_dotted, validate
+from driver.config import RunConfig, _build, _set_dotted, read_yaml, validate
 from driver.storage import Store
 from ipg.errors import InputError
 from ipg.scores import select
@@ -135,12 +135,7 @@ def _list(spec: dict, key: str, path: str, kind, allowed=None) -> list:
 
 def load_spec(path: str, out: str | None = None) -> SweepSpec:
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--spec: file '{path}' not found")
-    try:
-        spec = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise InputError(f"--spec: '{path}' is not valid YAML ({str(e).splitlines()[0]})") from None
+    spec = read_yaml(p, "--spec") or {}
     if not isinstance(spec, dict):
         raise InputError(f"--spec: '{path}' must be a mapping of {', '.join(sorted(SPEC_KEYS))}")
     unknown = set(spec) - SPEC_KEYS
@@ -153,7 +148,7 @@ def load_spec(path: str, out: str | None = None) -> SweepSpec:
         base = base if base.is_file() else p.parent / spec["base"]
         if not base.is_file():
             raise InputError(f"{path}: base: run config '{spec['base']}' not found")
-        tree = yaml.safe_load(base.read_text()) or {}
+        tree = read_yaml(base, f"{path}: base") or {}
     config = spec.get("config") or {}
     if not isinstance(config, dict):
         raise InputError(f"{path}: config: must be a mapping of run-config keys (e.g. attribution: {{q: 4}})")
