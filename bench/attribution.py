@@ -54,22 +54,15 @@ def bound_seconds(model, site, rollouts, cfg, repeat: int) -> float:
     inputs_embeds = the site's activations, logits of the generated positions) for every trajectory with
     a non-zero advantage: q rows per trajectory, longest first, in ``cfg.batch_tokens`` batches (the
     geometry of the optimised pass, so batching efficiency is the same on both sides)."""
-    from ipg.attribution import _policy_logprobs, _positions_mask
+    from ipg.attribution import _micro_batches, _policy_logprobs, _positions_mask, _Row
     from ipg.components import capture_sites, decoder_layers
 
     trajs = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids), a) for r in rollouts for s, a in zip(r.samples, r.advantages) if a != 0]
     trajs.sort(key=lambda t: -len(t[0]))
     acts = [capture_sites(model, [site], [ids])[site]["h"][0] for ids, _, _ in trajs]  # not timed
-    rows = [i for i in range(len(trajs)) for _ in range(cfg.q)]
-    batches, current = [], []
-    for i in rows:
-        if current and (len(current) + 1) * len(trajs[current[0]][0]) > cfg.batch_tokens:
-            batches.append(current)
-            current = []
-        current.append(i)
-    batches.append(current)
+    rows = [_Row(i, 0, 1.0, 1.0) for i in range(len(trajs)) for _ in range(cfg.q)]
     inputs = []
-    for batch in batches:
+    for batch in ([r.traj for r in b] for b in _micro_batches(rows, [len(t[0]) for t in trajs], cfg.batch_tokens)):
         width = len(trajs[batch[0]][0])
         ids = torch.tensor([trajs[i][0] + [0] * (width - len(trajs[i][0])) for i in batch])
         h = torch.stack([torch.nn.functional.pad(acts[i], (0, 0, 0, width - acts[i].shape[0])) for i in batch])
@@ -145,15 +138,9 @@ def bench_model(name: str, args) -> dict:
         _, t_site = best(lambda: shard_scores(model, tok, rollouts, signal, c, [s], zeros), args.repeat)
         t_bound = bound_seconds(model, s, rollouts, c, args.repeat)
         bounds.append({"site": str(s), "optimised_seconds": t_site, "bound_seconds": t_bound, "ratio": t_site / t_bound})
-    return {"model": name, "layers": list(layers), "n_layers": len(decoder_blocks(model)), "hidden": model.config.hidden_size,
+    return {"model": name, "layers": list(layers), "n_layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
             "prompts": n_prompts, "trajectories": n_traj, "active_trajectories": int(active), "trajectory_tokens": tokens,
             "N": args.n, "q": args.q, "max_new_tokens": max_new, "throughput": rows, "bound": bounds}
-
-
-def decoder_blocks(model):
-    from ipg.components import decoder_layers
-
-    return decoder_layers(model)
 
 
 def main() -> None:

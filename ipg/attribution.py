@@ -17,7 +17,7 @@ import hashlib
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import numpy as np
 import torch
@@ -158,31 +158,62 @@ def _rewards(signal: Signal, ex: dict, samples: list[Sample]) -> list[float]:
 # the gradient pass
 
 
-class _StandIn(torch.nn.Module):
+class _BlockWrapper(torch.nn.Module):
+    """Takes a decoder block's place in ``model.model.layers`` (keeping its ``attention_type``, which
+    the model reads to pick each block's attention mask)."""
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__()
+        if hasattr(block, "attention_type"):
+            self.attention_type = block.attention_type
+
+
+class _StandIn(_BlockWrapper):
     """Replaces a decoder block: passes its input through, or emits a fixed tensor."""
 
     def __init__(self, block: torch.nn.Module, value: torch.Tensor | None):
-        super().__init__()
+        super().__init__(block)
         self.value = value
-        if hasattr(block, "attention_type"):
-            self.attention_type = block.attention_type
 
     def forward(self, hidden_states, *args, **kwargs):
         return hidden_states if self.value is None else self.value
 
 
+class _Checkpointed(_BlockWrapper):
+    """Runs the block under non-reentrant activation checkpointing (recomputed in the backward pass)."""
+
+    def __init__(self, block: torch.nn.Module):
+        super().__init__(block)
+        self.block = block
+
+    def forward(self, *args, **kwargs):
+        from torch.utils.checkpoint import checkpoint
+
+        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)
+
+
 @contextmanager
-def _skip_blocks(model, upto: int, value: torch.Tensor):
-    """Skip blocks 0..upto-1; block upto-1 emits ``value`` (B, T, hidden). Restored on exit."""
+def _swapped_blocks(model, make: dict[int, Callable[[torch.nn.Module], torch.nn.Module]]):
+    """Block i is replaced by ``make[i](block)`` for the body; the originals are restored on exit."""
     layers = decoder_layers(model)
-    originals = [layers[i] for i in range(upto)]
+    originals = {i: layers[i] for i in make}
     try:
-        for i in range(upto):
-            layers[i] = _StandIn(originals[i], value if i == upto - 1 else None)
+        for i, fn in make.items():
+            layers[i] = fn(originals[i])
         yield
     finally:
-        for i, block in enumerate(originals):
+        for i, block in originals.items():
             layers[i] = block
+
+
+def _skip_blocks(model, upto: int, value: torch.Tensor):
+    """Skip blocks 0..upto-1; block upto-1 emits ``value`` (B, T, hidden). Restored on exit."""
+    return _swapped_blocks(model, {i: (lambda b, i=i: _StandIn(b, value if i == upto - 1 else None)) for i in range(upto)})
+
+
+def _checkpointed(model, start: int, enabled: bool):
+    """Blocks ``start``.. recompute their activations in the backward pass instead of storing them."""
+    return _swapped_blocks(model, {i: _Checkpointed for i in range(start, len(decoder_layers(model)))} if enabled else {})
 
 
 def _positions_mask(prompt_len: int, total_len: int, width: int, positions: str) -> torch.Tensor:
@@ -285,9 +316,9 @@ def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows:
         captured = capture_sites(model, sites, [trajs[t].ids for t in chunk], saes, stop_early=agree is None)
         in_chunk = set(chunk)
         chunk_rows = sorted((r for r in rows if r.traj in in_chunk), key=lambda r: (rank[r.traj], r.alpha))
+        batches = list(_micro_batches(chunk_rows, lengths, cfg.batch_tokens))  # the same for every site
         for site in sites:
             acts = {t: {k: v[i] for k, v in captured[site].items()} for i, t in enumerate(chunk)}
-            batches = list(_micro_batches(chunk_rows, lengths, cfg.batch_tokens))
             n_batches = agree(len(batches)) if agree is not None else len(batches)
             for i in range(n_batches):
                 batch = batches[i] if i < len(batches) else [_Row(dummy, 0, 1.0, 0.0)]
@@ -296,36 +327,6 @@ def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows:
                     if r.weight:
                         out[site][r.prompt] += r.weight * c_r
     return out
-
-
-@contextmanager
-def _checkpointed(model, start: int, enabled: bool):
-    """Blocks ``start``.. recompute their activations in the backward pass instead of storing them."""
-    if not enabled:
-        yield
-        return
-    layers = decoder_layers(model)
-    originals = [layers[i] for i in range(start, len(layers))]
-    try:
-        for i, block in enumerate(originals):
-            layers[start + i] = _Checkpointed(block)
-        yield
-    finally:
-        for i, block in enumerate(originals):
-            layers[start + i] = block
-
-
-class _Checkpointed(torch.nn.Module):
-    def __init__(self, block: torch.nn.Module):
-        super().__init__()
-        self.block = block
-        if hasattr(block, "attention_type"):
-            self.attention_type = block.attention_type
-
-    def forward(self, *args, **kwargs):
-        from torch.utils.checkpoint import checkpoint
-
-        return checkpoint(self.block, *args, use_reentrant=False, **kwargs)
 
 
 def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, acts, b, cfg, device) -> np.ndarray:
@@ -474,14 +475,9 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
     else:
         paths = {site: [(a, w, rollouts) for a, w in cfg.alphas] for site in sites}
     partial = PartialScores()
-    groups: list[list[Site]] = []  # sites with the same path rollouts share their captures and micro-batches
-    for site in sites:
-        same = next((g for g in groups if paths[g[0]] is paths[site] or all(
-            a[:2] == b[:2] and a[2] is b[2] for a, b in zip(paths[g[0]], paths[site]))), None)
-        if same is None:
-            groups.append([site])
-        else:
-            same.append(site)
+    # outside resample mode every site's path holds the same rollouts: one group shares captures and
+    # micro-batches; resample mode drew other trajectories per site
+    groups = [[site] for site in sites] if cfg.resample and cfg.method == "ipg" else [sites]
     for group in groups:
         t = time.perf_counter()
         trajectories, rows = rows_for(paths[group[0]])

@@ -189,12 +189,6 @@ def capture_sites(model, sites: list[Site], id_lists: list[list[int]], saes: dic
     return out
 
 
-def capture_batch(model, site: Site, id_lists: list[list[int]], saes: dict | None = None, *,
-                  stop_early: bool = True) -> dict[str, torch.Tensor]:
-    """``capture_sites`` for one site: ``{"h": (B, T, width)}`` (+ ``"block_input"`` for mlp)."""
-    return capture_sites(model, [site], id_lists, saes, stop_early=stop_early)[site]
-
-
 def site_activations(model, site: Site, sequences: list[tuple[list[int], int]], *, saes: dict | None = None,
                      batch_tokens: int = 8192, stop_early: bool = True):
     """Yield ``(ids, prompt_len, h (T, width))`` per ``(ids, prompt_len)``: the site's components at
@@ -202,6 +196,6 @@ def site_activations(model, site: Site, sequences: list[tuple[list[int], int]], 
     chunk = max(1, batch_tokens // max(len(ids) for ids, _ in sequences))
     for c in range(0, len(sequences), chunk):
         part = sequences[c : c + chunk]
-        h = capture_batch(model, site, [ids for ids, _ in part], saes, stop_early=stop_early)["h"]
+        h = capture_sites(model, [site], [ids for ids, _ in part], saes, stop_early=stop_early)[site]["h"]
         for (ids, prompt_len), row in zip(part, h):
             yield ids, prompt_len, row[: len(ids)].float().cpu()

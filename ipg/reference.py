@@ -17,6 +17,7 @@ from ipg.components import Site, check_site, decoder_layers
 
 
 def _on_path(prompt_len: int, total: int, positions: str) -> torch.Tensor:
+    """The path positions, written out here rather than taken from the code under test."""
     mask = torch.zeros(total, dtype=torch.bool)
     if positions == "all":
         mask[:] = True
