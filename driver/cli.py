@@ -122,7 +122,7 @@ def _attribute(args) -> None:
                     baseline=args.baseline, advantage=args.advantage, method=args.method, resample=args.resample,
                     positions=args.positions, temperature=args.temperature, top_p=args.top_p,
                     max_new_tokens=args.max_new_tokens, seed=args.seed, batch_tokens=args.batch_tokens,
-                    autocast=args.autocast, checkpoint=args.checkpoint,
+                    autocast=args.autocast, checkpoint=args.checkpoint, share_prefix=not args.no_share_prefix,
                     completeness=not args.no_completeness, on_error=args.on_error)
     args.run_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None)
@@ -327,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-tokens", type=int, default=8192, help="micro-batch budget: rows x tokens")
     p.add_argument("--autocast", default="off", help="gradient pass in autocast: off | bf16 | fp16 (GPU speed, lower precision)")
     p.add_argument("--checkpoint", action="store_true", help="activation checkpointing above the site (long trajectories)")
+    p.add_argument("--no-share-prefix", action="store_true",
+                   help="every (trajectory, alpha) row runs its whole sequence (default: each prompt's part before the path runs once)")
     p.add_argument("--no-completeness", action="store_true", help="skip the J(0)/J(alpha_min) rollouts")
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cpu")

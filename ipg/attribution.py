@@ -8,7 +8,9 @@ decision positions P), baseline h' and schedule {(alpha_k, w_k)}:
 
 Full autograd from the site to every later token. The blocks below the site are run once per
 trajectory (capture pass) and replaced by stand-ins that emit the interpolated tensor, so each
-(alpha, trajectory) row costs a forward/backward of the blocks from the site up only.
+(alpha, trajectory) row costs a forward/backward of the blocks from the site up only; and with
+positions 'generated', of the positions from the last prompt token on only (the prompt before it is
+the same in every row of a prompt: its keys/values run once per prompt, ``ipg.prefix``).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class AttributionConfig:
     generation_batch_size: int = 64
     autocast: str = "off"  # gradient pass in 'bf16'/'fp16' autocast (GPU speed; scores differ by the precision)
     checkpoint: bool = False  # activation checkpointing of the blocks above the site (long trajectories, less memory)
+    share_prefix: bool = True  # positions 'generated': the prompt's keys/values run once per prompt, not once per row
     completeness: bool = True
     on_error: str = "fail"  # an example whose signal fails: 'fail' the run naming it, or 'skip' it and count it
 
@@ -76,6 +79,7 @@ class AttributionConfig:
             ("on_error", self.on_error in ("fail", "skip"), "'fail' or 'skip'"),
             ("autocast", self.autocast in _AUTOCAST, f"one of {list(_AUTOCAST)}"),
             ("checkpoint", isinstance(self.checkpoint, bool), "true or false"),
+            ("share_prefix", isinstance(self.share_prefix, bool), "true or false"),
         ]
         for name, ok, want in checks:
             if not ok:
@@ -226,10 +230,14 @@ def _positions_mask(prompt_len: int, total_len: int, width: int, positions: str)
     return mask
 
 
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _policy_logprobs(model, hidden: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor, temperature: float):
     """Sum of log pi(a_t | s_t) per row over ``target_mask`` positions; hidden (R, T, d) after the
     final norm. Only the masked positions go through the LM head."""
-    logits = model.lm_head(hidden[:, :-1][target_mask[:, :-1]]).float()  # (N_gen, V)
+    logits = _at_least_float32(model.lm_head(hidden[:, :-1][target_mask[:, :-1]]))  # (N_gen, V)
     cap = getattr(model.config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap
@@ -266,19 +274,25 @@ def _chunks(order: list[int], lengths: list[int], budget: int) -> list[list[int]
     return out
 
 
-def _micro_batches(rows: list[_Row], lengths: list[int], budget: int):
-    """Consecutive rows in batches of at most ``budget`` padded tokens (rows x the longest row)."""
+def _micro_batches(rows: list[_Row], lengths: list[int], budget: int, prefix_lens: list[int] | None = None):
+    """Consecutive rows in batches of at most ``budget`` padded tokens (rows x the longest row); a
+    batch's rows share one prefix length (``prefix_lens[traj]``) when given."""
     batch: list[_Row] = []
     width = 0
     for r in rows:
         w = max(width, lengths[r.traj])
-        if batch and (len(batch) + 1) * w > budget:
+        if batch and ((len(batch) + 1) * w > budget or (prefix_lens and prefix_lens[r.traj] != prefix_lens[batch[0].traj])):
             yield batch
             batch, w = [], lengths[r.traj]
         batch.append(r)
         width = w
     if batch:
         yield batch
+
+
+def _autocast(cfg: AttributionConfig, device: torch.device):
+    dtype = _AUTOCAST[cfg.autocast]
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
 def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows: list[_Row], n_prompts: int,
@@ -291,12 +305,14 @@ def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows:
     forward that captures every site and stops at the highest (the shared prefix: blocks below a site
     run once per trajectory, not once per alpha and not once per site). Then, per site, the chunk's rows
     (each trajectory's q alphas adjacent, so a micro-batch pads little) run forward/backward from the
-    site up only.
+    site up only, and from the first path position on (``SharedPrefixes``: the prompt before it runs once).
 
     ``agree``: set on a rank of a ZeRO-3 group, whose ranks must make the same sequence of forward and
     backward calls (each block's parameters are gathered collectively). ``agree(n)`` returns the max of
     n over the ranks; a rank with fewer chunks or micro-batches pads with a dummy trajectory of
     advantage 0, whose contribution is zero, and captures run whole forwards."""
+    from ipg.prefix import SharedPrefixes  # imports transformers
+
     widths = {site: check_site(model, site, saes) for site in sites}
     device = next(model.parameters()).device
     out = {site: np.zeros((n_prompts, widths[site]), dtype=np.float64) for site in sites}
@@ -304,7 +320,9 @@ def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows:
     trajs = list(trajectories) + ([_Trajectory([0, 0], 1, 0.0)] if agree is not None else [])
     dummy = len(trajs) - 1
     lengths = [len(t.ids) for t in trajs]
-    order = sorted({r.traj for r in rows}, key=lambda t: (-lengths[t], t))
+    prefixes = SharedPrefixes(model, enabled=agree is None and cfg.share_prefix and cfg.positions == "generated")
+    prefix_lens = [prefixes.length(t) for t in trajs]
+    order = sorted({r.traj for r in rows}, key=lambda t: (-prefix_lens[t], -lengths[t], t))
     rank = {t: i for i, t in enumerate(order)}
     chunks = _chunks(order, lengths, cfg.batch_tokens)
     b = {site: baselines[site].to(device) for site in sites}
@@ -316,32 +334,35 @@ def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows:
         captured = capture_sites(model, sites, [trajs[t].ids for t in chunk], saes, stop_early=agree is None)
         in_chunk = set(chunk)
         chunk_rows = sorted((r for r in rows if r.traj in in_chunk), key=lambda r: (rank[r.traj], r.alpha))
-        batches = list(_micro_batches(chunk_rows, lengths, cfg.batch_tokens))  # the same for every site
+        batches = [(batch, prefixes.cache([trajs[r.traj] for r in batch]))  # the same for every site
+                   for batch in _micro_batches(chunk_rows, lengths, cfg.batch_tokens, prefix_lens)]
         for site in sites:
             acts = {t: {k: v[i] for k, v in captured[site].items()} for i, t in enumerate(chunk)}
             n_batches = agree(len(batches)) if agree is not None else len(batches)
             for i in range(n_batches):
-                batch = batches[i] if i < len(batches) else [_Row(dummy, 0, 1.0, 0.0)]
-                contrib = _batch_contributions(model, site, saes, batch, trajs, acts, b[site], cfg, device)
+                batch, past = batches[i] if i < len(batches) else ([_Row(dummy, 0, 1.0, 0.0)], None)
+                contrib = _batch_contributions(model, site, saes, batch, trajs, acts, b[site], cfg, device, past)
                 for r, c_r in zip(batch, contrib):
                     if r.weight:
                         out[site][r.prompt] += r.weight * c_r
     return out
 
 
-def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, acts, b, cfg, device) -> np.ndarray:
-    """(R, width): sum over path positions of (h - h') * grad for each row."""
+def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, acts, b, cfg, device, past=None) -> np.ndarray:
+    """(R, width): sum over path positions of (h - h') * grad for each row. ``past``: the rows' shared
+    prompt prefix (keys/values of positions 0..P-1 in every block); the rows then run positions P.. only."""
     sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
     width = max(len(trajectories[r.traj].ids) for r in batch)
+    start = past.get_seq_length() if past is not None else 0
 
-    def padded(key):  # (R, T, d) from per-trajectory (T_full, d) tensors, cropped/padded to width
-        return torch.stack([acts[r.traj][key][:width] for r in batch]) if key in acts[batch[0].traj] else None
+    def padded(key):  # (R, T, d) from per-trajectory (T_full, d) tensors, cropped/padded to width, from start
+        return torch.stack([acts[r.traj][key][start:width] for r in batch]) if key in acts[batch[0].traj] else None
 
-    ids = torch.tensor([trajectories[r.traj].ids + [0] * (width - len(trajectories[r.traj].ids)) for r in batch], device=device)
+    ids = torch.tensor([trajectories[r.traj].ids + [0] * (width - len(trajectories[r.traj].ids)) for r in batch], device=device)[:, start:]
     on_path = torch.stack([_positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, cfg.positions)
-                           for r in batch]).to(device)  # (R, T)
+                           for r in batch]).to(device)[:, start:]  # (R, T)
     targets = torch.stack([_positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, "generated")
-                           for r in batch]).to(device)  # (R, T): states that predict generated tokens
+                           for r in batch]).to(device)[:, start:]  # (R, T): states that predict generated tokens
     h = padded("h")  # residual: block output (R, T, hidden); mlp: down_proj input (R, T, inter); sae: features
     b = b.to(h.dtype)  # a bf16 model's path stays bf16 (the baseline is kept in float32)
     alpha = torch.tensor([r.alpha for r in batch], device=device, dtype=h.dtype)[:, None, None]
@@ -357,15 +378,13 @@ def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, act
         emitted = x if sae is None else padded("residual") + sae.decode_delta(x - h).to(h.dtype)
         ctx_skip, ctx_edit = _skip_blocks(model, site.layer + 1, emitted), nullcontext()
         first_run = site.layer + 1
-    dtype = _AUTOCAST[cfg.autocast]
-    ctx_cast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
-    with torch.enable_grad(), ctx_skip, ctx_edit, _checkpointed(model, first_run, cfg.checkpoint), ctx_cast:
-        hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state  # (R, T, d)
+    with torch.enable_grad(), ctx_skip, ctx_edit, _checkpointed(model, first_run, cfg.checkpoint), _autocast(cfg, device):
+        hidden = model.model(input_ids=ids, past_key_values=past, use_cache=False).last_hidden_state  # (R, T, d)
         logp = _policy_logprobs(model, hidden, ids, targets, cfg.policy_temperature)  # (R,)
         (adv * logp).sum().backward()
     grad = leaf.grad  # (R, T, width_site)
-    delta = (h - b).float() * on_path[..., None]
-    return (delta * grad.float()).sum(1).double().cpu().numpy()  # summed over positions in float32 at least
+    delta = _at_least_float32(h - b) * on_path[..., None]
+    return (delta * _at_least_float32(grad)).sum(1).double().cpu().numpy()  # summed over positions in float32 at least
 
 
 # ---------------------------------------------------------------------------------------------------

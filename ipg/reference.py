@@ -69,7 +69,8 @@ def reference_scores(model, rollouts_by_alpha: list[tuple[float, float, list]], 
                     lp = len(sample.prompt_ids)
                     state["alpha"], state["mask"] = alpha, _on_path(lp, len(ids), positions).to(device)
                     with torch.enable_grad():
-                        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0].float()
+                        logits = model(input_ids=torch.tensor([ids], device=device), use_cache=False).logits[0]
+                        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
                         logp = torch.log_softmax(logits / policy_temperature, dim=-1)
                         targets = torch.tensor(ids[lp:], device=device)
                         objective = adv * logp[lp - 1 : len(ids) - 1].gather(-1, targets[:, None]).sum()

@@ -1,5 +1,7 @@
 """Behaviour of ipg.attribute beyond exactness: determinism, batching, hooks, outputs, bad inputs."""
 
+import dataclasses
+
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -194,7 +196,8 @@ def test_lockstep_padding_changes_no_score(organism, kind):
     rollouts = sample_rollouts(model, tok, splits()["support"][:5], sig, cfg)
     width = 128 if kind == "residual" else 512
     base = {Site(1, kind): torch.zeros(width)}
-    plain = shard_scores(model, tok, rollouts, sig, cfg, [Site(1, kind)], base).partial.means(Site(1, kind))
+    whole = dataclasses.replace(cfg, share_prefix=False)  # as a ZeRO-3 rank runs: whole sequences
+    plain = shard_scores(model, tok, rollouts, sig, whole, [Site(1, kind)], base).partial.means(Site(1, kind))
     calls = []
     padded = shard_scores(model, tok, rollouts, sig, cfg, [Site(1, kind)], base,
                           agree=lambda n: calls.append(n) or n + 2).partial.means(Site(1, kind))
