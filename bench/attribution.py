@@ -56,7 +56,7 @@ def best(fn, repeat: int):
 def bound_seconds(model, site, rollouts, cfg, repeat: int) -> float:
     """q forward+backward passes of the blocks above ``site`` (plain HF forward with those blocks only,
     inputs_embeds = the site's activations, logits of the generated positions) for every trajectory with
-    a non-zero advantage: q rows per trajectory, longest first, in ``cfg.batch_tokens`` batches (the
+    a non-zero advantage: q rows per trajectory, longest first, in ``cfg.budget`` batches (the
     geometry of the optimised pass, so batching efficiency is the same on both sides)."""
     from ipg.attribution import _micro_batches, _policy_logprobs, _positions_mask, _Row
     from ipg.components import capture_sites, decoder_layers
@@ -66,7 +66,7 @@ def bound_seconds(model, site, rollouts, cfg, repeat: int) -> float:
     acts = [capture_sites(model, [site], [ids])[site]["h"][0] for ids, _, _ in trajs]  # not timed
     rows = [_Row(i, 0, 1.0, 1.0) for i in range(len(trajs)) for _ in range(cfg.q)]
     inputs = []
-    for batch in ([r.traj for r in b] for b in _micro_batches(rows, [len(t[0]) for t in trajs], cfg.batch_tokens)):
+    for batch in ([r.traj for r in b] for b in _micro_batches(rows, [len(t[0]) for t in trajs], cfg.budget(next(model.parameters()).device))):
         width = len(trajs[batch[0]][0])
         ids = torch.tensor([trajs[i][0] + [0] * (width - len(trajs[i][0])) for i in batch])
         h = torch.stack([torch.nn.functional.pad(acts[i], (0, 0, 0, width - acts[i].shape[0])) for i in batch])
@@ -129,7 +129,7 @@ def bench_model(name: str, args) -> dict:
     scale = max(np.abs(ref[s].mean(0)).max() for s in sites)
     rows = [{"variant": "naive reference", "seconds": t_naive, "max_rel_diff": 0.0}]
     variants = (("optimised, unbatched (1 row per micro-batch)", dict(batch_tokens=1, share_prefix=False)),
-                (f"optimised, whole sequences (batch_tokens {cfg.batch_tokens})", dict(share_prefix=False)),
+                (f"optimised, whole sequences (batch_tokens {cfg.budget(next(model.parameters()).device)})", dict(share_prefix=False)),
                 ("optimised (+ prompt prefix once per prompt)", {}))
     for label, overrides in variants:
         partial, t = best(optimised(**overrides), args.repeat)

@@ -5,7 +5,12 @@
 1. Gradient stage (the part that dominates at scale): the same shard rollouts, sampled once, scored
    in-process on 1 thread (shard by shard, partials merged) vs by 1 and 2 Ray gradient actors of 1
    thread each, fed from the object store, merged by the reducer actor (Arrow partials, snapshots),
-   finalized into the table. Ray overhead = Ray with 1 actor / in-process; scaling = 1 actor / 2 actors.
+   finalized into the table. Ray overhead = Ray with 1 actor / in-process; scaling = 1 actor / 2 actors,
+   with a gradient group handed a shard only when it is free (the pipeline's ``Dispatch``). The
+   reducer is a fresh actor per run, as in the pipeline; it is timed both started and answering
+   before the clock (like the gradient actors: the steady state a long run is in) and started inside
+   it (~1 CPU-second of process start that, on 2 cores, the 2-actor setup cannot hide). The same
+   shards scored by 2 plain processes (multiprocessing, no Ray) show what this machine allows.
 2. End to end: one whole attribution in-process (all CPUs as torch threads) vs the pipeline (rollout
    actor -> gradient actors -> reducer) with 1 and 2 gradient workers; on a machine this small the
    rollout actor shares the cores with the gradient actors, so this is not the gradient scaling.
@@ -111,7 +116,9 @@ def main() -> None:
     print(f"gradient stage: {stage['shards']} shards of 8 prompts (rollouts sampled once), 1 thread per process")
     for r in stage["rows"]:
         print(f"  {r['setup']:60s} {r['seconds']:8.2f} s  max |diff|/max|score| {r['max_rel_diff']:.1e}")
-    print(f"  Ray overhead (1 actor / in-process): {stage['overhead']:.2f}x; 1 -> 2 gradient actors: {stage['scaling']:.2f}x")
+    print(f"  Ray overhead (1 actor / in-process): {stage['overhead']:.2f}x; 1 -> 2 gradient actors: {stage['scaling']:.2f}x "
+          f"(reducer started in the clock: {stage['overhead_reducer_in_clock']:.2f}x, {stage['scaling_reducer_in_clock']:.2f}x); "
+          f"2 plain processes vs 1: {stage['scaling_plain_processes']:.2f}x")
     base = rows[0]["seconds"]
     print(f"organism, {args.prompts} prompts x 5 samples, layers 1-2, q 10; {args.cpus} CPUs ({platform.processor() or platform.machine()})")
     print(f"{'setup':62s} {'seconds':>8s} {'vs in-process':>14s} {'max |diff|/max|score|':>22s}")
@@ -133,7 +140,7 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
 
     from cluster.ray_cluster import ActorGroup, ActorSpec
     from driver.config import RayConfig
-    from driver.pipeline import LeastLoaded, shard
+    from driver.pipeline import Dispatch, run_shards, shard
     from ipg.attribution import AttributionConfig, sample_rollouts, score_meta, shard_scores
     from ipg.components import Site
     from ipg.scores import PartialScores
@@ -146,7 +153,7 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
     sites = [Site(layer, cfg.kind) for layer in cfg.layers]
     zeros = {s: torch.zeros(model.config.hidden_size) for s in sites}
     shards = [ShardRollouts(sid, sample_rollouts(model, tok, part, sig, cfg), {}, 0.0, "hf") for sid, part in shard(examples, 8)]
-    refs = [ray.put(sh) for sh in shards]  # in the object store, as a rollout actor's results would be
+    by_id = {sh.shard_id: ray.put(sh) for sh in shards}  # in the object store, as a rollout actor's results would be
     meta = score_meta(model, sig.name, cfg)
     # 3 idle actors (0.5 CPU each so both groups fit at once; each runs 1 thread): rounds interleave the setups,
     # so drift in the machine's speed hits all of them alike
@@ -159,41 +166,87 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
             merged = merged.merge(shard_scores(model, tok, sh.rollouts, sig, cfg, sites, zeros).partial)
         return merged.table(meta)
 
-    def on_ray(n, k):
-        group = groups[n]  # the reducer's start is part of the stage (the pipeline starts one per run)
-        reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0), str(tmp / f"stage-{n}-{k}"), meta, run_key="bench").pick(0)
-        balance, in_flight = LeastLoaded(n), {}  # the pipeline's scheduling: bounded in flight, least loaded first
-        for sh, r in zip(shards, refs):
-            g = balance.pick()
-            in_flight[reducer.merge.remote(sh.shard_id, group.pick(g).attribute.remote(sh.shard_id, r, cfg, "accuracy"))] = g
-            while len(in_flight) >= RayConfig().max_in_flight or (sh is shards[-1] and in_flight):
-                done, _ = ray.wait(list(in_flight), num_returns=1)
-                ray.get(done[0])  # a failed shard fails the benchmark
-                balance.done(in_flight.pop(done[0]))
+    def reducer_for(n, k):
+        return ActorGroup(Reducer, 1, ActorSpec(num_cpus=0), str(tmp / f"stage-{n}-{k}"), meta, run_key="bench").pick(0)
+
+    def on_ray(n, reducer=None):
+        group, k = groups[n], next(runs)
+        reducer = reducer or reducer_for(n, k)
+        # the pipeline's scheduling: a group gets a shard when it is free; merges bounded in flight
+        plan, in_flight = Dispatch(list(by_id), n, RayConfig().max_in_flight, set(by_id)), {}
+        run_shards(plan, None, lambda sid, g: group.pick(g).attribute.remote(sid, by_id[sid], cfg, "accuracy"), reducer,
+                   RayConfig().max_in_flight + n, in_flight, lambda ref: (ray.get(ref), in_flight.pop(ref)))  # a failure fails the benchmark
         table = ray.get(reducer.finalize.remote())
         ray.kill(reducer, no_restart=True)
         return table
 
+    def ready_reducer(n):  # started and answering before the clock, as the gradient actors are
+        reducer = reducer_for(n, next(runs))
+        ray.get(reducer.status.remote())
+        return reducer
+
+    def plain_processes():
+        merged = PartialScores()
+        for part in pool.imap_unordered(_pool_score, [(sh.rollouts, settings) for sh in shards], chunksize=1):
+            merged = merged.merge(part)
+        return merged.table(meta)
+
     runs = itertools.count()  # a fresh output directory per Ray run
-    setups = {"in-process, 1 thread": in_process}
+    setups = {"in-process, 1 thread": (None, in_process),
+              "2 plain processes (multiprocessing, no Ray), 1 thread each": (None, plain_processes)}
     for n in (1, 2):
-        setups[f"ray: {n} gradient actor(s), 1 thread each, + reducer"] = lambda n=n: on_ray(n, next(runs))
+        setups[f"ray: {n} gradient actor(s), 1 thread each; reducer up"] = (lambda n=n: ready_reducer(n), lambda r, n=n: on_ray(n, r))
+    for n in (1, 2):
+        setups[f"ray: {n} gradient actor(s), 1 thread each; reducer started in the clock"] = (None, lambda n=n: on_ray(n))
+    import multiprocessing
+
+    pool = multiprocessing.get_context("spawn").Pool(2, initializer=_pool_init)
+    pool.map(_pool_score, [(shards[0].rollouts[:1], settings)] * 2)  # both loaded and warm
     times, tables = {name: [] for name in setups}, {}
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     for _ in range(max(3, args.repeat)):
-        for name, fn in setups.items():
+        for name, (prepare, fn) in setups.items():
+            state = prepare() if prepare else None
             start = time.perf_counter()
-            tables[name] = fn()
+            tables[name] = fn(state) if prepare else fn()
             times[name].append(time.perf_counter() - start)
     torch.set_num_threads(threads)
+    pool.terminate()
     for g in groups.values():
         g.kill()
     rows = [{"setup": name, "seconds": min(times[name]), "all_seconds": times[name],
              "max_rel_diff": float(np.abs(np.array(tables[name].column("score").to_pylist()) - ref).max() / np.abs(ref).max())}
             for name in setups]
-    return {"shards": len(shards), "rows": rows, "overhead": rows[1]["seconds"] / rows[0]["seconds"],
-            "scaling": rows[1]["seconds"] / rows[2]["seconds"]}
+    t = {name: min(times[name]) for name in setups}
+    names = list(setups)
+    return {"shards": len(shards), "rows": rows,
+            "overhead": t[names[2]] / t[names[0]], "scaling": t[names[2]] / t[names[3]],
+            "overhead_reducer_in_clock": t[names[4]] / t[names[0]], "scaling_reducer_in_clock": t[names[4]] / t[names[5]],
+            "scaling_plain_processes": t[names[0]] / t[names[1]]}
+
+
+_POOL = {}
+
+
+def _pool_init():
+    from ipg.models import load_model
+
+    torch.set_num_threads(1)
+    _POOL["model"] = load_model("organism")
+
+
+def _pool_score(job):
+    from ipg.attribution import AttributionConfig, shard_scores
+    from ipg.components import Site
+    from ipg.signals import make_signal
+
+    rollouts, settings = job
+    cfg = AttributionConfig(**settings)
+    sites = [Site(layer, cfg.kind) for layer in cfg.layers]
+    model, tok = _POOL["model"]
+    return shard_scores(model, tok, rollouts, make_signal("accuracy"), cfg, sites,
+                        {s: torch.zeros(model.config.hidden_size) for s in sites}).partial
 
 
 def res_partial(res):

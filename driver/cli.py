@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=0.8)
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-tokens", type=int, default=8192, help="micro-batch budget: rows x tokens")
+    p.add_argument("--batch-tokens", type=int, default=0, help="micro-batch budget: rows x tokens (0: by device, CPU 2048, GPU 8192)")
     p.add_argument("--autocast", default="off", help="gradient pass in autocast: off | bf16 | fp16 (GPU speed, lower precision)")
     p.add_argument("--checkpoint", action="store_true", help="activation checkpointing above the site (long trajectories)")
     p.add_argument("--no-share-prefix", action="store_true",

@@ -100,6 +100,13 @@ def test_table_schema_parquet_and_selection(tiny_random, tmp_path):
         select(back, 3)
 
 
+def test_micro_batch_budget_by_device():
+    from ipg.attribution import AttributionConfig
+
+    assert AttributionConfig().budget("cpu") == 2048 and AttributionConfig().budget(torch.device("cuda")) == 8192
+    assert AttributionConfig(batch_tokens=300).budget("cpu") == 300 == AttributionConfig(batch_tokens=300).budget("cuda")
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(signal="nonsense"), r"signal: unknown 'nonsense'"),
     (dict(layers=[7]), r"layers: 7 is out of range for this 2-layer model; use 0..1"),
@@ -111,6 +118,8 @@ def test_table_schema_parquet_and_selection(tiny_random, tmp_path):
     (dict(q=0), r"q: got 0"),
     (dict(kind="sae"), r"sae: kind 'sae' at layer 0 needs an SAE"),
     (dict(temperature=0.0), r"sampling.temperature"),
+    (dict(batch_tokens=-1), r"batch_tokens: got -1; must be an integer >= 1, or 0 to size it by device"),
+    (dict(share_prefix="yes"), r"share_prefix: got 'yes'; must be true or false"),
 ])
 def test_bad_settings_name_the_field(tiny_random, kwargs, message):
     model, tok = tiny_random

@@ -73,13 +73,25 @@ def test_a_model_the_workers_cannot_load_fails_once_with_their_message(local_ray
         RaySession("/nonexistent/model", small_ray(1))
 
 
-def test_least_loaded_gives_the_next_shard_to_the_idle_group():
-    from driver.pipeline import LeastLoaded
+def test_dispatch_hands_a_shard_only_to_a_free_group():
+    from driver.pipeline import Dispatch
 
-    b = LeastLoaded(2)
-    assert [b.pick(), b.pick(), b.pick()] == [0, 1, 0]  # ties go to the lowest index
-    b.done(1)  # group 1 finished its shard while group 0 still holds two
-    assert b.pick() == 1 and b.load == [2, 1]
-    b.done(0)
-    b.done(0)
-    assert b.pick() == 0  # round-robin would have queued it behind group 1's work
+    d = Dispatch(["s0", "s1", "s2", "s3", "s4"], n_groups=2, lookahead=3)
+    assert d.to_generate() == ["s0", "s1", "s2"]  # rollouts run ahead, up to the look-ahead
+    assert d.to_generate() == []
+    assert d.to_attribute() == [("s0", 0), ("s1", 1)]
+    assert d.to_attribute() == []  # s2 waits: a shard queued behind a busy group could not move
+    assert d.to_generate() == ["s3", "s4"]
+    d.attributed("s1")  # group 1 finished first (s0 is the costly one)
+    assert d.to_attribute() == [("s2", 1)]
+    d.attributed("s2")
+    assert d.to_attribute() == [("s3", 1)]  # group 1 again: group 0 is still on s0
+    d.attributed("s0")
+    d.attributed("s3")
+    assert d.to_attribute() == [("s4", 0)] and not d.finished()
+    d.attributed("s4")
+    assert d.finished()
+    resumed = Dispatch(["a", "b", "c"], 1, lookahead=1, generated={"b"})  # b's rollouts came from the baseline pass
+    assert resumed.to_generate() == [] and resumed.to_attribute() == [("b", 0)]
+    resumed.attributed("b")
+    assert resumed.to_generate() == ["a"] and resumed.to_attribute() == [("a", 0)]

@@ -56,7 +56,7 @@ class GradientWorker:
     def _rescore(self, samples, cfg):
         from ipg.generation import rescore
 
-        return rescore(self.model, samples, batch_tokens=cfg.batch_tokens)
+        return rescore(self.model, samples, batch_tokens=cfg.budget(next(self.model.parameters()).device))
 
     def activation_sums(self, shard_id: str, shard: ShardRollouts, cfg: AttributionConfig) -> dict[str, tuple]:
         """Per site (str): float64 sum and count of activations on the path positions (mean baseline)."""
