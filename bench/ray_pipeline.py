@@ -175,7 +175,8 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
         # the pipeline's scheduling: a group gets a shard when it is free; merges bounded in flight
         plan, in_flight = Dispatch(list(by_id), n, RayConfig().max_in_flight, set(by_id)), {}
         run_shards(plan, None, lambda sid, g: group.pick(g).attribute.remote(sid, by_id[sid], cfg, "accuracy"), reducer,
-                   RayConfig().max_in_flight + n, in_flight, lambda ref: (ray.get(ref), in_flight.pop(ref)))  # a failure fails the benchmark
+                   RayConfig().max_in_flight + n, in_flight, lambda ref: (ray.get(ref), in_flight.pop(ref)),  # a failure fails the benchmark
+                   costs={sh.shard_id: sh.cost for sh in shards})
         table = ray.get(reducer.finalize.remote())
         ray.kill(reducer, no_restart=True)
         return table
@@ -187,7 +188,8 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
 
     def plain_processes():
         merged = PartialScores()
-        for part in pool.imap_unordered(_pool_score, [(sh.rollouts, settings) for sh in shards], chunksize=1):
+        costliest_first = sorted(shards, key=lambda sh: -sh.cost)  # the order Dispatch hands them out in
+        for part in pool.imap_unordered(_pool_score, [(sh.rollouts, settings) for sh in costliest_first], chunksize=1):
             merged = merged.merge(part)
         return merged.table(meta)
 
@@ -212,7 +214,8 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
             tables[name] = fn(state) if prepare else fn()
             times[name].append(time.perf_counter() - start)
     torch.set_num_threads(threads)
-    pool.terminate()
+    pool.close()
+    pool.join()
     for g in groups.values():
         g.kill()
     rows = [{"setup": name, "seconds": min(times[name]), "all_seconds": times[name],

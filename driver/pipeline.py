@@ -276,10 +276,10 @@ class RaySession:
         if merged:
             self.log(f"  resuming {out_dir}: {len(merged)}/{len(shards)} shards already merged "
                      f"(snapshot restored in {restore:.3f} s)")
-        rollout_refs = {}
+        rollout_refs, costs = {}, {}
         baselines = None
         if cfg.baseline == "mean":
-            baselines, rollout_refs = self._mean_baseline(shards, cfg, signal, params, sites, out_dir)
+            baselines, rollout_refs, costs = self._mean_baseline(shards, cfg, signal, params, sites, out_dir)
         todo = [(k, sid, part) for k, (sid, part) in enumerate(shards) if sid not in merged]
         baselines_ref = ray.put(baselines) if baselines is not None else None
         in_flight = {}  # merge call -> shard
@@ -289,7 +289,8 @@ class RaySession:
 
         def generate(sid):
             k, part = parts[sid]
-            rollout_refs[sid] = self.rollout.pick(k).generate.remote(sid, part, cfg, signal, params)
+            rollout_refs[sid], cost = self.rollout.pick(k).generate_costed.options(num_returns=2).remote(sid, part, cfg, signal, params)
+            return cost
 
         def attribute(sid, g):
             ranks = self._gradient(g, "attribute", sid, rollout_refs.pop(sid), cfg, signal, baselines_ref, params)
@@ -298,7 +299,7 @@ class RaySession:
         try:
             with self.timer("attribute"):
                 table_refs = run_shards(plan, generate, attribute, reducer, self.cfg.max_in_flight + len(self.groups), in_flight,
-                                        lambda ref: self._wait_one(in_flight, progress, ref))
+                                        lambda ref: self._wait_one(in_flight, progress, ref), costs)
                 # a reducer restarted from an older snapshot forgot the shards merged after it: re-send them
                 for _ in range(3):
                     ledger = set(ray.get(reducer.merged_shards.remote()))  # one call, not one per shard
@@ -357,20 +358,22 @@ class RaySession:
 
     def _mean_baseline(self, shards, cfg, signal, params, sites, out_dir):
         """First pass: every shard's rollouts and activation sums, added into the global mean. Saved, so
-        a resumed run uses the same baseline; the rollout refs are kept for the second pass."""
+        a resumed run uses the same baseline; the rollout refs (and their costs) are kept for the second pass."""
         from safetensors.torch import load_file, save_file
 
         path = out_dir / BASELINE
         if path.is_file():
             saved = load_file(path)
-            return {s: saved[str(s)] for s in sites}, {}
-        rollout_refs, sums_refs = {}, []
+            return {s: saved[str(s)] for s in sites}, {}, {}
+        rollout_refs, cost_refs, sums_refs = {}, {}, []
         with self.timer("baseline"):
             for k, (sid, part) in enumerate(shards):
-                rollout_refs[sid] = self.rollout.pick(k).generate.remote(sid, part, cfg, signal, params)
+                rollout_refs[sid], cost_refs[sid] = self.rollout.pick(k).generate_costed.options(num_returns=2).remote(
+                    sid, part, cfg, signal, params)
                 sums_refs += self._gradient(k, "activation_sums", sid, rollout_refs[sid], cfg)
             try:
                 sums = ray.get(sums_refs)
+                costs = dict(zip(cost_refs, ray.get(list(cost_refs.values()))))
             except ray.exceptions.RayError as e:
                 raise _unwrap(e, "mean baseline") from None
         baselines = {}
@@ -382,7 +385,7 @@ class RaySession:
         tmp = out_dir / f".{BASELINE}.tmp"
         save_file({str(s): v.contiguous() for s, v in baselines.items()}, str(tmp))
         tmp.replace(path)
-        return baselines, rollout_refs
+        return baselines, rollout_refs, costs
 
     def _completeness(self, shards, ledger, cfg, signal, params, sites, baselines) -> dict:
         """J(0) and J(alpha_min) per site as rollout tasks over the scored prompts (and J along the path
@@ -422,7 +425,9 @@ class Dispatch:
     shard only when it is free. Shards differ in cost (trajectory lengths, zero-advantage groups): a
     shard queued behind a busy group cannot move to an idle one, so handing work out only on demand
     is what keeps both busy to the end (measured: 8 shards of 0.4-1.5 s on 2 workers, dealt
-    alternately ahead of time 5.8 s vs 4.5 s on the busier worker; on demand 4.5 s vs 4.4 s)."""
+    alternately ahead of time 5.8 s vs 4.5 s on the busier worker; on demand 4.5 s vs 4.4 s). Of the
+    waiting shards whose rollouts are done (cost known), the costliest goes first (longest processing
+    time first: the short ones fill the gaps at the end); with none done, the oldest."""
 
     def __init__(self, shard_ids: list[str], n_groups: int, lookahead: int, generated: set[str] = frozenset()):
         self.queue = [s for s in shard_ids if s not in generated]  # no rollouts yet
@@ -438,11 +443,14 @@ class Dispatch:
         self.waiting += out
         return out
 
-    def to_attribute(self) -> list[tuple[str, int]]:
-        """(shard, group) pairs to start now: the oldest waiting shards onto the free groups."""
-        out = []
+    def to_attribute(self, costs: dict[str, float] | None = None) -> list[tuple[str, int]]:
+        """(shard, group) pairs to start now, onto the free groups. ``costs``: shard -> cost of the
+        shards whose rollouts are done."""
+        out, costs = [], costs or {}
         while self.free and self.waiting:
-            sid, g = self.waiting.pop(0), self.free.pop(0)
+            known = [i for i, s in enumerate(self.waiting) if s in costs]
+            i = max(known, key=lambda i: (costs[self.waiting[i]], -i)) if known else 0
+            sid, g = self.waiting.pop(i), self.free.pop(0)
             self.group[sid] = g
             out.append((sid, g))
         return out
@@ -459,18 +467,32 @@ class Dispatch:
         return not (self.queue or self.waiting or self.group)
 
 
-def run_shards(plan: Dispatch, generate, attribute, reducer, max_merges: int, in_flight: dict, merged) -> dict:
-    """Carry out ``plan``: ``generate(sid)`` starts a shard's rollouts, ``attribute(sid, group)`` starts
-    its gradient pass and returns its partial table's ref, which the reducer merges; ``merged(ref)``
-    takes each finished merge call (``in_flight``: merge call -> shard, the caller's, so it can wait
-    for what is under way when something fails). No more shards are handed out while ``max_merges``
-    merges are pending. Returns shard -> partial table ref."""
-    tables = {}
+def run_shards(plan: Dispatch, generate, attribute, reducer, max_merges: int, in_flight: dict, merged,
+               costs: dict | None = None) -> dict:
+    """Carry out ``plan``: ``generate(sid)`` starts a shard's rollouts and returns the ref of its cost
+    (or the cost), ``attribute(sid, group)`` starts its gradient pass and returns its partial table's
+    ref, which the reducer merges; ``merged(ref)`` takes each finished merge call (``in_flight``: merge
+    call -> shard, the caller's, so it can wait for what is under way when something fails). No more
+    shards are handed out while ``max_merges`` merges are pending. ``costs``: known costs of shards
+    generated before. Returns shard -> partial table ref."""
+    tables, costs, pending = {}, dict(costs or {}), {}  # pending: cost ref -> shard
     while not plan.finished() or in_flight:
         for sid in plan.to_generate():
-            generate(sid)
+            cost = generate(sid)
+            if isinstance(cost, ray.ObjectRef):
+                pending[cost] = sid
+            else:
+                costs[sid] = cost
+        if pending:  # rollouts finished since: their costs (a failed one surfaces from its gradient call)
+            done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+            for ref in done:
+                sid = pending.pop(ref)
+                try:
+                    costs[sid] = ray.get(ref)
+                except ray.exceptions.RayError:
+                    costs[sid] = 0
         if len(in_flight) < max_merges:
-            for sid, g in plan.to_attribute():
+            for sid, g in plan.to_attribute(costs):
                 tables[sid] = attribute(sid, g)
                 in_flight[reducer.merge.remote(sid, tables[sid])] = sid
         attributing = {tables[sid]: sid for sid in plan.attributing}

@@ -91,6 +91,13 @@ def test_dispatch_hands_a_shard_only_to_a_free_group():
     assert d.to_attribute() == [("s4", 0)] and not d.finished()
     d.attributed("s4")
     assert d.finished()
+    ordered = Dispatch(["a", "b", "c", "d"], 1, lookahead=4)
+    ordered.to_generate()
+    assert ordered.to_attribute({"b": 5, "c": 9}) == [("c", 0)]  # done rollouts first, the costliest of them
+    ordered.attributed("c")
+    assert ordered.to_attribute({"b": 5}) == [("b", 0)]
+    ordered.attributed("b")
+    assert ordered.to_attribute({}) == [("a", 0)]  # none done: the oldest
     resumed = Dispatch(["a", "b", "c"], 1, lookahead=1, generated={"b"})  # b's rollouts came from the baseline pass
     assert resumed.to_generate() == [] and resumed.to_attribute() == [("b", 0)]
     resumed.attributed("b")

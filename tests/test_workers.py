@@ -33,3 +33,18 @@ def test_sharded_workers_equal_in_process_attribution(organism, tmp_path, n_shar
     assert np.abs(ref).max() > 0
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-7 * np.abs(ref).max())
     assert ours.column("n_prompts").to_pylist() == reference.table.column("n_prompts").to_pylist()
+
+
+def test_a_shard_costs_the_rows_the_gradient_pass_runs():
+    """The dispatch order's cost: tokens from the last prompt token on of trajectories with A != 0."""
+    from ipg.attribution import Rollout
+    from ipg.generation import Sample
+    from workers.rollout import ShardRollouts
+
+    def sample(n_prompt, n_completion):
+        return Sample("e", 0, [1] * n_prompt, [2] * n_completion, "")
+
+    mixed = Rollout({"id": "a"}, [sample(9, 4), sample(9, 6), sample(9, 1)], [1.0, 0.0, 1.0], [0.5, 0.5, -1.0])
+    solved = Rollout({"id": "b"}, [sample(3, 50), sample(3, 70)], [1.0, 1.0], [0.0, 0.0])  # no gradient work
+    assert ShardRollouts("s", [mixed, solved]).cost == (4 + 1) + (6 + 1) + (1 + 1)
+    assert ShardRollouts("s", [solved]).cost == 0

@@ -33,6 +33,12 @@ class ShardRollouts:
     seconds: float = 0.0
     backend: str = "hf"  # which engine sampled them (not 'hf': the gradient worker measures the log-prob gap)
 
+    @property
+    def cost(self) -> int:
+        """The gradient pass's work, roughly: tokens from the last prompt token on of every trajectory
+        with a non-zero advantage (the rows it runs, per alpha and site)."""
+        return sum(len(s.completion_ids) + 1 for r in self.rollouts for s, a in zip(r.samples, r.advantages) if a != 0)
+
 
 def quiet_loading() -> None:
     """No per-actor "Loading weights" bars in the driver's log."""
@@ -93,6 +99,12 @@ class RolloutWorker:
             for _ in skipped:
                 m.error("item", "rollout")
         return ShardRollouts(shard_id, rollouts, skipped, time.perf_counter() - start, self.backend)
+
+    def generate_costed(self, *args, **kwargs) -> tuple[ShardRollouts, int]:
+        """``generate``, and its cost apart (call with ``num_returns=2``), so the driver can order the
+        gradient work by size without fetching the rollouts."""
+        out = self.generate(*args, **kwargs)
+        return out, out.cost
 
     def mean_reward(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
                     signal_params: dict | None, site: Site, alpha: float, baseline) -> tuple[float, int]:
