@@ -80,7 +80,7 @@ class RayConfig:
     gpus_per_actor: float = 0.0
     threads_per_actor: int = 1  # torch threads in each actor (OMP/MKL pinned to it too)
     shard_size: int = 8  # prompts per shard: the unit of work, retry and resume
-    max_in_flight: int = 4  # shards generated/attributed/merged at once
+    max_in_flight: int = 4  # rollout look-ahead: shards generated ahead of the gradient workers (merges pending: this + workers)
     snapshot_every: int = 4  # reducer snapshot every K merged shards (and at the end)
     placement_strategy: str = "PACK"
     # custom resources each rollout / gradient actor asks for, so it lands on the nodes that declare them
