@@ -469,8 +469,8 @@ class Dispatch:
 
 def run_shards(plan: Dispatch, generate, attribute, reducer, max_merges: int, in_flight: dict, merged,
                costs: dict | None = None) -> dict:
-    """Carry out ``plan``: ``generate(sid)`` starts a shard's rollouts and returns the ref of its cost
-    (or the cost), ``attribute(sid, group)`` starts its gradient pass and returns its partial table's
+    """Carry out ``plan``: ``generate(sid)`` starts a shard's rollouts and returns the ref of its cost,
+    ``attribute(sid, group)`` starts its gradient pass and returns its partial table's
     ref, which the reducer merges; ``merged(ref)`` takes each finished merge call (``in_flight``: merge
     call -> shard, the caller's, so it can wait for what is under way when something fails). No more
     shards are handed out while ``max_merges`` merges are pending. ``costs``: known costs of shards
@@ -478,11 +478,7 @@ def run_shards(plan: Dispatch, generate, attribute, reducer, max_merges: int, in
     tables, costs, pending = {}, dict(costs or {}), {}  # pending: cost ref -> shard
     while not plan.finished() or in_flight:
         for sid in plan.to_generate():
-            cost = generate(sid)
-            if isinstance(cost, ray.ObjectRef):
-                pending[cost] = sid
-            else:
-                costs[sid] = cost
+            pending[generate(sid)] = sid
         if pending:  # rollouts finished since: their costs (a failed one surfaces from its gradient call)
             done, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
             for ref in done:

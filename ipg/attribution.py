@@ -313,9 +313,10 @@ def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows:
 
     Trajectories go longest first in chunks under ``cfg.budget``. Each chunk gets one no-grad
     forward that captures every site and stops at the highest (the shared prefix: blocks below a site
-    run once per trajectory, not once per alpha and not once per site). Then, per site, the chunk's rows
-    (each trajectory's q alphas adjacent, so a micro-batch pads little) run forward/backward from the
-    site up only, and from the first path position on (``SharedPrefixes``: the prompt before it runs once).
+    run once per trajectory, not once per alpha and not once per site). Then the chunk's rows (each
+    trajectory's q alphas adjacent, so a micro-batch pads little) run, micro-batch by micro-batch and
+    site by site, forward/backward from the site up only, and from the first path position on
+    (``SharedPrefixes``: the prompt before it runs once).
 
     ``agree``: set on a rank of a ZeRO-3 group, whose ranks must make the same sequence of forward and
     backward calls (each block's parameters are gathered collectively). ``agree(n)`` returns the max of
@@ -345,14 +346,14 @@ def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows:
         captured = capture_sites(model, sites, [trajs[t].ids for t in chunk], saes, stop_early=agree is None)
         in_chunk = set(chunk)
         chunk_rows = sorted((r for r in rows if r.traj in in_chunk), key=lambda r: (rank[r.traj], r.alpha))
-        batches = [(batch, prefixes.cache([trajs[r.traj] for r in batch]))  # the same for every site
-                   for batch in _micro_batches(chunk_rows, lengths, budget, prefix_lens)]
-        for site in sites:
-            acts = {t: {k: v[i] for k, v in captured[site].items()} for i, t in enumerate(chunk)}
-            n_batches = agree(len(batches)) if agree is not None else len(batches)
-            for i in range(n_batches):
-                batch, past = batches[i] if i < len(batches) else ([_Row(dummy, 0, 1.0, 0.0)], None)
-                contrib = _batch_contributions(model, site, saes, batch, trajs, acts, b[site], cfg, device, past)
+        acts = {site: {t: {k: v[i] for k, v in captured[site].items()} for i, t in enumerate(chunk)} for site in sites}
+        batches = list(_micro_batches(chunk_rows, lengths, budget, prefix_lens))  # the same for every site
+        n_batches = agree(len(batches)) if agree is not None else len(batches)
+        for i in range(n_batches):
+            batch = batches[i] if i < len(batches) else [_Row(dummy, 0, 1.0, 0.0)]
+            past = prefixes.cache([trajs[r.traj] for r in batch])  # one micro-batch's prefix at a time, for every site
+            for site in sites:
+                contrib = _batch_contributions(model, site, saes, batch, trajs, acts[site], b[site], cfg, device, past)
                 for r, c_r in zip(batch, contrib):
                     if r.weight:
                         out[site][r.prompt] += r.weight * c_r

@@ -24,7 +24,6 @@ from workers.faults import maybe_crash
 from workers.rollout import ShardRollouts, _item_errors, load_saes, quiet_loading
 
 
-
 class GradientWorker:
     lockstep = None  # a ZeRO-3 rank sets this to its all-reduce-max (see workers/deepspeed_backend.py)
 
