@@ -29,6 +29,7 @@ from ipg.components import POSITIONS, Site, capture_sites, check_site, decoder_l
 from ipg.errors import ExampleError, InputError
 from ipg.generation import Sample, SamplingParams, generate
 from ipg.paths import BASELINES, SCHEDULES, schedule
+from ipg.prompts import PromptFormat, format_examples
 from ipg.scores import PartialScores
 from ipg.signals import Signal, make_signal
 
@@ -533,15 +534,19 @@ def prepare_examples(examples: list[dict]) -> list[dict]:
 
 
 def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", signal_params: dict | None = None,
-              saes: dict | None = None, run_id: str = "", log=None, **settings) -> Attribution:
+              saes: dict | None = None, run_id: str = "", log=None, prompt_format: PromptFormat | str = "auto",
+              **settings) -> Attribution:
     """Attribute ``signal`` to the components of ``layers`` (see AttributionConfig for settings).
 
     ``examples`` are dicts with ``prompt`` (and ``answer`` for accuracy); ``id`` is derived when absent.
+    ``prompt_format`` makes them the model's input (``ipg.prompts``: auto, chat, raw or a template; an
+    example that already has ``prompt_ids`` keeps them).
     Returns an Attribution whose ``table`` has one row per component (layer, kind, index, score,
     stderr, n_prompts, n_trajectories, rank and the settings).
     """
     cfg = AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
-    examples = prepare_examples(examples)
+    fmt = prompt_format if isinstance(prompt_format, PromptFormat) else PromptFormat(prompt_format)
+    examples = format_examples(tokenizer, prepare_examples(examples), fmt)
     sig = make_signal(signal, **(signal_params or {}))
     sig.check(examples)
     sites = [Site(layer, cfg.kind) for layer in cfg.layers]
@@ -576,6 +581,7 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         mean_reward=j1,
         mixed_groups=sum(len(set(r.rewards)) > 1 for r in base),
         n_prompts=len(examples),
+        prompt_format=fmt.describe(tokenizer),
         skipped=skipped,
         n_trajectories=sum(len(r.samples) for r in base),
         mean_generated_tokens=float(np.mean([s.n_tokens for r in base for s in r.samples])),

@@ -86,26 +86,30 @@ def contrast_scores(model, tokenizer, sequences: list[Sequence], site: Site, wor
     return (on_sum / on_n - off_sum / max(off_n, 1)).numpy()
 
 
-def control_vector(model, tokenizer, cot_texts: list[str], layer: int, seed: int = 0) -> tuple[torch.Tensor, float]:
+def control_vector(model, tokenizer, cots: list[list[int]], layer: int, seed: int = 0) -> tuple[torch.Tensor, float]:
     """(unit vector (hidden,), separation) at block ``layer``; steer with ``(gamma - 1) * separation * v``.
 
-    For each correct chain of thought and a random-character string of the same length, take the
-    difference of their position-averaged residuals; the vector is the first right singular vector of
-    the stacked differences, uncentred (centring would remove the consistent shift, which is the signal),
-    signed so that the differences project positively on it. The separation is the mean projection of
-    the differences: gamma = 2 moves a state by one chain-of-thought-vs-noise separation.
+    ``cots``: token ids of correct chains of thought, each its formatted prompt and completion (no EOS).
+    For each one and a random-character string as long as its text, take the difference of their
+    position-averaged residuals; the vector is the first right singular vector of the stacked
+    differences, uncentred (centring would remove the consistent shift, which is the signal), signed so
+    that the differences project positively on it. The separation is the mean projection of the
+    differences: gamma = 2 moves a state by one chain-of-thought-vs-noise separation.
     """
-    if not cot_texts:
+    from ipg.prompts import leading_special_ids
+
+    if not cots:
         raise InputError("control_vector: needs at least one correct chain of thought from the support set")
     rng = _random.Random(f"control-vector/{seed}")
     alphabet = "abcdefghijklmnopqrstuvwxyz"
     site = Site(layer, "residual")
+    lead = leading_special_ids(tokenizer)
     diffs = []
-    for text in cot_texts:
-        noise = "".join(rng.choice(alphabet) for _ in range(len(text)))
+    for ids in cots:
+        noise = "".join(rng.choice(alphabet) for _ in range(len(tokenizer.decode(ids, skip_special_tokens=True))))
         means = []
-        for ids in (tokenizer(text)["input_ids"], tokenizer(noise)["input_ids"]):
-            _, _, h = next(site_activations(model, site, [(ids, 1)]))
+        for seq in (list(ids), lead + tokenizer(noise, add_special_tokens=False)["input_ids"]):
+            _, _, h = next(site_activations(model, site, [(seq, 1)]))
             means.append(h.mean(0))
         diffs.append(means[0] - means[1])
     d = torch.stack(diffs)  # (n, hidden)

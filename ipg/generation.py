@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ipg.errors import InputError
+from ipg.prompts import prompt_ids as encoded_prompt
 
 
 @dataclass
@@ -81,7 +82,8 @@ def generate(
     *,
     batch_size: int = 64,
 ) -> list[list[Sample]]:
-    """Generate ``params.n`` completions for each example (dict with ``id`` and ``prompt``).
+    """Generate ``params.n`` completions for each example (dict with ``id`` and ``prompt_ids``, or a
+    ``prompt`` that the default format encodes: ``ipg.prompts``).
 
     Returns one list of ``n`` samples per example, in input order. ``batch_size`` counts rows
     (prompts x samples) per forward pass.
@@ -94,7 +96,7 @@ def generate(
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"examples: duplicate id '{dup}'; samples are keyed and seeded by id, so ids must be unique")
     rows = [(ex, j) for ex in examples for j in range(params.n)]
-    prompt_ids = {ex["id"]: tokenizer(ex["prompt"], add_special_tokens=False)["input_ids"] for ex in examples}
+    prompt_ids = {ex["id"]: encoded_prompt(tokenizer, ex) for ex in examples}
     out: dict[tuple[str, int], Sample] = {}
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]

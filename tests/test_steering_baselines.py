@@ -9,6 +9,8 @@ from ipg.models import ORGANISM_PATH
 from ipg.sae import TopKSAE
 from ipg.steering import add_vector, scale
 
+pytestmark = pytest.mark.unit
+
 EXAMPLES = [{"id": f"e{i}", "prompt": f"{10 + 7 * i}+{21 + 3 * i}\n"} for i in range(5)]
 GREEDY = SamplingParams(max_new_tokens=24)
 SAMPLED = SamplingParams(n=3, greedy=False, temperature=1.0, top_p=0.95, max_new_tokens=24, seed=2)
@@ -95,7 +97,8 @@ def test_each_baseline_returns_p_distinct_valid_ids(tiny_random, sae):
         assert len(sel) == 7 and len(set(sel)) == 7
         assert all(c.site == s and 0 <= c.index < (32 if s.kind == "sae" else 64) for c in sel)
     assert random_components(model, site, 7, seed=0) == selections[0] != random_components(model, site, 7, seed=1)
-    v, separation = control_vector(model, tok, ["12+34\n12+34=46\n#### 46\n", "51+8\n51+8=59\n#### 59\n"], 1)
+    cots = [tok(t)["input_ids"] for t in ("12+34\n12+34=46\n#### 46\n", "51+8\n51+8=59\n#### 59\n")]
+    v, separation = control_vector(model, tok, cots, 1)
     assert v.shape == (64,) and abs(float(v.norm()) - 1) < 1e-5 and separation > 0
     with pytest.raises(InputError, match="p: must be in 1..64"):
         random_components(model, site, 65, seed=0)

@@ -30,6 +30,7 @@ import torch
 from ipg.components import Site
 from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, sample_seed
+from ipg.prompts import prompt_ids
 
 
 class VLLMEngine:
@@ -65,7 +66,7 @@ class VLLMEngine:
             raise InputError("examples: duplicate ids; samples are keyed and seeded by id, so ids must be unique")
         prompts, sampling, keys = [], [], []
         for ex in examples:
-            pid = tok(ex["prompt"], add_special_tokens=False)["input_ids"]
+            pid = prompt_ids(tok, ex)  # the ids the HF backend and the gradient pass see
             for j in range(params.n):
                 prompts.append(TokensPrompt(prompt_token_ids=pid))
                 sampling.append(VSamplingParams(
