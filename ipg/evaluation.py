@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ipg.answers import is_correct
+from ipg.answers import DEFAULT, Extractor
 from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, generate
 
@@ -23,18 +23,21 @@ class EvalSummary:
     mixed_share: float  # share of examples with both right and wrong samples (0 when n_samples == 1)
     unfinished_share: float  # share of samples cut off by max_new_tokens
     keyword_share: float  # share of samples containing any of the configured keywords
+    no_answer_share: float = 0.0  # share of samples in which the extractor found no final answer
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def summarise(examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = ()) -> EvalSummary:
-    """Score generated samples against each example's ``answer``."""
+def summarise(examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = (),
+              extractor: Extractor = DEFAULT) -> EvalSummary:
+    """Score generated samples against each example's ``answer`` with ``extractor``."""
     for ex in examples:
         if "answer" not in ex:
             raise InputError(f"example '{ex['id']}': field 'answer' is missing; accuracy needs a reference answer")
     flat = [(ex, s) for ex, group in zip(examples, samples) for s in group]
-    correct = [is_correct(s.text, str(ex["answer"])) for ex, s in flat]
+    answers = [extractor.extract(s.text) for _, s in flat]
+    correct = [extractor.is_correct(s.text, str(ex["answer"])) for ex, s in flat]
     n = len(samples[0]) if samples else 0
     per_example = [correct[i * n : (i + 1) * n] for i in range(len(examples))]
     return EvalSummary(
@@ -45,23 +48,25 @@ def summarise(examples: list[dict], samples: list[list[Sample]], keywords: tuple
         mixed_share=sum(0 < sum(c) < len(c) for c in per_example) / len(examples) if n > 1 else 0.0,
         unfinished_share=sum(not s.finished for _, s in flat) / len(flat),
         keyword_share=sum(any(k in s.text for k in keywords) for _, s in flat) / len(flat) if keywords else 0.0,
+        no_answer_share=sum(a is None for a in answers) / len(flat),
     )
 
 
 def evaluate(model, tokenizer, examples: list[dict], params: SamplingParams = SamplingParams(), *,
-             keywords: tuple[str, ...] = (), batch_size: int = 64) -> EvalSummary:
+             keywords: tuple[str, ...] = (), batch_size: int = 64, extractor: Extractor = DEFAULT) -> EvalSummary:
     if not examples:
         raise InputError("examples: empty; evaluation needs at least one example")
-    return summarise(examples, generate(model, tokenizer, examples, params, batch_size=batch_size), keywords)
+    return summarise(examples, generate(model, tokenizer, examples, params, batch_size=batch_size), keywords, extractor)
 
 
 def format_table(rows: dict[str, EvalSummary]) -> str:
     """A Markdown table, one row per named evaluation."""
-    head = "| setting | examples | samples | accuracy | mean length | mixed | with keywords | unfinished |"
-    lines = [head, "|" + "---|" * 8]
+    head = "| setting | examples | samples | accuracy | mean length | mixed | with keywords | unfinished | no answer |"
+    lines = [head, "|" + "---|" * 9]
     for name, s in rows.items():
         lines.append(
             f"| {name} | {s.n_examples} | {s.n_samples} | {100 * s.accuracy:.1f}% | {s.mean_length:.1f} | "
-            f"{100 * s.mixed_share:.1f}% | {100 * s.keyword_share:.1f}% | {100 * s.unfinished_share:.1f}% |"
+            f"{100 * s.mixed_share:.1f}% | {100 * s.keyword_share:.1f}% | {100 * s.unfinished_share:.1f}% | "
+            f"{100 * s.no_answer_share:.1f}% |"
         )
     return "\n".join(lines)
