@@ -48,14 +48,18 @@ def metrics_endpoints() -> list[str]:
     return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes() if n["Alive"]]
 
 
-def runtime_env(threads: int | None = None) -> dict:
-    """The runtime env of every actor: forwarded hub/cache settings and IPG_* variables, and thread
-    counts pinned to the actor's CPU share (no oversubscription of a node's cores)."""
+def runtime_env(threads: int | None = None, py_modules: tuple[str, ...] = ()) -> dict:
+    """The runtime env of every actor: forwarded hub/cache settings and IPG_* variables, thread counts
+    pinned to the actor's CPU share (no oversubscription of a node's cores), and the local modules the
+    actors must import that no installed package provides (a user's signal), uploaded by Ray."""
     env = {k: v for k, v in os.environ.items() if k in FORWARDED_ENV or k.startswith("IPG_")}
     env["TOKENIZERS_PARALLELISM"] = "false"
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    return {"env_vars": env}
+    out = {"env_vars": env}
+    if py_modules:
+        out["py_modules"] = list(py_modules)
+    return out
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ class ActorSpec:
     max_restarts: int = 2  # a dead actor process is restarted (its constructor re-runs: the reducer restores)
     max_task_retries: int = 2  # a task lost with its actor is retried on the restarted actor
     threads: int | None = None
+    py_modules: tuple[str, ...] = ()  # local module folders / .py files shipped to the actor (runtime_env)
     # custom resources (e.g. {"ipg_rollout": 1}) that only some nodes declare: pins the actor to them
     resources: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
@@ -78,7 +83,7 @@ class ActorSpec:
 
 def actor_options(spec: ActorSpec, placement_group=None, bundle_index: int = -1) -> dict:
     options = dict(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=spec.max_restarts,
-                   max_task_retries=spec.max_task_retries, runtime_env=runtime_env(spec.threads), **spec.extra)
+                   max_task_retries=spec.max_task_retries, runtime_env=runtime_env(spec.threads, spec.py_modules), **spec.extra)
     if spec.resources:
         options["resources"] = {k: float(v) for k, v in spec.resources.items()}
     if placement_group is not None:

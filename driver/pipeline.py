@@ -39,7 +39,7 @@ from ipg.components import Site
 from ipg.errors import InputError
 from ipg.files import atomic_write_json
 from ipg.models import resolve_model_path
-from ipg.signals import make_signal
+from ipg.signals import make_signal, signal_source
 from workers.faults import maybe_crash
 from workers.gradient import GradientWorker, merge_rank_tables
 from workers.reducer import SNAPSHOT, Reducer, read_snapshot
@@ -125,8 +125,10 @@ def _unwrap(exc: BaseException, what: str, starting: bool = False) -> BaseExcept
 
 
 def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards, run_id: str) -> str:
+    # the model inputs too: the same ids under another prompt format are another run
+    inputs = hashlib.sha256(json.dumps([ex.get("prompt_ids") for _, part in shards for ex in part]).encode()).hexdigest()
     plan = {"model": model, "signal": signal, "signal_params": signal_params, "config": dataclasses.asdict(cfg),
-            "run_id": run_id, "shards": [[sid, [ex["id"] for ex in part]] for sid, part in shards]}
+            "run_id": run_id, "shards": [[sid, [ex["id"] for ex in part]] for sid, part in shards], "inputs": inputs}
     return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -134,14 +136,19 @@ class RaySession:
     """Rollout and gradient actor groups for one model, reused across attributions (``ipg run`` attributes
     many times with the same model). Close it to release the actors and the placement group."""
 
-    def __init__(self, model: ModelConfig | str = "organism", ray_cfg: RayConfig | None = None, log=print):
+    def __init__(self, model: ModelConfig | str = "organism", ray_cfg: RayConfig | None = None, log=print,
+                 signals: list[str] = ()):
+        """``signals``: the signals this session will attribute; a user's signal module that no installed
+        package provides is shipped to every actor."""
         self.model = ModelConfig(name=model, saes={}) if isinstance(model, str) else model
         self.cfg = ray_cfg or RayConfig()
         resolve_model_path(self.model.name)  # a missing local path fails here, before any actor starts
         self.log = log
+        self.shipped = sorted({str(p) for p in map(signal_source, signals) if p is not None})
         self.info = connect(self.cfg.address)
         c = self.cfg
-        spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor)
+        spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor,
+                         py_modules=tuple(self.shipped))
         ranks = c.deepspeed.ranks if c.gradient_backend == "deepspeed" else 1
         # a ZeRO-3 rank cannot rejoin its group after a crash: no restarts (the run fails; --resume continues it)
         rollout_spec = dataclasses.replace(spec, resources=dict(c.rollout_resources))
@@ -243,6 +250,11 @@ class RaySession:
         examples = prepare_examples(examples)
         sig = make_signal(signal, **signal_params)
         sig.check(examples)
+        source = signal_source(signal)
+        if source is not None and str(source) not in self.shipped:
+            raise InputError(f"signal: '{signal}' comes from {source}, which no installed package provides and this Ray "
+                             "session's actors were not given; name it when the session starts (RaySession(..., "
+                             "signals=[...])), or install it on the cluster")
         sites = [Site(layer, cfg.kind) for layer in cfg.layers]
         try:  # validates layers/kind against the model where it lives (the driver loads no weights)
             info = ray.get(self._gradient(0, "describe", sites)[0])
@@ -564,6 +576,6 @@ def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: Attrib
     """One attribution on Ray (connects, or starts a local cluster): the same table as
     ``ipg.attribute`` with the same settings. ``settings`` are AttributionConfig fields when ``cfg`` is None."""
     cfg = cfg or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
-    with RaySession(model, ray_cfg, log) as session:
+    with RaySession(model, ray_cfg, log, signals=[signal]) as session:
         return session.attribute(examples, cfg, signal=signal, signal_params=signal_params, out_dir=out_dir,
                                  run_id=run_id, resume=resume)

@@ -39,13 +39,13 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from driver.config import RunConfig, _build, _set_dotted, read_yaml, validate
+from driver.config import RunConfig, _build, _set_dotted, parse_override, read_yaml, validate
 from driver.storage import Store
 from ipg.errors import InputError
 from ipg.scores import select
+from ipg.signals import make_signal, signal_names
 
 SPEC_KEYS = {"name", "base", "config", "models", "signals", "layers", "kinds", "methods", "steering", "out"}
-SIGNALS = ("accuracy", "length", "reflection", "reward_model")
 KINDS = ("residual", "mlp", "sae")
 METHODS = ("ipg", "pg")
 # the evaluation metric a signal steers, and whether higher is the aim
@@ -78,7 +78,7 @@ class Cell:
         return _slug(f"{self.model}__{self.signal}{params}__L{self.layer}__{self.kind}__{self.method}")
 
     def partition(self) -> str:
-        return f"model={_slug(self.model)}/signal={self.signal}/layer={self.layer}"
+        return f"model={_slug(self.model)}/signal={_slug(self.signal)}/layer={self.layer}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,10 +159,19 @@ def load_spec(path: str, out: str | None = None) -> SweepSpec:
     for m in models:  # a model's SAEs are its own: the base config's apply only to the base config's model
         m.setdefault("saes", {})
     signals = []
-    for s in _list(spec, "signals", path, (str, dict), SIGNALS):
+    for s in _list(spec, "signals", path, (str, dict)):
         if isinstance(s, dict) and set(s) - {"name", "params"}:
             raise InputError(f"{path}: signals: '{s.get('name')}' has unknown keys {sorted(set(s) - {'name', 'params'})}; use name and params")
-        signals.append((s, {}) if isinstance(s, str) else (s["name"], dict(s.get("params") or {})))
+        name, params = (s, {}) if isinstance(s, str) else (s["name"], dict(s.get("params") or {}))
+        if name not in signal_names() and ":" not in str(name):
+            raise InputError(f"{path}: signals: unknown '{name}'; use one of {', '.join(signal_names())} or an import "
+                             "path 'package.module:function'")
+        if ":" in str(name):  # importable and constructible before any cell runs
+            try:
+                make_signal(name, **params)
+            except InputError as e:
+                raise InputError(f"{path}: signals: {e}") from None
+        signals.append((name, params))
     layers = _list(spec, "layers", path, int)
     if any(layer < 0 for layer in layers):
         raise InputError(f"{path}: layers: indices must be >= 0, got {layers}")
@@ -211,7 +220,7 @@ class Sweep:
             from driver.experiment import Experiment
 
             cfg = self.spec.run_config(model, str(self.work / _slug(model["name"])))
-            exp = Experiment(cfg, self.log, resume_units=True)
+            exp = Experiment(cfg, self.log, resume_units=True, signals=sorted({c.signal for c in mine}))
             try:
                 original = None
                 for cell in mine:
@@ -262,7 +271,7 @@ class Sweep:
         if self.spec.steering:
             p = min(self.spec.steering["p"], res.table.num_rows)
             components = select(res.table, p, layer=cell.layer, kind=cell.kind)
-            metric = METRIC[cell.signal]
+            metric = METRIC.get(cell.signal, "accuracy")  # a user's signal: steering is judged by accuracy
             for gamma in self.spec.steering["gammas"]:
                 r = exp._evaluate({"scale": components, "gamma": gamma}, experiment="sweep", method=cell.method,
                                   layer=cell.layer, p=p, gamma=gamma, seed=cfg.seeds[0])
@@ -328,7 +337,7 @@ def apply_overrides(spec: SweepSpec, overrides: list[str]) -> SweepSpec:
         if not sep or not key.startswith("ray."):
             raise InputError(f"override '{item}': a sweep takes --ray.key=value overrides only (where it runs); "
                              "what it measures belongs in the spec's config, so finished cells stay comparable")
-        _set_dotted(tree, key, yaml.safe_load(value))
+        _set_dotted(tree, key, parse_override(key, value))
     spec = dataclasses.replace(spec, tree=tree)
     for m in spec.models:
         spec.run_config(m, "unused")

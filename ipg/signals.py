@@ -4,19 +4,26 @@ A signal scores a batch of completions: ``signal(completions, examples, n_tokens
 Built-ins, by name in a registry that refuses silent overrides:
 
 ``accuracy``      1.0 when the extracted final answer equals the example's ``answer``, else 0.0
+                  (params: ``formats`` and ``pattern`` of the answer extractor, ``ipg.answers``)
 ``length``        sign * (a L^2 + b L + c) of the generated token count L (monotone: a, b >= 0)
 ``reflection``    count of reflective keywords ("wait", "check", ...) in the completion
 ``reward_model``  the score of a Hugging Face sequence-classification reward model
 
-Any Python callable ``(completion: str, example: dict) -> float`` is a signal too.
+Any Python callable ``(completion: str, example: dict) -> float`` is a signal too, and so is an import
+path ``package.module:name`` (in configs and on the command line): a function called as
+``fn(completion, example, **params)``, or a ``Signal`` subclass constructed with the params. On Ray the
+module is imported in every worker; one that is not installed there is shipped with the actors
+(``signal_source``).
 """
 
 from __future__ import annotations
 
+import importlib
 import re
+from pathlib import Path
 from typing import Callable
 
-from ipg.answers import is_correct
+from ipg.answers import DEFAULT_FORMATS, Extractor
 from ipg.errors import InputError
 
 _REGISTRY: dict[str, Callable[..., "Signal"]] = {}
@@ -58,40 +65,105 @@ def signal_names() -> list[str]:
 
 
 def make_signal(spec, **params) -> Signal:
-    """A Signal from a registered name (with its parameters), a Signal, or a plain callable."""
+    """A Signal from a registered name or an import path (with its parameters), a Signal, or a plain
+    callable."""
     if isinstance(spec, Signal):
         return spec
     if isinstance(spec, str):
-        if spec not in _REGISTRY:
-            raise InputError(f"signal: unknown '{spec}'; use one of {signal_names()} or pass a callable")
-        try:
-            return _REGISTRY[spec](**params)
-        except TypeError as e:
-            raise InputError(f"signal.params: {e}; see the '{spec}' signal's parameters") from None
+        if spec in _REGISTRY:
+            try:
+                return _REGISTRY[spec](**params)
+            except TypeError as e:
+                raise InputError(f"signal.params: {e}; see the '{spec}' signal's parameters") from None
+        if ":" in spec:
+            return _imported(spec, params)
+        raise InputError(f"signal: unknown '{spec}'; use one of {signal_names()}, an import path "
+                         "'package.module:function', or pass a callable")
     if callable(spec):
-        return CallableSignal(spec)
+        return CallableSignal(spec, params)
     raise InputError(f"signal: expected a name or a callable, got {type(spec).__name__}")
 
 
+def _split_path(spec: str) -> tuple[str, str]:
+    module, _, attr = spec.partition(":")
+    if not module or not all(p.isidentifier() for p in module.split(".")) or not attr.isidentifier():
+        raise InputError(f"signal: '{spec}' is not an import path; write 'package.module:function'")
+    return module, attr
+
+
+def _imported(spec: str, params: dict) -> Signal:
+    module_name, attr = _split_path(spec)
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as e:  # ImportError, or the module failing while it is imported
+        raise InputError(f"signal: cannot import '{module_name}' for '{spec}' ({type(e).__name__}: {e}); install "
+                         "the module or put its folder on PYTHONPATH where the run starts") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise InputError(f"signal: module '{module_name}' has no '{attr}' (from '{spec}')")
+    if isinstance(obj, type) and issubclass(obj, Signal):
+        try:
+            sig = obj(**params)
+        except TypeError as e:
+            raise InputError(f"signal.params: {e}; see the parameters of '{spec}'") from None
+    elif callable(obj):
+        sig = CallableSignal(obj, params)
+    else:
+        raise InputError(f"signal: '{spec}' is a {type(obj).__name__}, not a function or Signal class")
+    sig.name = spec
+    return sig
+
+
+def signal_source(spec) -> Path | None:
+    """Where an import-path signal's top-level module lives when no installed distribution provides it
+    (a package folder or a single .py file): what Ray must ship to its workers. None for built-in
+    names, callables and installed modules."""
+    if not isinstance(spec, str) or spec in _REGISTRY or ":" not in spec:
+        return None
+    from importlib import metadata
+
+    top = _split_path(spec)[0].split(".")[0]
+    import sys
+
+    if top in sys.stdlib_module_names or top in metadata.packages_distributions() or top in ("ipg", "driver", "workers", "cluster"):
+        return None
+    module = importlib.import_module(top)
+    paths = list(getattr(module, "__path__", []))
+    if len(paths) > 1:
+        raise InputError(f"signal: '{top}' is a namespace package spread over {len(paths)} folders; install it "
+                         "on the cluster's nodes (the image), so the workers can import it")
+    return Path(paths[0] if paths else module.__file__).resolve()
+
+
 class CallableSignal(Signal):
-    def __init__(self, fn: Callable[[str, dict], float]):
-        self.fn = fn
+    """``fn(completion, example, **params) -> number`` per completion."""
+
+    def __init__(self, fn: Callable[..., float], params: dict | None = None):
+        self.fn, self.params = fn, dict(params or {})
         self.name = getattr(fn, "__name__", "callable")
 
     def __call__(self, completions, examples, n_tokens):
-        return [float(self.fn(c, ex)) for c, ex in zip(completions, examples)]
+        out = []
+        for c, ex in zip(completions, examples):
+            r = self.fn(c, ex, **self.params)
+            if isinstance(r, (str, bytes)) or not hasattr(r, "__float__"):
+                raise TypeError(f"returned {type(r).__name__} {r!r}, not a number")
+            out.append(float(r))
+        return out
 
 
 @register_signal("accuracy")
 class Accuracy(Signal):
     name = "accuracy"
 
-    def __init__(self, answer_field: str = "answer"):
+    def __init__(self, answer_field: str = "answer", formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS,
+                 pattern: str | None = None):
         self.answer_field = answer_field
         self.required_fields = (answer_field,)
+        self.extractor = Extractor(tuple(formats), pattern)
 
     def __call__(self, completions, examples, n_tokens):
-        return [float(is_correct(c, str(ex[self.answer_field]))) for c, ex in zip(completions, examples)]
+        return [float(self.extractor.is_correct(c, str(ex[self.answer_field]))) for c, ex in zip(completions, examples)]
 
 
 @register_signal("length")

@@ -5,6 +5,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.ray
+
 ray = pytest.importorskip("ray")
 
 from driver.config import RayConfig  # noqa: E402
@@ -102,3 +104,23 @@ def test_dispatch_hands_a_shard_only_to_a_free_group():
     assert resumed.to_generate() == [] and resumed.to_attribute() == [("b", 0)]
     resumed.attributed("b")
     assert resumed.to_generate() == ["a"] and resumed.to_attribute() == [("a", 0)]
+
+
+def test_a_users_signal_module_is_shipped_to_the_actors(local_ray, organism, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    plugins = Path(__file__).resolve().parent / "plugins"  # on no actor's path: Ray must ship it
+    monkeypatch.syspath_prepend(str(plugins))
+    model, tok = organism
+    examples = splits()["support"][20:26]
+    settings = dict(SETTINGS, layers=(2,), q=2)
+    signal, params = "user_signals:close", {"tolerance": 1}
+    reference = attribute(model, tok, examples, signal=signal, signal_params=params, **settings)
+    with RaySession("organism", small_ray(1), signals=[signal]) as session:
+        assert session.shipped == [str(plugins / "user_signals.py")]
+        res = session.attribute(examples, AttributionConfig(**settings), signal=signal, signal_params=params, out_dir=tmp_path / "a")
+        assert_same_scores(res.table, reference.table)
+    with RaySession("organism", small_ray(1)) as session:  # not told: refused before any work
+        with pytest.raises(InputError, match=r"signal: 'user_signals:close' comes from .*user_signals\.py, which no installed"):
+            session.attribute(examples, AttributionConfig(**settings), signal=signal, signal_params=params, out_dir=tmp_path / "b")
+

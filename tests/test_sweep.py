@@ -21,6 +21,8 @@ from driver.sweep import load_spec, run_sweep
 from ipg.errors import InputError
 from raytools import assert_same_scores
 
+pytestmark = pytest.mark.ray
+
 ROOT = Path(__file__).resolve().parents[1]
 CELLS = ["organism__accuracy__L1__residual__ipg", "organism__accuracy__L2__residual__ipg",
          "organism__length__L1__residual__ipg", "organism__length__L2__residual__ipg"]
@@ -126,6 +128,7 @@ def test_results_go_to_a_filesystem_uri_whole(tmp_path):
 
 @pytest.mark.parametrize("change, message", [
     ({"signals": ["accuracy", "vibes"]}, "signals: unknown 'vibes'"),
+    ({"signals": ["nowhere.mod:score"]}, "signals: signal: cannot import 'nowhere.mod'"),
     ({"layers": [1, -1]}, "layers: indices must be >= 0"),
     ({"kinds": ["residual", "residual"]}, "'kinds' lists a value twice"),
     ({"colour": "red"}, "unknown key(s) colour"),
