@@ -3,7 +3,8 @@
     ipg organism data  [--out DIR]          deterministic support / eval splits as JSONL
     ipg organism train [--out DIR]          reproduce the shipped checkpoint (fixed seed, ~10 min on 2 cores)
     ipg organism eval  [--model M] [--json] greedy accuracy, sampled disagreement, length on the eval split
-    ipg eval --model M --data FILE          accuracy@1 and mean length of any HF causal LM on a JSONL file
+    ipg eval --model M --data FILE          accuracy@1 and mean length of any HF causal LM on a dataset
+    ipg models [build NAME]                 the named models; build one into the cache ahead of use
     ipg attribute --model M --signal S --layers L.. --out DIR   IPG scores.parquet + run.json
     ipg sae train --model M --layer L --out FILE                 a TopK SAE on a block's outputs
     ipg attribute ... --ray [--address A] [--resume DIR]         the same on a Ray cluster (local by default)
@@ -57,18 +58,77 @@ def _organism_eval(args) -> None:
 
 
 def _eval(args) -> None:
-    from ipg.data import load_examples
-    from ipg.evaluation import evaluate, format_table
-    from ipg.generation import SamplingParams
+    from ipg.data import load_examples, write_jsonl
+    from ipg.evaluation import format_table, summarise
+    from ipg.generation import SamplingParams, generate
     from ipg.models import load_model
+    from ipg.prompts import format_examples
 
     params = SamplingParams(n=args.n, greedy=args.temperature == 0, temperature=args.temperature or 1.0,
                             top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
-    examples = load_examples(args.data, required=("prompt", "answer"))
+    fmt, extractor = _prompt_format(args), _extractor(args)
+    examples = load_examples(args.data, required=("prompt", "answer"), fields=_fields(args), reference=args.reference,
+                             split=args.split)[: args.limit]
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
-    summary = evaluate(model, tokenizer, examples, params, batch_size=args.batch_size)
-    print(json.dumps(summary.as_dict(), indent=2) if args.json else format_table({args.model: summary}))
+    examples = format_examples(tokenizer, examples, fmt)
+    samples = generate(model, tokenizer, examples, params, batch_size=args.batch_size)
+    summary = summarise(examples, samples, (), extractor)
+    setup = {"prompt": fmt.describe(tokenizer), "answers": extractor.describe()}
+    if args.completions:  # every completion with what was read from it: for checking the scoring by hand
+        rows = [{"id": ex["id"], "sample": s.sample_index, "prompt": ex["prompt"], "answer": ex["answer"],
+                 "completion": s.text, "extracted": extractor.extract(s.text),
+                 "correct": extractor.is_correct(s.text, str(ex["answer"]))}
+                for ex, group in zip(examples, samples) for s in group]
+        write_jsonl(args.completions, rows)
+    if args.json:
+        print(json.dumps({**summary.as_dict(), **setup}, indent=2))
+        return
+    print(format_table({args.model: summary}))
+    print(f"prompt format '{fmt.format}' (resolved: {setup['prompt']['resolved']}); answers from "
+          f"{', '.join(extractor.formats)}" + (f" after the pattern {extractor.pattern!r}" if extractor.pattern else ""))
+    if args.completions:
+        print(f"wrote {args.completions}")
+
+
+def _fields(args) -> dict:
+    out = {}
+    for pair in args.field or []:
+        key, sep, column = pair.partition("=")
+        if not sep or not column:
+            raise InputError(f"--field: '{pair}' must be KEY=COLUMN, e.g. --field prompt=question")
+        out[key] = column
+    from ipg.data import check_fields
+
+    return check_fields(out, "--field")
+
+
+def _prompt_format(args):
+    from ipg.prompts import PromptFormat
+
+    return PromptFormat(args.prompt_format, args.system_prompt)
+
+
+def _extractor(args):
+    from ipg.answers import DEFAULT_FORMATS, Extractor
+
+    return Extractor(tuple(args.answer_format or DEFAULT_FORMATS), args.answer_pattern)
+
+
+def _input_flags(p) -> None:
+    """How a file's records become the model's inputs and how answers are read (``ipg eval``, ``ipg attribute``)."""
+    p.add_argument("--field", action="append", metavar="KEY=COLUMN",
+                   help="which column is the example's prompt, answer or id (repeatable): --field prompt=question")
+    p.add_argument("--reference", default="auto", help="how references are read: auto | gsm8k ('#### 72') | math "
+                                                        "(last \\boxed{}) | plain")
+    p.add_argument("--split", help="the split of a Hugging Face dataset directory (save_to_disk) holding several")
+    p.add_argument("--prompt-format", default="auto",
+                   help="auto (chat when the model has a chat template, else raw) | chat | raw | a template over the "
+                        "example's fields: 'Question: {question}\\nAnswer:'")
+    p.add_argument("--system-prompt", help="system message of the chat format")
+    p.add_argument("--answer-format", nargs="+", metavar="FORMAT",
+                   help="answer formats in order of precedence: hash boxed answer_is last_number (default: hash boxed answer_is)")
+    p.add_argument("--answer-pattern", metavar="REGEX", help="a regex tried before the formats; its group is the answer")
 
 
 def _examples_for(args, required):
@@ -76,7 +136,8 @@ def _examples_for(args, required):
     from ipg.organism.card import splits
 
     if args.data:
-        return load_examples(args.data, required=required)
+        return load_examples(args.data, required=required, fields=_fields(args), reference=args.reference,
+                             split=args.split)[: args.limit]
     if args.model != "organism":
         raise InputError("--data: required unless --model is 'organism' (whose support split is the default)")
     return splits()["support"][: args.limit] if getattr(args, "limit", None) else splits()["support"]
@@ -116,6 +177,13 @@ def _attribute(args) -> None:
     if not args.layers:
         raise InputError("--layers: required (the layer indices to attribute, e.g. --layers 1 2)")
     signal_params = _signal_params(args.signal_param)
+    fmt, extractor = _prompt_format(args), _extractor(args)
+    if args.signal == "accuracy":
+        signal_params = {"formats": list(extractor.formats), "pattern": extractor.pattern, **signal_params}
+    if ":" in args.signal:  # a user's signal: importable and constructible before data or model load
+        from ipg.signals import make_signal
+
+        make_signal(args.signal, **signal_params)
     required = ("prompt", "answer") if args.signal == "accuracy" else ("prompt",)
     examples = _examples_for(args, required)
     settings = dict(layers=args.layers, kind=args.kind, n_samples=args.n_samples, q=args.q, schedule=args.schedule,
@@ -132,6 +200,13 @@ def _attribute(args) -> None:
         from driver.config import DeepSpeedConfig, ModelConfig, RayConfig
         from driver.pipeline import attribute_on_ray
         from ipg.attribution import AttributionConfig
+        from ipg.models import load_tokenizer
+        from ipg.prompts import format_examples
+
+        # formatted here, once: the driver holds the tokenizer, never the weights
+        tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
+        examples = format_examples(tokenizer, examples, fmt)
+        prompt = fmt.describe(tokenizer)
 
         if not args.resume:
             atomic_write_json(out / PLAN, {k: v for k, v in vars(args).items() if k not in ("run", "resume")})
@@ -158,11 +233,13 @@ def _attribute(args) -> None:
             sae = TopKSAE.load(path)
             saes[sae.layer] = sae
         res = attribute(model, tokenizer, examples, signal=args.signal, signal_params=signal_params, saes=saes,
-                        run_id=args.run_id, log=log, **settings)
+                        run_id=args.run_id, log=log, prompt_format=fmt, **settings)
+        prompt = res.diagnostics["prompt_format"]
         write_scores(out / "scores.parquet", res.table)
         fingerprint = model_fingerprint(model)
     run = {"run_id": args.run_id, "command": "attribute", "model": fingerprint, "signal": args.signal,
            "signal_params": signal_params, "data": args.data or "organism support split", "ray": use_ray,
+           "prompt": prompt, "answers": extractor.describe() if args.signal == "accuracy" else None,
            "n_examples": len(examples), "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in res.config.__dict__.items()},
            "saes": args.sae or [], "diagnostics": res.diagnostics, "versions": versions()}
     atomic_write_json(out / "run.json", run)
@@ -269,6 +346,22 @@ def _sweep(args) -> None:
         sys.exit(1)
 
 
+def _models(args) -> None:
+    from ipg.catalog import NAMED, ORGANISM, ORGANISM_PATH, models_dir
+    from ipg.models import resolve_model_path
+
+    if args.action == "build":
+        if args.name not in NAMED:
+            raise InputError(f"models build: unknown '{args.name}'; named models built on first use: {sorted(NAMED)}")
+        print(f"{args.name}: {resolve_model_path(args.name)}")
+        return
+    print(f"{ORGANISM}: {ORGANISM_PATH} (shipped)")
+    for name, spec in NAMED.items():
+        path = models_dir() / name
+        state = "built" if (path / "config.json").is_file() else "built on first use"
+        print(f"{name}: {path} ({state}; {spec.description})")
+
+
 def _report(args) -> None:
     from driver.report import write_report
 
@@ -304,10 +397,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_organism_eval)
 
     p = sub.add_parser("attribute", help="IPG attribution: scores.parquet and run.json in --out")
-    p.add_argument("--model", default="organism", help="local path, Hugging Face hub id, or 'organism'")
-    p.add_argument("--data", help="examples (JSONL/Parquet; default for the organism: its support split)")
-    p.add_argument("--limit", type=int, help="use only the first N examples of the organism's support split")
-    p.add_argument("--signal", default="accuracy", help="accuracy | length | reflection | reward_model")
+    p.add_argument("--model", default="organism", help="local path, .gguf file, Hugging Face hub id, or a named model "
+                                                       "(organism, smollm2-135m-instruct)")
+    p.add_argument("--data", help="examples (JSONL, Parquet or a dataset directory; default for the organism: its support split)")
+    p.add_argument("--limit", type=int, help="use only the first N examples (of --data, or of the organism's support split)")
+    p.add_argument("--signal", default="accuracy",
+                   help="accuracy | length | reflection | reward_model | an import path package.module:function")
     p.add_argument("--signal-param", action="append", metavar="KEY=VALUE", help="signal parameter (repeatable)")
     p.add_argument("--layers", type=int, nargs="+")
     p.add_argument("--kind", default="residual", help="residual | mlp | sae")
@@ -337,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--show", type=int, default=8, help="top components to print per layer")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--on-error", default="fail", help="an example whose signal fails: fail (naming it) | skip (and count it)")
+    _input_flags(p)
     _ray_flags(p)
     p.add_argument("--rollout-workers", type=int, default=1)
     p.add_argument("--gradient-workers", type=int, default=1)
@@ -365,6 +461,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--work", help="local directory for the cells' resumable state (default: OUT/work, or "
                                   "~/.cache/ipg/sweeps/NAME when OUT is a URI)")
     p.set_defaults(run=_sweep, overrides=[])
+    p = sub.add_parser("models", help="the named models (organism, smollm2-135m-instruct) and where they are cached")
+    p.add_argument("action", nargs="?", choices=["list", "build"], default="list")
+    p.add_argument("name", nargs="?", help="the named model to build (download, check, convert) now")
+    p.set_defaults(run=_models)
     p = sub.add_parser("report", help="rebuild report.md and plots of a run directory from its Parquet files")
     p.add_argument("run_dir")
     p.set_defaults(run=_report)
@@ -384,9 +484,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(run=_sae_train)
 
-    p = sub.add_parser("eval", help="accuracy@1 and mean length of a causal LM on a JSONL/Parquet file")
-    p.add_argument("--model", required=True, help="local path, Hugging Face hub id, or 'organism'")
-    p.add_argument("--data", required=True, help="examples with 'prompt' and 'answer'")
+    p = sub.add_parser("eval", help="accuracy@1 and mean length of a causal LM on a JSONL/Parquet file or dataset directory")
+    p.add_argument("--model", required=True, help="local path, .gguf file, Hugging Face hub id, or a named model "
+                                                  "(organism, smollm2-135m-instruct)")
+    p.add_argument("--data", required=True, help="examples with a prompt and an answer (see --field)")
+    p.add_argument("--limit", type=int, help="only the first N examples")
+    p.add_argument("--completions", metavar="FILE", help="write every completion, its extracted answer and verdict (JSONL)")
+    _input_flags(p)
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-p", type=float, default=1.0)

@@ -13,8 +13,11 @@ from pathlib import Path
 
 import yaml
 
+from ipg.answers import DEFAULT_FORMATS, REFERENCE_FORMATS, Extractor
 from ipg.attribution import AttributionConfig
+from ipg.data import check_fields
 from ipg.errors import InputError
+from ipg.prompts import PromptFormat
 
 
 def _attribution_defaults() -> AttributionConfig:
@@ -24,7 +27,7 @@ def _attribution_defaults() -> AttributionConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = "organism"  # local path, hub id, or 'organism'
+    name: str = "organism"  # local path, .gguf file, hub id, or a named model ('organism', 'smollm2-135m-instruct')
     dtype: str = "float32"
     device: str = "cpu"
     trust_remote_code: bool = False
@@ -125,10 +128,54 @@ class RayConfig:
 
 @dataclass(frozen=True)
 class DataConfig:
-    support: str | None = None  # JSONL/Parquet; None: the organism's support split
+    support: str | None = None  # JSONL, Parquet or a Hugging Face dataset directory; None: the organism's support split
     eval: str | None = None  # None: the organism's eval split
     n_support: int = 64  # prompts drawn (per seed) from the support file
     n_eval: int = 200  # first n prompts of the eval file
+    fields: dict[str, str] = field(default_factory=dict)  # example key (prompt, answer, id) -> the file's column
+    reference: str = "auto"  # how references are read: auto | gsm8k ('#### 72') | math (last \\boxed{}) | plain
+    support_split: str | None = None  # the split of a dataset directory holding several (DatasetDict)
+    eval_split: str | None = None
+
+    def __post_init__(self):
+        check_fields(self.fields, "fields")
+        if self.reference not in REFERENCE_FORMATS:
+            raise InputError(f"reference: '{self.reference}'; use one of {list(REFERENCE_FORMATS)}")
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How an example becomes the model's input (``ipg.prompts``)."""
+
+    format: str = "auto"  # auto (chat when the tokenizer has a template, else raw) | chat | raw | a template over fields
+    system: str | None = None  # the chat format's system message
+    user: str | None = None  # the chat format's user message, a template over fields; None: the example's prompt
+
+    def __post_init__(self):
+        self.prompt_format()
+
+    def prompt_format(self) -> PromptFormat:
+        try:
+            return PromptFormat(self.format, self.system, self.user)
+        except InputError as e:  # its messages say prompt.format / prompt.system; the tree adds 'prompt.'
+            raise InputError(str(e).removeprefix("prompt.")) from None
+
+
+@dataclass(frozen=True)
+class AnswersConfig:
+    """Which text of a completion is its final answer, for the accuracy signal and every evaluation."""
+
+    formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))  # in order: hash, boxed, answer_is, last_number
+    pattern: str | None = None  # a regex tried before the formats; its group (or the whole match) is the answer
+
+    def __post_init__(self):
+        self.extractor()
+
+    def extractor(self) -> Extractor:
+        try:
+            return Extractor(tuple(self.formats), self.pattern)
+        except InputError as e:
+            raise InputError(str(e).removeprefix("answers.")) from None
 
 
 @dataclass(frozen=True)
@@ -170,7 +217,10 @@ class StabilityConfig:
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    signal: str = "accuracy"
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    answers: AnswersConfig = field(default_factory=AnswersConfig)
+    signal: str = "accuracy"  # a built-in name or an import path 'package.module:function'
+    signal_params: dict = field(default_factory=dict)  # the signal's parameters (accuracy also gets answers.*)
     attribution: AttributionConfig = field(default_factory=_attribution_defaults)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
@@ -247,6 +297,34 @@ def _set_dotted(tree: dict, dotted: str, value) -> None:
     node[parts[-1]] = value
 
 
+def _field_type(dotted: str):
+    """The declared type of a dotted key of RunConfig, or None when the key is unknown."""
+    cls = RunConfig
+    tp = None
+    for part in dotted.split("."):
+        if cls is None or not dataclasses.is_dataclass(cls):
+            return None
+        tp = typing.get_type_hints(cls).get(part)
+        cls = tp if dataclasses.is_dataclass(tp) else None
+    return tp
+
+
+def parse_override(dotted: str, text: str):
+    """A ``--key=value`` value: YAML (numbers, lists, mappings), except that a string-typed key takes the
+    text as written, so ``--prompt.format=Question: {question}`` needs no YAML quoting."""
+    tp = _field_type(dotted)
+    if tp in (str, str | None) and text not in ("null", "~"):
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        return value if isinstance(value, str) else text
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise InputError(f"{dotted}: '{text}' is not a valid value ({str(e).splitlines()[0]})") from None
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Checks across fields that types cannot express."""
     defaults = _attribution_defaults()
@@ -267,6 +345,14 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError(f"evaluation.p: a non-empty list of integers >= 1, got {cfg.evaluation.p}")
     if not cfg.seeds:
         raise InputError("seeds: give at least one seed")
+    from ipg.signals import make_signal, signal_names
+
+    if cfg.signal in signal_names():
+        pass  # built-ins are constructed where they run (a reward model loads its weights there)
+    elif ":" in cfg.signal:
+        make_signal(cfg.signal, **cfg.signal_params)  # importable and constructible, before anything runs
+    else:
+        raise InputError(f"signal: unknown '{cfg.signal}'; use one of {signal_names()} or an import path 'package.module:function'")
     for key, n in (("data.n_support", cfg.data.n_support), ("data.n_eval", cfg.data.n_eval)):
         if n < 1:
             raise InputError(f"{key}: must be >= 1, got {n}")
@@ -292,7 +378,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None) -> 
         key, sep, value = item.lstrip("-").partition("=")
         if not sep:
             raise InputError(f"override '{item}': expected --section.key=value")
-        _set_dotted(tree, key, yaml.safe_load(value))
+        _set_dotted(tree, key, parse_override(key, value))
     return validate(_build(RunConfig, tree, ""))
 
 

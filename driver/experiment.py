@@ -34,6 +34,7 @@ from ipg.evaluation import summarise
 from ipg.files import atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams, generate
 from ipg.models import ORGANISM, load_model, model_fingerprint
+from ipg.prompts import format_examples
 from ipg.provenance import versions
 from ipg.sae import TopKSAE
 from ipg.scores import dice, select, write_scores
@@ -69,8 +70,11 @@ def splits_of(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
     if (cfg.data.support is None or cfg.data.eval is None) and default is None:
         raise InputError("data.support / data.eval: required unless model.name is 'organism'")
     need = ("prompt", "answer") if cfg.signal == "accuracy" else ("prompt",)
-    support = load_examples(cfg.data.support, need) if cfg.data.support else default["support"]
-    evaluation = load_examples(cfg.data.eval, ("prompt", "answer")) if cfg.data.eval else default["eval"]
+    d = cfg.data
+    support = (load_examples(d.support, need, fields=d.fields, reference=d.reference, split=d.support_split)
+               if d.support else default["support"])
+    evaluation = (load_examples(d.eval, ("prompt", "answer"), fields=d.fields, reference=d.reference, split=d.eval_split)
+                  if d.eval else default["eval"])
     overlap = {e["prompt"] for e in support} & {e["prompt"] for e in evaluation[: cfg.data.n_eval]}
     if overlap:
         raise InputError(f"data: {len(overlap)} eval prompts also occur in the support set; the eval split must be held out")
@@ -78,9 +82,12 @@ def splits_of(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
 
 
 class Experiment:
-    def __init__(self, cfg: RunConfig, log=print, resume: bool = False, resume_units: bool | None = None):
+    def __init__(self, cfg: RunConfig, log=print, resume: bool = False, resume_units: bool | None = None,
+                 signals: list[str] | None = None):
         """``resume``: continue a killed run (needs Ray). ``resume_units`` (default ``resume``): each Ray
-        attribution unit continues from its ledger or loads its finished result (a sweep sets it always)."""
+        attribution unit continues from its ledger or loads its finished result (a sweep sets it always).
+        ``signals``: every signal this experiment will attribute (default: the config's), so the Ray
+        actors receive the modules of users' signals."""
         self.cfg, self.log, self.resume = cfg, log, resume
         self.resume_units = resume if resume_units is None else resume_units
         self.timers = StageTimer(observe=False)  # on Ray the pipeline observes its own stages; not twice
@@ -88,7 +95,11 @@ class Experiment:
         self.model, self.tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
                                                 trust_remote_code=cfg.model.trust_remote_code)
         self.saes = _saes(cfg)
-        self.support_all, self.eval_examples = splits_of(cfg)
+        # formatted once, here: every consumer (both engines, the gradient pass, baselines) reads prompt_ids
+        self.prompt_format, self.extractor = cfg.prompt.prompt_format(), cfg.answers.extractor()
+        support, evaluation = splits_of(cfg)
+        self.support_all = format_examples(self.tokenizer, support, self.prompt_format)
+        self.eval_examples = format_examples(self.tokenizer, evaluation, self.prompt_format)
         self.eval_rows: list[dict] = []
         self.score_tables: list[pa.Table] = []
         self.stability_rows: list[dict] = []
@@ -96,7 +107,7 @@ class Experiment:
         if cfg.ray.active() or resume:
             from driver.pipeline import RaySession
 
-            self.session = RaySession(cfg.model, cfg.ray, log)
+            self.session = RaySession(cfg.model, cfg.ray, log, signals=signals or [cfg.signal])
             self.log(f"ray: {cfg.ray.rollout_workers} rollout + {cfg.ray.gradient_workers} gradient workers on "
                      f"{self.session.info['address']} (dashboard {self.session.info['dashboard_url']})")
 
@@ -106,16 +117,25 @@ class Experiment:
         n = min(self.cfg.data.n_support, len(self.support_all))
         return random.Random(f"support/{seed}").sample(self.support_all, n)
 
+    def _signal_params(self, signal: str, params: dict | None = None) -> dict:
+        """A signal's parameters; the accuracy signal also gets the run's answer extractor."""
+        params = dict(self.cfg.signal_params if signal == self.cfg.signal and params is None else params or {})
+        if signal == "accuracy":
+            params.setdefault("formats", list(self.extractor.formats))
+            params.setdefault("pattern", self.extractor.pattern)
+        return params
+
     def _attribute(self, examples, *, signal, layers, seed, method="ipg", kind=None, signal_params=None, tag=""):
         a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
                                 method=method, seed=seed)
+        signal_params = self._signal_params(signal, signal_params)
         run_id = f"{signal}-{method}-{a.kind}-seed{seed}{tag}"
         with self.timers("attribute"):
             if self.session is not None:  # one resumable unit per attribution under out/attributions/
-                res = self.session.attribute(examples, a, signal=signal, signal_params=signal_params or {}, run_id=run_id,
+                res = self.session.attribute(examples, a, signal=signal, signal_params=signal_params, run_id=run_id,
                                              out_dir=Path(self.cfg.out) / "attributions" / run_id, resume=self.resume_units)
             else:
-                res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params or {},
+                res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params,
                                 saes=self.saes, run_id=run_id, **dataclasses.asdict(a))
         self.score_tables.append(res.table)
         self.log(f"  attributed {signal}/{method}/{a.kind} layers {list(layers)} seed {seed}: "
@@ -128,8 +148,9 @@ class Experiment:
         if res.rollouts:
             return res.rollouts
         with self.timers("baselines"):
-            return sample_rollouts(self.model, self.tokenizer, prepare_examples(examples), make_signal(self.cfg.signal),
-                                   res.config, saes=self.saes, skipped={})
+            signal = make_signal(self.cfg.signal, **self._signal_params(self.cfg.signal))
+            return sample_rollouts(self.model, self.tokenizer, prepare_examples(examples), signal, res.config,
+                                   saes=self.saes, skipped={})
 
     def _evaluate(self, steering: dict | None, **row) -> dict:
         """Greedy accuracy and length on the eval split under ``steering`` (None, {"scale": components,
@@ -144,7 +165,7 @@ class Experiment:
             else:
                 with self._steering_context(spec):
                     samples = generate(self.model, self.tokenizer, self.eval_examples, params, batch_size=e.batch_size)
-        s = summarise(self.eval_examples, samples, tuple(self.cfg.baselines.reflection_words))
+        s = summarise(self.eval_examples, samples, tuple(self.cfg.baselines.reflection_words), self.extractor)
         out = {**row, "accuracy": s.accuracy, "mean_length": s.mean_length, "n": s.n_examples,
                "reflection_share": s.keyword_share}
         self.eval_rows.append(out)
@@ -235,7 +256,8 @@ class Experiment:
                 for method, components in chosen.items():
                     self._sweep("accuracy", method, layer, p, seed, components, gammas)
             if "control_vector" in methods:
-                correct = [r.example["prompt"] + s.text for r in rollouts
+                eos = self.tokenizer.eos_token_id
+                correct = [s.prompt_ids + [t for t in s.completion_ids if t != eos] for r in rollouts
                            for s, reward in zip(r.samples, r.rewards) if reward > 0]
                 with self.timers("baselines"):
                     vector, separation = control_vector(self.model, self.tokenizer, correct[:64], layer, seed)
@@ -275,18 +297,30 @@ class Experiment:
             self.stability_rows.append({"comparison": "support subsets", "layer": layer, "p": p, "a": "half A",
                                         "b": "half B", "dice": dice(*sets)})
 
+    def setup(self) -> dict:
+        """How examples became model inputs and how answers were scored (run.json, the report)."""
+        d = self.cfg.data
+        return {"model": model_fingerprint(self.model), "signal": self.cfg.signal,
+                "prompt": self.prompt_format.describe(self.tokenizer, self.eval_examples[0]),
+                "answers": self.extractor.describe(),
+                "data": {"support": d.support or "organism support split", "eval": d.eval or "organism eval split",
+                         "fields": d.fields, "reference": d.reference}}
+
     def _write(self, out: Path, seconds: float) -> None:
         from driver.report import write_report
 
         tables = [t.replace_schema_metadata(None) for t in self.score_tables]
         write_scores(out / "scores.parquet", pa.concat_tables(tables))
-        write_scores(out / "eval.parquet", pa.Table.from_pylist(self.eval_rows, schema=EVAL_SCHEMA))
+        # how the evaluations were scored travels with them: the report reads it from the file
+        setup = self.setup()
+        evals = pa.Table.from_pylist(self.eval_rows, schema=EVAL_SCHEMA)
+        write_scores(out / "eval.parquet", evals.replace_schema_metadata({"ipg.setup": json.dumps(setup)}))
         write_scores(out / "stability.parquet", pa.Table.from_pylist(self.stability_rows, schema=STABILITY_SCHEMA))
         with self.timers("report"):
             write_report(out)
         atomic_write_json(out / "run.json", {
             "command": "run", "config": as_dict(self.cfg), "model": model_fingerprint(self.model),
-            "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples),
+            "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples), **setup,
             "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1),
             "ray": self.session.info if self.session is not None else None,
             "rollout_backend": self.cfg.ray.rollout_backend if self.session is not None else "hf",

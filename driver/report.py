@@ -7,6 +7,7 @@ The evidence section states each claim of issue 4 with the numbers that support 
 
 from __future__ import annotations
 
+import json
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -38,11 +39,33 @@ def _load(run_dir: Path):
     for name in ("eval.parquet", "scores.parquet"):
         if not (run_dir / name).is_file():
             raise InputError(f"report: {run_dir / name} not found; RUN_DIR must be the output of `ipg run`")
-    evals = pq.read_table(run_dir / "eval.parquet").to_pylist()
+    table = pq.read_table(run_dir / "eval.parquet")
+    evals = table.to_pylist()
     scores = pq.read_table(run_dir / "scores.parquet").to_pylist()
     stab_path = run_dir / "stability.parquet"
     stability = pq.read_table(stab_path).to_pylist() if stab_path.is_file() else []
-    return evals, scores, stability
+    setup = json.loads((table.schema.metadata or {}).get(b"ipg.setup", b"{}"))
+    return evals, scores, stability, setup
+
+
+def _setup(setup: dict) -> list[str]:
+    """What was run on what: the model, how examples became its input, and how answers were scored."""
+    if not setup:
+        return []
+    p, a, d = setup.get("prompt", {}), setup.get("answers", {}), setup.get("data", {})
+    fmt = p.get("format")
+    chosen = f"`{fmt}`" + (f", resolved to `{p.get('resolved')}`" if fmt == "auto" else "")
+    lines = ["\n## Setup\n",
+             f"- Model: `{setup.get('model')}`; signal: `{setup.get('signal')}`.",
+             f"- Prompt format: {chosen}" + (f"; system message: {p['system']!r}" if p.get("system") else "")
+             + (f"; user message: {p['user']!r}" if p.get("user") else "") + ".",
+             f"- Answer extraction: formats {a.get('formats')} in this order"
+             + (f", after the pattern `{a['pattern']}`" if a.get("pattern") else "") + "; references read as "
+             f"`{d.get('reference')}`" + (f"; fields {d['fields']}" if d.get("fields") else "") + ".",
+             f"- Data: support `{d.get('support')}`, eval `{d.get('eval')}`."]
+    if p.get("example") is not None:
+        lines += ["\nThe first eval prompt as the model sees it:\n", "```", p["example"].rstrip("\n"), "```"]
+    return lines
 
 
 def _group(rows, *keys):
@@ -226,12 +249,13 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    evals, scores, stability = _load(run_dir)
+    evals, scores, stability, setup = _load(run_dir)
     table1, findings = _table1(evals)
     lines = ["# IPG experiment report", "",
              f"Run directory `{run_dir}`; rebuilt from eval.parquet, scores.parquet and stability.parquet by `ipg report`.",
              f"Seeds: {sorted({r['seed'] for r in evals})}; eval prompts per evaluation: {evals[0]['n'] if evals else 0}; "
              "greedy decoding; steering edits the decision positions of the selected components.",
+             *_setup(setup),
              "\n## Table 1: enhance and suppress reasoning (accuracy signal)", *table1,
              "\nThe best enhancing gamma is chosen on the eval split, as the paper does; treat it as optimistic.",
              "\n## Length control", *(_control_table(evals, "length") or ["(not run)"]),

@@ -3,9 +3,12 @@ import subprocess
 import sys
 
 import pyarrow.parquet as pq
+import pytest
 
 from driver.cli import main
 from ipg.scores import SCHEMA
+
+pytestmark = pytest.mark.unit
 
 
 def test_attribute_command_writes_scores_and_run_json(tmp_path, capsys):
@@ -25,6 +28,25 @@ def test_attribute_command_writes_scores_and_run_json(tmp_path, capsys):
     assert {"sum_scores", "J_alpha0", "J_alpha_min", "J_alpha1", "gap"} <= set(site)
     printed = capsys.readouterr().out
     assert "layers.2.residual: sum of scores" in printed and "top:" in printed
+
+
+def test_attribute_takes_a_signal_by_import_path_and_a_prompt_template(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent / "plugins"))
+    data = tmp_path / "d.jsonl"
+    data.write_text("".join(json.dumps({"q": f"{a}+{b}", "sol": f"#### {a + b}"}) + "\n" for a, b in [(12, 34), (51, 8), (23, 45)]))
+    code = main(["attribute", "--model", "organism", "--data", str(data), "--field", "prompt=q", "--field", "answer=sol",
+                 "--prompt-format", "{q}\n", "--signal", "user_signals:close", "--signal-param", "tolerance=1",
+                 "--layers", "2", "--q", "2", "--n-samples", "3", "--no-completeness", "--out", str(tmp_path / "r"), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["signal"] == "user_signals:close" and run["signal_params"] == {"tolerance": 1}
+    assert run["prompt"]["format"] == "{q}\n" and run["prompt"]["resolved"] == "template" and run["answers"] is None
+    assert set(pq.read_table(tmp_path / "r" / "scores.parquet").column("signal").to_pylist()) == {"user_signals:close"}
+    assert main(["attribute", "--model", "organism", "--data", str(data), "--signal", "user_signals:nothing", "--layers", "2",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "error: signal: module 'user_signals' has no 'nothing'" in capsys.readouterr().err
 
 
 def test_attribute_bad_inputs_exit_2(tmp_path, capsys):
