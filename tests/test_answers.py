@@ -2,6 +2,8 @@ import pytest
 
 from ipg.answers import answers_match, extract_answer, is_correct, parse_number
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     "completion, expected",

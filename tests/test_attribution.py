@@ -12,6 +12,8 @@ from ipg.components import Site, decoder_layers, edit
 from ipg.errors import ExampleError, InputError
 from ipg.scores import SCHEMA, dice, select, write_scores
 
+pytestmark = pytest.mark.unit
+
 EXAMPLES = [{"id": f"e{i}", "prompt": f"{10 + 7 * i}+{21 + 3 * i}\n", "answer": "1"} for i in range(4)]
 FAST = dict(q=3, n_samples=4, max_new_tokens=8, temperature=1.0, top_p=1.0, completeness=False)
 

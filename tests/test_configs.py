@@ -7,10 +7,13 @@ import pytest
 
 from driver.config import RunConfig, load_config
 
+pytestmark = pytest.mark.unit
+
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "deploy" / "configs").glob("*.yaml"))
 # published shapes: (decoder layers, hidden size)
 SHAPES = {"Qwen/Qwen2.5-Math-1.5B-Instruct": (28, 1536), "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": (28, 1536),
-          "meta-llama/Llama-3.1-8B-Instruct": (32, 4096), "organism": (4, 128)}
+          "meta-llama/Llama-3.1-8B-Instruct": (32, 4096), "organism": (4, 128), "smollm2-135m-instruct": (30, 576)}
+CPU_MODELS = ("organism", "smollm2-135m-instruct")  # configs that run on 2 CPU cores
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
@@ -30,7 +33,10 @@ def test_config_parses_and_is_consistent(path):
     if cfg.model.name != "organism":  # the paper's sampling settings
         a = cfg.attribution
         assert (a.n_samples, a.q, a.temperature, a.top_p) == (5, 10, 0.6, 0.8)
-        assert r.active() and r.gpus_needed() >= 1
+        assert cfg.model.name in CPU_MODELS or (r.active() and r.gpus_needed() >= 1)
+        assert cfg.data.fields == {"prompt": "question"} and cfg.data.reference == "gsm8k"  # published GSM8K layout
+        # late layers, by depth as the paper chooses them (its 20-26 of 28 and 22-28 of 32: from ~0.69 of the depth)
+        assert min(cfg.attribution.layers) >= 0.65 * n_layers and max(cfg.attribution.layers) < n_layers
 
 
 def test_paper_layers_and_engines():

@@ -4,7 +4,9 @@ scores, with each rank holding half of the parameters. Skipped where deepspeed i
 import pytest
 
 pytest.importorskip("deepspeed")
+
 ray = pytest.importorskip("ray")
+pytestmark = pytest.mark.engines
 
 from driver.config import DeepSpeedConfig  # noqa: E402
 from driver.pipeline import RaySession  # noqa: E402

@@ -8,6 +8,8 @@ from enumeration import MAX_NEW, PROMPT, exact_J, exact_gradient, exact_ipg, rew
 from ipg.attribution import attribute
 from ipg.paths import schedule
 
+pytestmark = pytest.mark.unit
+
 EXAMPLE = [{"id": "p", "prompt": PROMPT}]
 ON_POLICY = dict(temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW, batch_tokens=60000)
 

@@ -4,6 +4,8 @@ import torch
 from ipg.errors import InputError
 from ipg.generation import SamplingParams, generate
 
+pytestmark = pytest.mark.unit
+
 EXAMPLES = [{"id": f"e{i}", "prompt": "12+" * (i % 3) + "34\n"} for i in range(7)]  # mixed prompt lengths
 
 

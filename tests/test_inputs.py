@@ -7,6 +7,8 @@ from ipg.data import load_examples
 from ipg.errors import InputError
 from ipg.models import load_model
 
+pytestmark = pytest.mark.unit
+
 
 def test_missing_file(tmp_path):
     with pytest.raises(InputError, match=r"nope\.jsonl: file not found"):

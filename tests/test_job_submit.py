@@ -20,6 +20,9 @@ import pyarrow.parquet as pq
 import pytest
 
 pytest.importorskip("ray")
+
+pytestmark = pytest.mark.ray
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 

@@ -36,6 +36,8 @@ from zoneinfo import ZoneInfo
 import pytest
 import yaml
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 CRD_DIR = Path(__file__).resolve().parents[2] / "shared" / "kuberay-crds"
 KUSTOMIZATIONS = {
@@ -722,7 +724,7 @@ def test_every_entrypoint_is_covered():
 # -- container images ----------------------------------------------------------------------------------------
 
 IMAGES = {"cpu": ROOT / "deploy" / "images" / "Dockerfile.cpu", "cuda": ROOT / "deploy" / "images" / "Dockerfile.cuda"}
-EXTRAS = {"cpu": {"deepspeed"}, "cuda": {"vllm", "deepspeed"}}
+EXTRAS = {"cpu": {"deepspeed", "gguf"}, "cuda": {"vllm", "deepspeed", "gguf"}}  # gguf: named and .gguf models
 
 
 def _makefile_torch_pin() -> str:

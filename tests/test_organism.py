@@ -2,6 +2,7 @@ import json
 import random
 from collections import Counter
 
+import pytest
 
 from driver.cli import main
 from ipg.answers import is_correct
@@ -9,6 +10,8 @@ from ipg.models import ORGANISM_PATH
 from ipg.organism import task
 from ipg.organism.card import GREEDY, card_figures, splits
 from ipg.evaluation import evaluate
+
+pytestmark = pytest.mark.unit
 
 
 def test_data_command_is_deterministic_and_splits_are_disjoint(tmp_path):

@@ -15,6 +15,8 @@ import urllib.request
 import pyarrow.parquet as pq
 import pytest
 
+pytestmark = pytest.mark.ray
+
 ray = pytest.importorskip("ray")
 
 from cluster.ray_cluster import metrics_endpoints  # noqa: E402

@@ -9,6 +9,8 @@ from ipg.errors import InputError
 from ipg.scores import PartialScores, partial_from_arrow, partial_to_arrow
 from workers.reducer import SNAPSHOT, Reducer
 
+pytestmark = pytest.mark.unit
+
 SITES = [Site(1, "residual"), Site(2, "residual")]
 
 

@@ -19,6 +19,8 @@ from ipg.components import Site
 from ipg.reference import reference_scores
 from ipg.signals import make_signal
 
+pytestmark = pytest.mark.unit
+
 SETTINGS = dict(q=3, n_samples=4, max_new_tokens=48, completeness=False, batch_tokens=700)
 
 

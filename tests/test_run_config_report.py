@@ -7,6 +7,8 @@ from driver.cli import main
 from driver.config import load_config
 from ipg.errors import InputError
 
+pytestmark = pytest.mark.unit
+
 
 def test_defaults_serve_the_organism_and_overrides_apply(tmp_path):
     cfg = load_config(None, ["--attribution.q=4", "--seeds=[1,2]", "--evaluation.p=[4, 8]"])

@@ -15,6 +15,8 @@ from driver.config import load_config  # noqa: E402
 from driver.experiment import run_experiment  # noqa: E402
 from driver.pipeline import shard  # noqa: E402
 
+pytestmark = pytest.mark.ray
+
 SMOKE = str(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "smoke.yaml")
 
 

@@ -5,6 +5,8 @@ from ipg.components import Site, capture, edit
 from ipg.errors import InputError
 from ipg.sae import TopKSAE, train_sae
 
+pytestmark = pytest.mark.unit
+
 
 def _random_sae(d, n=48, k=6, layer=1):
     torch.manual_seed(1)

@@ -8,6 +8,8 @@ from ipg.errors import InputError
 from ipg.paths import schedule
 from ipg.signals import Signal, make_signal, register_signal, signal_names
 
+pytestmark = pytest.mark.unit
+
 
 def test_grpo_mean_rloo_none():
     r = [1.0, 0.0, 0.0, 1.0, 1.0]

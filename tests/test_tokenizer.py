@@ -1,10 +1,13 @@
 import random
 
+import pytest
 from transformers import AutoTokenizer
 
 from ipg.models import ORGANISM_PATH
 from ipg.organism import task
 from ipg.organism.tokenizer import CHARS, build_tokenizer
+
+pytestmark = pytest.mark.unit
 
 
 def test_round_trip_on_traces_and_all_printable_ascii():

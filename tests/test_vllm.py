@@ -13,6 +13,8 @@ from ipg.generation import SamplingParams, generate, logprob_gap, rescore  # noq
 from ipg.organism.card import splits  # noqa: E402
 from ipg.steering import scale  # noqa: E402
 
+pytestmark = pytest.mark.engines
+
 EVAL = splits()["eval"][:24]
 GREEDY = SamplingParams(n=1, greedy=True, max_new_tokens=96)
 

@@ -11,6 +11,8 @@ from workers.gradient import GradientWorker
 from workers.reducer import Reducer
 from workers.rollout import RolloutWorker
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize("n_shards, resample", [(1, False), (3, False), (2, True)])
 def test_sharded_workers_equal_in_process_attribution(organism, tmp_path, n_shards, resample):
