@@ -33,6 +33,7 @@ from fractions import Fraction
 from typing import Callable
 
 from ipg.errors import InputError
+from ipg.registry import Registry
 
 _HASH = re.compile(r"####[ \t]*([^\n]*)")
 _ANSWER_IS = re.compile(r"answer is[:\s]*\$?\s*([^\n]*)", re.IGNORECASE)
@@ -41,19 +42,9 @@ _NUMBER = re.compile(r"[-+]?\$?\s*\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|[-+]?\.\d+")
 _LAST_NUMBER = re.compile(r"-?\d(?:[\d,]*\d)?(?:\.\d+)?(?:/\d+)?")
 _PURE_NUMBER = re.compile(r"[-+]?\$?\s*(?:\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?|\.\d+)\s*%?\.?")
 
-FORMATS: dict[str, Callable[[str], list[str]]] = {}
-
-
-def register_format(name: str, *, replace: bool = False):
-    """Decorator registering an answer format ``text -> candidate answers in order of appearance``."""
-
-    def wrap(fn):
-        if name in FORMATS and not replace:
-            raise ValueError(f"answer format '{name}' is already registered; pass replace=True to override it")
-        FORMATS[name] = fn
-        return fn
-
-    return wrap
+# an answer format: text -> candidate answers in order of appearance
+FORMATS: Registry[Callable[[str], list[str]]] = Registry("answer format")
+register_format = FORMATS.register
 
 
 def _boxed_contents(text: str) -> list[str]:
@@ -87,7 +78,7 @@ class Extractor:
         object.__setattr__(self, "formats", tuple(self.formats))
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
-            raise InputError(f"answers.formats: unknown '{unknown[0]}'; use any of {sorted(FORMATS)} in order of precedence")
+            raise InputError(f"answers.formats: unknown '{unknown[0]}'; use any of {FORMATS.names()} in order of precedence")
         if not self.formats and self.pattern is None:
             raise InputError("answers.formats: give at least one format, or answers.pattern")
         if self.pattern is not None:

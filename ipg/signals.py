@@ -25,8 +25,9 @@ from typing import Callable
 
 from ipg.answers import DEFAULT_FORMATS, Extractor
 from ipg.errors import InputError
+from ipg.registry import Registry
 
-_REGISTRY: dict[str, Callable[..., "Signal"]] = {}
+_REGISTRY: Registry[Callable[..., "Signal"]] = Registry("signal")
 
 
 class Signal:
@@ -50,18 +51,11 @@ class Signal:
 
 def register_signal(name: str, *, replace: bool = False):
     """Decorator registering a signal factory under ``name``; re-registering needs ``replace=True``."""
-
-    def wrap(factory):
-        if name in _REGISTRY and not replace:
-            raise ValueError(f"signal '{name}' is already registered; pass replace=True to override it")
-        _REGISTRY[name] = factory
-        return factory
-
-    return wrap
+    return _REGISTRY.register(name, replace=replace)
 
 
 def signal_names() -> list[str]:
-    return sorted(_REGISTRY)
+    return _REGISTRY.names()
 
 
 def make_signal(spec, **params) -> Signal:

@@ -95,6 +95,10 @@ def test_extractor_errors_name_the_setting():
         Extractor(("hash",), "(")
     with pytest.raises(InputError, match=r"answers.formats: give at least one format"):
         Extractor(())
+    from ipg.answers import register_format
+
+    with pytest.raises(ValueError, match=r"answer format 'hash' is already registered"):
+        register_format("hash")(lambda text: [])
 
 
 @pytest.mark.parametrize("predicted, reference, same", [
