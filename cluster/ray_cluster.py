@@ -62,6 +62,21 @@ def runtime_env(threads: int | None = None, py_modules: tuple[str, ...] = ()) ->
     return out
 
 
+def upload_modules(paths: list[str]) -> tuple[str, ...]:
+    """Local module folders or .py files as package URIs in the cluster's object store, for actors'
+    ``py_modules``. An actor's runtime env accepts URIs only (Ray uploads local paths for a job's own env,
+    at ``ray.init``), so the driver uploads them the way ``ray.init`` does; the packages are keyed by
+    their content, so an unchanged module uploads once."""
+    if not paths:
+        return ()
+    import tempfile
+
+    from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
+
+    env = upload_py_modules_if_needed({"py_modules": list(paths)}, include_gitignore=True, scratch_dir=tempfile.gettempdir())
+    return tuple(env["py_modules"])
+
+
 @dataclass(frozen=True)
 class ActorSpec:
     """What one actor of a group needs; the single place where actor options are decided."""
@@ -71,7 +86,7 @@ class ActorSpec:
     max_restarts: int = 2  # a dead actor process is restarted (its constructor re-runs: the reducer restores)
     max_task_retries: int = 2  # a task lost with its actor is retried on the restarted actor
     threads: int | None = None
-    py_modules: tuple[str, ...] = ()  # local module folders / .py files shipped to the actor (runtime_env)
+    py_modules: tuple[str, ...] = ()  # package URIs of modules shipped to the actor (upload_modules)
     # custom resources (e.g. {"ipg_rollout": 1}) that only some nodes declare: pins the actor to them
     resources: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)

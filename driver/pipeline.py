@@ -32,7 +32,7 @@ import torch
 
 from cluster.errors import FatalError, ItemError, cause, error_class
 from cluster.metrics import StageTimer, metrics
-from cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve
+from cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve, upload_modules
 from driver.config import ModelConfig, RayConfig, sae_path
 from ipg.attribution import AttributionConfig, prepare_examples, score_meta
 from ipg.components import Site
@@ -148,7 +148,7 @@ class RaySession:
         self.info = connect(self.cfg.address)
         c = self.cfg
         spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor,
-                         py_modules=tuple(self.shipped))
+                         py_modules=upload_modules(self.shipped))
         ranks = c.deepspeed.ranks if c.gradient_backend == "deepspeed" else 1
         # a ZeRO-3 rank cannot rejoin its group after a crash: no restarts (the run fails; --resume continues it)
         rollout_spec = dataclasses.replace(spec, resources=dict(c.rollout_resources))
