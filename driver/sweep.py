@@ -162,16 +162,16 @@ def load_spec(path: str, out: str | None = None) -> SweepSpec:
     for s in _list(spec, "signals", path, (str, dict)):
         if isinstance(s, dict) and set(s) - {"name", "params"}:
             raise InputError(f"{path}: signals: '{s.get('name')}' has unknown keys {sorted(set(s) - {'name', 'params'})}; use name and params")
-        name, params = (s, {}) if isinstance(s, str) else (s["name"], dict(s.get("params") or {}))
-        if name not in signal_names() and ":" not in str(name):
-            raise InputError(f"{path}: signals: unknown '{name}'; use one of {', '.join(signal_names())} or an import "
+        signal, params = (s, {}) if isinstance(s, str) else (s["name"], dict(s.get("params") or {}))
+        if signal not in signal_names() and ":" not in str(signal):
+            raise InputError(f"{path}: signals: unknown '{signal}'; use one of {', '.join(signal_names())} or an import "
                              "path 'package.module:function'")
-        if ":" in str(name):  # importable and constructible before any cell runs
+        if ":" in str(signal):  # importable and constructible before any cell runs
             try:
-                make_signal(name, **params)
+                make_signal(signal, **params)
             except InputError as e:
                 raise InputError(f"{path}: signals: {e}") from None
-        signals.append((name, params))
+        signals.append((signal, params))
     layers = _list(spec, "layers", path, int)
     if any(layer < 0 for layer in layers):
         raise InputError(f"{path}: layers: indices must be >= 0, got {layers}")

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,9 @@ def test_run_resumes_after_the_driver_is_killed(local_ray, tmp_path):
     assert not (out / "scores.parquet").exists() and not (out / "report.md").exists()
     resumed = subprocess.run(args + ["--resume", str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "resuming" in resumed.stdout and "1/2 shards already merged" in resumed.stdout
+    # the driver died right after the first merge; the second shard's merge, already dispatched, may or may
+    # not have landed in the reducer's snapshot before Ray reaped the actors: either way the ledger is used
+    assert re.search(r"resuming .*accuracy-ipg-residual-seed0: [12]/2 shards already merged", resumed.stdout), resumed.stdout
     reference = run_experiment(load_config(SMOKE, [f"--out={tmp_path / 'ref'}", "--baselines.methods=[pg,random]"]),
                                log=lambda m: None)
     _assert_same(_scores(out / "scores.parquet"), _scores(reference / "scores.parquet"))
