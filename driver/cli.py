@@ -76,10 +76,11 @@ def _eval(args) -> None:
     summary = summarise(examples, samples, (), extractor)
     setup = {"prompt": fmt.describe(tokenizer), "answers": extractor.describe()}
     if args.completions:  # every completion with what was read from it: for checking the scoring by hand
+        from ipg.answers import answers_match
+
         rows = [{"id": ex["id"], "sample": s.sample_index, "prompt": ex["prompt"], "answer": ex["answer"],
-                 "completion": s.text, "extracted": extractor.extract(s.text),
-                 "correct": extractor.is_correct(s.text, str(ex["answer"]))}
-                for ex, group in zip(examples, samples) for s in group]
+                 "completion": s.text, "extracted": a, "correct": answers_match(a, str(ex["answer"]))}
+                for ex, group in zip(examples, samples) for s in group for a in [extractor.extract(s.text)]]
         write_jsonl(args.completions, rows)
     if args.json:
         print(json.dumps({**summary.as_dict(), **setup}, indent=2))

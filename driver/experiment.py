@@ -319,8 +319,8 @@ class Experiment:
         with self.timers("report"):
             write_report(out)
         atomic_write_json(out / "run.json", {
-            "command": "run", "config": as_dict(self.cfg), "model": model_fingerprint(self.model),
-            "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples), **setup,
+            "command": "run", "config": as_dict(self.cfg), **setup,  # setup: model, signal, prompt, answers, data
+            "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples),
             "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1),
             "ray": self.session.info if self.session is not None else None,
             "rollout_backend": self.cfg.ray.rollout_backend if self.session is not None else "hf",

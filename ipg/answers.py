@@ -132,8 +132,9 @@ def reference_answer(text, how: str = "auto") -> str:
     text = str(text)
     if how in ("auto", "gsm8k") and "####" in text:
         return _HASH.findall(text)[-1].strip()
-    if how in ("auto", "math") and _boxed_contents(text):
-        return _boxed_contents(text)[-1].strip()
+    boxed = _boxed_contents(text) if how in ("auto", "math") else []
+    if boxed:
+        return boxed[-1].strip()
     if how == "gsm8k":
         raise InputError("has no '#### answer' line; data.reference 'gsm8k' expects GSM8K solutions")
     if how == "math":

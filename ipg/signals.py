@@ -112,13 +112,12 @@ def signal_source(spec) -> Path | None:
     """Where an import-path signal's top-level module lives when no installed distribution provides it
     (a package folder or a single .py file): what Ray must ship to its workers. None for built-in
     names, callables and installed modules."""
-    if not isinstance(spec, str) or spec in _REGISTRY or ":" not in spec:
-        return None
+    import sys
     from importlib import metadata
 
+    if not isinstance(spec, str) or spec in _REGISTRY or ":" not in spec:
+        return None
     top = _split_path(spec)[0].split(".")[0]
-    import sys
-
     if top in sys.stdlib_module_names or top in metadata.packages_distributions() or top in ("ipg", "driver", "workers", "cluster"):
         return None
     module = importlib.import_module(top)
