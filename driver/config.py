@@ -39,8 +39,10 @@ class VLLMConfig:
     """The vLLM engine of each rollout actor (ray.rollout_backend: vllm)."""
 
     tensor_parallel_size: int = 1
-    max_model_len: int | None = None  # None: the model's own limit
-    gpu_memory_utilization: float | None = None  # None: 0.9 on GPU; on CPU 0.1 of the NUMA node's memory (process + KV cache)
+    max_model_len: int | None = None  # None: the run's longest prompt plus its new tokens
+    max_num_seqs: int | None = None  # sequences in flight; None: 64 on CPU, vLLM's default on GPU
+    kv_cache_gib: float | None = None  # None: sized from the above and the weights on CPU; vLLM's share on GPU
+    gpu_memory_utilization: float | None = None  # GPU: None is 0.9 of the actor's GPU share (vLLM's meaning on CPU)
     dtype: str | None = None  # None: model.dtype
     seed: int = 0
     enforce_eager: bool = True  # steering hooks need eager mode
@@ -51,6 +53,14 @@ class VLLMConfig:
             raise InputError(f"tensor_parallel_size: must be >= 1, got {self.tensor_parallel_size}")
         if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
             raise InputError(f"gpu_memory_utilization: must be in (0, 1], got {self.gpu_memory_utilization}")
+        if self.max_model_len is not None and self.max_model_len < 16:
+            raise InputError(f"max_model_len: must be >= 16 tokens, got {self.max_model_len}")
+        if self.max_num_seqs is not None and self.max_num_seqs < 1:
+            raise InputError(f"max_num_seqs: must be >= 1, got {self.max_num_seqs}")
+        if self.kv_cache_gib is not None and not self.kv_cache_gib > 0:
+            raise InputError(f"kv_cache_gib: must be > 0 GiB, got {self.kv_cache_gib}")
+        if self.kv_cache_gib is not None and self.gpu_memory_utilization is not None:
+            raise InputError("kv_cache_gib: set either it or gpu_memory_utilization, not both")
 
 
 @dataclass(frozen=True)

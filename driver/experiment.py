@@ -34,7 +34,7 @@ from ipg.evaluation import summarise
 from ipg.files import atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams, generate
 from ipg.models import ORGANISM, load_model, model_fingerprint
-from ipg.prompts import format_examples
+from ipg.prompts import format_examples, longest_prompt
 from ipg.provenance import versions
 from ipg.sae import TopKSAE
 from ipg.scores import dice, select, write_scores
@@ -107,7 +107,9 @@ class Experiment:
         if cfg.ray.active() or resume:
             from driver.pipeline import RaySession
 
-            self.session = RaySession(cfg.model, cfg.ray, log, signals=signals or [cfg.signal])
+            longest = longest_prompt(self.tokenizer, self.support_all + self.eval_examples)
+            new_tokens = max(cfg.attribution.max_new_tokens, cfg.evaluation.max_new_tokens)
+            self.session = RaySession(cfg.model, cfg.ray, log, signals=signals or [cfg.signal], max_tokens=longest + new_tokens)
             self.log(f"ray: {cfg.ray.rollout_workers} rollout + {cfg.ray.gradient_workers} gradient workers on "
                      f"{self.session.info['address']} (dashboard {self.session.info['dashboard_url']})")
 

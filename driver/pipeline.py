@@ -38,7 +38,8 @@ from ipg.attribution import AttributionConfig, prepare_examples, score_meta
 from ipg.components import Site
 from ipg.errors import InputError
 from ipg.files import atomic_write_json
-from ipg.models import resolve_model_path
+from ipg.models import load_tokenizer, resolve_model_path
+from ipg.prompts import longest_prompt
 from ipg.signals import make_signal, signal_source
 from workers.faults import maybe_crash
 from workers.gradient import GradientWorker, merge_rank_tables
@@ -137,13 +138,15 @@ class RaySession:
     many times with the same model). Close it to release the actors and the placement group."""
 
     def __init__(self, model: ModelConfig | str = "organism", ray_cfg: RayConfig | None = None, log=print,
-                 signals: list[str] = ()):
+                 signals: list[str] = (), max_tokens: int | None = None):
         """``signals``: the signals this session will attribute; a user's signal module that no installed
-        package provides is shipped to every actor."""
+        package provides is shipped to every actor. ``max_tokens``: the longest sequence (prompt and new
+        tokens) it will generate; vLLM engines hold that context when ray.vllm.max_model_len is unset."""
         self.model = ModelConfig(name=model, saes={}) if isinstance(model, str) else model
         self.cfg = ray_cfg or RayConfig()
-        resolve_model_path(self.model.name)  # a missing local path fails here, before any actor starts
+        path = resolve_model_path(self.model.name)  # a missing local path fails here, before any actor starts
         self.log = log
+        self.vllm = self._vllm_options(path, max_tokens)
         self.shipped = sorted({str(p) for p in map(signal_source, signals) if p is not None})
         self.info = connect(self.cfg.address)
         c = self.cfg
@@ -160,8 +163,7 @@ class RaySession:
         saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
         common = dict(dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code, saes=saes,
                       threads=c.threads_per_actor)
-        vllm = dataclasses.asdict(c.vllm) if c.rollout_backend == "vllm" else None
-        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, rollout_spec, m.name, backend=c.rollout_backend, vllm=vllm,
+        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, rollout_spec, m.name, backend=c.rollout_backend, vllm=self.vllm,
                                   placement_group=self.placement_group, first_bundle=first["rollout"], **common)
         if c.gradient_backend == "deepspeed":
             from workers.deepspeed_backend import DeepSpeedGradientRank
@@ -178,8 +180,26 @@ class RaySession:
         self.groups = [self.gradient.actors[g * ranks : (g + 1) * ranks] for g in range(c.gradient_workers)]
         self.timer = StageTimer()
         self._ready()
+        if c.rollout_backend == "vllm":  # how each engine was sized, in the log and in run.json
+            self.info["vllm"] = ray.get([a.engine_memory.remote() for a in self.rollout.actors])
+            for i, line in enumerate(self.info["vllm"]):
+                self.log(f"rollout actor {i}: {line}")
         if c.gradient_backend == "deepspeed":
             self.info["zero3"] = self._join_groups()
+
+    def _vllm_options(self, path: str, max_tokens: int | None) -> dict | None:
+        """The rollout engines' options: the context sized from the run when unset, and the settings no
+        engine could start with refused here, once, before any actor starts."""
+        c, m = self.cfg, self.model
+        if c.rollout_backend != "vllm":
+            return None
+        from workers.vllm_sizing import preflight
+
+        vllm = dataclasses.asdict(c.vllm)
+        if vllm["max_model_len"] is None and max_tokens:
+            vllm["max_model_len"] = -(-max_tokens // 16) * 16  # whole KV blocks
+        preflight(path, vllm, gpu=c.gpus_per_actor > 0, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+        return vllm
 
     def _join_groups(self) -> list[dict]:
         """Form each ZeRO-3 group (all ranks join at once) and load the partitioned model; returns the
@@ -576,6 +596,11 @@ def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: Attrib
     """One attribution on Ray (connects, or starts a local cluster): the same table as
     ``ipg.attribute`` with the same settings. ``settings`` are AttributionConfig fields when ``cfg`` is None."""
     cfg = cfg or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
-    with RaySession(model, ray_cfg, log, signals=[signal]) as session:
+    max_tokens = None
+    if (ray_cfg or RayConfig()).rollout_backend == "vllm":  # the engines' context: the longest prompt and its new tokens
+        name = model.name if isinstance(model, ModelConfig) else model
+        tokenizer = None if all("prompt_ids" in ex for ex in examples) else load_tokenizer(name)
+        max_tokens = longest_prompt(tokenizer, examples) + cfg.max_new_tokens
+    with RaySession(model, ray_cfg, log, signals=[signal], max_tokens=max_tokens) as session:
         return session.attribute(examples, cfg, signal=signal, signal_params=signal_params, out_dir=out_dir,
                                  run_id=run_id, resume=resume)

@@ -146,3 +146,8 @@ def prompt_ids(tokenizer, example: dict) -> list[int]:
     """The example's model input ids: its ``prompt_ids``, or the default format's encoding."""
     ids = example.get("prompt_ids")
     return list(ids) if ids is not None else PromptFormat().encode(tokenizer, example)
+
+
+def longest_prompt(tokenizer, examples: list[dict]) -> int:
+    """The most prompt tokens among ``examples`` (engines size their context from it)."""
+    return max((len(prompt_ids(tokenizer, ex)) for ex in examples), default=0)

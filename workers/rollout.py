@@ -47,6 +47,16 @@ def quiet_loading() -> None:
     logging.disable_progress_bar()
 
 
+def _gpu_share() -> float | None:
+    """The share of a GPU Ray gave this actor (0.5 when two actors share one), None outside Ray."""
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_assigned_resources().get("GPU") if ray.is_initialized() else None
+    except AssertionError:  # Ray answers only inside a worker process
+        return None
+
+
 def load_saes(saes: dict[int, str] | None) -> dict[int, TopKSAE]:
     return {int(layer): TopKSAE.load(path) for layer, path in (saes or {}).items()}
 
@@ -71,7 +81,7 @@ class RolloutWorker:
 
             opts = {k: v for k, v in (vllm or {}).items() if v is not None}
             opts.setdefault("dtype", dtype)
-            self.engine = VLLMEngine(model, trust_remote_code=trust_remote_code, **opts)
+            self.engine = VLLMEngine(model, trust_remote_code=trust_remote_code, gpu_share=_gpu_share(), **opts)
             self.tokenizer = self.engine.tokenizer
         else:
             self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
@@ -80,6 +90,10 @@ class RolloutWorker:
 
     def ready(self) -> bool:
         return True
+
+    def engine_memory(self) -> str | None:
+        """How the vLLM engine was sized (None for the hf backend)."""
+        return self.engine.memory if self.engine is not None else None
 
     def generate(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
                  signal_params: dict | None = None) -> ShardRollouts:

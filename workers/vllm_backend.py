@@ -9,6 +9,9 @@ Sampling: one request per (example, sample index) seeded with ``ipg.generation.s
 sample does not depend on batching or sharding (the samples differ from the HF backend's: another
 random stream, same distribution).
 
+Whole prefills on CPU: a prompt split across engine steps makes vLLM rewind that request's random
+generator, which CPU generators cannot do (see ``workers.vllm_sizing.whole_prefills``).
+
 Steering inside the engine: forward hooks installed on the engine's model through the worker RPC
 (``LLM.apply_model``), in eager mode with prefix caching off. vLLM's decoder layers return
 ``(hidden, residual)`` with the residual add fused into the next norm; a hook edits the block output
@@ -34,25 +37,45 @@ from ipg.prompts import prompt_ids
 
 
 class VLLMEngine:
+    """A vLLM engine for one model. Memory is decided before it starts (``workers.vllm_sizing``): on CPU
+    the KV cache is sized from the weights, ``max_model_len`` and ``max_num_seqs`` (or ``kv_cache_gib``);
+    on GPU vLLM takes ``gpu_memory_utilization`` of the device (default 0.9 of the actor's GPU share)."""
+
     def __init__(self, model: str, *, dtype: str = "float32", seed: int = 0, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, gpu_memory_utilization: float | None = None,
-                 enforce_eager: bool = True, enable_prefix_caching: bool = False, trust_remote_code: bool = False):
+                 max_model_len: int | None = None, max_num_seqs: int | None = None, kv_cache_gib: float | None = None,
+                 gpu_memory_utilization: float | None = None, gpu_share: float | None = None,
+                 enforce_eager: bool = True, enable_prefix_caching: bool = False, trust_remote_code: bool = False,
+                 log=None):
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model ships our hook functions
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from transformers import AutoTokenizer
         from vllm import LLM
 
         from ipg.models import resolve_model_path
+        from workers.vllm_sizing import plan
 
         path = resolve_model_path(model)
-        if gpu_memory_utilization is None:  # on CPU the fraction of host memory vLLM reserves for its KV cache
-            gpu_memory_utilization = 0.9 if torch.cuda.is_available() else 0.1
+        memory = plan(path, dtype=dtype, cuda=torch.cuda.is_available(), tensor_parallel_size=tensor_parallel_size,
+                      max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib,
+                      gpu_memory_utilization=gpu_memory_utilization, gpu_share=gpu_share,
+                      trust_remote_code=trust_remote_code)
+        self.memory = memory.summary
+        if log is not None:
+            log(memory.summary)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        args = {k: v for k, v in memory.args.items() if v is not None}
         self.llm = LLM(model=path, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                       max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
                        enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
-                       trust_remote_code=trust_remote_code)
+                       trust_remote_code=trust_remote_code, **args)
+        self.max_model_len = self.llm.model_config.max_model_len
         self.enforce_eager = enforce_eager
+
+    def close(self) -> None:
+        """Stop the engine's worker processes and free their memory (the KV cache with them)."""
+        llm = getattr(self, "llm", None)
+        if llm is not None:
+            llm.llm_engine.engine_core.shutdown()
+            self.llm = None
 
     def generate(self, examples: list[dict], params: SamplingParams) -> list[list[Sample]]:
         """``params.n`` samples per example, in input order (the HF backend's records)."""
@@ -67,6 +90,10 @@ class VLLMEngine:
         prompts, sampling, keys = [], [], []
         for ex in examples:
             pid = prompt_ids(tok, ex)  # the ids the HF backend and the gradient pass see
+            if len(pid) + params.max_new_tokens > self.max_model_len:
+                raise InputError(f"ray.vllm.max_model_len: example '{ex['id']}' has {len(pid)} prompt tokens, and with "
+                                 f"{params.max_new_tokens} new tokens needs {len(pid) + params.max_new_tokens}; the engine "
+                                 f"holds {self.max_model_len}. Raise ray.vllm.max_model_len or leave it unset (sized from the run)")
             for j in range(params.n):
                 prompts.append(TokensPrompt(prompt_token_ids=pid))
                 sampling.append(VSamplingParams(
