@@ -142,8 +142,7 @@ def test_ipg_run_evaluates_inside_vllm_with_the_same_numbers(local_ray, tmp_path
     smoke = str(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "smoke.yaml")
     runs = {}
     for backend in ("hf", "vllm"):
-        cfg = load_config(smoke, [f"--out={tmp_path / backend}", "--ray.enabled=true", f"--ray.rollout_backend={backend}",
-                                  "--ray.vllm.max_model_len=256"])
+        cfg = load_config(smoke, [f"--out={tmp_path / backend}", "--ray.enabled=true", f"--ray.rollout_backend={backend}"])
         out = run_experiment(cfg, log=lambda m: None)
         runs[backend] = pq.read_table(out / "eval.parquet").to_pylist()
         assert json.loads((out / "run.json").read_text())["evaluation_engine"] == backend
