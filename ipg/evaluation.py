@@ -29,27 +29,56 @@ class EvalSummary:
         return asdict(self)
 
 
-def summarise(examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = (),
-              extractor: Extractor = DEFAULT) -> EvalSummary:
-    """Score generated samples against each example's ``answer`` with ``extractor``."""
+@dataclass(frozen=True)
+class ItemScore:
+    """One sample of one example, scored: what intervals and paired comparisons are computed from."""
+
+    example_id: str
+    sample_index: int
+    correct: bool
+    answered: bool  # the extractor found a final answer (a damage measure that does not need accuracy)
+    length: int  # generated tokens, EOS included
+    finished: bool
+    keyword: bool  # contains any of the configured keywords
+
+
+def score_items(examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = (),
+                extractor: Extractor = DEFAULT) -> list[ItemScore]:
+    """Score every sample against its example's ``answer`` with ``extractor``."""
     for ex in examples:
         if "answer" not in ex:
             raise InputError(f"example '{ex['id']}': field 'answer' is missing; accuracy needs a reference answer")
-    flat = [(ex, s) for ex, group in zip(examples, samples) for s in group]
-    answers = [extractor.extract(s.text) for _, s in flat]
-    correct = [answers_match(a, str(ex["answer"])) for a, (ex, _) in zip(answers, flat)]
-    n = len(samples[0]) if samples else 0
-    per_example = [correct[i * n : (i + 1) * n] for i in range(len(examples))]
+    items = []
+    for ex, group in zip(examples, samples):
+        for s in group:
+            answer = extractor.extract(s.text)
+            items.append(ItemScore(str(ex["id"]), s.sample_index, answers_match(answer, str(ex["answer"])),
+                                   answer is not None, s.n_tokens, s.finished, any(k in s.text for k in keywords)))
+    return items
+
+
+def summary_of(items: list[ItemScore], n_examples: int) -> EvalSummary:
+    n = len(items) // n_examples if n_examples else 0
+    groups: dict[str, list[bool]] = {}
+    for it in items:
+        groups.setdefault(it.example_id, []).append(it.correct)
+    total = len(items)
     return EvalSummary(
-        n_examples=len(examples),
+        n_examples=n_examples,
         n_samples=n,
-        accuracy=sum(correct) / len(flat),
-        mean_length=sum(s.n_tokens for _, s in flat) / len(flat),
-        mixed_share=sum(0 < sum(c) < len(c) for c in per_example) / len(examples) if n > 1 else 0.0,
-        unfinished_share=sum(not s.finished for _, s in flat) / len(flat),
-        keyword_share=sum(any(k in s.text for k in keywords) for _, s in flat) / len(flat) if keywords else 0.0,
-        no_answer_share=sum(a is None for a in answers) / len(flat),
+        accuracy=sum(it.correct for it in items) / total,
+        mean_length=sum(it.length for it in items) / total,
+        mixed_share=sum(0 < sum(c) < len(c) for c in groups.values()) / n_examples if n > 1 else 0.0,
+        unfinished_share=sum(not it.finished for it in items) / total,
+        keyword_share=sum(it.keyword for it in items) / total,
+        no_answer_share=sum(not it.answered for it in items) / total,
     )
+
+
+def summarise(examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = (),
+              extractor: Extractor = DEFAULT) -> EvalSummary:
+    """Score generated samples against each example's ``answer`` with ``extractor``."""
+    return summary_of(score_items(examples, samples, keywords, extractor), len(examples))
 
 
 def evaluate(model, tokenizer, examples: list[dict], params: SamplingParams = SamplingParams(), *,
