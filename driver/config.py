@@ -196,6 +196,11 @@ class EvaluationConfig:
     max_new_tokens: int = 128
     positions: str = "generated"
     batch_size: int = 128
+    random_draws: int = 5  # random selections per seed and p: random's spread is part of every comparison
+
+    def __post_init__(self):
+        if self.random_draws < 1:
+            raise InputError(f"random_draws: must be >= 1, got {self.random_draws}")
 
 
 @dataclass(frozen=True)
@@ -204,6 +209,11 @@ class BaselinesConfig:
                                                         "control_vector", "reason_score"])
     concept_tokens: list[str] = field(default_factory=lambda: ["+", "="])
     reflection_words: list[str] = field(default_factory=lambda: ["wait", "check"])
+    component_candidates: int = 32  # 'component': the per-component path is computed for PG's top candidates
+
+    def __post_init__(self):
+        if self.component_candidates < 1:
+            raise InputError(f"component_candidates: must be >= 1, got {self.component_candidates}")
 
 
 @dataclass(frozen=True)
@@ -242,7 +252,7 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-KNOWN_BASELINES = ("pg", "random", "activation", "concept_tokens", "control_vector", "reason_score")
+KNOWN_BASELINES = ("pg", "component", "random", "activation", "concept_tokens", "control_vector", "reason_score")
 
 
 def _check_type(value, tp, key: str):

@@ -3,11 +3,13 @@
 Stages (each timed under its own name in run.json):
   attribute     IPG and PG (and SAE features where an SAE exists) on the support set, per seed
   baselines     random / activation / concept_tokens / reason_score / control_vector selections
+  component_path PG's top candidates re-scored on the per-component path
   evaluate      greedy accuracy and mean length on the held-out eval split under every steering
   control       length and reflection signals: attribute, then sweep gamma
   stability     Dice overlap of top-p sets across seeds and across disjoint support subsets
   report        report.md and plots, rebuilt from the Parquet files alone
-Outputs in cfg.out: scores.parquet, eval.parquet, stability.parquet, run.json, report.md, plots/.
+Outputs in cfg.out: scores.parquet, eval.parquet, eval_items.parquet (per prompt), selections.parquet,
+massive.parquet, stability.parquet, run.json, report.md, plots/.
 """
 
 from __future__ import annotations
@@ -25,14 +27,17 @@ import yaml
 
 from cluster.metrics import StageTimer
 from driver.config import RunConfig, as_dict, sae_path
-from ipg.attribution import attribute, prepare_examples, sample_rollouts
+from ipg.attribution import attribute, prepare_examples, sample_rollouts, site_baselines
 from ipg.baselines import activation_scores, contrast_scores, control_vector, random_components, top_components
-from ipg.components import Site
+from ipg.component_path import component_path_scores
+from ipg.components import ComponentId, Site
 from ipg.data import load_examples
 from ipg.errors import InputError
-from ipg.evaluation import summarise
+from ipg.evaluation import score_items, summary_of
 from ipg.files import atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams, generate
+from ipg.massive import RATIO as MASSIVE_RATIO
+from ipg.massive import massive_components, median_ratio
 from ipg.models import ORGANISM, load_model, model_fingerprint
 from ipg.prompts import format_examples, longest_prompt
 from ipg.provenance import versions
@@ -43,9 +48,20 @@ from ipg.steering import add_vector, scale
 
 EVAL_SCHEMA = pa.schema([
     ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("p", pa.int32()),
-    ("gamma", pa.float64()), ("seed", pa.int64()), ("accuracy", pa.float64()), ("mean_length", pa.float64()),
-    ("n", pa.int64()), ("reflection_share", pa.float64()),
+    ("gamma", pa.float64()), ("seed", pa.int64()), ("draw", pa.int32()), ("accuracy", pa.float64()),
+    ("mean_length", pa.float64()), ("n", pa.int64()), ("reflection_share", pa.float64()),
 ])
+ITEM_SCHEMA = pa.schema([
+    ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("p", pa.int32()),
+    ("gamma", pa.float64()), ("seed", pa.int64()), ("draw", pa.int32()), ("example_id", pa.string()), ("correct", pa.bool_()),
+    ("answered", pa.bool_()), ("length", pa.int32()), ("reflection", pa.bool_()),
+])
+SELECTION_SCHEMA = pa.schema([
+    ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("kind", pa.string()), ("p", pa.int32()),
+    ("seed", pa.int64()), ("draw", pa.int32()), ("rank", pa.int32()), ("index", pa.int64()),
+    ("median_ratio", pa.float64()), ("massive", pa.bool_()),
+])
+MASSIVE_SCHEMA = pa.schema([("layer", pa.int32()), ("seed", pa.int64()), ("index", pa.int64()), ("median_ratio", pa.float64())])
 STABILITY_SCHEMA = pa.schema([
     ("comparison", pa.string()), ("layer", pa.int32()), ("p", pa.int32()), ("a", pa.string()), ("b", pa.string()),
     ("dice", pa.float64()),
@@ -101,6 +117,10 @@ class Experiment:
         self.support_all = format_examples(self.tokenizer, support, self.prompt_format)
         self.eval_examples = format_examples(self.tokenizer, evaluation, self.prompt_format)
         self.eval_rows: list[dict] = []
+        self.item_rows: list[dict] = []  # eval_items.parquet: one row per (evaluation, eval prompt)
+        self.selection_rows: list[dict] = []  # selections.parquet: every evaluated selection, component by component
+        self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
+        self.massive_rows: list[dict] = []  # massive.parquet: the flagged coordinates per layer and seed
         self.score_tables: list[pa.Table] = []
         self.stability_rows: list[dict] = []
         self.ipg_tables: dict[int, pa.Table] = {}  # accuracy-signal IPG scores per seed (for stability)
@@ -158,6 +178,7 @@ class Experiment:
         """Greedy accuracy and length on the eval split under ``steering`` (None, {"scale": components,
         "gamma"} or {"add": layer, "vector", "coefficient"}). With vLLM rollouts the generation runs in the
         rollout actors' engines (eval prompts split across them), else here with the torch model."""
+        row.setdefault("draw", 0)
         e = self.cfg.evaluation
         params = SamplingParams(n=1, greedy=True, max_new_tokens=e.max_new_tokens)
         spec = {**steering, "positions": e.positions} if steering else None
@@ -167,10 +188,14 @@ class Experiment:
             else:
                 with self._steering_context(spec):
                     samples = generate(self.model, self.tokenizer, self.eval_examples, params, batch_size=e.batch_size)
-        s = summarise(self.eval_examples, samples, tuple(self.cfg.baselines.reflection_words), self.extractor)
+        items = score_items(self.eval_examples, samples, tuple(self.cfg.baselines.reflection_words), self.extractor)
+        s = summary_of(items, len(self.eval_examples))
         out = {**row, "accuracy": s.accuracy, "mean_length": s.mean_length, "n": s.n_examples,
                "reflection_share": s.keyword_share}
         self.eval_rows.append(out)
+        # per prompt: intervals and paired comparisons are computed from these
+        self.item_rows += [{**row, "example_id": it.example_id, "correct": it.correct, "answered": it.answered,
+                            "length": it.length, "reflection": it.keyword} for it in items]
         return out
 
     def _steering_context(self, spec: dict | None):
@@ -180,12 +205,48 @@ class Experiment:
             return scale(self.model, spec["scale"], spec["gamma"], positions=spec["positions"], saes=self.saes)
         return add_vector(self.model, spec["add"], spec["vector"], spec["coefficient"], positions=spec["positions"])
 
-    def _sweep(self, experiment, method, layer, p, seed, components, gammas):
+    def _sweep(self, experiment, method, layer, p, seed, components, gammas, draw: int = 0):
+        self._note_selection(experiment, method, layer, p, seed, draw, components)
         for gamma in gammas:
             r = self._evaluate({"scale": components, "gamma": gamma}, experiment=experiment, method=method, layer=layer,
-                               p=p, gamma=gamma, seed=seed)
+                               p=p, gamma=gamma, seed=seed, draw=draw)
             self.log(f"    {experiment:10s} {method:15s} layer {layer} p {p:3d} gamma {gamma:4.2f}: "
-                     f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}")
+                     f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}" + (f"  (draw {draw})" if draw else ""))
+
+    def _component_path(self, pg_res, rollouts, site: Site, seed: int) -> list[tuple[ComponentId, float]]:
+        """PG's top candidates re-scored on the per-component path (ipg.component_path), best first."""
+        a, k = self.cfg.attribution, self.cfg.baselines.component_candidates
+        k = min(max(k, max(self.cfg.evaluation.p)), len(pg_res.scores(site.layer, site.kind)))
+        candidates = [c.index for c in select(pg_res.table, k, layer=site.layer, kind=site.kind)]
+        cfg = dataclasses.replace(a, layers=(site.layer,), seed=seed)
+        with self.timers("component_path"):
+            baseline = site_baselines(self.model, rollouts, [site], cfg, self.saes)[site]
+            per_prompt = component_path_scores(self.model, rollouts, site, candidates, cfg, baseline, self.saes)
+        scores = per_prompt.mean(0)
+        order = sorted(range(len(candidates)), key=lambda j: (-scores[j], candidates[j]))
+        self.log(f"  component path, layer {site.layer}: {len(candidates)} PG candidates re-scored; top "
+                 f"{[candidates[j] for j in order[:8]]}")
+        return [(ComponentId(site.layer, site.kind, candidates[j]), float(scores[j])) for j in order]
+
+    def _note_massive(self, site: Site, seed: int, magnitude) -> None:
+        """The layer's massive-activation coordinates on this seed's support trajectories (residual sites)."""
+        if site.kind != "residual":
+            return
+        ratio = median_ratio(magnitude)
+        self.magnitudes[(site.layer, seed)] = ratio
+        flagged = massive_components(magnitude)
+        self.massive_rows += [{"layer": site.layer, "seed": seed, "index": i, "median_ratio": float(ratio[i])} for i in flagged]
+        if flagged:
+            self.log(f"  layer {site.layer}: massive-activation coordinates {flagged} "
+                     f"({', '.join(f'{ratio[i]:.0f}x' for i in flagged)} the median mean |activation|)")
+
+    def _note_selection(self, experiment, method, layer, p, seed, draw, components) -> None:
+        ratio = self.magnitudes.get((layer, seed))
+        for rank, c in enumerate(components):
+            r = float(ratio[c.index]) if ratio is not None and c.kind == "residual" else None
+            self.selection_rows.append({"experiment": experiment, "method": method, "layer": layer, "kind": c.kind,
+                                        "p": p, "seed": seed, "draw": draw, "rank": rank, "index": c.index,
+                                        "median_ratio": r, "massive": r is not None and r >= MASSIVE_RATIO})
 
     # -- stages ----------------------------------------------------------------------------------------
 
@@ -203,8 +264,10 @@ class Experiment:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
         original = self._evaluate(None, experiment="accuracy", method="original", layer=-1, p=0, gamma=1.0, seed=cfg.seeds[0])
         self.log(f"original: accuracy {100 * original['accuracy']:.1f}%, mean length {original['mean_length']:.1f}")
+        first = [r for r in self.item_rows if r["method"] == "original"]
         for seed in cfg.seeds[1:]:
             self.eval_rows.append({**original, "seed": seed})  # greedy decoding: identical for every seed
+            self.item_rows += [{**r, "seed": seed} for r in first]
         for seed in cfg.seeds:
             self.log(f"seed {seed}")
             self._accuracy_experiment(seed)
@@ -223,7 +286,8 @@ class Experiment:
         methods = set(cfg.baselines.methods)
         ipg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed)
         self.ipg_tables[seed] = ipg_res.table
-        pg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method="pg") if "pg" in methods else None
+        need_pg = "pg" in methods or "component" in methods  # the component path refines PG's top candidates
+        pg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method="pg") if need_pg else None
         sae_layers = sorted(set(self.saes) & set(a.layers))
         sae_res = self._attribute(support, signal=cfg.signal, layers=sae_layers, seed=seed, kind="sae") if sae_layers else None
         rollouts = self._rollouts(ipg_res, support)
@@ -233,8 +297,10 @@ class Experiment:
             site = Site(layer, a.kind)
             with self.timers("baselines"):
                 scores = {}
+                magnitude = activation_scores(self.model, sequences, site)  # flags, and the activation baseline
+                self._note_massive(site, seed, magnitude)
                 if "activation" in methods:
-                    scores["activation"] = activation_scores(self.model, sequences, site)
+                    scores["activation"] = magnitude
                 if "concept_tokens" in methods:
                     scores["concept_tokens"] = contrast_scores(self.model, self.tokenizer, sequences, site,
                                                                tuple(cfg.baselines.concept_tokens))
@@ -242,12 +308,13 @@ class Experiment:
                     sae_site = Site(layer, "sae")
                     scores["reason_score"] = contrast_scores(self.model, self.tokenizer, sequences, sae_site,
                                                              tuple(cfg.baselines.reflection_words), self.saes)
+            path_scores = self._component_path(pg_res, rollouts, site, seed) if "component" in methods else None
             for p in cfg.evaluation.p:
                 chosen = {"ipg": select(ipg_res.table, p, layer=layer, kind=a.kind)}
-                if pg_res is not None:
+                if "pg" in methods:
                     chosen["pg"] = select(pg_res.table, p, layer=layer, kind=a.kind)
-                if "random" in methods:
-                    chosen["random"] = random_components(self.model, site, p, seed)
+                if path_scores is not None:
+                    chosen["component"] = [c for c, _ in path_scores[:p]]
                 for name in ("activation", "concept_tokens"):
                     if name in scores:
                         chosen[name] = top_components(scores[name], site, p)
@@ -257,6 +324,10 @@ class Experiment:
                         chosen["reason_score"] = top_components(scores["reason_score"], Site(layer, "sae"), p)
                 for method, components in chosen.items():
                     self._sweep("accuracy", method, layer, p, seed, components, gammas)
+                if "random" in methods:  # several draws per seed: random's spread is part of the comparison
+                    for draw in range(cfg.evaluation.random_draws):
+                        components = random_components(self.model, site, p, seed, draw=draw)
+                        self._sweep("accuracy", "random", layer, p, seed, components, gammas, draw=draw)
             if "control_vector" in methods:
                 eos = self.tokenizer.eos_token_id
                 correct = [s.prompt_ids + [t for t in s.completion_ids if t != eos] for r in rollouts
@@ -305,6 +376,8 @@ class Experiment:
         return {"model": model_fingerprint(self.model), "signal": self.cfg.signal,
                 "prompt": self.prompt_format.describe(self.tokenizer, self.eval_examples[0]),
                 "answers": self.extractor.describe(),
+                "attribution": {k: getattr(self.cfg.attribution, k) for k in
+                                ("method", "kind", "layers", "baseline", "schedule", "q", "n_samples", "advantage", "resample")},
                 "data": {"support": d.support or "organism support split", "eval": d.eval or "organism eval split",
                          "fields": d.fields, "reference": d.reference}}
 
@@ -317,6 +390,9 @@ class Experiment:
         setup = self.setup()
         evals = pa.Table.from_pylist(self.eval_rows, schema=EVAL_SCHEMA)
         write_scores(out / "eval.parquet", evals.replace_schema_metadata({"ipg.setup": json.dumps(setup)}))
+        write_scores(out / "eval_items.parquet", pa.Table.from_pylist(self.item_rows, schema=ITEM_SCHEMA))
+        write_scores(out / "selections.parquet", pa.Table.from_pylist(self.selection_rows, schema=SELECTION_SCHEMA))
+        write_scores(out / "massive.parquet", pa.Table.from_pylist(self.massive_rows, schema=MASSIVE_SCHEMA))
         write_scores(out / "stability.parquet", pa.Table.from_pylist(self.stability_rows, schema=STABILITY_SCHEMA))
         with self.timers("report"):
             write_report(out)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from driver.headline import METHOD_ORDER, headline
 from ipg.errors import InputError
 from ipg.files import atomic_write_text
 
-METHOD_ORDER = ["original", "ipg", "ipg_sae", "pg", "random", "activation", "concept_tokens", "reason_score", "control_vector"]
 
 
 def _ms(values: list[float], pct: bool = True) -> str:
@@ -42,10 +42,10 @@ def _load(run_dir: Path):
     table = pq.read_table(run_dir / "eval.parquet")
     evals = table.to_pylist()
     scores = pq.read_table(run_dir / "scores.parquet").to_pylist()
-    stab_path = run_dir / "stability.parquet"
-    stability = pq.read_table(stab_path).to_pylist() if stab_path.is_file() else []
+    optional = {name: pq.read_table(run_dir / f"{name}.parquet").to_pylist() if (run_dir / f"{name}.parquet").is_file() else []
+                for name in ("stability", "eval_items", "selections", "massive")}
     setup = json.loads((table.schema.metadata or {}).get(b"ipg.setup", b"{}"))
-    return evals, scores, stability, setup
+    return evals, scores, setup, optional
 
 
 def _setup(setup: dict) -> list[str]:
@@ -65,6 +65,49 @@ def _setup(setup: dict) -> list[str]:
              f"- Data: support `{d.get('support')}`, eval `{d.get('eval')}`."]
     if p.get("example") is not None:
         lines += ["\nThe first eval prompt as the model sees it:\n", "```", p["example"].rstrip("\n"), "```"]
+    return lines
+
+
+def _selection(setup: dict) -> list[str]:
+    """The report's first line: which attribution variant chose the components."""
+    a = setup.get("attribution")
+    if not a:
+        return []
+    variant = (f"{a['method'].upper()} on {a['kind']} components of layers {a['layers']}: {a['baseline']} baseline, "
+               f"{a['schedule']} schedule, q = {a['q']}, N = {a['n_samples']}, {a['advantage']} advantages"
+               + (", resampled at each alpha" if a.get("resample") else ""))
+    return [f"Selection: {variant}" + (f" ({a['why']})" if a.get("why") else "") + ".", ""]
+
+
+def massive_shares(selections: list[dict]) -> dict:
+    """(method, layer, p) -> share of its evaluated selections (seeds, draws) that hold a massive coordinate."""
+    sets = defaultdict(bool)
+    for r in selections:
+        if r["experiment"] == "accuracy" and r["kind"] == "residual":
+            key = (r["method"], r["layer"], r["p"], r["seed"], r["draw"])
+            sets[key] = sets[key] or bool(r["massive"])
+    shares = defaultdict(list)
+    for (method, layer, p, _, _), hit in sets.items():
+        shares[(method, layer, p)].append(hit)
+    return {k: sum(v) / len(v) for k, v in shares.items()}
+
+
+def _massive(massive: list[dict], selections: list[dict]) -> list[str]:
+    """The flagged coordinates of each layer, and which methods select them."""
+    if not massive:
+        return []
+    lines = ["\nMassive-activation coordinates (mean |activation| at least 10x the layer's median on the support "
+             "trajectories; scaling one either way can break the model):"]
+    for (layer,), rows in sorted(_group(massive, "layer").items()):
+        ratio = defaultdict(list)
+        for r in rows:
+            ratio[r["index"]].append(r["median_ratio"])
+        picked = defaultdict(set)
+        for r in selections:
+            if r["layer"] == layer and r["kind"] == "residual" and r["index"] in ratio and r["experiment"] == "accuracy":
+                picked[r["index"]].add(r["method"])
+        lines.append(f"- layer {layer}: " + ", ".join(
+            f"{i} ({_mean(v):.0f}x; selected by {', '.join(sorted(picked[i])) or 'none'})" for i, v in sorted(ratio.items())))
     return lines
 
 
@@ -249,12 +292,18 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
 
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
-    evals, scores, stability, setup = _load(run_dir)
+    evals, scores, setup, optional = _load(run_dir)
+    stability, items, selections, massive = (optional[k] for k in ("stability", "eval_items", "selections", "massive"))
     table1, findings = _table1(evals)
     lines = ["# IPG experiment report", "",
-             f"Run directory `{run_dir}`; rebuilt from eval.parquet, scores.parquet and stability.parquet by `ipg report`.",
+             *_selection(setup),
+             f"Run directory `{run_dir}`; rebuilt from its Parquet files by `ipg report`.",
              f"Seeds: {sorted({r['seed'] for r in evals})}; eval prompts per evaluation: {evals[0]['n'] if evals else 0}; "
              "greedy decoding; steering edits the decision positions of the selected components.",
+             "\n## Headline: control of accuracy against random\n",
+             *(headline(items, massive_shares(selections))[0] if items else
+               ["(this run has no per-prompt outcomes, eval_items.parquet: rerun it for intervals)"]),
+             *_massive(massive, selections),
              *_setup(setup),
              "\n## Table 1: enhance and suppress reasoning (accuracy signal)", *table1,
              "\nThe best enhancing gamma is chosen on the eval split, as the paper does; treat it as optimistic.",

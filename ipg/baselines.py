@@ -31,11 +31,12 @@ def top_components(scores: np.ndarray, site: Site, p: int) -> list[ComponentId]:
     return [ComponentId(site.layer, site.kind, int(i)) for i in order[:p]]
 
 
-def random_components(model, site: Site, p: int, seed: int, saes: dict | None = None) -> list[ComponentId]:
+def random_components(model, site: Site, p: int, seed: int, saes: dict | None = None, draw: int = 0) -> list[ComponentId]:
+    """``p`` components drawn uniformly; ``draw`` numbers further independent draws for the same seed."""
     width = check_site(model, site, saes)
     if not 0 < p <= width:
         raise InputError(f"p: must be in 1..{width}, got {p}")
-    chosen = _random.Random(f"random-baseline/{site}/{seed}").sample(range(width), p)
+    chosen = _random.Random(f"random-baseline/{site}/{seed}" + (f"/draw{draw}" if draw else "")).sample(range(width), p)
     return [ComponentId(site.layer, site.kind, i) for i in sorted(chosen)]
 
 

@@ -48,13 +48,24 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     out = tmp_path / "run"
     code = main(["run", f"--out={out}", "--seeds=[0,1]", "--data.n_support=6", "--data.n_eval=12",
                  "--attribution.layers=[2]", "--attribution.q=2", "--attribution.n_samples=3", "--evaluation.p=[4]",
-                 "--baselines.methods=[random, activation, reason_score]", "--length.layers=[2]",
-                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4"])
+                 "--baselines.methods=[random, activation, reason_score, component]", "--length.layers=[2]",
+                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4", "--evaluation.random_draws=3"])
     assert code == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
-    assert {"method", "layer", "p", "gamma", "seed", "accuracy", "mean_length", "n"} <= set(evals[0])
+    assert {"method", "layer", "p", "gamma", "seed", "draw", "accuracy", "mean_length", "n"} <= set(evals[0])
     methods = {r["method"] for r in evals if r["experiment"] == "accuracy"}
-    assert methods == {"original", "ipg", "ipg_sae", "random", "activation", "reason_score"}
+    assert methods == {"original", "ipg", "ipg_sae", "random", "activation", "reason_score", "component"}
+    # per prompt: every evaluation's 12 prompts, and its accuracy is their mean
+    items = pq.read_table(out / "eval_items.parquet").to_pylist()
+    for r in evals:
+        mine = [i for i in items if all(i[k] == r[k] for k in ("experiment", "method", "layer", "p", "gamma", "seed", "draw"))]
+        assert len(mine) == 12 and sum(i["correct"] for i in mine) / 12 == r["accuracy"]
+    rnd = {(r["seed"], r["draw"]) for r in evals if r["method"] == "random" and r["experiment"] == "accuracy"}
+    assert rnd == {(s, d) for s in (0, 1) for d in range(3)}
+    selections = pq.read_table(out / "selections.parquet").to_pylist()
+    chosen = {(r["method"], r["seed"], r["draw"]) for r in selections if r["experiment"] == "accuracy"}
+    assert ("component", 0, 0) in chosen and ("random", 1, 2) in chosen
+    assert all(r["median_ratio"] > 0 for r in selections if r["kind"] == "residual")
     assert {r["seed"] for r in evals} == {0, 1} and all(r["n"] == 12 for r in evals)
     assert {(r["method"], r["gamma"]) for r in evals if r["experiment"] == "length"} == {(m, g) for m in ("ipg", "random") for g in (0.0, 2.0)}
     stability = pq.read_table(out / "stability.parquet").to_pylist()
@@ -63,6 +74,8 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     assert run["config"]["seeds"] == [0, 1] and {"attribute", "evaluate", "report"} <= set(run["timings"])
     report = (out / "report.md").read_text()
     assert "## Table 1" in report and "| reason_score |" in report and "## Evidence" in report
+    assert report.index("## Headline") < report.index("## Table 1") and report.startswith("# IPG experiment report\n\nSelection: IPG")
+    assert "| component |" in report.split("## Headline")[1] and ("beyond random" in report or "exceeds random" in report)
     plots = sorted(p.name for p in (out / "plots").iterdir())
     assert {"accuracy_vs_gamma.png", "accuracy_vs_p.png", "length_vs_gamma.png", "top_components.png", "dice.png"} <= set(plots)
     (out / "report.md").unlink()
