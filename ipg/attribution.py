@@ -361,6 +361,30 @@ def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows:
     return out
 
 
+@contextmanager
+def from_site(model, site: Site, sae, x: torch.Tensor, h: torch.Tensor, padded, cfg: AttributionConfig):
+    """While the body runs, a forward of the model skips the blocks below the site and uses ``x`` (R, T,
+    width) for the site's components, whose captured values are ``h``. ``padded(key)`` gives the captured
+    block input (MLP sites) or residual (SAE sites) in the rows' layout. A backward pass must run inside
+    the body too: checkpointed blocks recompute their forward then."""
+    if site.kind == "mlp":
+        ctx_skip = _skip_blocks(model, site.layer, padded("block_input")) if site.layer > 0 else nullcontext()
+        ctx_edit = edit(model, site, lambda _: x, positions="all")
+        first_run = site.layer
+    else:
+        emitted = x if sae is None else padded("residual") + sae.decode_delta(x - h).to(h.dtype)
+        ctx_skip, ctx_edit = _skip_blocks(model, site.layer + 1, emitted), nullcontext()
+        first_run = site.layer + 1
+    with ctx_skip, ctx_edit, _checkpointed(model, first_run, cfg.checkpoint and torch.is_grad_enabled()), _autocast(cfg, x.device):
+        yield
+
+
+def policy_logprobs(model, ids: torch.Tensor, targets: torch.Tensor, cfg: AttributionConfig, past=None) -> torch.Tensor:
+    """Sum of log pi over ``targets`` per row of ``ids`` (a forward of the whole model)."""
+    hidden = model.model(input_ids=ids, past_key_values=past, use_cache=False).last_hidden_state  # (R, T, d)
+    return _policy_logprobs(model, hidden, ids, targets, cfg.policy_temperature)
+
+
 def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, acts, b, cfg, device, past=None) -> np.ndarray:
     """(R, width): sum over path positions of (h - h') * grad for each row. ``past``: the rows' shared
     prompt prefix (keys/values of positions 0..P-1 in every block); the rows then run positions P.. only."""
@@ -383,17 +407,8 @@ def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, act
     x = torch.where(on_path[..., None], leaf, h)
     adv = torch.tensor([trajectories[r.traj].advantage for r in batch], device=device, dtype=torch.float32)
 
-    if site.kind == "mlp":
-        ctx_skip = _skip_blocks(model, site.layer, padded("block_input")) if site.layer > 0 else nullcontext()
-        ctx_edit = edit(model, site, lambda _: x, positions="all")
-        first_run = site.layer
-    else:
-        emitted = x if sae is None else padded("residual") + sae.decode_delta(x - h).to(h.dtype)
-        ctx_skip, ctx_edit = _skip_blocks(model, site.layer + 1, emitted), nullcontext()
-        first_run = site.layer + 1
-    with torch.enable_grad(), ctx_skip, ctx_edit, _checkpointed(model, first_run, cfg.checkpoint), _autocast(cfg, device):
-        hidden = model.model(input_ids=ids, past_key_values=past, use_cache=False).last_hidden_state  # (R, T, d)
-        logp = _policy_logprobs(model, hidden, ids, targets, cfg.policy_temperature)  # (R,)
+    with torch.enable_grad(), from_site(model, site, sae, x, h, padded, cfg):
+        logp = policy_logprobs(model, ids, targets, cfg, past)  # (R,)
         (adv * logp).sum().backward()
     grad = leaf.grad  # (R, T, width_site)
     delta = _at_least_float32(h - b) * on_path[..., None]

@@ -45,9 +45,9 @@ def trajectories():
     return out
 
 
-def exact_J(model, tok, layer: int, kind: str, beta: torch.Tensor, baseline: torch.Tensor | None = None):
-    """J(beta) (a scalar with autograd to beta) by enumeration: all trajectories in one right-padded batch
-    (causal attention: padding after a trajectory cannot change it)."""
+def trajectory_logprobs(model, tok, layer: int, kind: str, beta: torch.Tensor, baseline: torch.Tensor | None = None):
+    """log pi_beta(tau) of every trajectory (with autograd to beta) and its reward: all trajectories in one
+    right-padded batch (causal attention: padding after a trajectory cannot change it)."""
     prompt = tok(PROMPT, add_special_tokens=False)["input_ids"]
     L = len(prompt)
     seqs = trajectories()
@@ -70,12 +70,27 @@ def exact_J(model, tok, layer: int, kind: str, beta: torch.Tensor, baseline: tor
         logp = torch.log_softmax(model(ids).logits.double(), -1)  # (S, width, V)
     finally:
         handle.remove()
-    total = torch.zeros((), dtype=torch.float64)
-    for i, s in enumerate(seqs):
-        lp = sum(logp[i, L - 1 + t, tok_id] for t, tok_id in enumerate(s))
-        text = tok.decode([t for t in s if t != 1], skip_special_tokens=True)
-        total = total + lp.exp() * reward(text)
-    return total
+    lps = torch.stack([sum(logp[i, L - 1 + t, tok_id] for t, tok_id in enumerate(s)) for i, s in enumerate(seqs)])
+    rewards = torch.tensor([reward(tok.decode([t for t in s if t != 1], skip_special_tokens=True)) for s in seqs],
+                           dtype=torch.float64)
+    return lps, rewards
+
+
+def exact_J(model, tok, layer: int, kind: str, beta: torch.Tensor, baseline: torch.Tensor | None = None):
+    """J(beta) = sum_tau pi_beta(tau) R(tau) (a scalar with autograd to beta), by enumeration."""
+    lps, rewards = trajectory_logprobs(model, tok, layer, kind, beta, baseline)
+    return (lps.exp() * rewards).sum()
+
+
+def exact_surrogate(model, tok, layer: int, kind: str, beta: torch.Tensor, width: int) -> torch.Tensor:
+    """f(beta) = E_{tau ~ pi_1}[(R - J(1)) log pi_beta(tau)]: the policy-gradient surrogate with the
+    trajectories drawn once from the unmodified model (what IPG and the component path differentiate)."""
+    with torch.no_grad():
+        lp1, rewards = trajectory_logprobs(model, tok, layer, kind, torch.ones(width, dtype=torch.float64))
+        p1 = lp1.exp()
+        weights = p1 * (rewards - (p1 * rewards).sum())
+    lps, _ = trajectory_logprobs(model, tok, layer, kind, beta)
+    return (weights * lps).sum()
 
 
 def exact_gradient(model, tok, layer, kind, alpha: float, width: int, baseline=None) -> torch.Tensor:

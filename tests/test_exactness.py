@@ -105,3 +105,37 @@ def test_diagnostic_exposes_the_jump_after_alpha_zero(tiny):
     assert d["J_alpha0"] == pytest.approx(j[0.0], abs=0.05)
     assert d["J_alpha_min"] == pytest.approx(j[d["alpha_min"]], abs=0.05)
     assert abs(d["sum_scores"]) < 0.05 and abs(d["gap"]) > 0.1
+
+
+def test_component_path_is_the_single_component_ablation_and_pg_its_first_order_term(tiny):
+    """The per-component path (ipg.component_path): its score is f(1) - f(beta_i = 0) of the surrogate f,
+    exactly; PG is f'(1), the limit of [f(1) - f(1 - eps)] / eps; the sampled estimate matches enumeration."""
+    from enumeration import exact_surrogate
+
+    from ipg.attribution import AttributionConfig, sample_rollouts, site_baselines
+    from ipg.component_path import component_path_scores
+    from ipg.components import Site
+    from ipg.signals import make_signal
+
+    model, tok = tiny
+    width, layer = 16, 0
+    ones = torch.ones(width, dtype=torch.float64)
+
+    def f(i, value):
+        beta = ones.clone()
+        beta[i] = value
+        return exact_surrogate(model, tok, layer, "residual", beta, width).item()
+
+    pg = exact_gradient(model, tok, layer, "residual", 1.0, width).numpy()  # f'(1) = dJ/dbeta at 1
+    exact_cp = np.array([f(i, 1.0) - f(i, 0.0) for i in range(width)])
+    # PG is the first-order term: the secant slope [f(1) - f(1 - eps)] / eps tends to it (the model's RMSNorm
+    # runs in float32, so eps stays well above its rounding)
+    secant = {eps: np.array([(f(i, 1.0) - f(i, 1.0 - eps)) / eps for i in range(width)]) for eps in (0.1, 0.0125)}
+    errors = [_rel_err(exact_cp, pg), _rel_err(secant[0.1], pg), _rel_err(secant[0.0125], pg)]
+    assert errors[0] > errors[1] > errors[2] and errors[2] < 0.01, errors
+    assert _rel_err(exact_cp, pg) > 0.05  # yet on the whole path they differ: curvature along the coordinate
+    cfg = AttributionConfig(layers=(layer,), n_samples=6000, advantage="rloo", completeness=False, **ON_POLICY)
+    rollouts = sample_rollouts(model, tok, EXAMPLE, make_signal(signal), cfg, saes=None, skipped={})
+    site = Site(layer, "residual")
+    est = component_path_scores(model, rollouts, site, list(range(width)), cfg, site_baselines(model, rollouts, [site], cfg)[site])
+    assert est.shape == (1, width) and _rel_err(est[0], exact_cp) < 0.05, _rel_err(est[0], exact_cp)
