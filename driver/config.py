@@ -205,7 +205,7 @@ class EvaluationConfig:
 
 @dataclass(frozen=True)
 class BaselinesConfig:
-    methods: list[str] = field(default_factory=lambda: ["pg", "random", "activation", "concept_tokens",
+    methods: list[str] = field(default_factory=lambda: ["pg", "component", "random", "activation", "concept_tokens",
                                                         "control_vector", "reason_score"])
     concept_tokens: list[str] = field(default_factory=lambda: ["+", "="])
     reflection_words: list[str] = field(default_factory=lambda: ["wait", "check"])
@@ -228,6 +228,21 @@ class ControlConfig:
 
 
 @dataclass(frozen=True)
+class CardsConfig:
+    """Component cards of the top components of the run's method (first seed, each attributed layer)."""
+
+    enabled: bool = True
+    components: int = 4  # top components per layer
+    prompts: int = 4  # support prompts (with mixed groups) whose per-position terms are kept
+    contexts: int = 3  # top-activating contexts per component
+
+    def __post_init__(self):
+        for name in ("components", "prompts", "contexts"):
+            if getattr(self, name) < 1:
+                raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True)
 class StabilityConfig:
     enabled: bool = True
     p: int = 8  # top-p sets compared
@@ -247,6 +262,7 @@ class RunConfig:
     length: ControlConfig = field(default_factory=ControlConfig)
     reflection: ControlConfig = field(default_factory=lambda: ControlConfig(layers=[2]))
     stability: StabilityConfig = field(default_factory=StabilityConfig)
+    cards: CardsConfig = field(default_factory=CardsConfig)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     out: str = "runs/organism"
     ray: RayConfig = field(default_factory=RayConfig)

@@ -4,12 +4,13 @@ Stages (each timed under its own name in run.json):
   attribute     IPG and PG (and SAE features where an SAE exists) on the support set, per seed
   baselines     random / activation / concept_tokens / reason_score / control_vector selections
   component_path PG's top candidates re-scored on the per-component path
+  cards         contexts and per-position score terms of the top components (first seed)
   evaluate      greedy accuracy and mean length on the held-out eval split under every steering
   control       length and reflection signals: attribute, then sweep gamma
   stability     Dice overlap of top-p sets across seeds and across disjoint support subsets
   report        report.md and plots, rebuilt from the Parquet files alone
 Outputs in cfg.out: scores.parquet, eval.parquet, eval_items.parquet (per prompt), selections.parquet,
-massive.parquet, stability.parquet, run.json, report.md, plots/.
+massive.parquet, cards.parquet, card_terms.parquet, stability.parquet, run.json, report.md, plots/.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from cluster.metrics import StageTimer
 from driver.config import RunConfig, as_dict, sae_path
 from ipg.attribution import attribute, prepare_examples, sample_rollouts, site_baselines
 from ipg.baselines import activation_scores, contrast_scores, control_vector, random_components, top_components
+from ipg.cards import position_terms, top_contexts
 from ipg.component_path import component_path_scores
 from ipg.components import ComponentId, Site
 from ipg.data import load_examples
@@ -62,6 +64,11 @@ SELECTION_SCHEMA = pa.schema([
     ("median_ratio", pa.float64()), ("massive", pa.bool_()),
 ])
 MASSIVE_SCHEMA = pa.schema([("layer", pa.int32()), ("seed", pa.int64()), ("index", pa.int64()), ("median_ratio", pa.float64())])
+CARD_SCHEMA = pa.schema([("layer", pa.int32()), ("kind", pa.string()), ("rank", pa.int32()), ("index", pa.int64()),
+                         ("method", pa.string()), ("median_ratio", pa.float64()), ("contexts", pa.string())])
+CARD_TERM_SCHEMA = pa.schema([("layer", pa.int32()), ("kind", pa.string()), ("component", pa.int64()),
+                              ("example_id", pa.string()), ("sample", pa.int32()), ("step", pa.int32()), ("line", pa.int32()),
+                              ("fifth", pa.int32()), ("term", pa.float64())])
 STABILITY_SCHEMA = pa.schema([
     ("comparison", pa.string()), ("layer", pa.int32()), ("p", pa.int32()), ("a", pa.string()), ("b", pa.string()),
     ("dice", pa.float64()),
@@ -121,6 +128,8 @@ class Experiment:
         self.selection_rows: list[dict] = []  # selections.parquet: every evaluated selection, component by component
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.massive_rows: list[dict] = []  # massive.parquet: the flagged coordinates per layer and seed
+        self.card_rows: list[dict] = []  # cards.parquet: top components with their top-activating contexts
+        self.card_terms: list[dict] = []  # card_terms.parquet: their per-position score terms on a few prompts
         self.score_tables: list[pa.Table] = []
         self.stability_rows: list[dict] = []
         self.ipg_tables: dict[int, pa.Table] = {}  # accuracy-signal IPG scores per seed (for stability)
@@ -228,6 +237,23 @@ class Experiment:
                  f"{[candidates[j] for j in order[:8]]}")
         return [(ComponentId(site.layer, site.kind, candidates[j]), float(scores[j])) for j in order]
 
+    def _cards(self, res, rollouts, site: Site, sequences) -> None:
+        """Cards of the method's top components at this layer (ipg.cards): contexts and per-position terms."""
+        c = self.cfg.cards
+        top = [x.index for x in select(res.table, c.components, layer=site.layer, kind=site.kind)]
+        mixed = [r for r in rollouts if any(a != 0 for a in r.advantages)][: c.prompts]
+        cfg = dataclasses.replace(res.config, layers=(site.layer,))
+        with self.timers("cards"):
+            contexts = top_contexts(self.model, self.tokenizer, site, sequences, top, k=c.contexts, saes=self.saes)
+            baseline = site_baselines(self.model, rollouts, [site], cfg, self.saes)[site]
+            terms = position_terms(self.model, self.tokenizer, mixed, site, top, cfg, baseline, saes=self.saes)
+        ratio = self.magnitudes.get((site.layer, cfg.seed))
+        for rank, i in enumerate(top):
+            self.card_rows.append({"layer": site.layer, "kind": site.kind, "rank": rank, "index": i, "method": cfg.method,
+                                   "median_ratio": float(ratio[i]) if ratio is not None else None,
+                                   "contexts": json.dumps(contexts[i])})
+        self.card_terms += [{"layer": site.layer, "kind": site.kind, **t} for t in terms]
+
     def _note_massive(self, site: Site, seed: int, magnitude) -> None:
         """The layer's massive-activation coordinates on this seed's support trajectories (residual sites)."""
         if site.kind != "residual":
@@ -309,6 +335,8 @@ class Experiment:
                     scores["reason_score"] = contrast_scores(self.model, self.tokenizer, sequences, sae_site,
                                                              tuple(cfg.baselines.reflection_words), self.saes)
             path_scores = self._component_path(pg_res, rollouts, site, seed) if "component" in methods else None
+            if cfg.cards.enabled and seed == cfg.seeds[0]:
+                self._cards(ipg_res, rollouts, site, sequences)
             for p in cfg.evaluation.p:
                 chosen = {"ipg": select(ipg_res.table, p, layer=layer, kind=a.kind)}
                 if "pg" in methods:
@@ -393,6 +421,8 @@ class Experiment:
         write_scores(out / "eval_items.parquet", pa.Table.from_pylist(self.item_rows, schema=ITEM_SCHEMA))
         write_scores(out / "selections.parquet", pa.Table.from_pylist(self.selection_rows, schema=SELECTION_SCHEMA))
         write_scores(out / "massive.parquet", pa.Table.from_pylist(self.massive_rows, schema=MASSIVE_SCHEMA))
+        write_scores(out / "cards.parquet", pa.Table.from_pylist(self.card_rows, schema=CARD_SCHEMA))
+        write_scores(out / "card_terms.parquet", pa.Table.from_pylist(self.card_terms, schema=CARD_TERM_SCHEMA))
         write_scores(out / "stability.parquet", pa.Table.from_pylist(self.stability_rows, schema=STABILITY_SCHEMA))
         with self.timers("report"):
             write_report(out)

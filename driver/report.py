@@ -12,12 +12,18 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 
-from driver.headline import METHOD_ORDER, headline
+from driver.headline import METHOD_ORDER, control_signal_lines, headline
 from ipg.errors import InputError
+from ipg.sites import ComponentId
 from ipg.files import atomic_write_text
 
+
+
+# one colour per method in every plot (matplotlib's tab10, in the report's method order)
+METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(m for m in METHOD_ORDER if m != "original")}
 
 
 def _ms(values: list[float], pct: bool = True) -> str:
@@ -43,7 +49,7 @@ def _load(run_dir: Path):
     evals = table.to_pylist()
     scores = pq.read_table(run_dir / "scores.parquet").to_pylist()
     optional = {name: pq.read_table(run_dir / f"{name}.parquet").to_pylist() if (run_dir / f"{name}.parquet").is_file() else []
-                for name in ("stability", "eval_items", "selections", "massive")}
+                for name in ("stability", "eval_items", "selections", "massive", "cards", "card_terms")}
     setup = json.loads((table.schema.metadata or {}).get(b"ipg.setup", b"{}"))
     return evals, scores, setup, optional
 
@@ -108,6 +114,46 @@ def _massive(massive: list[dict], selections: list[dict]) -> list[str]:
                 picked[r["index"]].add(r["method"])
         lines.append(f"- layer {layer}: " + ", ".join(
             f"{i} ({_mean(v):.0f}x; selected by {', '.join(sorted(picked[i])) or 'none'})" for i, v in sorted(ratio.items())))
+    return lines
+
+
+def card_lines(component: ComponentId, contexts: list[dict], terms: list[dict], ratio: float | None = None) -> list[str]:
+    """A card in Markdown: contexts with the token in bold, and the share of |contribution| by line and by
+    fifth of the trace."""
+    head = f"**{component}**" + (f" (mean |activation| {ratio:.1f}x the layer's median)" if ratio is not None else "")
+    lines = [head, ""]
+    for c in contexts:
+        before, token, after = (x.replace("\n", "⏎").replace("|", "\\|") for x in (c["before"], c["token"], c["after"]))
+        lines.append(f"- `{c['value']:+.2f}` …{before}**{token}**{after}…")
+    mine = [t for t in terms if t["component"] == component.index]
+    total = sum(abs(t["term"]) for t in mine)
+    if total > 0:
+        by_line, by_fifth = np.zeros(1 + max(t["line"] for t in mine)), np.zeros(5)
+        signed_fifth = np.zeros(5)
+        for t in mine:
+            by_line[t["line"]] += abs(t["term"])
+            by_fifth[t["fifth"]] += abs(t["term"])
+            signed_fifth[t["fifth"]] += t["term"]
+        first = ", ".join(f"line {i + 1}: {100 * v / total:.0f}%" for i, v in enumerate(by_line[:6]))
+        lines += ["", f"Share of |contribution| by line of the trace: {first}"
+                  + (f", later lines {100 * by_line[6:].sum() / total:.0f}%" if len(by_line) > 6 else "") + ".",
+                  "By fifth of the trace (start to end): " + ", ".join(f"{100 * v / total:.0f}%" for v in by_fifth)
+                  + "; signed sum per fifth: " + ", ".join(f"{v:+.3g}" for v in signed_fifth) + "."]
+    return lines
+
+
+def _cards(cards: list[dict], terms: list[dict]) -> list[str]:
+    """Component cards: top-activating contexts and where each component's score lands in the trace."""
+    if not cards:
+        return []
+    lines = ["\n## Component cards\n", f"The top {max(c['rank'] for c in cards) + 1} components of the selection method per "
+             "layer (first seed). Contexts: the support positions where the component is most active. Contributions: "
+             "the per-position terms of its score on a few support prompts, grouped by line of the trace and by fifth "
+             "of it.\n"]
+    for c in sorted(cards, key=lambda c: (c["layer"], c["rank"])):
+        mine = [t for t in terms if t["layer"] == c["layer"] and t["kind"] == c["kind"]]
+        lines += card_lines(ComponentId(c["layer"], c["kind"], c["index"]), json.loads(c["contexts"]), mine,
+                            c["median_ratio"]) + [""]
     return lines
 
 
@@ -224,39 +270,49 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
         made.append(name)
 
     acc = [r for r in evals if r["experiment"] == "accuracy" and r["method"] != "original"]
-    original = _mean([r["accuracy"] for r in evals if r["method"] == "original"])
+    originals = [r for r in evals if r["method"] == "original"]
+    original = _mean([r["accuracy"] for r in originals])
+
+    def curve(ax, rows, x: str, y: str, label: str, color, scale: float = 100.0):
+        """Mean over seeds (and random draws) with a bar of one standard deviation, one colour per method."""
+        g = sorted(_group(rows, x).items())
+        ys = [scale * _mean([r[y] for r in rs]) for _, rs in g]
+        es = [scale * _sd([r[y] for r in rs]) for _, rs in g]
+        ax.errorbar([k[0] for k, _ in g], ys, yerr=es, marker="o", capsize=3, label=label, color=color)
+
     layers = sorted({r["layer"] for r in acc})
     if acc:
         p0 = min(r["p"] for r in acc if r["p"] > 0)
         fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
         for ax, layer in zip(axes[0], layers):
             for (method,), rows in sorted(_group([r for r in acc if r["layer"] == layer and r["p"] in (p0, 0)], "method").items()):
-                g = sorted(_group(rows, "gamma").items())
-                xs = [k[0] for k, _ in g]
-                ys = [100 * _mean([r["accuracy"] for r in rs]) for _, rs in g]
-                es = [100 * statistics.stdev([r["accuracy"] for r in rs]) if len(rs) > 1 else 0 for _, rs in g]
-                ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=method)
+                gamma_one = [{**r, "gamma": 1.0} for r in originals] if method != "control_vector" else []
+                curve(ax, rows + gamma_one, "gamma", "accuracy", method, METHOD_COLORS.get(method))
             ax.axhline(100 * original, color="gray", ls="--", label="original")
-            ax.set(title=f"layer {layer}, p = {p0}", xlabel="gamma", ylabel="greedy accuracy %")
-        axes[0][-1].legend(fontsize=7)
+            ax.set(title=f"layer {layer}, p = {p0}", xlabel="gamma", ylabel="greedy accuracy % (mean, 1 sd)")
+            ax.legend(fontsize=7)
         save(fig, "accuracy_vs_gamma.png")
         fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
         for ax, layer in zip(axes[0], layers):
             rows = [r for r in acc if r["layer"] == layer and r["gamma"] == 0.0]
             for (method,), rs in sorted(_group(rows, "method").items()):
-                g = sorted(_group(rs, "p").items())
-                ax.plot([k[0] for k, _ in g], [100 * _mean([r["accuracy"] for r in x]) for _, x in g], marker="o", label=method)
-            ax.axhline(100 * original, color="gray", ls="--")
-            ax.set(title=f"suppression (gamma 0), layer {layer}", xlabel="p", ylabel="greedy accuracy %")
-        axes[0][-1].legend(fontsize=7)
+                curve(ax, rs, "p", "accuracy", method, METHOD_COLORS.get(method))
+            ax.axhline(100 * original, color="gray", ls="--", label="original")
+            ax.set(title=f"suppression (gamma 0), layer {layer}", xlabel="p", ylabel="greedy accuracy % (mean, 1 sd)")
+            ax.legend(fontsize=7)
         save(fig, "accuracy_vs_p.png")
     length = [r for r in evals if r["experiment"] == "length"]
     if length:
         fig, ax = plt.subplots(figsize=(5.5, 4))
+        styles = ["-", "--", ":", "-."]
         for (method, layer), rows in sorted(_group(length, "method", "layer").items()):
-            g = sorted(_group(rows, "gamma").items())
-            ax.plot([k[0] for k, _ in g], [_mean([r["mean_length"] for r in x]) for _, x in g], marker="o", label=f"{method} layer {layer}")
-        ax.set(title="length control", xlabel="gamma", ylabel="mean generated tokens")
+            gamma_one = [{**r, "gamma": 1.0} for r in originals]  # gamma 1 is the unsteered model
+            layer_style = styles[sorted({r["layer"] for r in length}).index(layer) % len(styles)]
+            g = sorted(_group(rows + gamma_one, "gamma").items())
+            ax.errorbar([k[0] for k, _ in g], [_mean([r["mean_length"] for r in x]) for _, x in g],
+                        yerr=[_sd([r["mean_length"] for r in x]) for _, x in g], marker="o", capsize=3, ls=layer_style,
+                        color=METHOD_COLORS.get(method), label=f"{method} layer {layer}")
+        ax.set(title="length control", xlabel="gamma", ylabel="mean generated tokens (mean, 1 sd)")
         ax.legend(fontsize=7)
         save(fig, "length_vs_gamma.png")
     ipg = [r for r in scores if r["method"] == "ipg" and r["kind"] == "residual" and r["signal"] == "accuracy"
@@ -304,10 +360,12 @@ def write_report(run_dir: str | Path) -> Path:
              *(headline(items, massive_shares(selections))[0] if items else
                ["(this run has no per-prompt outcomes, eval_items.parquet: rerun it for intervals)"]),
              *_massive(massive, selections),
+             *_cards(optional["cards"], optional["card_terms"]),
              *_setup(setup),
              "\n## Table 1: enhance and suppress reasoning (accuracy signal)", *table1,
              "\nThe best enhancing gamma is chosen on the eval split, as the paper does; treat it as optimistic.",
              "\n## Length control", *(_control_table(evals, "length") or ["(not run)"]),
+             *control_signal_lines(items, "length"),
              "\n## Reflection control", *(_control_table(evals, "reflection") or ["(not run)"]),
              "\n## Stability (Dice overlap of top-p IPG sets)"]
     if stability:
