@@ -263,6 +263,9 @@ class RunConfig:
     reflection: ControlConfig = field(default_factory=lambda: ControlConfig(layers=[2]))
     stability: StabilityConfig = field(default_factory=StabilityConfig)
     cards: CardsConfig = field(default_factory=CardsConfig)
+    # more selection variants, each its own attribution per seed and evaluated like the built-in methods:
+    # name -> attribution settings that differ from `attribution` (baseline, schedule, q, resample, method, ...)
+    variants: dict = field(default_factory=dict)
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     out: str = "runs/organism"
     ray: RayConfig = field(default_factory=RayConfig)
@@ -370,6 +373,20 @@ def validate(cfg: RunConfig) -> RunConfig:
     for m in cfg.baselines.methods:
         if m not in KNOWN_BASELINES:
             raise InputError(f"baselines.methods: unknown '{m}'; use any of {list(KNOWN_BASELINES)}")
+    reserved = {"original", "ipg", "ipg_sae", *KNOWN_BASELINES}
+    for name, overrides in cfg.variants.items():
+        if name in reserved or not str(name).replace("_", "").isalnum():
+            raise InputError(f"variants.{name}: a variant needs its own name (letters, digits, _), not one of {sorted(reserved)}")
+        if not isinstance(overrides, dict):
+            raise InputError(f"variants.{name}: expected a mapping of attribution settings, got {overrides!r}")
+        allowed = {"baseline", "schedule", "q", "resample", "advantage", "method", "positions", "n_samples"}
+        unknown = sorted(set(overrides) - allowed)
+        if unknown:
+            raise InputError(f"variants.{name}.{unknown[0]}: not a path setting; a variant may set {sorted(allowed)}")
+        try:
+            dataclasses.replace(cfg.attribution, **overrides)
+        except InputError as e:
+            raise InputError(f"variants.{name}.{e}") from None
     for key, values in (("evaluation.enhance_gammas", cfg.evaluation.enhance_gammas),
                         ("evaluation.suppress_gammas", cfg.evaluation.suppress_gammas),
                         ("length.gammas", cfg.length.gammas), ("reflection.gammas", cfg.reflection.gammas)):

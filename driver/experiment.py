@@ -156,9 +156,11 @@ class Experiment:
             params.setdefault("pattern", self.extractor.pattern)
         return params
 
-    def _attribute(self, examples, *, signal, layers, seed, method="ipg", kind=None, signal_params=None, tag=""):
+    def _attribute(self, examples, *, signal, layers, seed, method="ipg", kind=None, signal_params=None, tag="",
+                   overrides: dict | None = None):
         a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
                                 method=method, seed=seed)
+        a = dataclasses.replace(a, **(overrides or {}))
         signal_params = self._signal_params(signal, signal_params)
         run_id = f"{signal}-{method}-{a.kind}-seed{seed}{tag}"
         with self.timers("attribute"):
@@ -169,7 +171,7 @@ class Experiment:
                 res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params,
                                 saes=self.saes, run_id=run_id, **dataclasses.asdict(a))
         self.score_tables.append(res.table)
-        self.log(f"  attributed {signal}/{method}/{a.kind} layers {list(layers)} seed {seed}: "
+        self.log(f"  attributed {run_id} layers {list(layers)}: "
                  f"{res.diagnostics['seconds_per_prompt']:.2f} s/prompt, {res.diagnostics['mixed_groups']}/{len(examples)} mixed groups")
         return res
 
@@ -314,6 +316,8 @@ class Experiment:
         self.ipg_tables[seed] = ipg_res.table
         need_pg = "pg" in methods or "component" in methods  # the component path refines PG's top candidates
         pg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method="pg") if need_pg else None
+        variants = {name: self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, tag=f"-{name}",
+                                          overrides=overrides) for name, overrides in cfg.variants.items()}
         sae_layers = sorted(set(self.saes) & set(a.layers))
         sae_res = self._attribute(support, signal=cfg.signal, layers=sae_layers, seed=seed, kind="sae") if sae_layers else None
         rollouts = self._rollouts(ipg_res, support)
@@ -339,6 +343,7 @@ class Experiment:
                 self._cards(ipg_res, rollouts, site, sequences)
             for p in cfg.evaluation.p:
                 chosen = {"ipg": select(ipg_res.table, p, layer=layer, kind=a.kind)}
+                chosen.update({name: select(res.table, p, layer=layer, kind=a.kind) for name, res in variants.items()})
                 if "pg" in methods:
                     chosen["pg"] = select(pg_res.table, p, layer=layer, kind=a.kind)
                 if path_scores is not None:

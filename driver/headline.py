@@ -21,6 +21,12 @@ import numpy as np
 from ipg.intervals import Interval, difference_interval, mean_interval
 
 Key = tuple  # (method, layer, p, gamma)
+def method_order(names) -> list[str]:
+    """The built-in methods in the report's order, then a run's named variants alphabetically."""
+    names = set(names)
+    return [m for m in METHOD_ORDER if m in names] + sorted(names - set(METHOD_ORDER))
+
+
 METHOD_ORDER = ["original", "ipg", "ipg_sae", "pg", "component", "random", "activation", "concept_tokens", "reason_score", "control_vector"]
 
 
@@ -83,7 +89,7 @@ def headline(items: list[dict], flags: dict | None = None) -> tuple[list[str], l
         lines += [f"\n**Layer {layer}, p = {p}**\n",
                   f"| method | control range | vs random | accuracy at gamma {lo:g} | accuracy at gamma {hi:g} | "
                   f"answered at gamma {lo:g} | with a massive coordinate |", "|---|---|---|---|---|---|---|"]
-        for method in [m for m in METHOD_ORDER if m not in ("original", "control_vector")]:
+        for method in [m for m in method_order(k[0] for k in matrices) if m not in ("original", "control_vector")]:
             d = _pair(matrices, method, layer, p, hi, lo)
             if d is None:
                 continue

@@ -15,15 +15,24 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from driver.headline import METHOD_ORDER, control_signal_lines, headline
+from driver.headline import METHOD_ORDER, control_signal_lines, headline, method_order
 from ipg.errors import InputError
 from ipg.sites import ComponentId
 from ipg.files import atomic_write_text
 
 
 
-# one colour per method in every plot (matplotlib's tab10, in the report's method order)
+# one colour per method in every plot (matplotlib's tab10, in the report's method order); named variants
+# take tab20's lighter shades in turn
 METHOD_COLORS = {m: f"C{i}" for i, m in enumerate(m for m in METHOD_ORDER if m != "original")}
+
+
+def color_of(method: str, variants: list[str]) -> str:
+    if method in METHOD_COLORS:
+        return METHOD_COLORS[method]
+    import matplotlib
+
+    return matplotlib.colormaps["tab20"](2 * (variants.index(method) % 10) + 1)
 
 
 def _ms(values: list[float], pct: bool = True) -> str:
@@ -173,7 +182,7 @@ def _table1(evals) -> tuple[list[str], list[dict]]:
         lines += [f"\n**Layer {layer}, p = {p}** (greedy accuracy %, mean ± std over seeds; original {_ms(original)})\n",
                   "| method | enhance (best gamma) | suppress gamma = 0 | suppress drop vs original |", "|---|---|---|---|"]
         by_method = _group([r for r in acc if r["layer"] == layer and (r["p"] == p or r["method"] == "control_vector")], "method")
-        for method in [m for m in METHOD_ORDER if (m,) in by_method]:
+        for method in method_order(m for (m,) in by_method):
             rows = by_method[(method,)]
             by_gamma = _group(rows, "gamma")
             enh = {g: [r["accuracy"] for r in rs] for (g,), rs in by_gamma.items() if g > 1}
@@ -280,6 +289,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
         es = [scale * _sd([r[y] for r in rs]) for _, rs in g]
         ax.errorbar([k[0] for k, _ in g], ys, yerr=es, marker="o", capsize=3, label=label, color=color)
 
+    variants = sorted({r["method"] for r in evals} - set(METHOD_ORDER))
     layers = sorted({r["layer"] for r in acc})
     if acc:
         p0 = min(r["p"] for r in acc if r["p"] > 0)
@@ -287,7 +297,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
         for ax, layer in zip(axes[0], layers):
             for (method,), rows in sorted(_group([r for r in acc if r["layer"] == layer and r["p"] in (p0, 0)], "method").items()):
                 gamma_one = [{**r, "gamma": 1.0} for r in originals] if method != "control_vector" else []
-                curve(ax, rows + gamma_one, "gamma", "accuracy", method, METHOD_COLORS.get(method))
+                curve(ax, rows + gamma_one, "gamma", "accuracy", method, color_of(method, variants))
             ax.axhline(100 * original, color="gray", ls="--", label="original")
             ax.set(title=f"layer {layer}, p = {p0}", xlabel="gamma", ylabel="greedy accuracy % (mean, 1 sd)")
             ax.legend(fontsize=7)
@@ -296,7 +306,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
         for ax, layer in zip(axes[0], layers):
             rows = [r for r in acc if r["layer"] == layer and r["gamma"] == 0.0]
             for (method,), rs in sorted(_group(rows, "method").items()):
-                curve(ax, rs, "p", "accuracy", method, METHOD_COLORS.get(method))
+                curve(ax, rs, "p", "accuracy", method, color_of(method, variants))
             ax.axhline(100 * original, color="gray", ls="--", label="original")
             ax.set(title=f"suppression (gamma 0), layer {layer}", xlabel="p", ylabel="greedy accuracy % (mean, 1 sd)")
             ax.legend(fontsize=7)
@@ -311,7 +321,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
             g = sorted(_group(rows + gamma_one, "gamma").items())
             ax.errorbar([k[0] for k, _ in g], [_mean([r["mean_length"] for r in x]) for _, x in g],
                         yerr=[_sd([r["mean_length"] for r in x]) for _, x in g], marker="o", capsize=3, ls=layer_style,
-                        color=METHOD_COLORS.get(method), label=f"{method} layer {layer}")
+                        color=color_of(method, variants), label=f"{method} layer {layer}")
         ax.set(title="length control", xlabel="gamma", ylabel="mean generated tokens (mean, 1 sd)")
         ax.legend(fontsize=7)
         save(fig, "length_vs_gamma.png")

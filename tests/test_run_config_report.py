@@ -29,6 +29,9 @@ def test_defaults_serve_the_organism_and_overrides_apply(tmp_path):
     ("", ["--evaluation.enhance_gammas=[0.5]"], r"enhance_gammas must be >= 1"),
     ("model: [1]\n", [], r"model: expected a mapping"),
     ("", ["--data.n_eval=0"], r"data.n_eval: must be >= 1"),
+    ("variants:\n  pg: {baseline: mean}\n", [], r"variants.pg: a variant needs its own name"),
+    ("variants:\n  v: {baseline: meen}\n", [], r"variants.v.baseline: got 'meen'"),
+    ("variants:\n  v: {layers: [1]}\n", [], r"variants.v.layers: not a path setting"),
 ])
 def test_bad_keys_and_values_name_the_dotted_key(tmp_path, text, overrides, message):
     f = tmp_path / "c.yaml"
@@ -49,12 +52,13 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     code = main(["run", f"--out={out}", "--seeds=[0,1]", "--data.n_support=6", "--data.n_eval=12",
                  "--attribution.layers=[2]", "--attribution.q=2", "--attribution.n_samples=3", "--evaluation.p=[4]",
                  "--baselines.methods=[random, activation, reason_score, component]", "--length.layers=[2]",
-                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4", "--evaluation.random_draws=3"])
+                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4", "--evaluation.random_draws=3",
+                 "--variants={ipg_mean: {baseline: mean}}"])
     assert code == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
     assert {"method", "layer", "p", "gamma", "seed", "draw", "accuracy", "mean_length", "n"} <= set(evals[0])
     methods = {r["method"] for r in evals if r["experiment"] == "accuracy"}
-    assert methods == {"original", "ipg", "ipg_sae", "random", "activation", "reason_score", "component"}
+    assert methods == {"original", "ipg", "ipg_sae", "random", "activation", "reason_score", "component", "ipg_mean"}
     # per prompt: every evaluation's 12 prompts, and its accuracy is their mean
     items = pq.read_table(out / "eval_items.parquet").to_pylist()
     for r in evals:
@@ -75,6 +79,7 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     report = (out / "report.md").read_text()
     assert "## Table 1" in report and "| reason_score |" in report and "## Evidence" in report
     assert report.index("## Headline") < report.index("## Table 1") and report.startswith("# IPG experiment report\n\nSelection: IPG")
+    assert "| component |" in report.split("## Headline")[1] and "| ipg_mean |" in report.split("## Table 1")[1]
     assert "| component |" in report.split("## Headline")[1] and ("beyond random" in report or "exceeds random" in report)
     cards = pq.read_table(out / "cards.parquet").to_pylist()
     assert [c["rank"] for c in cards] == [0, 1, 2, 3] and all(json.loads(c["contexts"]) for c in cards)
