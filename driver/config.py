@@ -142,6 +142,7 @@ class DataConfig:
     eval: str | None = None  # None: the organism's eval split
     n_support: int = 64  # prompts drawn (per seed) from the support file
     n_eval: int = 200  # first n prompts of the eval file
+    n_validation: int = 64  # the next prompts: the best of several enhance gammas is chosen on them, not on eval
     fields: dict[str, str] = field(default_factory=dict)  # example key (prompt, answer, id) -> the file's column
     reference: str = "auto"  # how references are read: auto | gsm8k ('#### 72') | math (last \\boxed{}) | plain
     support_split: str | None = None  # the split of a dataset directory holding several (DatasetDict)
@@ -409,6 +410,8 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, n in (("data.n_support", cfg.data.n_support), ("data.n_eval", cfg.data.n_eval)):
         if n < 1:
             raise InputError(f"{key}: must be >= 1, got {n}")
+    if cfg.data.n_validation < 0:
+        raise InputError(f"data.n_validation: must be >= 0, got {cfg.data.n_validation}")
     return cfg
 
 

@@ -86,7 +86,9 @@ def _saes(cfg: RunConfig) -> dict[int, TopKSAE]:
     return out
 
 
-def splits_of(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
+def splits_of(cfg: RunConfig, with_validation: bool = False) -> tuple[list[dict], ...]:
+    """Support and eval examples; with ``with_validation`` also the validation prompts: the
+    ``data.n_validation`` eval-file prompts after the first ``data.n_eval`` (disjoint from both)."""
     from ipg.organism.card import splits
 
     default = splits() if cfg.model.name == ORGANISM else None
@@ -98,10 +100,13 @@ def splits_of(cfg: RunConfig) -> tuple[list[dict], list[dict]]:
                if d.support else default["support"])
     evaluation = (load_examples(d.eval, ("prompt", "answer"), fields=d.fields, reference=d.reference, split=d.eval_split)
                   if d.eval else default["eval"])
-    overlap = {e["prompt"] for e in support} & {e["prompt"] for e in evaluation[: cfg.data.n_eval]}
+    held_out = evaluation[: cfg.data.n_eval + (cfg.data.n_validation if with_validation else 0)]
+    overlap = {e["prompt"] for e in support} & {e["prompt"] for e in held_out}
     if overlap:
         raise InputError(f"data: {len(overlap)} eval prompts also occur in the support set; the eval split must be held out")
-    return support, evaluation[: cfg.data.n_eval]
+    if with_validation:
+        return support, held_out[: cfg.data.n_eval], held_out[cfg.data.n_eval :]
+    return support, held_out
 
 
 class Experiment:
@@ -120,9 +125,17 @@ class Experiment:
         self.saes = _saes(cfg)
         # formatted once, here: every consumer (both engines, the gradient pass, baselines) reads prompt_ids
         self.prompt_format, self.extractor = cfg.prompt.prompt_format(), cfg.answers.extractor()
-        support, evaluation = splits_of(cfg)
+        support, evaluation, validation = splits_of(cfg, with_validation=True)
         self.support_all = format_examples(self.tokenizer, support, self.prompt_format)
         self.eval_examples = format_examples(self.tokenizer, evaluation, self.prompt_format)
+        # the best of several enhancing gammas is chosen on prompts the eval split does not hold
+        self.validation_examples = []
+        if len(cfg.evaluation.enhance_gammas) > 1:
+            if not validation:
+                raise InputError(f"data.n_validation: choosing among enhance gammas {cfg.evaluation.enhance_gammas} needs "
+                                 f"validation prompts after the first data.n_eval={cfg.data.n_eval} of the eval data, and "
+                                 "there are none; lower data.n_eval, raise data.n_validation, or evaluate one enhance gamma")
+            self.validation_examples = format_examples(self.tokenizer, validation, self.prompt_format)
         self.eval_rows: list[dict] = []
         self.item_rows: list[dict] = []  # eval_items.parquet: one row per (evaluation, eval prompt)
         self.selection_rows: list[dict] = []  # selections.parquet: every evaluated selection, component by component
@@ -185,22 +198,24 @@ class Experiment:
             return sample_rollouts(self.model, self.tokenizer, prepare_examples(examples), signal, res.config,
                                    saes=self.saes, skipped={})
 
-    def _evaluate(self, steering: dict | None, **row) -> dict:
-        """Greedy accuracy and length on the eval split under ``steering`` (None, {"scale": components,
-        "gamma"} or {"add": layer, "vector", "coefficient"}). With vLLM rollouts the generation runs in the
-        rollout actors' engines (eval prompts split across them), else here with the torch model."""
+    def _evaluate(self, steering: dict | None, examples: list[dict] | None = None, **row) -> dict:
+        """Greedy accuracy and length on the eval split (or ``examples``) under ``steering`` (None,
+        {"scale": components, "gamma"} or {"add": layer, "vector", "coefficient"}). With vLLM rollouts the
+        generation runs in the rollout actors' engines (prompts split across them), else here with the
+        torch model."""
         row.setdefault("draw", 0)
+        examples = self.eval_examples if examples is None else examples
         e = self.cfg.evaluation
         params = SamplingParams(n=1, greedy=True, max_new_tokens=e.max_new_tokens)
         spec = {**steering, "positions": e.positions} if steering else None
         with self.timers("evaluate"):
             if self.session is not None and self.cfg.ray.rollout_backend == "vllm":
-                samples = self.session.steered_generate(self.eval_examples, params, spec)
+                samples = self.session.steered_generate(examples, params, spec)
             else:
                 with self._steering_context(spec):
-                    samples = generate(self.model, self.tokenizer, self.eval_examples, params, batch_size=e.batch_size)
-        items = score_items(self.eval_examples, samples, tuple(self.cfg.baselines.reflection_words), self.extractor)
-        s = summary_of(items, len(self.eval_examples))
+                    samples = generate(self.model, self.tokenizer, examples, params, batch_size=e.batch_size)
+        items = score_items(examples, samples, tuple(self.cfg.baselines.reflection_words), self.extractor)
+        s = summary_of(items, len(examples))
         out = {**row, "accuracy": s.accuracy, "mean_length": s.mean_length, "n": s.n_examples,
                "reflection_share": s.keyword_share}
         self.eval_rows.append(out)
@@ -223,6 +238,9 @@ class Experiment:
                                p=p, gamma=gamma, seed=seed, draw=draw)
             self.log(f"    {experiment:10s} {method:15s} layer {layer} p {p:3d} gamma {gamma:4.2f}: "
                      f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}" + (f"  (draw {draw})" if draw else ""))
+            if experiment == "accuracy" and gamma > 1 and self.validation_examples:
+                self._evaluate({"scale": components, "gamma": gamma}, self.validation_examples, experiment="validation",
+                               method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
 
     def _component_path(self, pg_res, rollouts, site: Site, seed: int) -> list[tuple[ComponentId, float]]:
         """PG's top candidates re-scored on the per-component path (ipg.component_path), best first."""

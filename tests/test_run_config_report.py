@@ -97,3 +97,23 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
 def test_report_on_a_directory_without_results(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "eval.parquet not found" in capsys.readouterr().err
+
+
+def test_best_enhancing_gamma_is_chosen_on_validation_prompts(tmp_path, capsys):
+    out = tmp_path / "run"
+    small = [f"--out={out}", "--seeds=[0]", "--data.n_support=4", "--data.n_eval=6", "--attribution.layers=[2]",
+             "--attribution.q=2", "--attribution.n_samples=2", "--evaluation.p=[4]", "--evaluation.enhance_gammas=[1.5, 3.0]",
+             "--baselines.methods=[random]", "--evaluation.random_draws=1", "--length.enabled=false",
+             "--reflection.enabled=false", "--stability.enabled=false", "--cards.enabled=false"]
+    assert main(["run", *small, "--data.n_validation=5"]) == 0
+    evals = pq.read_table(out / "eval.parquet").to_pylist()
+    validation = [r for r in evals if r["experiment"] == "validation"]
+    assert {(r["method"], r["gamma"]) for r in validation} == {(m, g) for m in ("ipg", "ipg_sae", "random") for g in (1.5, 3.0)}
+    assert all(r["n"] == 5 for r in validation)
+    items = pq.read_table(out / "eval_items.parquet").to_pylist()
+    held = {i["example_id"] for i in items if i["experiment"] == "validation"}
+    assert len(held) == 5 and not held & {i["example_id"] for i in items if i["experiment"] == "accuracy"}
+    assert "chosen on 5 validation prompts that the eval split does not hold" in (out / "report.md").read_text()
+    # an eval file with nothing after n_eval cannot choose: one clear error before any work
+    assert main(["run", *small, f"--out={tmp_path / 'b'}", "--data.n_eval=500"]) == 2
+    assert "error: data.n_validation: choosing among enhance gammas [1.5, 3.0] needs validation prompts" in capsys.readouterr().err
