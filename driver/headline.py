@@ -21,6 +21,7 @@ import numpy as np
 from ipg.intervals import Interval, difference_interval, mean_interval
 
 Key = tuple  # (method, layer, p, gamma)
+FLOOR = 0.3  # below this original accuracy the report says that suppression can only show a floor
 def method_order(names) -> list[str]:
     """The built-in methods in the report's order, then a run's named variants alphabetically."""
     names = set(names)
@@ -81,7 +82,12 @@ def headline(items: list[dict], flags: dict | None = None) -> tuple[list[str], l
              f"(percentage points). 95% bootstrap intervals over {n_prompts} eval prompts and the seeds (random: its "
              "draws). 'vs random' is the paired difference of ranges."]
     if original is not None:
-        lines.append(f"Original accuracy {mean_interval(original[:1]).fmt()}%.")
+        base = mean_interval(original[:1])
+        lines.append(f"Original accuracy {base.fmt()}%.")
+        if base.estimate < FLOOR:
+            lines.append(f"The original accuracy is low: suppression can lower it by at most {100 * base.estimate:.0f} points, "
+                         "so a floor says little. Read the enhanced column, and the answered share at the suppressing "
+                         "gamma (outputs that still state an answer: damage that does not depend on accuracy).")
     records = []
     settings = sorted({(k[1], k[2]) for k in matrices if k[0] not in ("original", "control_vector")})
     for layer, p in settings:

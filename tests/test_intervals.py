@@ -91,3 +91,12 @@ def test_massive_coordinates_are_an_order_of_magnitude_above_the_median():
     mean_abs[[507, 247, 371]] = [174.0, 116.0, 43.0]  # SmolLM2 layer 22's largest: 27x, 18x and 7x the median
     assert massive_components(mean_abs) == [507, 247]  # largest first; 7x is not an order of magnitude
     assert median_ratio(mean_abs)[371] == pytest.approx(43 / 6) and massive_components(np.zeros(8)) == []
+
+
+def test_a_low_original_accuracy_is_called_a_floor():
+    low = _items("original", -1, 0, 1.0, 0, [1] + [0] * 9)
+    for m in ("pg", "random"):
+        low += _items(m, 3, 4, 0.0, 0, [0] * 10) + _items(m, 3, 4, 2.0, 0, [1, 1] + [0] * 8)
+    assert "suppression can lower it by at most 10 points" in "\n".join(headline(low)[0])
+    high = [{**r, "correct": True} if r["method"] == "original" else r for r in low]
+    assert "at most" not in "\n".join(headline(high)[0])
