@@ -215,7 +215,7 @@ def test_two_seed_run_with_vllm_rollouts(real, engine, local_ray, tmp_path):
     lines = []
     cfg = load_config(config, [f"--out={tmp_path}", "--data.n_support=4", "--data.n_eval=8", "--attribution.layers=[22]",
                                "--attribution.n_samples=4", "--attribution.q=2", "--attribution.max_new_tokens=32",
-                               "--evaluation.p=[4]", "--evaluation.max_new_tokens=32", "--baselines.methods=[random]",
+                               "--evaluation.p=[4]", "--evaluation.max_new_tokens=32", "--baselines.methods=[random]", "--evaluation.random_draws=2",
                                "--ray.enabled=true", "--ray.rollout_backend=vllm", "--ray.rollout_workers=1",
                                "--ray.gradient_workers=1", "--ray.cpus_per_actor=1", "--ray.progress=off"])
     out = run_experiment(cfg, log=lines.append)
