@@ -328,11 +328,12 @@ def _run(args) -> None:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
             raise InputError(f"--resume: '{args.resume}' has no config.yaml; it is not the directory of an `ipg run`")
-        if args.config:
-            raise InputError("--config: not with --resume (the run continues with the config saved in its directory)")
+        if args.config or args.preset:
+            raise InputError(f"--{'config' if args.config else 'preset'}: not with --resume (the run continues with the "
+                             "config saved in its directory)")
         cfg = load_config(str(saved), overrides + [f"--out={json.dumps(args.resume)}"])
     else:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config, overrides, preset=args.preset)
     out = run_experiment(cfg, resume=bool(args.resume))
     print(f"report: {out / 'report.md'}")
 
@@ -450,6 +451,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="attribute, steer and evaluate against baselines; writes a report")
     p.add_argument("--config", help="YAML run config (default: the organism experiment)")
+    p.add_argument("--preset", help="named settings over the config, under the dotted overrides: paper (the "
+                                    "paper's attribution exactly)")
     p.add_argument("--out", help="output directory (the config's 'out' otherwise)")
     _ray_flags(p)
     p.set_defaults(run=_run, overrides=[])

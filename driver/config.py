@@ -427,9 +427,26 @@ def read_yaml(path: str | Path, field: str):
         raise InputError(f"{field}: '{path}' is not valid YAML ({str(e).splitlines()[0]})") from None
 
 
-def load_config(path: str | None = None, overrides: list[str] | None = None) -> RunConfig:
-    """YAML file (optional) + ``key.sub=value`` overrides (values parsed as YAML) -> validated RunConfig."""
+# Named groups of settings applied over the config file and under the dotted overrides (--preset NAME).
+PRESETS = {
+    # the paper's attribution exactly: whole-vector IPG, zero baseline, right Riemann sum of q = 10, N = 5
+    # samples at temperature 0.6 and top-p 0.8 scored once at alpha = 1, GRPO advantages
+    "paper": {"attribution.method": "ipg", "attribution.baseline": "zero", "attribution.schedule": "uniform",
+              "attribution.q": 10, "attribution.n_samples": 5, "attribution.temperature": 0.6, "attribution.top_p": 0.8,
+              "attribution.resample": False, "attribution.advantage": "grpo", "attribution.positions": "generated",
+              "attribution.policy_temperature": 1.0},
+}
+
+
+def load_config(path: str | None = None, overrides: list[str] | None = None, preset: str | None = None) -> RunConfig:
+    """YAML file (optional), then a named preset, then ``key.sub=value`` overrides (values parsed as YAML)
+    -> validated RunConfig."""
     tree: dict = (read_yaml(path, "--config") or {}) if path else {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError(f"--preset: unknown '{preset}'; use one of {sorted(PRESETS)}")
+        for key, value in PRESETS[preset].items():
+            _set_dotted(tree, key, value)
     for item in overrides or []:
         key, sep, value = item.lstrip("-").partition("=")
         if not sep:

@@ -117,3 +117,15 @@ def test_best_enhancing_gamma_is_chosen_on_validation_prompts(tmp_path, capsys):
     # an eval file with nothing after n_eval cannot choose: one clear error before any work
     assert main(["run", *small, f"--out={tmp_path / 'b'}", "--data.n_eval=500"]) == 2
     assert "error: data.n_validation: choosing among enhance gammas [1.5, 3.0] needs validation prompts" in capsys.readouterr().err
+
+
+def test_the_paper_preset_sets_the_papers_attribution_and_flags_still_win():
+    from driver.config import PRESETS
+
+    cfg = load_config(None, ["--attribution.q=4"], preset="paper")
+    a = cfg.attribution
+    assert (a.method, a.baseline, a.schedule, a.n_samples, a.temperature, a.top_p, a.resample, a.advantage) == \
+        ("ipg", "zero", "uniform", 5, 0.6, 0.8, False, "grpo") and a.q == 4  # the flag wins over the preset
+    assert all(k.startswith("attribution.") for k in PRESETS["paper"])
+    with pytest.raises(InputError, match=r"--preset: unknown 'papr'; use one of \['paper'\]"):
+        load_config(None, [], preset="papr")
