@@ -74,17 +74,16 @@ def _scipy_interval(stat, samples: tuple[np.ndarray, ...], paired: bool) -> tupl
 
 
 def _two_way(arms: list[np.ndarray], weights: list[float]) -> tuple[float, float]:
-    """Percentile interval of sum_k weight_k * mean(arm_k) with prompts resampled jointly and seeds per arm."""
+    """Percentile interval of sum_k weight_k * mean(arm_k) with prompts resampled jointly and seeds per arm.
+    A replicate is drawn as resampling counts (multinomial), so its mean is c_seeds^T arm c_prompts / (S n)."""
     rng = np.random.default_rng(SEED)
     n = arms[0].shape[1]
-    reps = np.empty(RESAMPLES)
-    for b in range(RESAMPLES):
-        prompts = rng.integers(0, n, n)
-        total = 0.0
-        for arm, w in zip(arms, weights):
-            seeds = rng.integers(0, arm.shape[0], arm.shape[0])
-            total += w * arm[np.ix_(seeds, prompts)].mean()
-        reps[b] = total
+    prompts = rng.multinomial(n, np.full(n, 1.0 / n), size=RESAMPLES)  # (B, n) counts, shared by the arms
+    reps = np.zeros(RESAMPLES)
+    for arm, w in zip(arms, weights):
+        S = arm.shape[0]
+        seeds = rng.multinomial(S, np.full(S, 1.0 / S), size=RESAMPLES)  # (B, S)
+        reps += w * np.einsum("bs,sn,bn->b", seeds, arm, prompts) / (S * n)
     alpha = (1 - CONFIDENCE) / 2
     return float(np.quantile(reps, alpha)), float(np.quantile(reps, 1 - alpha))
 
