@@ -113,22 +113,48 @@ def headline(items: list[dict], flags: dict | None = None) -> tuple[list[str], l
                          f"{f'{100 * share:.0f}%' if share is not None else '-'} |")
             records.append({"layer": layer, "p": p, "method": method, "range": rng, "vs_random": vs,
                             "suppressed": low, "enhanced": high})
-    lines += ["", *verdict(records)]
+    lines += ["", *glance(records), "", *verdict(records)]
     return lines, records
+
+
+def glance(records: list[dict]) -> list[str]:
+    """One row per method, one column per (layer, p): its control range minus random's (paired), with the
+    interval; an interval above 0 in bold."""
+    settings = sorted({(r["layer"], r["p"]) for r in records})
+    methods = method_order({r["method"] for r in records} - {"random"})
+    by = {(r["method"], r["layer"], r["p"]): r for r in records}
+    lines = ["**At a glance**: control range minus random's, percentage points (95% interval; bold: above 0).\n",
+             "| method | " + " | ".join(f"layer {layer}, p {p}" for layer, p in settings) + " |",
+             "|---|" + "---|" * len(settings)]
+    for m in methods:
+        cells = []
+        for layer, p in settings:
+            vs = by.get((m, layer, p), {}).get("vs_random")
+            cells.append("-" if vs is None else f"**{vs.fmt()}**" if vs.low > 0 else vs.fmt())
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def verdict(records: list[dict]) -> list[str]:
     """Which selections control accuracy beyond random, plainly; if none, which comes closest."""
-    beat = [r for r in records if r["vs_random"] is not None and r["vs_random"].low > 0]
-    if beat:
-        return ["Selections whose control range exceeds random's (interval of the paired difference above 0): " +
-                "; ".join(f"{r['method']} (layer {r['layer']}, p {r['p']}: {r['vs_random'].fmt()} pts)" for r in beat) + "."]
     scored = [r for r in records if r["vs_random"] is not None]
     if not scored:
         return ["No random baseline was evaluated, so no selection can be compared with chance."]
-    best = max(scored, key=lambda r: r["vs_random"].estimate)
-    return [f"**No selection controls accuracy beyond random** (no paired interval lies above 0). Closest: {best['method']} "
-            f"at layer {best['layer']}, p {best['p']}: {best['vs_random'].fmt()} pts over random."]
+    beat = [r for r in scored if r["vs_random"].low > 0]
+    if not beat:
+        best = max(scored, key=lambda r: r["vs_random"].estimate)
+        return [f"**No selection controls accuracy beyond random** (no paired interval lies above 0). Closest: "
+                f"{best['method']} at layer {best['layer']}, p {best['p']}: {best['vs_random'].fmt()} pts over random."]
+    parts = []
+    for m in method_order({r["method"] for r in beat}):
+        mine = [r for r in beat if r["method"] == m]
+        top = max(mine, key=lambda r: r["vs_random"].estimate)
+        evaluated = sum(r["method"] == m for r in scored)
+        parts.append(f"{m} at {len(mine)} of {evaluated} settings (largest: layer {top['layer']}, p {top['p']}, "
+                     f"{top['vs_random'].fmt()} pts)")
+    best = max(beat, key=lambda r: r["vs_random"].estimate)
+    return ["Control range beyond random's (paired interval above 0): " + "; ".join(parts) + ".",
+            f"Strongest: {best['method']} at layer {best['layer']}, p {best['p']}."]
 
 
 def as_rows(records: list[dict]) -> list[dict]:

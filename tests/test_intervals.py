@@ -71,8 +71,9 @@ def test_headline_ranks_control_not_suppression():
     assert by["pg"]["range"].low > 0.3 and by["pg"]["vs_random"].low > 0.3
     text = "\n".join(lines)
     assert "| activation | 0.0 [0.0, 0.0] |" in text and "| 100% |" in text
-    assert "Selections whose control range exceeds random's" in text and "pg (layer 5, p 4" in text
-    assert "activation (layer" not in text.split("exceeds random's")[1]
+    assert "Control range beyond random's" in text and "pg at 1 of 1 settings (largest: layer 5, p 4" in text
+    assert "activation at" not in text.split("beyond random's")[1] and "Strongest: pg at layer 5, p 4." in text
+    assert "| pg | **" in text.split("At a glance")[1]
 
 
 def test_verdict_says_plainly_when_nothing_beats_random():
