@@ -21,7 +21,8 @@ from ipg.prompts import PromptFormat
 
 
 def _attribution_defaults() -> AttributionConfig:
-    # the organism's defaults for a run; method and seed are set by the runner (IPG and PG, per seed)
+    # the organism's defaults for a run; the seed is set by the runner, per entry of 'seeds'; the method is the
+    # run's own selection (the other of ipg / pg runs as a baseline when listed)
     return AttributionConfig(layers=(1, 2), completeness=False)
 
 
@@ -272,7 +273,8 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-KNOWN_BASELINES = ("pg", "component", "random", "activation", "concept_tokens", "control_vector", "reason_score")
+# 'ipg' and 'pg' are baselines when the run's own method (attribution.method) is the other one
+KNOWN_BASELINES = ("ipg", "pg", "component", "random", "activation", "concept_tokens", "control_vector", "reason_score")
 
 
 def _check_type(value, tp, key: str):
@@ -367,14 +369,12 @@ def parse_override(dotted: str, text: str):
 
 def validate(cfg: RunConfig) -> RunConfig:
     """Checks across fields that types cannot express."""
-    defaults = _attribution_defaults()
-    for key in ("method", "seed"):
-        if getattr(cfg.attribution, key) != getattr(defaults, key):
-            raise InputError(f"attribution.{key}: set by the runner (it runs IPG and PG, once per entry of 'seeds'); remove it")
+    if cfg.attribution.seed != _attribution_defaults().seed:
+        raise InputError("attribution.seed: set by the runner (once per entry of 'seeds'); remove it")
     for m in cfg.baselines.methods:
         if m not in KNOWN_BASELINES:
             raise InputError(f"baselines.methods: unknown '{m}'; use any of {list(KNOWN_BASELINES)}")
-    reserved = {"original", "ipg", "ipg_sae", *KNOWN_BASELINES}
+    reserved = {"original", "ipg_sae", "pg_sae", *KNOWN_BASELINES}
     for name, overrides in cfg.variants.items():
         if name in reserved or not str(name).replace("_", "").isalnum():
             raise InputError(f"variants.{name}: a variant needs its own name (letters, digits, _), not one of {sorted(reserved)}")

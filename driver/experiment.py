@@ -145,7 +145,7 @@ class Experiment:
         self.card_terms: list[dict] = []  # card_terms.parquet: their per-position score terms on a few prompts
         self.score_tables: list[pa.Table] = []
         self.stability_rows: list[dict] = []
-        self.ipg_tables: dict[int, pa.Table] = {}  # accuracy-signal IPG scores per seed (for stability)
+        self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
         if cfg.ray.active() or resume:
             from driver.pipeline import RaySession
 
@@ -169,10 +169,10 @@ class Experiment:
             params.setdefault("pattern", self.extractor.pattern)
         return params
 
-    def _attribute(self, examples, *, signal, layers, seed, method="ipg", kind=None, signal_params=None, tag="",
+    def _attribute(self, examples, *, signal, layers, seed, method=None, kind=None, signal_params=None, tag="",
                    overrides: dict | None = None):
         a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
-                                method=method, seed=seed)
+                                method=method or self.cfg.attribution.method, seed=seed)
         a = dataclasses.replace(a, **(overrides or {}))
         signal_params = self._signal_params(signal, signal_params)
         run_id = f"{signal}-{method}-{a.kind}-seed{seed}{tag}"
@@ -330,15 +330,19 @@ class Experiment:
         cfg, a = self.cfg, self.cfg.attribution
         support = self._support(seed)
         methods = set(cfg.baselines.methods)
-        ipg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed)
-        self.ipg_tables[seed] = ipg_res.table
-        need_pg = "pg" in methods or "component" in methods  # the component path refines PG's top candidates
-        pg_res = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method="pg") if need_pg else None
+        main = a.method  # the run's own selection method; the other of ipg / pg runs as a baseline when listed
+        results = {main: self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method=main)}
+        self.main_tables[seed] = results[main].table
+        # the component path refines PG's top candidates
+        needed = {m for m in ("ipg", "pg") if m in methods} | ({"pg"} if "component" in methods else set())
+        for m in sorted(needed - {main}):
+            results[m] = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method=m)
         variants = {name: self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, tag=f"-{name}",
                                           overrides=overrides) for name, overrides in cfg.variants.items()}
         sae_layers = sorted(set(self.saes) & set(a.layers))
-        sae_res = self._attribute(support, signal=cfg.signal, layers=sae_layers, seed=seed, kind="sae") if sae_layers else None
-        rollouts = self._rollouts(ipg_res, support)
+        sae_res = (self._attribute(support, signal=cfg.signal, layers=sae_layers, seed=seed, kind="sae", method=main)
+                   if sae_layers else None)
+        rollouts = self._rollouts(results[main], support)
         sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts for s in r.samples]
         gammas = cfg.evaluation.enhance_gammas + cfg.evaluation.suppress_gammas
         for layer in a.layers:
@@ -356,21 +360,20 @@ class Experiment:
                     sae_site = Site(layer, "sae")
                     scores["reason_score"] = contrast_scores(self.model, self.tokenizer, sequences, sae_site,
                                                              tuple(cfg.baselines.reflection_words), self.saes)
-            path_scores = self._component_path(pg_res, rollouts, site, seed) if "component" in methods else None
+            path_scores = self._component_path(results["pg"], rollouts, site, seed) if "component" in methods else None
             if cfg.cards.enabled and seed == cfg.seeds[0]:
-                self._cards(ipg_res, rollouts, site, sequences)
+                self._cards(results[main], rollouts, site, sequences)
             for p in cfg.evaluation.p:
-                chosen = {"ipg": select(ipg_res.table, p, layer=layer, kind=a.kind)}
+                chosen = {m: select(res.table, p, layer=layer, kind=a.kind) for m, res in results.items()
+                          if m == main or m in methods}
                 chosen.update({name: select(res.table, p, layer=layer, kind=a.kind) for name, res in variants.items()})
-                if "pg" in methods:
-                    chosen["pg"] = select(pg_res.table, p, layer=layer, kind=a.kind)
                 if path_scores is not None:
                     chosen["component"] = [c for c, _ in path_scores[:p]]
                 for name in ("activation", "concept_tokens"):
                     if name in scores:
                         chosen[name] = top_components(scores[name], site, p)
                 if sae_res is not None and layer in sae_layers:
-                    chosen["ipg_sae"] = select(sae_res.table, p, layer=layer, kind="sae")
+                    chosen[f"{main}_sae"] = select(sae_res.table, p, layer=layer, kind="sae")
                     if "reason_score" in scores:
                         chosen["reason_score"] = top_components(scores["reason_score"], Site(layer, "sae"), p)
                 for method, components in chosen.items():
@@ -396,17 +399,18 @@ class Experiment:
         params = dict(c.signal_params)
         if name == "reflection" and "keywords" not in params:
             params["keywords"] = list(cfg.baselines.reflection_words)
-        res = self._attribute(self._support(seed), signal=name, layers=c.layers, seed=seed, signal_params=params)
+        main = cfg.attribution.method
+        res = self._attribute(self._support(seed), signal=name, layers=c.layers, seed=seed, signal_params=params, method=main)
         for layer in c.layers:
             site = Site(layer, cfg.attribution.kind)
-            self._sweep(name, "ipg", layer, c.p, seed, select(res.table, c.p, layer=layer, kind=site.kind), c.gammas)
+            self._sweep(name, main, layer, c.p, seed, select(res.table, c.p, layer=layer, kind=site.kind), c.gammas)
             self._sweep(name, "random", layer, c.p, seed, random_components(self.model, site, c.p, seed), c.gammas)
 
     def _stability(self) -> None:
         cfg, a = self.cfg, self.cfg.attribution
         p = cfg.stability.p
         for layer in a.layers:
-            top = {seed: select(t, p, layer=layer, kind=a.kind) for seed, t in self.ipg_tables.items()}
+            top = {seed: select(t, p, layer=layer, kind=a.kind) for seed, t in self.main_tables.items()}
             for s1, s2 in itertools.combinations(cfg.seeds, 2):
                 self.stability_rows.append({"comparison": "seeds", "layer": layer, "p": p, "a": f"seed {s1}",
                                             "b": f"seed {s2}", "dice": dice(top[s1], top[s2])})
@@ -414,8 +418,8 @@ class Experiment:
         pool = random.Random("stability-halves").sample(self.support_all, len(self.support_all))
         n = min(cfg.data.n_support, len(pool) // 2)
         halves = [pool[:n], pool[n : 2 * n]]
-        results = [self._attribute(h, signal=cfg.signal, layers=a.layers, seed=cfg.seeds[0], tag=f"-half{name}")
-                   for name, h in zip("AB", halves)]
+        results = [self._attribute(h, signal=cfg.signal, layers=a.layers, seed=cfg.seeds[0], tag=f"-half{name}",
+                                   method=a.method) for name, h in zip("AB", halves)]
         for layer in a.layers:
             sets = [select(r.table, p, layer=layer, kind=a.kind) for r in results]
             self.stability_rows.append({"comparison": "support subsets", "layer": layer, "p": p, "a": "half A",

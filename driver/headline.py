@@ -28,7 +28,7 @@ def method_order(names) -> list[str]:
     return [m for m in METHOD_ORDER if m in names] + sorted(names - set(METHOD_ORDER))
 
 
-METHOD_ORDER = ["original", "ipg", "ipg_sae", "pg", "component", "random", "activation", "concept_tokens", "reason_score", "control_vector"]
+METHOD_ORDER = ["original", "ipg", "ipg_sae", "pg", "pg_sae", "component", "random", "activation", "concept_tokens", "reason_score", "control_vector"]
 
 
 def outcome_matrices(items: list[dict], experiment: str = "accuracy", field: str = "correct") -> dict[Key, np.ndarray]:
@@ -182,10 +182,11 @@ def control_signal_lines(items: list[dict], experiment: str) -> list[str]:
         keys = {k for k in lengths if k[1] == layer}
         gammas = sorted({k[3] for k in keys} | ({1.0} if unsteered is not None else set()))
         p = next(iter(keys))[2]
+        main = next(k[0] for k in keys if k[0] != "random")  # the run's own method
         out += [f"\n**{experiment} signal, layer {layer}, p = {p}**: mean generated tokens, 95% intervals over prompts "
-                "and seeds\n", "| gamma | IPG | random | IPG - random (paired) |", "|---|---|---|---|"]
+                "and seeds\n", f"| gamma | {main} | random | {main} - random (paired) |", "|---|---|---|---|"]
         for g in gammas:
-            ipg, rnd = lengths.get(("ipg", layer, p, g)), lengths.get(("random", layer, p, g))
+            ipg, rnd = lengths.get((main, layer, p, g)), lengths.get(("random", layer, p, g))
             if g == 1.0 and ipg is None:
                 ipg = rnd = unsteered
             cells = [mean_interval(m).fmt(1.0) if m is not None else "-" for m in (ipg, rnd)]

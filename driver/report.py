@@ -8,6 +8,7 @@ The evidence section states each claim of issue 4 with the numbers that support 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -88,9 +89,13 @@ def _selection(setup: dict) -> list[str]:
     a = setup.get("attribution")
     if not a:
         return []
-    variant = (f"{a['method'].upper()} on {a['kind']} components of layers {a['layers']}: {a['baseline']} baseline, "
-               f"{a['schedule']} schedule, q = {a['q']}, N = {a['n_samples']}, {a['advantage']} advantages"
-               + (", resampled at each alpha" if a.get("resample") else ""))
+    if a["method"] == "pg":
+        variant = (f"PG (the policy gradient times the activation, at the actual activations) on {a['kind']} components "
+                   f"of layers {a['layers']}: N = {a['n_samples']}, {a['advantage']} advantages")
+    else:
+        variant = (f"{a['method'].upper()} on {a['kind']} components of layers {a['layers']}: {a['baseline']} baseline, "
+                   f"{a['schedule']} schedule, q = {a['q']}, N = {a['n_samples']}, {a['advantage']} advantages"
+                   + (", resampled at each alpha" if a.get("resample") else ""))
     return [f"Selection: {variant}" + (f" ({a['why']})" if a.get("why") else "") + ".", ""]
 
 
@@ -219,7 +224,7 @@ def _by_gamma(rows) -> dict:
     return out
 
 
-def _control_table(evals, experiment: str) -> list[str]:
+def _control_table(evals, experiment: str, main: str = "ipg") -> list[str]:
     rows = [r for r in evals if r["experiment"] == experiment]
     if not rows:
         return []
@@ -228,19 +233,20 @@ def _control_table(evals, experiment: str) -> list[str]:
     for layer in sorted({r["layer"] for r in rows}):
         out += [f"\n**{experiment} signal, layer {layer}, p = {rows[0]['p']}** (mean generated tokens / accuracy % / "
                 f"reflection share %; original {_mean([r['mean_length'] for r in original]):.1f} / {_ms([r['accuracy'] for r in original])})\n",
-                "| gamma | IPG length | IPG accuracy | IPG reflection | random length | random accuracy |", "|---|---|---|---|---|---|"]
+                f"| gamma | {main} length | {main} accuracy | {main} reflection | random length | random accuracy |",
+                "|---|---|---|---|---|---|"]
         g = _group([r for r in rows if r["layer"] == layer], "method", "gamma")
         for gamma in sorted({r["gamma"] for r in rows}):
-            ipg, rnd = g.get(("ipg", gamma), []), g.get(("random", gamma), [])
+            ipg, rnd = g.get((main, gamma), []), g.get(("random", gamma), [])
             out.append(f"| {gamma:g} | {_ms([r['mean_length'] for r in ipg], False)} | {_ms([r['accuracy'] for r in ipg])} | "
                        f"{_ms([r['reflection_share'] for r in ipg])} | {_ms([r['mean_length'] for r in rnd], False)} | "
                        f"{_ms([r['accuracy'] for r in rnd])} |")
     return out
 
 
-def _monotone(evals, experiment: str) -> list[str]:
+def _monotone(evals, experiment: str, main: str = "ipg") -> list[str]:
     out = []
-    rows = [r for r in evals if r["experiment"] == experiment and r["method"] == "ipg"]
+    rows = [r for r in evals if r["experiment"] == experiment and r["method"] == main]
     for layer in sorted({r["layer"] for r in rows}):
         g = _group([r for r in rows if r["layer"] == layer], "gamma")
         curve = [(gamma, _mean([r["mean_length"] for r in rs])) for (gamma,), rs in sorted(g.items())]
@@ -253,7 +259,7 @@ def _monotone(evals, experiment: str) -> list[str]:
     return out
 
 
-def _evidence(findings, evals) -> list[str]:
+def _evidence(findings, evals, main: str = "ipg") -> list[str]:
     out = ["\n## Evidence (claims of the experiment, checked on these numbers)\n"]
     by = {(f["layer"], f["p"], f["method"]): f for f in findings}
     held = []
@@ -279,11 +285,11 @@ def _evidence(findings, evals) -> list[str]:
             out.append(f"- enhancement {f['method']} layer {f['layer']} p {f['p']} at its best gamma {f['best_gamma']:g}: "
                        f"{100 * delta:+.1f} pts (seed sd {100 * _sd(f['enhance_best']):.1f}) vs original -> "
                        f"{'does not lower accuracy' if delta >= 0 else '**lowers accuracy**'}")
-    out += _monotone(evals, "length")
+    out += _monotone(evals, "length", main)
     return out
 
 
-def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
+def _plots(run_dir: Path, evals, scores, stability, main: str = "ipg") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,8 +353,8 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
         ax.set(title="length control", xlabel="gamma", ylabel="mean generated tokens (mean, 1 sd)")
         ax.legend(fontsize=7)
         save(fig, "length_vs_gamma.png")
-    ipg = [r for r in scores if r["method"] == "ipg" and r["kind"] == "residual" and r["signal"] == "accuracy"
-           and "-half" not in r["run_id"]]  # per-seed runs only, not the stability halves
+    ipg = [r for r in scores if r["method"] == main and r["kind"] == "residual" and r["signal"] == "accuracy"
+           and re.search(r"-seed\d+$", r["run_id"])]  # the per-seed runs of the run's method: no halves, no variants
     if ipg:
         slayers = sorted({r["layer"] for r in ipg})
         fig, axes = plt.subplots(len(slayers), 1, figsize=(8, 2.6 * len(slayers)), squeeze=False)
@@ -356,7 +362,7 @@ def _plots(run_dir: Path, evals, scores, stability) -> list[str]:
             mean = {i: _mean([r["score"] for r in rs]) for (i,), rs in _group([r for r in ipg if r["layer"] == layer], "index").items()}
             top = sorted(mean, key=lambda i: -mean[i])[:16]
             ax.bar([str(i) for i in top], [mean[i] for i in top])
-            ax.set(title=f"layer {layer}: top IPG components (accuracy, mean over seeds)", ylabel="score")
+            ax.set(title=f"layer {layer}: top {main} components (accuracy, mean over seeds)", ylabel="score")
         save(fig, "top_components.png")
     seeds = [r for r in stability if r["comparison"] == "seeds"]
     if seeds:
@@ -382,6 +388,7 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     evals, scores, setup, optional = _load(run_dir)
     stability, items, selections, massive = (optional[k] for k in ("stability", "eval_items", "selections", "massive"))
+    main = setup.get("attribution", {}).get("method", "ipg")  # the run's own selection method
     table1, findings = _table1(evals)
     lines = ["# IPG experiment report", "",
              *_selection(setup),
@@ -396,16 +403,16 @@ def write_report(run_dir: str | Path) -> Path:
              *_setup(setup),
              "\n## Table 1: enhance and suppress reasoning (accuracy signal)", *table1,
              _gamma_note(evals),
-             "\n## Length control", *(_control_table(evals, "length") or ["(not run)"]),
+             "\n## Length control", *(_control_table(evals, "length", main) or ["(not run)"]),
              *control_signal_lines(items, "length"),
-             "\n## Reflection control", *(_control_table(evals, "reflection") or ["(not run)"]),
+             "\n## Reflection control", *(_control_table(evals, "reflection", main) or ["(not run)"]),
              "\n## Stability (Dice overlap of top-p IPG sets)"]
     if stability:
         lines += ["| comparison | layer | p | a | b | Dice |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['comparison']} | {r['layer']} | {r['p']} | {r['a']} | {r['b']} | {r['dice']:.2f} |" for r in stability]
     else:
         lines.append("(not run)")
-    lines += _evidence(findings, evals)
-    made = _plots(run_dir, evals, scores, stability)
+    lines += _evidence(findings, evals, main)
+    made = _plots(run_dir, evals, scores, stability, main)
     lines += ["\n## Plots", *[f"![{m}](plots/{m})" for m in made]]
     return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")

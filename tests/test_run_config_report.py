@@ -129,3 +129,22 @@ def test_the_paper_preset_sets_the_papers_attribution_and_flags_still_win():
     assert all(k.startswith("attribution.") for k in PRESETS["paper"])
     with pytest.raises(InputError, match=r"--preset: unknown 'papr'; use one of \['paper'\]"):
         load_config(None, [], preset="papr")
+
+
+def test_pg_as_the_runs_method_with_the_papers_ipg_as_a_baseline(tmp_path):
+    out = tmp_path / "run"
+    assert main(["run", f"--out={out}", "--seeds=[0]", "--data.n_support=4", "--data.n_eval=6", "--attribution.layers=[2]",
+                 "--attribution.q=2", "--attribution.n_samples=2", "--evaluation.p=[4]", "--attribution.method=pg",
+                 "--baselines.methods=[ipg, random]", "--evaluation.random_draws=1", "--length.layers=[2]",
+                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4", "--cards.components=2",
+                 "--model.saes={}"]) == 0
+    evals = pq.read_table(out / "eval.parquet").to_pylist()
+    assert {r["method"] for r in evals if r["experiment"] == "accuracy"} == {"original", "pg", "ipg", "random"}
+    assert {r["method"] for r in evals if r["experiment"] == "length"} == {"pg", "random"}
+    scores = pq.read_table(out / "scores.parquet").to_pylist()
+    assert {r["run_id"] for r in scores} >= {"accuracy-pg-residual-seed0", "accuracy-ipg-residual-seed0",
+                                             "accuracy-pg-residual-seed0-halfA"}
+    assert {c["method"] for c in pq.read_table(out / "cards.parquet").to_pylist()} == {"pg"}
+    report = (out / "report.md").read_text()
+    assert report.startswith("# IPG experiment report\n\nSelection: PG (the policy gradient times the activation")
+    assert "| gamma | pg length | pg accuracy |" in report and "| gamma | pg | random | pg - random (paired) |" in report
