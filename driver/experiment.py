@@ -175,7 +175,7 @@ class Experiment:
                                 method=method or self.cfg.attribution.method, seed=seed)
         a = dataclasses.replace(a, **(overrides or {}))
         signal_params = self._signal_params(signal, signal_params)
-        run_id = f"{signal}-{method}-{a.kind}-seed{seed}{tag}"
+        run_id = f"{signal}-{a.method}-{a.kind}-seed{seed}{tag}"
         with self.timers("attribute"):
             if self.session is not None:  # one resumable unit per attribution under out/attributions/
                 res = self.session.attribute(examples, a, signal=signal, signal_params=signal_params, run_id=run_id,

@@ -59,6 +59,8 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     assert {"method", "layer", "p", "gamma", "seed", "draw", "accuracy", "mean_length", "n"} <= set(evals[0])
     methods = {r["method"] for r in evals if r["experiment"] == "accuracy"}
     assert methods == {"original", "ipg", "ipg_sae", "random", "activation", "reason_score", "component", "ipg_mean"}
+    run_ids = set(pq.read_table(out / "scores.parquet").column("run_id").to_pylist())
+    assert {"accuracy-ipg-residual-seed0-ipg_mean", "accuracy-pg-residual-seed1", "accuracy-ipg-sae-seed1"} <= run_ids
     # per prompt: every evaluation's 12 prompts, and its accuracy is their mean
     items = pq.read_table(out / "eval_items.parquet").to_pylist()
     for r in evals:
