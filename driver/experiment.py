@@ -242,14 +242,13 @@ class Experiment:
                 self._evaluate({"scale": components, "gamma": gamma}, self.validation_examples, experiment="validation",
                                method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
 
-    def _component_path(self, pg_res, rollouts, site: Site, seed: int) -> list[tuple[ComponentId, float]]:
+    def _component_path(self, pg_res, rollouts, site: Site, seed: int, baseline) -> list[tuple[ComponentId, float]]:
         """PG's top candidates re-scored on the per-component path (ipg.component_path), best first."""
         a, k = self.cfg.attribution, self.cfg.baselines.component_candidates
         k = min(max(k, max(self.cfg.evaluation.p)), len(pg_res.scores(site.layer, site.kind)))
         candidates = [c.index for c in select(pg_res.table, k, layer=site.layer, kind=site.kind)]
         cfg = dataclasses.replace(a, layers=(site.layer,), seed=seed)
         with self.timers("component_path"):
-            baseline = site_baselines(self.model, rollouts, [site], cfg, self.saes)[site]
             per_prompt = component_path_scores(self.model, rollouts, site, candidates, cfg, baseline, self.saes)
         scores = per_prompt.mean(0)
         order = sorted(range(len(candidates)), key=lambda j: (-scores[j], candidates[j]))
@@ -257,7 +256,7 @@ class Experiment:
                  f"{[candidates[j] for j in order[:8]]}")
         return [(ComponentId(site.layer, site.kind, candidates[j]), float(scores[j])) for j in order]
 
-    def _cards(self, res, rollouts, site: Site, sequences) -> None:
+    def _cards(self, res, rollouts, site: Site, sequences, baseline) -> None:
         """Cards of the method's top components at this layer (ipg.cards): contexts and per-position terms."""
         c = self.cfg.cards
         top = [x.index for x in select(res.table, c.components, layer=site.layer, kind=site.kind)]
@@ -265,7 +264,6 @@ class Experiment:
         cfg = dataclasses.replace(res.config, layers=(site.layer,))
         with self.timers("cards"):
             contexts = top_contexts(self.model, self.tokenizer, site, sequences, top, k=c.contexts, saes=self.saes)
-            baseline = site_baselines(self.model, rollouts, [site], cfg, self.saes)[site]
             terms = position_terms(self.model, self.tokenizer, mixed, site, top, cfg, baseline, saes=self.saes)
         ratio = self.magnitudes.get((site.layer, cfg.seed))
         for rank, i in enumerate(top):
@@ -360,9 +358,13 @@ class Experiment:
                     sae_site = Site(layer, "sae")
                     scores["reason_score"] = contrast_scores(self.model, self.tokenizer, sequences, sae_site,
                                                              tuple(cfg.baselines.reflection_words), self.saes)
-            path_scores = self._component_path(results["pg"], rollouts, site, seed) if "component" in methods else None
-            if cfg.cards.enabled and seed == cfg.seeds[0]:
-                self._cards(results[main], rollouts, site, sequences)
+            cards = cfg.cards.enabled and seed == cfg.seeds[0]
+            baseline = None  # the path's baseline at this site, shared by the component path and the cards
+            if "component" in methods or cards:
+                baseline = site_baselines(self.model, rollouts, [site], dataclasses.replace(a, layers=(layer,)), self.saes)[site]
+            path_scores = self._component_path(results["pg"], rollouts, site, seed, baseline) if "component" in methods else None
+            if cards:
+                self._cards(results[main], rollouts, site, sequences, baseline)
             for p in cfg.evaluation.p:
                 chosen = {m: select(res.table, p, layer=layer, kind=a.kind) for m, res in results.items()
                           if m == main or m in methods}

@@ -385,6 +385,44 @@ def policy_logprobs(model, ids: torch.Tensor, targets: torch.Tensor, cfg: Attrib
     return _policy_logprobs(model, hidden, ids, targets, cfg.policy_temperature)
 
 
+@dataclass
+class TrajectoryAtSite:
+    """One trajectory with its site values captured once, for passes of R rows from the site up, each row
+    replacing the site's values (the per-component path, the component cards)."""
+
+    ids: list[int]
+    acts: dict[str, torch.Tensor]  # "h" (T, width), plus "block_input" (MLP) or "residual" (SAE) sites
+    on_path: torch.Tensor  # (T,) bool: the path positions
+    targets: torch.Tensor  # (T,) bool: the states that predict generated tokens
+
+    @classmethod
+    def capture(cls, model, site: Site, sample: Sample, cfg: AttributionConfig, saes: dict | None = None):
+        ids = sample.prompt_ids + sample.completion_ids
+        T, L = len(ids), len(sample.prompt_ids)
+        device = next(model.parameters()).device
+        acts = {k: v[0] for k, v in capture_sites(model, [site], [ids], saes)[site].items()}
+        return cls(ids, acts, _positions_mask(L, T, T, cfg.positions).to(device),
+                   _positions_mask(L, T, T, "generated").to(device))
+
+    @property
+    def h(self) -> torch.Tensor:
+        return self.acts["h"]
+
+    @contextmanager
+    def rows(self, model, site: Site, x: torch.Tensor, cfg: AttributionConfig, saes: dict | None = None):
+        """Yields log pi of the trajectory for each row of ``x`` (R, T, width); a backward pass belongs
+        inside the body (``from_site``)."""
+        R = x.shape[0]
+        sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
+
+        def padded(key):
+            return self.acts[key][None].expand(R, *self.acts[key].shape) if key in self.acts else None
+
+        ids = torch.tensor([self.ids] * R, device=x.device)
+        with from_site(model, site, sae, x, self.h[None].expand(R, *self.h.shape), padded, cfg):
+            yield policy_logprobs(model, ids, self.targets[None].expand(R, -1), cfg)
+
+
 def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, acts, b, cfg, device, past=None) -> np.ndarray:
     """(R, width): sum over path positions of (h - h') * grad for each row. ``past``: the rows' shared
     prompt prefix (keys/values of positions 0..P-1 in every block); the rows then run positions P.. only."""

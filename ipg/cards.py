@@ -22,8 +22,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ipg.attribution import AttributionConfig, Rollout, _positions_mask, from_site, policy_logprobs
-from ipg.components import Site, capture_sites, site_activations
+from ipg.attribution import AttributionConfig, Rollout, TrajectoryAtSite
+from ipg.components import Site, site_activations
 
 
 def top_contexts(model, tokenizer, site: Site, sequences: list[tuple[list[int], int]], components: list[int], *,
@@ -66,37 +66,25 @@ def position_terms(model, tokenizer, rollouts: list[Rollout], site: Site, compon
                    baseline: torch.Tensor, *, saes: dict | None = None) -> list[dict]:
     """Per-position score terms of ``components`` on the rollouts' trajectories (zero-advantage ones add
     nothing and are left out): one record per (component, trajectory, generated token)."""
-    sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
     device = next(model.parameters()).device
     alphas = cfg.alphas
+    weights = torch.tensor([w for _, w in alphas], device=device, dtype=torch.float32)
     out = []
     for r in rollouts:
         for s, adv in zip(r.samples, r.advantages):
             if adv == 0.0 or not s.completion_ids:
                 continue
-            ids_list = s.prompt_ids + s.completion_ids
-            T, L = len(ids_list), len(s.prompt_ids)
-            acts = {key: v[0] for key, v in capture_sites(model, [site], [ids_list], saes)[site].items()}
-            h = acts["h"]
+            traj = TrajectoryAtSite.capture(model, site, s, cfg, saes)
+            h, T, L = traj.h, len(traj.ids), len(s.prompt_ids)
             b = baseline.to(device=h.device, dtype=h.dtype)
-            R = len(alphas)
             alpha = torch.tensor([a for a, _ in alphas], device=device, dtype=h.dtype)[:, None, None]
-            on_path = _positions_mask(L, T, T, cfg.positions).to(device)
-            hR = h[None].expand(R, *h.shape)
+            hR = h[None].expand(len(alphas), *h.shape)
             leaf = (b + alpha * (hR - b)).detach().requires_grad_(True)
-            x = torch.where(on_path[None, :, None], leaf, hR)
-
-            def padded(key, R=R):
-                return acts[key][None].expand(R, *acts[key].shape) if key in acts else None
-
-            ids = torch.tensor([ids_list] * R, device=device)
-            targets = _positions_mask(L, T, T, "generated").to(device)[None].expand(R, T)
-            weights = torch.tensor([w for _, w in alphas], device=device, dtype=torch.float32)
-            with torch.enable_grad(), from_site(model, site, sae, x, hR, padded, cfg):
-                logp = policy_logprobs(model, ids, targets, cfg)
+            x = torch.where(traj.on_path[None, :, None], leaf, hR)
+            with torch.enable_grad(), traj.rows(model, site, x, cfg, saes) as logp:
                 (adv * logp.float()).sum().backward()
             g = (leaf.grad.float() * weights[:, None, None]).sum(0)  # (T, width): the schedule's weighted sum
-            terms = ((h.float() - b.float()) * g)[:, components] * on_path[:, None] / len(r.samples)  # (T, k)
+            terms = ((h.float() - b.float()) * g)[:, components] * traj.on_path[:, None] / len(r.samples)  # (T, k)
             lines = _lines_of(tokenizer, s.completion_ids)
             n_gen = len(s.completion_ids)
             for t in range(L - 1, T - 1):  # decision position t predicts completion token t + 1 - L

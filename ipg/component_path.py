@@ -38,46 +38,34 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ipg.attribution import AttributionConfig, Rollout, _positions_mask, from_site, policy_logprobs
-from ipg.components import Site, capture_sites
+from ipg.attribution import AttributionConfig, Rollout, TrajectoryAtSite
+from ipg.components import Site
 
 
 def component_path_scores(model, rollouts: list[Rollout], site: Site, candidates: list[int], cfg: AttributionConfig,
                           baseline: torch.Tensor, saes: dict | None = None) -> np.ndarray:
     """(n_prompts, len(candidates)): CP_i per prompt, the mean over its samples of A_n times the drop in
     log pi(tau_n) when candidate i alone is set to its baseline at the path positions."""
-    sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
-    device = next(model.parameters()).device
     out = np.zeros((len(rollouts), len(candidates)), dtype=np.float64)
     if not candidates:
         return out
-    budget = cfg.budget(device)
+    budget = cfg.budget(next(model.parameters()).device)
     for p, r in enumerate(rollouts):
         for s, adv in zip(r.samples, r.advantages):
             if adv == 0.0:
                 continue  # zero advantage: no contribution
-            ids_list = s.prompt_ids + s.completion_ids
-            T = len(ids_list)
-            acts = {k: v[0] for k, v in capture_sites(model, [site], [ids_list], saes)[site].items()}
-            h = acts["h"]  # (T, width)
+            traj = TrajectoryAtSite.capture(model, site, s, cfg, saes)
+            h, T = traj.h, len(traj.ids)
             b = baseline.to(device=h.device, dtype=h.dtype)
-            on_path = _positions_mask(len(s.prompt_ids), T, T, cfg.positions).to(device)
-            targets = _positions_mask(len(s.prompt_ids), T, T, "generated").to(device)
             per_row = max(2, budget // max(T, 1))  # rows per forward: the unedited one and candidates
             base_logp = None
             for start in range(0, len(candidates), per_row - 1):
                 chunk = candidates[start : start + per_row - 1]
-                R = len(chunk) + 1
-                x = h[None].expand(R, T, h.shape[1]).clone()
+                x = h[None].expand(len(chunk) + 1, *h.shape).clone()
                 for j, c in enumerate(chunk):
-                    x[j + 1, on_path, c] = b[c]
-
-                def padded(key, R=R):
-                    return acts[key][None].expand(R, *acts[key].shape) if key in acts else None
-
-                ids = torch.tensor([ids_list] * R, device=device)
-                with torch.no_grad(), from_site(model, site, sae, x, h[None].expand(R, *h.shape), padded, cfg):
-                    logp = policy_logprobs(model, ids, targets[None].expand(R, T), cfg).double().cpu()
+                    x[j + 1, traj.on_path, c] = b[c]
+                with torch.no_grad(), traj.rows(model, site, x, cfg, saes) as rows:
+                    logp = rows.double().cpu()
                 base_logp = logp[0] if base_logp is None else base_logp
                 out[p, start : start + len(chunk)] += adv * (base_logp - logp[1:]).numpy() / len(r.samples)
     return out
