@@ -18,7 +18,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from ipg.intervals import Interval, difference_interval, mean_interval
+from ipg.intervals import difference_interval, mean_interval
 
 Key = tuple  # (method, layer, p, gamma)
 FLOOR = 0.3  # below this original accuracy the report says that suppression can only show a floor
@@ -155,18 +155,6 @@ def verdict(records: list[dict]) -> list[str]:
     best = max(beat, key=lambda r: r["vs_random"].estimate)
     return ["Control range beyond random's (paired interval above 0): " + "; ".join(parts) + ".",
             f"Strongest: {best['method']} at layer {best['layer']}, p {best['p']}."]
-
-
-def as_rows(records: list[dict]) -> list[dict]:
-    """Flat records (for JSON): each interval as estimate/low/high."""
-    out = []
-    for r in records:
-        row = {k: v for k, v in r.items() if not isinstance(v, Interval) and v is not None}
-        for k, v in r.items():
-            if isinstance(v, Interval):
-                row.update({f"{k}_{f}": x for f, x in v.as_dict().items() if f in ("estimate", "low", "high")})
-        out.append(row)
-    return out
 
 
 def control_signal_lines(items: list[dict], experiment: str) -> list[str]:

@@ -193,11 +193,11 @@ class RaySession:
         c, m = self.cfg, self.model
         if c.rollout_backend != "vllm":
             return None
-        from workers.vllm_sizing import preflight
+        from workers.vllm_sizing import preflight, whole_blocks
 
         vllm = dataclasses.asdict(c.vllm)
         if vllm["max_model_len"] is None and max_tokens:
-            vllm["max_model_len"] = -(-max_tokens // 16) * 16  # whole KV blocks
+            vllm["max_model_len"] = whole_blocks(max_tokens)
         preflight(path, vllm, gpu=c.gpus_per_actor > 0, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
         return vllm
 

@@ -44,8 +44,7 @@ class VLLMEngine:
     def __init__(self, model: str, *, dtype: str = "float32", seed: int = 0, tensor_parallel_size: int = 1,
                  max_model_len: int | None = None, max_num_seqs: int | None = None, kv_cache_gib: float | None = None,
                  gpu_memory_utilization: float | None = None, gpu_share: float | None = None,
-                 enforce_eager: bool = True, enable_prefix_caching: bool = False, trust_remote_code: bool = False,
-                 log=None):
+                 enforce_eager: bool = True, enable_prefix_caching: bool = False, trust_remote_code: bool = False):
         os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model ships our hook functions
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from transformers import AutoTokenizer
@@ -59,9 +58,7 @@ class VLLMEngine:
                       max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib,
                       gpu_memory_utilization=gpu_memory_utilization, gpu_share=gpu_share,
                       trust_remote_code=trust_remote_code)
-        self.memory = memory.summary
-        if log is not None:
-            log(memory.summary)
+        self.memory = memory.summary  # the line a run logs about this engine
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         args = {k: v for k, v in memory.args.items() if v is not None}
         self.llm = LLM(model=path, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,

@@ -59,8 +59,9 @@ class ModelShape:
         return 2 * self.layers * heads * self.head_dim * self.value_bytes
 
 
-def _round_up(n: int, to: int = BLOCK) -> int:
-    return -(-n // to) * to
+def whole_blocks(n: int) -> int:
+    """``n`` tokens rounded up to whole KV blocks."""
+    return -(-n // BLOCK) * BLOCK
 
 
 def _gib(n: float) -> str:
