@@ -1,8 +1,10 @@
 """report.md and plots for a run directory, rebuilt from its Parquet files alone (``ipg report RUN_DIR``).
 
-Tables follow the paper: Table 1 (enhance / suppress accuracy per method), the length-control table,
-and the reflection-control table; every number is a mean over seeds with its standard deviation.
-The evidence section states each claim of issue 4 with the numbers that support or refute it.
+The headline (``driver.headline``) gives each selection's control range against random with 95%
+bootstrap intervals over eval prompts and seeds; the plots draw the same intervals as error bars. The
+tables after it follow the paper: Table 1 (enhance / suppress accuracy per method, mean and standard
+deviation over seeds), the length-control and the reflection-control tables, and the evidence section,
+which checks the paper's claims against the numbers.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from driver.headline import METHOD_ORDER, control_signal_lines, headline, method_order
+from driver.headline import METHOD_ORDER, control_signal_lines, headline, method_order, outcome_matrices
+from ipg.intervals import mean_interval
 from ipg.errors import InputError
 from ipg.sites import ComponentId
 from ipg.files import atomic_write_text
@@ -289,7 +292,7 @@ def _evidence(findings, evals, main: str = "ipg") -> list[str]:
     return out
 
 
-def _plots(run_dir: Path, evals, scores, stability, main: str = "ipg") -> list[str]:
+def _plots(run_dir: Path, evals, scores, stability, items, main: str = "ipg") -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,12 +313,31 @@ def _plots(run_dir: Path, evals, scores, stability, main: str = "ipg") -> list[s
     originals = [r for r in evals if r["method"] == "original"]
     original = _mean([r["accuracy"] for r in originals])
 
-    def curve(ax, rows, x: str, y: str, label: str, color, scale: float = 100.0):
-        """Mean over seeds (and random draws) with a bar of one standard deviation, one colour per method."""
+    # error bars: 95% bootstrap intervals over eval prompts and seeds (random: its draws), from the per-prompt
+    # outcomes; a run without them (older runs) falls back to one standard deviation over seeds
+    correct = outcome_matrices(items, "accuracy", "correct") if items else {}
+    lengths = {e: outcome_matrices(items, e, "length") for e in ("accuracy", "length")} if items else {}
+    bar = "95% interval" if items else "1 sd"
+
+    def point(rows, y: str, matrix, scale: float) -> tuple[float, float, float]:
+        """(mean, lower bar, upper bar) of one plotted point."""
+        if matrix is not None:
+            iv = mean_interval(matrix)
+            return scale * iv.estimate, scale * (iv.estimate - iv.low), scale * (iv.high - iv.estimate)
+        m, sd = scale * _mean([r[y] for r in rows]), scale * _sd([r[y] for r in rows])
+        return m, sd, sd
+
+    def curve(ax, rows, x: str, y: str, label: str, color, matrices: dict, scale: float = 100.0, **style):
+        """One method's points along x (gamma or p), one colour per method, with error bars."""
         g = sorted(_group(rows, x).items())
-        ys = [scale * _mean([r[y] for r in rs]) for _, rs in g]
-        es = [scale * _sd([r[y] for r in rs]) for _, rs in g]
-        ax.errorbar([k[0] for k, _ in g], ys, yerr=es, marker="o", capsize=3, label=label, color=color)
+        pts = []
+        for (xv,), rs in g:
+            r0 = rs[0]
+            key = ("original", -1, 0, 1.0) if r0["method"] == "original" else (r0["method"], r0["layer"], r0["p"], r0["gamma"])
+            m = matrices.get(key)
+            pts.append(point(rs, y, m[:1] if m is not None and r0["method"] == "original" else m, scale))
+        ax.errorbar([k[0] for k, _ in g], [p[0] for p in pts], yerr=[[p[1] for p in pts], [p[2] for p in pts]],
+                    marker="o", capsize=3, label=label, color=color, **style)
 
     variants = sorted({r["method"] for r in evals} - set(METHOD_ORDER))
     layers = sorted({r["layer"] for r in acc})
@@ -325,18 +347,18 @@ def _plots(run_dir: Path, evals, scores, stability, main: str = "ipg") -> list[s
         for ax, layer in zip(axes[0], layers):
             for (method,), rows in sorted(_group([r for r in acc if r["layer"] == layer and r["p"] in (p0, 0)], "method").items()):
                 gamma_one = [{**r, "gamma": 1.0} for r in originals] if method != "control_vector" else []
-                curve(ax, rows + gamma_one, "gamma", "accuracy", method, color_of(method, variants))
+                curve(ax, rows + gamma_one, "gamma", "accuracy", method, color_of(method, variants), correct)
             ax.axhline(100 * original, color="gray", ls="--", label="original")
-            ax.set(title=f"layer {layer}, p = {p0}", xlabel="gamma", ylabel="greedy accuracy % (mean, 1 sd)")
+            ax.set(title=f"layer {layer}, p = {p0}", xlabel="gamma", ylabel=f"greedy accuracy % (mean, {bar})")
             ax.legend(fontsize=7)
         save(fig, "accuracy_vs_gamma.png")
         fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
         for ax, layer in zip(axes[0], layers):
             rows = [r for r in acc if r["layer"] == layer and r["gamma"] == 0.0]
             for (method,), rs in sorted(_group(rows, "method").items()):
-                curve(ax, rs, "p", "accuracy", method, color_of(method, variants))
+                curve(ax, rs, "p", "accuracy", method, color_of(method, variants), correct)
             ax.axhline(100 * original, color="gray", ls="--", label="original")
-            ax.set(title=f"suppression (gamma 0), layer {layer}", xlabel="p", ylabel="greedy accuracy % (mean, 1 sd)")
+            ax.set(title=f"suppression (gamma 0), layer {layer}", xlabel="p", ylabel=f"greedy accuracy % (mean, {bar})")
             ax.legend(fontsize=7)
         save(fig, "accuracy_vs_p.png")
     length = [r for r in evals if r["experiment"] == "length"]
@@ -346,11 +368,10 @@ def _plots(run_dir: Path, evals, scores, stability, main: str = "ipg") -> list[s
         for (method, layer), rows in sorted(_group(length, "method", "layer").items()):
             gamma_one = [{**r, "gamma": 1.0} for r in originals]  # gamma 1 is the unsteered model
             layer_style = styles[sorted({r["layer"] for r in length}).index(layer) % len(styles)]
-            g = sorted(_group(rows + gamma_one, "gamma").items())
-            ax.errorbar([k[0] for k, _ in g], [_mean([r["mean_length"] for r in x]) for _, x in g],
-                        yerr=[_sd([r["mean_length"] for r in x]) for _, x in g], marker="o", capsize=3, ls=layer_style,
-                        color=color_of(method, variants), label=f"{method} layer {layer}")
-        ax.set(title="length control", xlabel="gamma", ylabel="mean generated tokens (mean, 1 sd)")
+            curve(ax, rows + gamma_one, "gamma", "mean_length", f"{method} layer {layer}", color_of(method, variants),
+                  {**lengths.get("length", {}), **{k: v for k, v in lengths.get("accuracy", {}).items() if k[0] == "original"}},
+                  scale=1.0, ls=layer_style)
+        ax.set(title="length control", xlabel="gamma", ylabel=f"mean generated tokens (mean, {bar})")
         ax.legend(fontsize=7)
         save(fig, "length_vs_gamma.png")
     ipg = [r for r in scores if r["method"] == main and r["kind"] == "residual" and r["signal"] == "accuracy"
@@ -413,6 +434,6 @@ def write_report(run_dir: str | Path) -> Path:
     else:
         lines.append("(not run)")
     lines += _evidence(findings, evals, main)
-    made = _plots(run_dir, evals, scores, stability, main)
+    made = _plots(run_dir, evals, scores, stability, items, main)
     lines += ["\n## Plots", *[f"![{m}](plots/{m})" for m in made]]
     return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
