@@ -211,11 +211,6 @@ class BaselinesConfig:
                                                         "control_vector", "reason_score"])
     concept_tokens: list[str] = field(default_factory=lambda: ["+", "="])
     reflection_words: list[str] = field(default_factory=lambda: ["wait", "check"])
-    component_candidates: int = 32  # 'component': the per-component path is computed for PG's top candidates
-
-    def __post_init__(self):
-        if self.component_candidates < 1:
-            raise InputError(f"component_candidates: must be >= 1, got {self.component_candidates}")
 
 
 @dataclass(frozen=True)

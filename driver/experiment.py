@@ -1,12 +1,12 @@
 """The experiment runner behind ``ipg run``: attribute, steer, evaluate against baselines, report.
 
 Stages (each timed under its own name in run.json):
-  attribute     IPG and PG (and SAE features where an SAE exists) on the support set, per seed
+  attribute     the run's method (attribution.method) and the listed others of ipg / pg / component, the
+                variants, and SAE features where an SAE exists, on the support set, per seed; the length and
+                reflection signals' attributions too
   baselines     random / activation / concept_tokens / reason_score / control_vector selections
-  component_path PG's top candidates re-scored on the per-component path
   cards         contexts and per-position score terms of the top components (first seed)
   evaluate      greedy accuracy and mean length on the held-out eval split under every steering
-  control       length and reflection signals: attribute, then sweep gamma
   stability     Dice overlap of top-p sets across seeds and across disjoint support subsets
   report        report.md and plots, rebuilt from the Parquet files alone
 Outputs in cfg.out: scores.parquet, eval.parquet, eval_items.parquet (per prompt), selections.parquet,
@@ -31,8 +31,8 @@ from driver.config import RunConfig, as_dict, sae_path
 from ipg.attribution import attribute, prepare_examples, sample_rollouts, site_baselines
 from ipg.baselines import activation_scores, contrast_scores, control_vector, random_components, top_components
 from ipg.cards import position_terms, top_contexts
-from ipg.component_path import component_path_scores
-from ipg.components import ComponentId, Site
+from ipg.components import Site
+from ipg.paths import METHODS
 from ipg.data import load_examples
 from ipg.errors import InputError
 from ipg.evaluation import score_items, summary_of
@@ -170,19 +170,24 @@ class Experiment:
         return params
 
     def _attribute(self, examples, *, signal, layers, seed, method=None, kind=None, signal_params=None, tag="",
-                   overrides: dict | None = None):
+                   overrides: dict | None = None, pg_table=None):
+        """One attribution, on Ray or here. ``pg_table``: method 'component' takes its candidates from these
+        PG scores (of the same support prompts) instead of running PG again."""
         a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
                                 method=method or self.cfg.attribution.method, seed=seed)
         a = dataclasses.replace(a, **(overrides or {}))
+        if a.method == "component":  # it selects among its candidates: at least as many as the largest p
+            a = dataclasses.replace(a, candidates=max(a.candidates, *self.cfg.evaluation.p, self.cfg.cards.components))
         signal_params = self._signal_params(signal, signal_params)
         run_id = f"{signal}-{a.method}-{a.kind}-seed{seed}{tag}"
         with self.timers("attribute"):
             if self.session is not None:  # one resumable unit per attribution under out/attributions/
                 res = self.session.attribute(examples, a, signal=signal, signal_params=signal_params, run_id=run_id,
-                                             out_dir=Path(self.cfg.out) / "attributions" / run_id, resume=self.resume_units)
+                                             out_dir=Path(self.cfg.out) / "attributions" / run_id, resume=self.resume_units,
+                                             pg_table=pg_table)
             else:
                 res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params,
-                                saes=self.saes, run_id=run_id, **dataclasses.asdict(a))
+                                saes=self.saes, run_id=run_id, pg_table=pg_table, **dataclasses.asdict(a))
         self.score_tables.append(res.table)
         self.log(f"  attributed {run_id} layers {list(layers)}: "
                  f"{res.diagnostics['seconds_per_prompt']:.2f} s/prompt, {res.diagnostics['mixed_groups']}/{len(examples)} mixed groups")
@@ -241,20 +246,6 @@ class Experiment:
             if experiment == "accuracy" and gamma > 1 and self.validation_examples:
                 self._evaluate({"scale": components, "gamma": gamma}, self.validation_examples, experiment="validation",
                                method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
-
-    def _component_path(self, pg_res, rollouts, site: Site, seed: int, baseline) -> list[tuple[ComponentId, float]]:
-        """PG's top candidates re-scored on the per-component path (ipg.component_path), best first."""
-        a, k = self.cfg.attribution, self.cfg.baselines.component_candidates
-        k = min(max(k, max(self.cfg.evaluation.p)), len(pg_res.scores(site.layer, site.kind)))
-        candidates = [c.index for c in select(pg_res.table, k, layer=site.layer, kind=site.kind)]
-        cfg = dataclasses.replace(a, layers=(site.layer,), seed=seed)
-        with self.timers("component_path"):
-            per_prompt = component_path_scores(self.model, rollouts, site, candidates, cfg, baseline, self.saes)
-        scores = per_prompt.mean(0)
-        order = sorted(range(len(candidates)), key=lambda j: (-scores[j], candidates[j]))
-        self.log(f"  component path, layer {site.layer}: {len(candidates)} PG candidates re-scored; top "
-                 f"{[candidates[j] for j in order[:8]]}")
-        return [(ComponentId(site.layer, site.kind, candidates[j]), float(scores[j])) for j in order]
 
     def _cards(self, res, rollouts, site: Site, sequences, baseline) -> None:
         """Cards of the method's top components at this layer (ipg.cards): contexts and per-position terms."""
@@ -328,13 +319,15 @@ class Experiment:
         cfg, a = self.cfg, self.cfg.attribution
         support = self._support(seed)
         methods = set(cfg.baselines.methods)
-        main = a.method  # the run's own selection method; the other of ipg / pg runs as a baseline when listed
-        results = {main: self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method=main)}
+        main = a.method  # the run's own selection method; the others of ipg / pg / component run when listed
+        needed = {main} | {m for m in METHODS if m in methods}
+        if "component" in needed:
+            needed.add("pg")  # the component path re-scores PG's top candidates: PG runs once, for both
+        results = {}
+        for m in sorted(needed, key=lambda m: m == "component"):  # component last: it reads PG's table
+            pg_table = results["pg"].table if m == "component" else None
+            results[m] = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method=m, pg_table=pg_table)
         self.main_tables[seed] = results[main].table
-        # the component path refines PG's top candidates
-        needed = {m for m in ("ipg", "pg") if m in methods} | ({"pg"} if "component" in methods else set())
-        for m in sorted(needed - {main}):
-            results[m] = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method=m)
         variants = {name: self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, tag=f"-{name}",
                                           overrides=overrides) for name, overrides in cfg.variants.items()}
         sae_layers = sorted(set(self.saes) & set(a.layers))
@@ -358,19 +351,13 @@ class Experiment:
                     sae_site = Site(layer, "sae")
                     scores["reason_score"] = contrast_scores(self.model, self.tokenizer, sequences, sae_site,
                                                              tuple(cfg.baselines.reflection_words), self.saes)
-            cards = cfg.cards.enabled and seed == cfg.seeds[0]
-            baseline = None  # the path's baseline at this site, shared by the component path and the cards
-            if "component" in methods or cards:
+            if cfg.cards.enabled and seed == cfg.seeds[0]:
                 baseline = site_baselines(self.model, rollouts, [site], dataclasses.replace(a, layers=(layer,)), self.saes)[site]
-            path_scores = self._component_path(results["pg"], rollouts, site, seed, baseline) if "component" in methods else None
-            if cards:
                 self._cards(results[main], rollouts, site, sequences, baseline)
             for p in cfg.evaluation.p:
                 chosen = {m: select(res.table, p, layer=layer, kind=a.kind) for m, res in results.items()
                           if m == main or m in methods}
                 chosen.update({name: select(res.table, p, layer=layer, kind=a.kind) for name, res in variants.items()})
-                if path_scores is not None:
-                    chosen["component"] = [c for c, _ in path_scores[:p]]
                 for name in ("activation", "concept_tokens"):
                     if name in scores:
                         chosen[name] = top_components(scores[name], site, p)

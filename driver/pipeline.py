@@ -35,6 +35,7 @@ from cluster.metrics import StageTimer, metrics
 from cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve, upload_modules
 from driver.config import ModelConfig, RayConfig, sae_path
 from ipg.attribution import AttributionConfig, prepare_examples, score_meta
+from ipg.component_path import component_candidates
 from ipg.components import Site
 from ipg.errors import InputError
 from ipg.files import atomic_write_json
@@ -125,11 +126,14 @@ def _unwrap(exc: BaseException, what: str, starting: bool = False) -> BaseExcept
     return FatalError(f"{what}: {type(inner).__name__}: {inner}")
 
 
-def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards, run_id: str) -> str:
+def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards, run_id: str,
+            candidates: dict | None = None) -> str:
     # the model inputs too: the same ids under another prompt format are another run
     inputs = hashlib.sha256(json.dumps([ex.get("prompt_ids") for _, part in shards for ex in part]).encode()).hexdigest()
     plan = {"model": model, "signal": signal, "signal_params": signal_params, "config": dataclasses.asdict(cfg),
             "run_id": run_id, "shards": [[sid, [ex["id"] for ex in part]] for sid, part in shards], "inputs": inputs}
+    if candidates is not None:  # method 'component': the components it re-scores
+        plan["candidates"] = {str(site): list(idx) for site, idx in sorted(candidates.items())}
     return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -265,7 +269,10 @@ class RaySession:
 
     def attribute(self, examples: list[dict], cfg: AttributionConfig, *, signal: str = "accuracy",
                   signal_params: dict | None = None, out_dir: str | Path, run_id: str = "",
-                  resume: bool = False) -> RayAttribution:
+                  resume: bool = False, pg_table=None) -> RayAttribution:
+        """One attribution unit, resumable under ``out_dir``. Method 'component' is two: PG over all the
+        prompts (under ``out_dir``/pg, unless ``pg_table`` gives its scores), then its top candidates
+        re-scored on the per-component path, shard by shard, in the gradient actors."""
         out_dir, signal_params = Path(out_dir), dict(signal_params or {})
         examples = prepare_examples(examples)
         sig = make_signal(signal, **signal_params)
@@ -280,8 +287,18 @@ class RaySession:
             info = ray.get(self._gradient(0, "describe", sites)[0])
         except ray.exceptions.RayError as e:
             raise _unwrap(e, "gradient worker") from None
+        candidates = None
+        if cfg.method == "component":
+            if self.cfg.gradient_backend == "deepspeed":
+                raise InputError("attribution.method: 'component' is not available with ray.gradient_backend 'deepspeed' "
+                                 "yet; use the torch backend, or method 'pg'")
+            if pg_table is None:
+                pg_table = self.attribute(examples, dataclasses.replace(cfg, method="pg"), signal=signal,
+                                          signal_params=signal_params, out_dir=out_dir / "pg", run_id=f"{run_id}-pg",
+                                          resume=resume).table
+            candidates = component_candidates(pg_table, sites, cfg.candidates)
         shards = shard(examples, self.cfg.shard_size)
-        key = run_key(info["model"], sig.name, signal_params, cfg, shards, run_id)
+        key = run_key(info["model"], sig.name, signal_params, cfg, shards, run_id, candidates)
         done = _finished(out_dir, key)
         if done is not None and resume:
             self.log(f"  {out_dir}: complete (run key {key}), loaded")
@@ -298,11 +315,11 @@ class RaySession:
         reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0, max_restarts=4, max_task_retries=4), str(out_dir), meta,
                              snapshot_every=self.cfg.snapshot_every, run_key=key).pick(0)
         try:
-            return self._run(reducer, shards, cfg, signal, signal_params, sites, info, key, out_dir, start)
+            return self._run(reducer, shards, cfg, signal, signal_params, sites, info, key, out_dir, start, candidates)
         finally:
             ray.kill(reducer, no_restart=True)
 
-    def _run(self, reducer, shards, cfg, signal, params, sites, info, key, out_dir, start) -> RayAttribution:
+    def _run(self, reducer, shards, cfg, signal, params, sites, info, key, out_dir, start, candidates=None) -> RayAttribution:
         merged = set(ray.get(reducer.merged_shards.remote()))
         restore = ray.get(reducer.status.remote())["restore_seconds"]
         if merged:
@@ -325,7 +342,7 @@ class RaySession:
             return cost
 
         def attribute(sid, g):
-            ranks = self._gradient(g, "attribute", sid, rollout_refs.pop(sid), cfg, signal, baselines_ref, params)
+            ranks = self._gradient(g, "attribute", sid, rollout_refs.pop(sid), cfg, signal, baselines_ref, params, candidates)
             return ranks[0] if len(ranks) == 1 else _merge_ranks.remote(*ranks)
 
         try:

@@ -1,4 +1,4 @@
-"""Integrated Policy Gradient attribution in one process (method.md, sections 2 and 6).
+"""Integrated Policy Gradient attribution in one process (docs/method.md).
 
 For a prompt x with N trajectories, each with advantage A_n, and a site with activations h (its
 decision positions P), baseline h' and schedule {(alpha_k, w_k)}:
@@ -15,6 +15,7 @@ the same in every row of a prompt: its keys/values run once per prompt, ``ipg.pr
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from contextlib import contextmanager, nullcontext
@@ -28,7 +29,7 @@ from ipg.advantages import ADVANTAGES, advantages
 from ipg.components import POSITIONS, Site, capture_sites, check_site, decoder_layers, edit, site_activations
 from ipg.errors import ExampleError, InputError
 from ipg.generation import Sample, SamplingParams, generate
-from ipg.paths import BASELINES, SCHEDULES, schedule
+from ipg.paths import BASELINES, METHODS, SCHEDULES, schedule
 from ipg.prompts import PromptFormat, format_examples
 from ipg.scores import PartialScores
 from ipg.signals import Signal, make_signal
@@ -48,7 +49,8 @@ class AttributionConfig:
     schedule: str = "uniform"
     baseline: str = "zero"
     advantage: str = "grpo"
-    method: str = "ipg"
+    method: str = "ipg"  # ipg (the path integral), pg (its alpha = 1 term), component (the per-component path)
+    candidates: int = 32  # method 'component': PG's top this-many components per site are re-scored
     resample: bool = False
     positions: str = "generated"
     temperature: float = 0.6
@@ -70,7 +72,8 @@ class AttributionConfig:
             ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
             ("baseline", self.baseline in BASELINES, f"one of {list(BASELINES)}"),
             ("advantage", self.advantage in ADVANTAGES, f"one of {list(ADVANTAGES)}"),
-            ("method", self.method in ("ipg", "pg"), "'ipg' or 'pg'"),
+            ("method", self.method in METHODS, f"one of {list(METHODS)}"),
+            ("candidates", isinstance(self.candidates, int) and self.candidates >= 1, "an integer >= 1"),
             ("positions", self.positions in POSITIONS, f"one of {list(POSITIONS)}"),
             ("n_samples", self.n_samples >= 1, "an integer >= 1"),
             ("q", self.q >= 1, "an integer >= 1"),
@@ -467,12 +470,15 @@ class Attribution:
     config: AttributionConfig
     baselines: dict[Site, torch.Tensor] = field(default_factory=dict)
     rollouts: list[Rollout] = field(default_factory=list)  # the alpha = 1 rollouts (support trajectories)
+    widths: dict[Site, int] = field(default_factory=dict)  # components per site
 
     def to_pandas(self):
         return self.table.to_pandas()
 
     def scores(self, layer: int, kind: str | None = None) -> np.ndarray:
-        return self.partial.means(Site(layer, kind or self.config.kind))
+        """Mean score per component of the site (NaN for components method 'component' did not score)."""
+        site = Site(layer, kind or self.config.kind)
+        return self.partial.means(site, self.widths.get(site))
 
 
 def site_baselines(model, rollouts: list[Rollout], sites: list[Site], cfg: AttributionConfig, saes=None) -> dict[Site, torch.Tensor]:
@@ -531,14 +537,32 @@ class ShardScores(NamedTuple):
 
 
 def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg: AttributionConfig, sites: list[Site],
-                 baselines: dict[Site, torch.Tensor], saes: dict | None = None, log=None, agree=None) -> ShardScores:
+                 baselines: dict[Site, torch.Tensor], saes: dict | None = None, log=None, agree=None,
+                 candidates: dict[Site, list[int]] | None = None) -> ShardScores:
     """Partial scores of one shard of prompts from its alpha = 1 rollouts: the unit of work of a
     gradient worker. Every prompt is scored independently, so merging the partials of any sharding
     gives the in-process result. Resample mode draws the shard's path rollouts here; with on_error
     'skip', a prompt whose signal fails anywhere on a path is left out of every site.
 
     ``agree``: set on a rank of a ZeRO-3 group (see ``site_scores``); resample mode samples
-    inside this function, which such a group cannot do in lockstep."""
+    inside this function, which such a group cannot do in lockstep.
+
+    Method 'component' scores the components named in ``candidates`` (per site, chosen from a PG pass
+    over all the prompts, ``component_candidates``) on the per-component path."""
+    if cfg.method == "component":
+        from ipg.component_path import component_partial
+
+        if agree is not None:
+            raise InputError("attribution.method: 'component' is not available with the deepspeed gradient backend yet "
+                             "(its forward passes would need the group's lockstep); use the torch backend or method 'pg'")
+        if candidates is None or set(candidates) != set(sites):
+            raise InputError("attribution.method 'component': needs the candidates of every site, chosen from PG scores "
+                             "(ipg.component_path.component_candidates)")
+        t = time.perf_counter()
+        partial = component_partial(model, rollouts, sites, candidates, cfg, baselines, saes)
+        (log or (lambda msg: None))(f"component path: {sum(map(len, candidates.values()))} candidates in {time.perf_counter() - t:.1f}s")
+        return ShardScores(partial, {site: [(1.0, 1.0, rollouts)] for site in sites},
+                           {"path_rollouts": 0.0, "gradient": time.perf_counter() - t}, {}, rollouts)
     if agree is not None and cfg.resample and cfg.method == "ipg":
         raise InputError("attribution.resample: not available with the deepspeed gradient backend yet (path sampling "
                          "would need lockstep generation); use the torch backend for resample mode")
@@ -588,7 +612,7 @@ def prepare_examples(examples: list[dict]) -> list[dict]:
 
 def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", signal_params: dict | None = None,
               saes: dict | None = None, run_id: str = "", log=None, prompt_format: PromptFormat | str = "auto",
-              **settings) -> Attribution:
+              pg_table=None, **settings) -> Attribution:
     """Attribute ``signal`` to the components of ``layers`` (see AttributionConfig for settings).
 
     ``examples`` are dicts with ``prompt`` (and ``answer`` for accuracy); ``id`` is derived when absent.
@@ -596,6 +620,10 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     example that already has ``prompt_ids`` keeps them).
     Returns an Attribution whose ``table`` has one row per component (layer, kind, index, score,
     stderr, n_prompts, n_trajectories, rank and the settings).
+
+    Method 'component' runs PG first and re-scores each site's top ``candidates`` on the per-component
+    path; its table holds those rows only. ``pg_table``: a PG score table of the same examples and
+    settings to take them from instead (an experiment that ran PG already).
     """
     cfg = AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
     fmt = prompt_format if isinstance(prompt_format, PromptFormat) else PromptFormat(prompt_format)
@@ -615,7 +643,16 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     if not base:
         raise InputError(f"examples: the signal failed on every example (on_error 'skip'); first: {next(iter(skipped.values()))}")
     baselines = site_baselines(model, base, sites, cfg, saes)
-    shard = shard_scores(model, tokenizer, base, sig, cfg, sites, baselines, saes, log)
+    candidates = None
+    if cfg.method == "component":
+        from ipg.component_path import component_candidates
+
+        if pg_table is None:
+            pg_cfg = dataclasses.replace(cfg, method="pg")
+            pg_table = shard_scores(model, tokenizer, base, sig, pg_cfg, sites, baselines, saes, log).partial.table(
+                score_meta(model, sig.name, pg_cfg, run_id))
+        candidates = component_candidates(pg_table, sites, cfg.candidates)
+    shard = shard_scores(model, tokenizer, base, sig, cfg, sites, baselines, saes, log, candidates=candidates)
     partial, paths, base = shard.partial, shard.paths, shard.rollouts
     skipped.update(shard.skipped)
     examples = [r.example for r in base]
@@ -639,7 +676,8 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         n_trajectories=sum(len(r.samples) for r in base),
         mean_generated_tokens=float(np.mean([s.n_tokens for r in base for s in r.samples])),
     )
-    return Attribution(partial.table(score_meta(model, sig.name, cfg, run_id)), partial, diagnostics, cfg, baselines, base)
+    widths = {site: check_site(model, site, saes) for site in sites}
+    return Attribution(partial.table(score_meta(model, sig.name, cfg, run_id)), partial, diagnostics, cfg, baselines, base, widths)
 
 
 def score_meta(model, signal_name: str, cfg: AttributionConfig, run_id: str = "") -> dict:
@@ -647,12 +685,12 @@ def score_meta(model, signal_name: str, cfg: AttributionConfig, run_id: str = ""
     from ipg.models import model_fingerprint
 
     return {"run_id": run_id, "model": model if isinstance(model, str) else model_fingerprint(model), "signal": signal_name, "method": cfg.method,
-            "q": 1 if cfg.method == "pg" else cfg.q, "schedule": cfg.schedule, "baseline": cfg.baseline,
+            "q": cfg.q if cfg.method == "ipg" else 1, "schedule": cfg.schedule, "baseline": cfg.baseline,
             "advantage": cfg.advantage, "positions": cfg.positions, "seed": cfg.seed}
 
 
 def _completeness(model, tokenizer, examples, sig, cfg, site, baseline, saes, path, j1: float, sum_scores: float) -> dict:
-    """J along the path vs the sum of scores (method.md s. 6: J can jump right after alpha = 0)."""
+    """J along the path vs the sum of scores (docs/method.md: J can jump right after alpha = 0)."""
     out = {"sum_scores": sum_scores, "J_alpha1": j1,
            "comparable": cfg.advantage == "none",  # only raw rewards put scores in units of J
            "note": "sum of scores ~ J(1) - J(0) holds for advantage 'none' with on-policy samples (resample)"}

@@ -30,7 +30,9 @@ weights rho = pi_ablated / pi on the same trajectories), while CP_i uses log(1/r
 two agree to first order in the log-ratio, as the policy-gradient surrogate does.
 
 Cost: k candidates x N trajectories forward passes from the site up, so scores are computed for the top-k
-candidates of a cheaper score (PG), not for every component.
+candidates of a cheaper score (PG), not for every component. As a method (``attribute(method=
+"component")``) it is two passes: PG over all the prompts, whose top ``candidates`` per site are then
+re-scored prompt by prompt; its score table holds the candidates' rows only.
 """
 
 from __future__ import annotations
@@ -40,6 +42,28 @@ import torch
 
 from ipg.attribution import AttributionConfig, Rollout, TrajectoryAtSite
 from ipg.components import Site
+from ipg.scores import PartialScores, select
+
+
+def component_candidates(pg_table, sites: list[Site], k: int) -> dict[Site, list[int]]:
+    """Each site's top ``k`` components by PG score (all of them when the site has fewer)."""
+    out = {}
+    for site in sites:
+        n = sum(1 for layer, kind in zip(pg_table.column("layer").to_pylist(), pg_table.column("kind").to_pylist())
+                if layer == site.layer and kind == site.kind)
+        out[site] = [c.index for c in select(pg_table, min(k, n), layer=site.layer, kind=site.kind)]
+    return out
+
+
+def component_partial(model, rollouts: list[Rollout], sites: list[Site], candidates: dict[Site, list[int]],
+                      cfg: AttributionConfig, baselines: dict[Site, torch.Tensor], saes: dict | None = None) -> PartialScores:
+    """The per-prompt component-path scores of each site's candidates, as mergeable partial sums."""
+    partial = PartialScores()
+    for site in sites:
+        per_prompt = component_path_scores(model, rollouts, site, candidates[site], cfg, baselines[site], saes)
+        for p, r in enumerate(rollouts):
+            partial.add_prompt(site, per_prompt[p], len(r.samples), indices=candidates[site])
+    return partial
 
 
 def component_path_scores(model, rollouts: list[Rollout], site: Site, candidates: list[int], cfg: AttributionConfig,

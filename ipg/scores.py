@@ -3,6 +3,9 @@
 ``PartialScores`` holds, per site, the sum and sum of squares of per-prompt scores and the prompt and
 trajectory counts. Merging adds them: associative, commutative, with the empty table as identity, so
 shards can be reduced in any order (idempotency per shard id is the reducer's job).
+
+A site's sums cover every component (index i at position i), or only some of them, named by
+``indices``: the per-component path scores a site's candidates, not all of its components.
 """
 
 from __future__ import annotations
@@ -35,19 +38,26 @@ class SiteSums:
     total_sq: np.ndarray  # (width,) float64
     n_prompts: int = 0
     n_trajectories: int = 0
+    indices: tuple[int, ...] | None = None  # the components scored, in order; None: all, 0..width-1
 
     def add(self, other: "SiteSums") -> "SiteSums":
+        if self.indices != other.indices:
+            raise ValueError("scores: partials of one site score different components; they cannot be merged")
         return SiteSums(self.total + other.total, self.total_sq + other.total_sq,
-                        self.n_prompts + other.n_prompts, self.n_trajectories + other.n_trajectories)
+                        self.n_prompts + other.n_prompts, self.n_trajectories + other.n_trajectories, self.indices)
+
+    def components(self) -> list[int]:
+        return list(range(len(self.total))) if self.indices is None else list(self.indices)
 
 
 @dataclass
 class PartialScores:
     sites: dict[Site, SiteSums] = field(default_factory=dict)
 
-    def add_prompt(self, site: Site, score: np.ndarray, n_trajectories: int) -> None:
+    def add_prompt(self, site: Site, score: np.ndarray, n_trajectories: int, indices=None) -> None:
+        """One prompt's scores; ``indices``: the components they belong to, when not all of the site's."""
         s = np.asarray(score, dtype=np.float64)
-        one = SiteSums(s.copy(), s * s, 1, n_trajectories)
+        one = SiteSums(s.copy(), s * s, 1, n_trajectories, None if indices is None else tuple(int(i) for i in indices))
         self.sites[site] = self.sites[site].add(one) if site in self.sites else one
 
     def merge(self, other: "PartialScores") -> "PartialScores":
@@ -56,9 +66,16 @@ class PartialScores:
             out[site] = out[site].add(sums) if site in out else sums
         return PartialScores(out)
 
-    def means(self, site: Site) -> np.ndarray:
+    def means(self, site: Site, width: int | None = None) -> np.ndarray:
+        """Mean per-prompt score of each scored component, in the order of ``SiteSums.components``; with
+        ``width``, a vector over all the site's components, NaN where a component was not scored."""
         s = self.sites[site]
-        return s.total / max(s.n_prompts, 1)
+        mean = s.total / max(s.n_prompts, 1)
+        if width is None or (s.indices is None and width == len(mean)):
+            return mean
+        out = np.full(width, np.nan)
+        out[s.components()] = mean
+        return out
 
     def table(self, meta: dict) -> pa.Table:
         """The results table: one row per component, ranked within its site by signed score."""
@@ -69,13 +86,14 @@ class PartialScores:
             mean = s.total / m
             var = np.maximum(s.total_sq / m - mean * mean, 0.0) * (m / (m - 1) if m > 1 else 0.0)
             stderr = np.sqrt(var / m)
+            index = s.components()
             rank = np.empty(len(mean), dtype=np.int64)
-            rank[np.argsort(-mean, kind="stable")] = np.arange(1, len(mean) + 1)
+            rank[sorted(range(len(mean)), key=lambda j: (-mean[j], index[j]))] = np.arange(1, len(mean) + 1)
             n = len(mean)
             cols["layer"] += [site.layer] * n
             cols["kind"] += [site.kind] * n
-            cols["index"] += list(range(n))
-            cols["component"] += [str(ComponentId(site.layer, site.kind, i)) for i in range(n)]
+            cols["index"] += index
+            cols["component"] += [str(ComponentId(site.layer, site.kind, i)) for i in index]
             cols["score"] += mean.tolist()
             cols["stderr"] += stderr.tolist()
             cols["n_prompts"] += [s.n_prompts] * n
@@ -121,8 +139,8 @@ def dice(a, b) -> float:
 
 PARTIAL_SCHEMA = pa.schema([
     ("layer", pa.int32()), ("kind", pa.string()), ("index", pa.int32()), ("total", pa.float64()),
-    ("total_sq", pa.float64()), ("n_prompts", pa.int64()), ("n_trajectories", pa.int64()),
-])
+    ("total_sq", pa.float64()), ("n_prompts", pa.int64()), ("n_trajectories", pa.int64()), ("scored", pa.bool_()),
+])  # scored: the site's rows are the components named by index (a subset), not all of them
 
 
 def partial_to_arrow(partial: PartialScores, metadata: dict[str, str] | None = None) -> pa.Table:
@@ -133,11 +151,12 @@ def partial_to_arrow(partial: PartialScores, metadata: dict[str, str] | None = N
         n = len(s.total)
         cols["layer"] += [site.layer] * n
         cols["kind"] += [site.kind] * n
-        cols["index"] += list(range(n))
+        cols["index"] += s.components()
         cols["total"] += s.total.tolist()
         cols["total_sq"] += s.total_sq.tolist()
         cols["n_prompts"] += [s.n_prompts] * n
         cols["n_trajectories"] += [s.n_trajectories] * n
+        cols["scored"] += [s.indices is not None] * n
     return pa.table(cols, schema=PARTIAL_SCHEMA.with_metadata(metadata or {}))
 
 
@@ -147,8 +166,9 @@ def partial_from_arrow(table: pa.Table) -> PartialScores:
     by_site: dict[Site, list[int]] = {}
     for i, (layer, kind) in enumerate(zip(rows["layer"], rows["kind"])):
         by_site.setdefault(Site(layer, kind), []).append(i)
-    for site, idx in by_site.items():
-        order = sorted(idx, key=lambda i: rows["index"][i])
-        out.sites[site] = SiteSums(np.array([rows["total"][i] for i in order]), np.array([rows["total_sq"][i] for i in order]),
-                                   rows["n_prompts"][order[0]], rows["n_trajectories"][order[0]])
+    scored = rows.get("scored") or [False] * len(rows["layer"])  # absent in snapshots written before it existed
+    for site, idx in by_site.items():  # rows keep the order they were written in
+        out.sites[site] = SiteSums(np.array([rows["total"][i] for i in idx]), np.array([rows["total_sq"][i] for i in idx]),
+                                   rows["n_prompts"][idx[0]], rows["n_trajectories"][idx[0]],
+                                   tuple(rows["index"][i] for i in idx) if scored[idx[0]] else None)
     return out

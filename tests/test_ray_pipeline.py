@@ -50,6 +50,22 @@ def test_mean_baseline_resample_and_completeness_equal_in_process(local_ray, org
         np.testing.assert_allclose(np.array(ours["J_path"]), np.array(d["J_path"]))
 
 
+def test_component_method_on_ray_equals_in_process(local_ray, organism, tmp_path):
+    """Two units: PG under out/pg, then PG's top candidates re-scored in the gradient actors; a second
+    call with resume loads both finished units."""
+    model, tok = organism
+    examples = splits()["support"][:6]
+    settings = dict(SETTINGS, method="component", candidates=5)
+    reference = attribute(model, tok, examples, signal="accuracy", **settings)
+    with RaySession("organism", small_ray(2)) as session:
+        res = session.attribute(examples, AttributionConfig(**settings), out_dir=tmp_path)
+        assert (tmp_path / "pg" / DONE).is_file() and (tmp_path / DONE).is_file()
+        assert sorted(res.table.column("index").to_pylist()) == sorted(reference.table.column("index").to_pylist())
+        assert_same_scores(res.table, reference.table)
+        again = session.attribute(examples, AttributionConfig(**settings), out_dir=tmp_path, resume=True)
+    assert again.table.equals(res.table)
+
+
 def test_bad_layer_and_missing_resources_fail_before_any_work(local_ray, tmp_path):
     with RaySession("organism", small_ray(1)) as session:
         with pytest.raises(InputError, match=r"layers: 9 is out of range for this 4-layer model"):

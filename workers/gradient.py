@@ -1,6 +1,7 @@
-"""GradientWorker: the partial IPG score table of a shard, computed with ipg.attribution.shard_scores.
+"""GradientWorker: the partial score table of a shard, computed with ipg.attribution.shard_scores.
 
-Backend ``torch``; the DeepSpeed ZeRO-3 backend comes behind the same methods. Returns the partial in
+Backend ``torch``, or one rank of a DeepSpeed ZeRO-3 group (workers.deepspeed_backend) behind the same
+methods. Returns the partial in
 its lossless Arrow form (float64 sums, counts) with the shard's statistics in its metadata: that is
 what travels to the reducer, and what the reducer's ledger keeps per shard.
 """
@@ -68,8 +69,10 @@ class GradientWorker:
         return out
 
     def attribute(self, shard_id: str, shard: ShardRollouts, cfg: AttributionConfig, signal: str,
-                  baselines: dict[Site, torch.Tensor] | None = None, signal_params: dict | None = None) -> pa.Table:
-        """The shard's partial table; ``baselines`` None means the zero baseline (needs no global pass)."""
+                  baselines: dict[Site, torch.Tensor] | None = None, signal_params: dict | None = None,
+                  candidates: dict[Site, list[int]] | None = None) -> pa.Table:
+        """The shard's partial table; ``baselines`` None means the zero baseline (needs no global pass);
+        ``candidates``: method 'component''s components per site."""
         maybe_crash("gradient", shard_id)
         sig = make_signal(signal, **(signal_params or {}))
         sites = [Site(layer, cfg.kind) for layer in cfg.layers]
@@ -79,7 +82,8 @@ class GradientWorker:
         mine = self.part(shard.rollouts)
         if mine or self.lockstep:  # a rank with no prompts still makes the group's calls
             with self.timer("gradient"), _item_errors(shard_id, "gradient"):
-                res = shard_scores(self.model, self.tokenizer, mine, sig, cfg, sites, baselines, self.saes, agree=self.lockstep)
+                res = shard_scores(self.model, self.tokenizer, mine, sig, cfg, sites, baselines, self.saes, agree=self.lockstep,
+                                   candidates=candidates)
             partial, rollouts, skipped, paths = res.partial, res.rollouts, {**shard.skipped, **res.skipped}, res.paths
         else:  # every example of the shard was skipped
             from ipg.scores import PartialScores
