@@ -1,4 +1,4 @@
-"""The naive IPG reference: the formula of method.md, section 2, computed the plainest way.
+"""The naive IPG reference: the formula of docs/method.md, computed the plainest way.
 
 One (trajectory, alpha) row at a time, each a full forward of the whole model with a hook that swaps
 the site's activations on the path positions for a leaf ``h' + alpha (h - h')``, logits of every

@@ -68,7 +68,7 @@ def test_mean_baseline_path_matches_enumeration(tiny):
 
 def test_exact_quadrature_is_complete_where_the_path_is_smooth(tiny):
     """MLP neurons scale the MLP's write into the residual stream: J(alpha) is smooth, so the sum of the
-    exact scores tends to J(1) - J(0) as q grows (method.md s. 2.6)."""
+    exact scores tends to J(1) - J(0) as q grows (docs/method.md)."""
     model, tok = tiny
     ones, zeros = torch.ones(32, dtype=torch.float64), torch.zeros(32, dtype=torch.float64)
     target = (exact_J(model, tok, 1, "mlp", ones) - exact_J(model, tok, 1, "mlp", zeros)).item()

@@ -1,6 +1,6 @@
 """RolloutWorker: samples N trajectories per prompt for a shard and scores them with the signal.
 
-Backend ``hf`` (our KV-cached generation); the vLLM backend comes behind the same methods. Sampling is
+Engine ``hf`` (our KV-cached generation) or ``vllm`` (workers.vllm_backend), behind the same methods. Sampling is
 seeded per (seed, example id, sample index), so a shard's rollouts do not depend on the sharding.
 """
 

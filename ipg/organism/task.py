@@ -8,8 +8,8 @@ when the step was right, ``wait a+b=c`` when it was wrong (the recomputed value 
 final line is ``#### <running sum>``.
 
 Why this shape: a model trained to convergence learns the teacher's distribution, so the quality
-targets follow from the teacher's numbers rather than from a lucky stopping step (the trials in
-shared/organism-trials.md found accuracy on a deterministic task jumps from 17% to 99% within 70 steps).
+targets follow from the teacher's numbers rather than from a lucky stopping step (in early trials
+accuracy on a deterministic task jumped from 17% to 99% within 70 steps).
 Greedy decoding takes the most likely branch at each choice: no reflection (p 0.6) and, at hard carries,
 the dropped carry (p 0.65), so greedy fails exactly on prompts with a hard carry. Sampling at T 0.6 /
 top-p 0.8 keeps both branches of every choice, so most groups of 5 samples mix right and wrong answers,
