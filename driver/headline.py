@@ -60,7 +60,8 @@ def control_gammas(keys) -> tuple[float, float] | None:
     return (max(up), min(down)) if up and down else None
 
 
-def _pair(matrices, method, layer, p, hi, lo) -> np.ndarray | None:
+def control_range(matrices, method, layer, p, hi, lo) -> np.ndarray | None:
+    """Per replicate and prompt: the outcome at gamma ``hi`` minus at ``lo`` of one selection."""
     a, b = matrices.get((method, layer, p, hi)), matrices.get((method, layer, p, lo))
     if a is None or b is None or a.shape != b.shape:
         return None
@@ -91,12 +92,12 @@ def headline(items: list[dict], flags: dict | None = None) -> tuple[list[str], l
     records = []
     settings = sorted({(k[1], k[2]) for k in matrices if k[0] not in ("original", "control_vector")})
     for layer, p in settings:
-        rnd = _pair(matrices, "random", layer, p, hi, lo)
+        rnd = control_range(matrices, "random", layer, p, hi, lo)
         lines += [f"\n**Layer {layer}, p = {p}**\n",
                   f"| method | control range | vs random | accuracy at gamma {lo:g} | accuracy at gamma {hi:g} | "
                   f"answered at gamma {lo:g} | with a massive coordinate |", "|---|---|---|---|---|---|---|"]
         for method in [m for m in method_order(k[0] for k in matrices) if m not in ("original", "control_vector")]:
-            d = _pair(matrices, method, layer, p, hi, lo)
+            d = control_range(matrices, method, layer, p, hi, lo)
             if d is None:
                 continue
             rng = mean_interval(d)

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from driver.headline import METHOD_ORDER, control_signal_lines, headline, method_order, outcome_matrices
+from driver.headline import (METHOD_ORDER, control_gammas, control_range, control_signal_lines, headline, method_order,
+                             outcome_matrices)
 from ipg.intervals import mean_interval
 from ipg.errors import InputError
 from ipg.sites import ComponentId
@@ -327,7 +328,12 @@ def _plots(run_dir: Path, evals, scores, stability, items, main: str = "ipg") ->
         m, sd = scale * _mean([r[y] for r in rows]), scale * _sd([r[y] for r in rows])
         return m, sd, sd
 
-    def curve(ax, rows, x: str, y: str, label: str, color, matrices: dict, scale: float = 100.0, **style):
+    def dodge(i: int, n: int, log: bool = False):
+        """Method i of n drawn slightly to the side, so that equal curves and their bars stay visible."""
+        d = (i - (n - 1) / 2) * 0.025
+        return (lambda v: v * 2 ** d) if log else (lambda v: v + d * 3)
+
+    def curve(ax, rows, x: str, y: str, label: str, color, matrices: dict, scale: float = 100.0, shift=None, **style):
         """One method's points along x (gamma or p), one colour per method, with error bars."""
         g = sorted(_group(rows, x).items())
         pts = []
@@ -336,7 +342,7 @@ def _plots(run_dir: Path, evals, scores, stability, items, main: str = "ipg") ->
             key = ("original", -1, 0, 1.0) if r0["method"] == "original" else (r0["method"], r0["layer"], r0["p"], r0["gamma"])
             m = matrices.get(key)
             pts.append(point(rs, y, m[:1] if m is not None and r0["method"] == "original" else m, scale))
-        ax.errorbar([k[0] for k, _ in g], [p[0] for p in pts], yerr=[[p[1] for p in pts], [p[2] for p in pts]],
+        ax.errorbar([(shift or (lambda v: v))(k[0]) for k, _ in g], [p[0] for p in pts], yerr=[[p[1] for p in pts], [p[2] for p in pts]],
                     marker="o", capsize=3, label=label, color=color, **style)
 
     variants = sorted({r["method"] for r in evals} - set(METHOD_ORDER))
@@ -345,22 +351,51 @@ def _plots(run_dir: Path, evals, scores, stability, items, main: str = "ipg") ->
         p0 = min(r["p"] for r in acc if r["p"] > 0)
         fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
         for ax, layer in zip(axes[0], layers):
-            for (method,), rows in sorted(_group([r for r in acc if r["layer"] == layer and r["p"] in (p0, 0)], "method").items()):
+            groups = sorted(_group([r for r in acc if r["layer"] == layer and r["p"] in (p0, 0)], "method").items())
+            for i, ((method,), rows) in enumerate(groups):
                 gamma_one = [{**r, "gamma": 1.0} for r in originals] if method != "control_vector" else []
-                curve(ax, rows + gamma_one, "gamma", "accuracy", method, color_of(method, variants), correct)
+                curve(ax, rows + gamma_one, "gamma", "accuracy", method, color_of(method, variants), correct,
+                      shift=dodge(i, len(groups)))
             ax.axhline(100 * original, color="gray", ls="--", label="original")
             ax.set(title=f"layer {layer}, p = {p0}", xlabel="gamma", ylabel=f"greedy accuracy % (mean, {bar})")
             ax.legend(fontsize=7)
         save(fig, "accuracy_vs_gamma.png")
         fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
         for ax, layer in zip(axes[0], layers):
-            rows = [r for r in acc if r["layer"] == layer and r["gamma"] == 0.0]
-            for (method,), rs in sorted(_group(rows, "method").items()):
-                curve(ax, rs, "p", "accuracy", method, color_of(method, variants), correct)
+            groups = sorted(_group([r for r in acc if r["layer"] == layer and r["gamma"] == 0.0], "method").items())
+            for i, ((method,), rs) in enumerate(groups):
+                curve(ax, rs, "p", "accuracy", method, color_of(method, variants), correct, shift=dodge(i, len(groups), log=True))
             ax.axhline(100 * original, color="gray", ls="--", label="original")
+            ax.set_xscale("log", base=2)
+            ps = sorted({r["p"] for r in acc if r["layer"] == layer})
+            ax.set_xticks(ps, [str(p) for p in ps])
             ax.set(title=f"suppression (gamma 0), layer {layer}", xlabel="p", ylabel=f"greedy accuracy % (mean, {bar})")
             ax.legend(fontsize=7)
         save(fig, "accuracy_vs_p.png")
+        gammas = control_gammas(correct)
+        if gammas:  # the headline's measure along p: doubled minus zeroed, with its interval
+            hi, lo = gammas
+            fig, axes = plt.subplots(1, len(layers), figsize=(5 * len(layers), 4), squeeze=False)
+            for ax, layer in zip(axes[0], layers):
+                methods = [m for m in method_order({k[0] for k in correct if k[1] == layer}) if m not in ("original", "control_vector")]
+                for i, method in enumerate(methods):
+                    ps = sorted({k[2] for k in correct if k[0] == method and k[1] == layer})
+                    pts = [(p, control_range(correct, method, layer, p, hi, lo)) for p in ps]
+                    pts = [(p, mean_interval(d)) for p, d in pts if d is not None]
+                    if not pts:
+                        continue
+                    shift = dodge(i, len(methods), log=True)
+                    ax.errorbar([shift(p) for p, _ in pts], [100 * iv.estimate for _, iv in pts],
+                                yerr=[[100 * (iv.estimate - iv.low) for _, iv in pts], [100 * (iv.high - iv.estimate) for _, iv in pts]],
+                                marker="o", capsize=3, label=method, color=color_of(method, variants))
+                ax.axhline(0, color="gray", lw=0.8)
+                ax.set_xscale("log", base=2)
+                ps = sorted({k[2] for k in correct if k[1] == layer})
+                ax.set_xticks(ps, [str(p) for p in ps])
+                ax.set(title=f"control range (gamma {hi:g} minus gamma {lo:g}), layer {layer}", xlabel="p",
+                       ylabel="accuracy points (95% interval)")
+                ax.legend(fontsize=7)
+            save(fig, "control_range_vs_p.png")
     length = [r for r in evals if r["experiment"] == "length"]
     if length:
         fig, ax = plt.subplots(figsize=(5.5, 4))
