@@ -49,7 +49,7 @@ def test_sampled_trajectories_are_valid_and_seeded_per_sample(engine, organism):
     assert _ids(engine.generate(EVAL[:8], params)) == _ids(groups)  # reproducible
     assert _ids(engine.generate(EVAL[2:5], params)) == _ids(groups[2:5])  # independent of the batch
     for ex, g in zip(EVAL[:8], groups):
-        assert [s.sample_index for s in g] == [0, 1, 2, 3] and len({tuple(s.completion_ids) for s in g}) >= 1
+        assert [s.sample_index for s in g] == [0, 1, 2, 3]
         for s in g:
             assert s.prompt_ids == tok(ex["prompt"], add_special_tokens=False)["input_ids"]
             assert len(s.logprobs) == s.n_tokens and all(lp <= 0 for lp in s.logprobs)
