@@ -20,7 +20,6 @@ import itertools
 import json
 import random
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 import pyarrow as pa
@@ -28,61 +27,36 @@ import yaml
 
 from cluster.metrics import StageTimer
 from driver.config import RunConfig, as_dict, sae_path
-from ipg.attribution import attribute, prepare_examples, sample_rollouts, site_baselines
-from ipg.baselines import activation_scores, contrast_scores, control_vector, random_components, top_components
-from ipg.cards import position_terms, top_contexts
+from driver.model_access import LocalModel, RayModel
+from driver.run_tables import RunTables
+from ipg.attribution import attribute, prepare_examples
+from ipg.baselines import random_components, top_components
 from ipg.components import Site
-from ipg.paths import METHODS
 from ipg.data import load_examples
 from ipg.errors import InputError
 from ipg.evaluation import score_items, summary_of
 from ipg.files import atomic_write_json, atomic_write_text
-from ipg.generation import SamplingParams, generate
+from ipg.generation import SamplingParams
 from ipg.massive import RATIO as MASSIVE_RATIO
 from ipg.massive import massive_components, median_ratio
-from ipg.models import ORGANISM, load_model, model_fingerprint
+from ipg.models import ORGANISM, load_model, load_tokenizer
+from ipg.paths import METHODS
 from ipg.prompts import format_examples, longest_prompt
 from ipg.provenance import versions
 from ipg.sae import TopKSAE
-from ipg.scores import dice, select, write_scores
-from ipg.signals import make_signal
-from ipg.steering import add_vector, scale
-
-EVAL_SCHEMA = pa.schema([
-    ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("p", pa.int32()),
-    ("gamma", pa.float64()), ("seed", pa.int64()), ("draw", pa.int32()), ("accuracy", pa.float64()),
-    ("mean_length", pa.float64()), ("n", pa.int64()), ("reflection_share", pa.float64()),
-])
-ITEM_SCHEMA = pa.schema([
-    ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("p", pa.int32()),
-    ("gamma", pa.float64()), ("seed", pa.int64()), ("draw", pa.int32()), ("example_id", pa.string()), ("correct", pa.bool_()),
-    ("answered", pa.bool_()), ("length", pa.int32()), ("reflection", pa.bool_()),
-])
-SELECTION_SCHEMA = pa.schema([
-    ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("kind", pa.string()), ("p", pa.int32()),
-    ("seed", pa.int64()), ("draw", pa.int32()), ("rank", pa.int32()), ("index", pa.int64()),
-    ("median_ratio", pa.float64()), ("massive", pa.bool_()),
-])
-MASSIVE_SCHEMA = pa.schema([("layer", pa.int32()), ("seed", pa.int64()), ("index", pa.int64()), ("median_ratio", pa.float64())])
-CARD_SCHEMA = pa.schema([("layer", pa.int32()), ("kind", pa.string()), ("rank", pa.int32()), ("index", pa.int64()),
-                         ("method", pa.string()), ("median_ratio", pa.float64()), ("contexts", pa.string())])
-CARD_TERM_SCHEMA = pa.schema([("layer", pa.int32()), ("kind", pa.string()), ("component", pa.int64()),
-                              ("example_id", pa.string()), ("sample", pa.int32()), ("step", pa.int32()), ("line", pa.int32()),
-                              ("fifth", pa.int32()), ("term", pa.float64())])
-STABILITY_SCHEMA = pa.schema([
-    ("comparison", pa.string()), ("layer", pa.int32()), ("p", pa.int32()), ("a", pa.string()), ("b", pa.string()),
-    ("dice", pa.float64()),
-])
+from ipg.scores import dice, select
 
 
-def _saes(cfg: RunConfig) -> dict[int, TopKSAE]:
+def _saes(cfg: RunConfig, load: bool = True) -> dict[int, TopKSAE | str]:
+    """The run's SAEs by layer, each checked to be trained on its layer; ``load`` False checks the files'
+    headers only (on Ray the actors load them) and gives their paths."""
     out = {}
     for layer, path in cfg.model.saes.items():
         path = sae_path(path, cfg.model.name, layer)
-        sae = TopKSAE.load(path)
-        if sae.layer != layer:
-            raise InputError(f"model.saes.{layer}: '{path}' was trained on layer {sae.layer}, not {layer}")
-        out[layer] = sae
+        trained_on = int(TopKSAE.header(path)["layer"])
+        if trained_on != layer:
+            raise InputError(f"model.saes.{layer}: '{path}' was trained on layer {trained_on}, not {layer}")
+        out[layer] = TopKSAE.load(path) if load else path
     return out
 
 
@@ -110,6 +84,10 @@ def splits_of(cfg: RunConfig, with_validation: bool = False) -> tuple[list[dict]
 
 
 class Experiment:
+    """One ``ipg run``: per seed, attribute on the support prompts, select, steer, evaluate on the held-out
+    prompts against the baselines; then stability, the tables and the report. The model lives in this
+    process, or (Ray) in the actors only: the experiment reaches it through ``self.lm``."""
+
     def __init__(self, cfg: RunConfig, log=print, resume: bool = False, resume_units: bool | None = None,
                  signals: list[str] | None = None):
         """``resume``: continue a killed run (needs Ray). ``resume_units`` (default ``resume``): each Ray
@@ -119,10 +97,15 @@ class Experiment:
         self.cfg, self.log, self.resume = cfg, log, resume
         self.resume_units = resume if resume_units is None else resume_units
         self.timers = StageTimer(observe=False)  # on Ray the pipeline observes its own stages; not twice
-        self.session = None
-        self.model, self.tokenizer = load_model(cfg.model.name, dtype=cfg.model.dtype, device=cfg.model.device,
-                                                trust_remote_code=cfg.model.trust_remote_code)
-        self.saes = _saes(cfg)
+        self.session, self.model = None, None
+        on_ray = cfg.ray.active() or resume
+        m = cfg.model
+        if on_ray:  # the driver holds the tokenizer only; the actors hold the weights
+            self.tokenizer = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code)
+            self.saes = _saes(cfg, load=False)
+        else:
+            self.model, self.tokenizer = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
+            self.saes = _saes(cfg)
         # formatted once, here: every consumer (both engines, the gradient pass, baselines) reads prompt_ids
         self.prompt_format, self.extractor = cfg.prompt.prompt_format(), cfg.answers.extractor()
         support, evaluation, validation = splits_of(cfg, with_validation=True)
@@ -136,17 +119,10 @@ class Experiment:
                                  f"validation prompts after the first data.n_eval={cfg.data.n_eval} of the eval data, and "
                                  "there are none; lower data.n_eval, raise data.n_validation, or evaluate one enhance gamma")
             self.validation_examples = format_examples(self.tokenizer, validation, self.prompt_format)
-        self.eval_rows: list[dict] = []
-        self.item_rows: list[dict] = []  # eval_items.parquet: one row per (evaluation, eval prompt)
-        self.selection_rows: list[dict] = []  # selections.parquet: every evaluated selection, component by component
+        self.tables = RunTables()
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
-        self.massive_rows: list[dict] = []  # massive.parquet: the flagged coordinates per layer and seed
-        self.card_rows: list[dict] = []  # cards.parquet: top components with their top-activating contexts
-        self.card_terms: list[dict] = []  # card_terms.parquet: their per-position score terms on a few prompts
-        self.score_tables: list[pa.Table] = []
-        self.stability_rows: list[dict] = []
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
-        if cfg.ray.active() or resume:
+        if on_ray:
             from driver.pipeline import RaySession
 
             longest = longest_prompt(self.tokenizer, self.support_all + self.eval_examples)
@@ -154,12 +130,25 @@ class Experiment:
             self.session = RaySession(cfg.model, cfg.ray, log, signals=signals or [cfg.signal], max_tokens=longest + new_tokens)
             self.log(f"ray: {cfg.ray.rollout_workers} rollout + {cfg.ray.gradient_workers} gradient workers on "
                      f"{self.session.info['address']} (dashboard {self.session.info['dashboard_url']})")
+            self.lm = RayModel(self.session)
+        else:
+            self.lm = LocalModel(self.model, self.tokenizer, self.saes, cfg.evaluation.batch_size)
+        sites = [Site(layer, cfg.attribution.kind) for layer in cfg.attribution.layers]
+        sites += [Site(layer, "sae") for layer in sorted(set(cfg.model.saes) & set(cfg.attribution.layers))]
+        self.described = self.lm.describe(sites)  # the model's fingerprint and each site's width
 
-    # -- helpers ---------------------------------------------------------------------------------------
+    # -- the public steps (``ipg sweep`` composes them too) -------------------------------------------
 
-    def _support(self, seed: int) -> list[dict]:
+    def support(self, seed: int) -> list[dict]:
+        """The seed's support prompts, drawn from the support pool."""
         n = min(self.cfg.data.n_support, len(self.support_all))
         return random.Random(f"support/{seed}").sample(self.support_all, n)
+
+    def width(self, site: Site) -> int:
+        key = str(site)
+        if key not in self.described["widths"]:
+            self.described["widths"][key] = self.lm.describe([site])["widths"][key]
+        return self.described["widths"][key]
 
     def _signal_params(self, signal: str, params: dict | None = None) -> dict:
         """A signal's parameters; the accuracy signal also gets the run's answer extractor."""
@@ -169,8 +158,8 @@ class Experiment:
             params.setdefault("pattern", self.extractor.pattern)
         return params
 
-    def _attribute(self, examples, *, signal, layers, seed, method=None, kind=None, signal_params=None, tag="",
-                   overrides: dict | None = None, pg_table=None):
+    def attribute(self, examples, *, signal, layers, seed, method=None, kind=None, signal_params=None, tag="",
+                  overrides: dict | None = None, pg_table=None):
         """One attribution, on Ray or here. ``pg_table``: method 'component' takes its candidates from these
         PG scores (of the same support prompts) instead of running PG again."""
         a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
@@ -188,80 +177,71 @@ class Experiment:
             else:
                 res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params,
                                 saes=self.saes, run_id=run_id, pg_table=pg_table, **dataclasses.asdict(a))
-        self.score_tables.append(res.table)
+        self.tables.scores.append(res.table)
         self.log(f"  attributed {run_id} layers {list(layers)}: "
                  f"{res.diagnostics['seconds_per_prompt']:.2f} s/prompt, {res.diagnostics['mixed_groups']}/{len(examples)} mixed groups")
         return res
 
-    def _rollouts(self, res, examples):
-        """The support rollouts of an attribution; a Ray run keeps them in the cluster, so they are drawn
-        again here (sampling is seeded per example and sample: the same trajectories)."""
-        if res.rollouts:
-            return res.rollouts
-        with self.timers("baselines"):
-            signal = make_signal(self.cfg.signal, **self._signal_params(self.cfg.signal))
-            return sample_rollouts(self.model, self.tokenizer, prepare_examples(examples), signal, res.config,
-                                   saes=self.saes, skipped={})
-
-    def _evaluate(self, steering: dict | None, examples: list[dict] | None = None, **row) -> dict:
+    def evaluate(self, steering: dict | None, examples: list[dict] | None = None, **row) -> dict:
         """Greedy accuracy and length on the eval split (or ``examples``) under ``steering`` (None,
-        {"scale": components, "gamma"} or {"add": layer, "vector", "coefficient"}). With vLLM rollouts the
-        generation runs in the rollout actors' engines (prompts split across them), else here with the
-        torch model."""
+        {"scale": components, "gamma"} or {"add": layer, "vector", "coefficient"}), generated where the
+        model lives (on Ray: split across the rollout actors)."""
         row.setdefault("draw", 0)
         examples = self.eval_examples if examples is None else examples
         e = self.cfg.evaluation
         params = SamplingParams(n=1, greedy=True, max_new_tokens=e.max_new_tokens)
         spec = {**steering, "positions": e.positions} if steering else None
         with self.timers("evaluate"):
-            if self.session is not None and self.cfg.ray.rollout_backend == "vllm":
-                samples = self.session.steered_generate(examples, params, spec)
-            else:
-                with self._steering_context(spec):
-                    samples = generate(self.model, self.tokenizer, examples, params, batch_size=e.batch_size)
+            samples = self.lm.generate(examples, params, spec)
         items = score_items(examples, samples, tuple(self.cfg.baselines.reflection_words), self.extractor)
         s = summary_of(items, len(examples))
         out = {**row, "accuracy": s.accuracy, "mean_length": s.mean_length, "n": s.n_examples,
                "reflection_share": s.keyword_share}
-        self.eval_rows.append(out)
+        self.tables.evals.append(out)
         # per prompt: intervals and paired comparisons are computed from these
-        self.item_rows += [{**row, "example_id": it.example_id, "correct": it.correct, "answered": it.answered,
-                            "length": it.length, "reflection": it.keyword} for it in items]
+        self.tables.items += [{**row, "example_id": it.example_id, "correct": it.correct, "answered": it.answered,
+                               "length": it.length, "reflection": it.keyword} for it in items]
         return out
 
-    def _steering_context(self, spec: dict | None):
-        if spec is None:
-            return nullcontext()
-        if "scale" in spec:
-            return scale(self.model, spec["scale"], spec["gamma"], positions=spec["positions"], saes=self.saes)
-        return add_vector(self.model, spec["add"], spec["vector"], spec["coefficient"], positions=spec["positions"])
+    # -- helpers ---------------------------------------------------------------------------------------
+
+    def _rollouts(self, res, examples):
+        """The support rollouts of an attribution; a Ray run keeps them in the cluster, so they are drawn
+        again there (sampling is seeded per example and sample: the same trajectories)."""
+        if res.rollouts:
+            return res.rollouts
+        with self.timers("baselines"):
+            return self.lm.rollouts(prepare_examples(examples), res.config, self.cfg.signal, self._signal_params(self.cfg.signal))
+
+    def _random(self, site: Site, p: int, seed: int, draw: int = 0):
+        return random_components(self.width(site), site, p, seed, draw=draw)
 
     def _sweep(self, experiment, method, layer, p, seed, components, gammas, draw: int = 0):
         self._note_selection(experiment, method, layer, p, seed, draw, components)
         for gamma in gammas:
-            r = self._evaluate({"scale": components, "gamma": gamma}, experiment=experiment, method=method, layer=layer,
-                               p=p, gamma=gamma, seed=seed, draw=draw)
+            r = self.evaluate({"scale": components, "gamma": gamma}, experiment=experiment, method=method, layer=layer,
+                              p=p, gamma=gamma, seed=seed, draw=draw)
             self.log(f"    {experiment:10s} {method:15s} layer {layer} p {p:3d} gamma {gamma:4.2f}: "
                      f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}" + (f"  (draw {draw})" if draw else ""))
             if experiment == "accuracy" and gamma > 1 and self.validation_examples:
-                self._evaluate({"scale": components, "gamma": gamma}, self.validation_examples, experiment="validation",
-                               method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
+                self.evaluate({"scale": components, "gamma": gamma}, self.validation_examples, experiment="validation",
+                              method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
 
-    def _cards(self, res, rollouts, site: Site, sequences, baseline) -> None:
+    def _cards(self, res, rollouts, site: Site, sequences) -> None:
         """Cards of the method's top components at this layer (ipg.cards): contexts and per-position terms."""
         c = self.cfg.cards
         top = [x.index for x in select(res.table, c.components, layer=site.layer, kind=site.kind)]
         mixed = [r for r in rollouts if any(a != 0 for a in r.advantages)][: c.prompts]
         cfg = dataclasses.replace(res.config, layers=(site.layer,))
         with self.timers("cards"):
-            contexts = top_contexts(self.model, self.tokenizer, site, sequences, top, k=c.contexts, saes=self.saes)
-            terms = position_terms(self.model, self.tokenizer, mixed, site, top, cfg, baseline, saes=self.saes)
+            baseline = self.lm.site_baseline(rollouts, site, cfg)  # the path's, over all the support rollouts
+            contexts, terms = self.lm.cards(site, sequences, top, c.contexts, mixed, cfg, baseline)
         ratio = self.magnitudes.get((site.layer, cfg.seed))
         for rank, i in enumerate(top):
-            self.card_rows.append({"layer": site.layer, "kind": site.kind, "rank": rank, "index": i, "method": cfg.method,
-                                   "median_ratio": float(ratio[i]) if ratio is not None else None,
-                                   "contexts": json.dumps(contexts[i])})
-        self.card_terms += [{"layer": site.layer, "kind": site.kind, **t} for t in terms]
+            self.tables.cards.append({"layer": site.layer, "kind": site.kind, "rank": rank, "index": i, "method": cfg.method,
+                                      "median_ratio": float(ratio[i]) if ratio is not None else None,
+                                      "contexts": json.dumps(contexts[i])})
+        self.tables.card_terms += [{"layer": site.layer, "kind": site.kind, **t} for t in terms]
 
     def _note_massive(self, site: Site, seed: int, magnitude) -> None:
         """The layer's massive-activation coordinates on this seed's support trajectories (residual sites)."""
@@ -270,7 +250,7 @@ class Experiment:
         ratio = median_ratio(magnitude)
         self.magnitudes[(site.layer, seed)] = ratio
         flagged = massive_components(magnitude)
-        self.massive_rows += [{"layer": site.layer, "seed": seed, "index": i, "median_ratio": float(ratio[i])} for i in flagged]
+        self.tables.massive += [{"layer": site.layer, "seed": seed, "index": i, "median_ratio": float(ratio[i])} for i in flagged]
         if flagged:
             self.log(f"  layer {site.layer}: massive-activation coordinates {flagged} "
                      f"({', '.join(f'{ratio[i]:.0f}x' for i in flagged)} the median mean |activation|)")
@@ -279,9 +259,9 @@ class Experiment:
         ratio = self.magnitudes.get((layer, seed))
         for rank, c in enumerate(components):
             r = float(ratio[c.index]) if ratio is not None and c.kind == "residual" else None
-            self.selection_rows.append({"experiment": experiment, "method": method, "layer": layer, "kind": c.kind,
-                                        "p": p, "seed": seed, "draw": draw, "rank": rank, "index": c.index,
-                                        "median_ratio": r, "massive": r is not None and r >= MASSIVE_RATIO})
+            self.tables.selections.append({"experiment": experiment, "method": method, "layer": layer, "kind": c.kind,
+                                           "p": p, "seed": seed, "draw": draw, "rank": rank, "index": c.index,
+                                           "median_ratio": r, "massive": r is not None and r >= MASSIVE_RATIO})
 
     # -- stages ----------------------------------------------------------------------------------------
 
@@ -297,12 +277,12 @@ class Experiment:
         out = Path(cfg.out)
         start = time.perf_counter()
         atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
-        original = self._evaluate(None, experiment="accuracy", method="original", layer=-1, p=0, gamma=1.0, seed=cfg.seeds[0])
+        original = self.evaluate(None, experiment="accuracy", method="original", layer=-1, p=0, gamma=1.0, seed=cfg.seeds[0])
         self.log(f"original: accuracy {100 * original['accuracy']:.1f}%, mean length {original['mean_length']:.1f}")
-        first = [r for r in self.item_rows if r["method"] == "original"]
+        first = [r for r in self.tables.items if r["method"] == "original"]
         for seed in cfg.seeds[1:]:
-            self.eval_rows.append({**original, "seed": seed})  # greedy decoding: identical for every seed
-            self.item_rows += [{**r, "seed": seed} for r in first]
+            self.tables.evals.append({**original, "seed": seed})  # greedy decoding: identical for every seed
+            self.tables.items += [{**r, "seed": seed} for r in first]
         for seed in cfg.seeds:
             self.log(f"seed {seed}")
             self._accuracy_experiment(seed)
@@ -317,7 +297,7 @@ class Experiment:
 
     def _accuracy_experiment(self, seed: int) -> None:
         cfg, a = self.cfg, self.cfg.attribution
-        support = self._support(seed)
+        support = self.support(seed)
         methods = set(cfg.baselines.methods)
         main = a.method  # the run's own selection method; the others of ipg / pg / component run when listed
         needed = {main} | {m for m in METHODS if m in methods}
@@ -326,12 +306,12 @@ class Experiment:
         results = {}
         for m in sorted(needed, key=lambda m: m == "component"):  # component last: it reads PG's table
             pg_table = results["pg"].table if m == "component" else None
-            results[m] = self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method=m, pg_table=pg_table)
+            results[m] = self.attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method=m, pg_table=pg_table)
         self.main_tables[seed] = results[main].table
-        variants = {name: self._attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, tag=f"-{name}",
-                                          overrides=overrides) for name, overrides in cfg.variants.items()}
+        variants = {name: self.attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, tag=f"-{name}",
+                                         overrides=overrides) for name, overrides in cfg.variants.items()}
         sae_layers = sorted(set(self.saes) & set(a.layers))
-        sae_res = (self._attribute(support, signal=cfg.signal, layers=sae_layers, seed=seed, kind="sae", method=main)
+        sae_res = (self.attribute(support, signal=cfg.signal, layers=sae_layers, seed=seed, kind="sae", method=main)
                    if sae_layers else None)
         rollouts = self._rollouts(results[main], support)
         sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts for s in r.samples]
@@ -340,20 +320,17 @@ class Experiment:
             site = Site(layer, a.kind)
             with self.timers("baselines"):
                 scores = {}
-                magnitude = activation_scores(self.model, sequences, site)  # flags, and the activation baseline
+                magnitude = self.lm.activation_scores(sequences, site)  # flags, and the activation baseline
                 self._note_massive(site, seed, magnitude)
                 if "activation" in methods:
                     scores["activation"] = magnitude
                 if "concept_tokens" in methods:
-                    scores["concept_tokens"] = contrast_scores(self.model, self.tokenizer, sequences, site,
-                                                               tuple(cfg.baselines.concept_tokens))
+                    scores["concept_tokens"] = self.lm.contrast_scores(sequences, site, tuple(cfg.baselines.concept_tokens))
                 if layer in sae_layers and "reason_score" in methods:
-                    sae_site = Site(layer, "sae")
-                    scores["reason_score"] = contrast_scores(self.model, self.tokenizer, sequences, sae_site,
-                                                             tuple(cfg.baselines.reflection_words), self.saes)
+                    scores["reason_score"] = self.lm.contrast_scores(sequences, Site(layer, "sae"),
+                                                                     tuple(cfg.baselines.reflection_words))
             if cfg.cards.enabled and seed == cfg.seeds[0]:
-                baseline = site_baselines(self.model, rollouts, [site], dataclasses.replace(a, layers=(layer,)), self.saes)[site]
-                self._cards(results[main], rollouts, site, sequences, baseline)
+                self._cards(results[main], rollouts, site, sequences)
             for p in cfg.evaluation.p:
                 chosen = {m: select(res.table, p, layer=layer, kind=a.kind) for m, res in results.items()
                           if m == main or m in methods}
@@ -369,17 +346,16 @@ class Experiment:
                     self._sweep("accuracy", method, layer, p, seed, components, gammas)
                 if "random" in methods:  # several draws per seed: random's spread is part of the comparison
                     for draw in range(cfg.evaluation.random_draws):
-                        components = random_components(self.model, site, p, seed, draw=draw)
-                        self._sweep("accuracy", "random", layer, p, seed, components, gammas, draw=draw)
+                        self._sweep("accuracy", "random", layer, p, seed, self._random(site, p, seed, draw), gammas, draw=draw)
             if "control_vector" in methods:
                 eos = self.tokenizer.eos_token_id
                 correct = [s.prompt_ids + [t for t in s.completion_ids if t != eos] for r in rollouts
                            for s, reward in zip(r.samples, r.rewards) if reward > 0]
                 with self.timers("baselines"):
-                    vector, separation = control_vector(self.model, self.tokenizer, correct[:64], layer, seed)
+                    vector, separation = self.lm.control_vector(correct[:64], layer, seed)
                 for gamma in cfg.evaluation.enhance_gammas:  # enhance only, as in the paper
-                    r = self._evaluate({"add": layer, "vector": vector, "coefficient": (gamma - 1.0) * separation},
-                                       experiment="accuracy", method="control_vector", layer=layer, p=0, gamma=gamma, seed=seed)
+                    r = self.evaluate({"add": layer, "vector": vector, "coefficient": (gamma - 1.0) * separation},
+                                      experiment="accuracy", method="control_vector", layer=layer, p=0, gamma=gamma, seed=seed)
                     self.log(f"    accuracy   control_vector  layer {layer}       gamma {gamma:4.2f}: acc {100 * r['accuracy']:5.1f}%")
 
     def _control_experiment(self, name: str, seed: int) -> None:
@@ -389,11 +365,11 @@ class Experiment:
         if name == "reflection" and "keywords" not in params:
             params["keywords"] = list(cfg.baselines.reflection_words)
         main = cfg.attribution.method
-        res = self._attribute(self._support(seed), signal=name, layers=c.layers, seed=seed, signal_params=params, method=main)
+        res = self.attribute(self.support(seed), signal=name, layers=c.layers, seed=seed, signal_params=params, method=main)
         for layer in c.layers:
             site = Site(layer, cfg.attribution.kind)
             self._sweep(name, main, layer, c.p, seed, select(res.table, c.p, layer=layer, kind=site.kind), c.gammas)
-            self._sweep(name, "random", layer, c.p, seed, random_components(self.model, site, c.p, seed), c.gammas)
+            self._sweep(name, "random", layer, c.p, seed, self._random(site, c.p, seed), c.gammas)
 
     def _stability(self) -> None:
         cfg, a = self.cfg, self.cfg.attribution
@@ -401,23 +377,23 @@ class Experiment:
         for layer in a.layers:
             top = {seed: select(t, p, layer=layer, kind=a.kind) for seed, t in self.main_tables.items()}
             for s1, s2 in itertools.combinations(cfg.seeds, 2):
-                self.stability_rows.append({"comparison": "seeds", "layer": layer, "p": p, "a": f"seed {s1}",
-                                            "b": f"seed {s2}", "dice": dice(top[s1], top[s2])})
+                self.tables.stability.append({"comparison": "seeds", "layer": layer, "p": p, "a": f"seed {s1}",
+                                              "b": f"seed {s2}", "dice": dice(top[s1], top[s2])})
         # disjoint halves of the support pool, same seed: how much the selection depends on the prompts
         pool = random.Random("stability-halves").sample(self.support_all, len(self.support_all))
         n = min(cfg.data.n_support, len(pool) // 2)
         halves = [pool[:n], pool[n : 2 * n]]
-        results = [self._attribute(h, signal=cfg.signal, layers=a.layers, seed=cfg.seeds[0], tag=f"-half{name}",
-                                   method=a.method) for name, h in zip("AB", halves)]
+        results = [self.attribute(h, signal=cfg.signal, layers=a.layers, seed=cfg.seeds[0], tag=f"-half{name}",
+                                  method=a.method) for name, h in zip("AB", halves)]
         for layer in a.layers:
             sets = [select(r.table, p, layer=layer, kind=a.kind) for r in results]
-            self.stability_rows.append({"comparison": "support subsets", "layer": layer, "p": p, "a": "half A",
-                                        "b": "half B", "dice": dice(*sets)})
+            self.tables.stability.append({"comparison": "support subsets", "layer": layer, "p": p, "a": "half A",
+                                          "b": "half B", "dice": dice(*sets)})
 
     def setup(self) -> dict:
         """How examples became model inputs and how answers were scored (run.json, the report)."""
         d = self.cfg.data
-        return {"model": model_fingerprint(self.model), "signal": self.cfg.signal,
+        return {"model": self.described["fingerprint"], "signal": self.cfg.signal,
                 "prompt": self.prompt_format.describe(self.tokenizer, self.eval_examples[0]),
                 "answers": self.extractor.describe(),
                 "attribution": {k: getattr(self.cfg.attribution, k) for k in
@@ -428,18 +404,8 @@ class Experiment:
     def _write(self, out: Path, seconds: float) -> None:
         from driver.report import write_report
 
-        tables = [t.replace_schema_metadata(None) for t in self.score_tables]
-        write_scores(out / "scores.parquet", pa.concat_tables(tables))
-        # how the evaluations were scored travels with them: the report reads it from the file
         setup = self.setup()
-        evals = pa.Table.from_pylist(self.eval_rows, schema=EVAL_SCHEMA)
-        write_scores(out / "eval.parquet", evals.replace_schema_metadata({"ipg.setup": json.dumps(setup)}))
-        write_scores(out / "eval_items.parquet", pa.Table.from_pylist(self.item_rows, schema=ITEM_SCHEMA))
-        write_scores(out / "selections.parquet", pa.Table.from_pylist(self.selection_rows, schema=SELECTION_SCHEMA))
-        write_scores(out / "massive.parquet", pa.Table.from_pylist(self.massive_rows, schema=MASSIVE_SCHEMA))
-        write_scores(out / "cards.parquet", pa.Table.from_pylist(self.card_rows, schema=CARD_SCHEMA))
-        write_scores(out / "card_terms.parquet", pa.Table.from_pylist(self.card_terms, schema=CARD_TERM_SCHEMA))
-        write_scores(out / "stability.parquet", pa.Table.from_pylist(self.stability_rows, schema=STABILITY_SCHEMA))
+        self.tables.write(out, setup)
         with self.timers("report"):
             write_report(out)
         atomic_write_json(out / "run.json", {
@@ -448,7 +414,7 @@ class Experiment:
             "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1),
             "ray": self.session.info if self.session is not None else None,
             "rollout_backend": self.cfg.ray.rollout_backend if self.session is not None else "hf",
-            "evaluation_engine": "vllm" if self.session is not None and self.cfg.ray.rollout_backend == "vllm" else "hf",
+            "evaluation_engine": self.cfg.ray.rollout_backend if self.session is not None else "hf",
             "versions": versions(),
         })
         self.log(f"wrote {out}/report.md ({seconds:.0f} s)")

@@ -126,6 +126,14 @@ def _unwrap(exc: BaseException, what: str, starting: bool = False) -> BaseExcept
     return FatalError(f"{what}: {type(inner).__name__}: {inner}")
 
 
+def _get(refs, what: str):
+    """``ray.get``, with a worker's error re-raised as this project's error naming ``what``."""
+    try:
+        return ray.get(refs)
+    except ray.exceptions.RayError as e:
+        raise _unwrap(e, what) from None
+
+
 def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards, run_id: str,
             candidates: dict | None = None) -> str:
     # the model inputs too: the same ids under another prompt format are another run
@@ -258,12 +266,20 @@ class RaySession:
         n = len(self.rollout)
         parts = [examples[i::n] for i in range(n)]
         refs = [self.rollout.pick(i).steered_generate.remote(part, params, steering) for i, part in enumerate(parts) if part]
-        try:
-            results = ray.get(refs)
-        except ray.exceptions.RayError as e:
-            raise _unwrap(e, "steered generation") from None
-        by_id = {g[0].example_id: g for res in results for g in res}
+        by_id = {g[0].example_id: g for res in _get(refs, "steered generation") for g in res}
         return [by_id[ex["id"]] for ex in examples]
+
+    def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list:
+        """An attribution's support rollouts, drawn again in the rollout actors shard by shard (sampling is
+        seeded per example and sample: the trajectories the attribution scored), in input order."""
+        refs = [self.rollout.pick(k).generate.remote(sid, part, cfg, signal, signal_params)
+                for k, (sid, part) in enumerate(shard(prepare_examples(examples), self.cfg.shard_size))]
+        return [r for part in _get(refs, "support rollouts") for r in part.rollouts]
+
+    def model_op(self, name: str, *args):
+        """One of ``workers.model_ops.ModelOps``' computations in a gradient actor, which holds the
+        weights (every rank of a ZeRO-3 group runs it, in lockstep; the first rank's answer is returned)."""
+        return _get(self._gradient(0, "model_op", name, *args), name)[0]
 
     # -- one attribution ---------------------------------------------------------------------------
 
@@ -283,10 +299,8 @@ class RaySession:
                              "session's actors were not given; name it when the session starts (RaySession(..., "
                              "signals=[...])), or install it on the cluster")
         sites = [Site(layer, cfg.kind) for layer in cfg.layers]
-        try:  # validates layers/kind against the model where it lives (the driver loads no weights)
-            info = ray.get(self._gradient(0, "describe", sites)[0])
-        except ray.exceptions.RayError as e:
-            raise _unwrap(e, "gradient worker") from None
+        # validates layers/kind against the model where it lives (the driver loads no weights)
+        info = _get(self._gradient(0, "describe", sites)[0], "gradient worker")
         candidates = None
         if cfg.method == "component":
             if self.cfg.gradient_backend == "deepspeed":
@@ -420,11 +434,8 @@ class RaySession:
                 rollout_refs[sid], cost_refs[sid] = self.rollout.pick(k).generate_costed.options(num_returns=2).remote(
                     sid, part, cfg, signal, params)
                 sums_refs += self._gradient(k, "activation_sums", sid, rollout_refs[sid], cfg)
-            try:
-                sums = ray.get(sums_refs)
-                costs = dict(zip(cost_refs, ray.get(list(cost_refs.values()))))
-            except ray.exceptions.RayError as e:
-                raise _unwrap(e, "mean baseline") from None
+            sums = _get(sums_refs, "mean baseline")
+            costs = dict(zip(cost_refs, _get(list(cost_refs.values()), "mean baseline")))
         baselines = {}
         for s in sites:
             total = np.sum([part[str(s)][0] for part in sums], axis=0)
@@ -459,10 +470,7 @@ class RaySession:
                         continue  # filled from J(1) / the resampled path in _diagnostics
                     refs = [self.rollout.pick(k).mean_reward.remote(sid, part, cfg, signal, params, s, alpha, baselines[s])
                             for k, (sid, part) in enumerate(scored)]
-                    try:
-                        parts = ray.get(refs)
-                    except ray.exceptions.RayError as e:
-                        raise _unwrap(e, "completeness") from None
+                    parts = _get(refs, "completeness")
                     out[str(s)][name] = sum(p[0] for p in parts) / sum(p[1] for p in parts)
         return out
 

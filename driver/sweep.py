@@ -226,7 +226,7 @@ class Sweep:
                 for cell in mine:
                     try:
                         if self.spec.steering and original is None:
-                            original = exp._evaluate(None, experiment="sweep", method="original", layer=-1, p=0, gamma=1.0,
+                            original = exp.evaluate(None, experiment="sweep", method="original", layer=-1, p=0, gamma=1.0,
                                                      seed=cfg.seeds[0])
                         self._run_cell(exp, cfg, cell, original)
                     except InputError:
@@ -260,7 +260,7 @@ class Sweep:
         params = dict(cell.signal_params)
         if cell.signal == "reflection" and "keywords" not in params:
             params["keywords"] = list(cfg.baselines.reflection_words)
-        res = exp._attribute(exp._support(cfg.seeds[0]), signal=cell.signal, layers=[cell.layer], seed=cfg.seeds[0],
+        res = exp.attribute(exp.support(cfg.seeds[0]), signal=cell.signal, layers=[cell.layer], seed=cfg.seeds[0],
                              method=cell.method, kind=cell.kind, signal_params=params, tag=f"-L{cell.layer}")
         table = res.table.replace_schema_metadata(None)
         # the partition keys live in the path: the file keeps the model's fingerprint under its own name
@@ -273,7 +273,7 @@ class Sweep:
             components = select(res.table, p, layer=cell.layer, kind=cell.kind)
             metric = METRIC.get(cell.signal, "accuracy")  # a user's signal: steering is judged by accuracy
             for gamma in self.spec.steering["gammas"]:
-                r = exp._evaluate({"scale": components, "gamma": gamma}, experiment="sweep", method=cell.method,
+                r = exp.evaluate({"scale": components, "gamma": gamma}, experiment="sweep", method=cell.method,
                                   layer=cell.layer, p=p, gamma=gamma, seed=cfg.seeds[0])
                 steering_rows.append({"cell": cell.id, "kind": cell.kind, "method": cell.method, "p": p, "gamma": gamma,
                                       "metric": metric, "value": float(r[metric]), "original": float(original[metric]),

@@ -17,7 +17,7 @@ import random as _random
 import numpy as np
 import torch
 
-from ipg.components import ComponentId, Site, check_site, site_activations
+from ipg.components import ComponentId, Site, site_activations
 from ipg.errors import InputError
 
 Sequence = tuple[list[int], int]  # (token ids of prompt + completion, prompt length)
@@ -31,9 +31,9 @@ def top_components(scores: np.ndarray, site: Site, p: int) -> list[ComponentId]:
     return [ComponentId(site.layer, site.kind, int(i)) for i in order[:p]]
 
 
-def random_components(model, site: Site, p: int, seed: int, saes: dict | None = None, draw: int = 0) -> list[ComponentId]:
-    """``p`` components drawn uniformly; ``draw`` numbers further independent draws for the same seed."""
-    width = check_site(model, site, saes)
+def random_components(width: int, site: Site, p: int, seed: int, draw: int = 0) -> list[ComponentId]:
+    """``p`` of the site's ``width`` components drawn uniformly (``check_site`` gives the width); ``draw``
+    numbers further independent draws for the same seed."""
     if not 0 < p <= width:
         raise InputError(f"p: must be in 1..{width}, got {p}")
     chosen = _random.Random(f"random-baseline/{site}/{seed}" + (f"/draw{draw}" if draw else "")).sample(range(width), p)

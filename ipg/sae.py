@@ -58,8 +58,10 @@ class TopKSAE(torch.nn.Module):
         tmp.unlink()
         return atomic_write_bytes(path, data)
 
-    @classmethod
-    def load(cls, path: str | Path) -> "TopKSAE":
+    @staticmethod
+    def header(path: str | Path) -> dict:
+        """The SAE file's metadata (shape, layer, model) without reading its weights; a missing or foreign
+        file raises InputError."""
         path = Path(path)
         if not path.is_file():
             raise InputError(f"sae: file '{path}' not found; train one with `ipg sae train`")
@@ -69,6 +71,11 @@ class TopKSAE(torch.nn.Module):
             meta = f.metadata() or {}
         if meta.get("format") != "ipg.topk_sae.v1":
             raise InputError(f"sae: '{path}' is not an ipg TopK SAE (metadata format {meta.get('format')!r})")
+        return meta
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TopKSAE":
+        meta = cls.header(path)
         sae = cls(int(meta["d_model"]), int(meta["n_features"]), int(meta["k"]), int(meta["layer"]), meta.get("model", ""))
         sae.load_state_dict(load_file(str(path)))
         sae.requires_grad_(False)

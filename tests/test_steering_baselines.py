@@ -88,7 +88,7 @@ def test_each_baseline_returns_p_distinct_valid_ids(tiny_random, sae):
     sequences.append((tok("12+34\n12+34=46\nwait 12+34=46\n")["input_ids"], 6))  # words surely present
     site, sae_site = Site(1, "residual"), Site(1, "sae")
     selections = [
-        random_components(model, site, 7, seed=0),
+        random_components(64, site, 7, seed=0),
         top_components(activation_scores(model, sequences, site), site, 7),
         top_components(contrast_scores(model, tok, sequences, site, ("+", "=")), site, 7),
         top_components(contrast_scores(model, tok, sequences, sae_site, ("wait",), {1: sae}), sae_site, 7),
@@ -96,9 +96,9 @@ def test_each_baseline_returns_p_distinct_valid_ids(tiny_random, sae):
     for sel, s in zip(selections, (site, site, site, sae_site)):
         assert len(sel) == 7 and len(set(sel)) == 7
         assert all(c.site == s and 0 <= c.index < (32 if s.kind == "sae" else 64) for c in sel)
-    assert random_components(model, site, 7, seed=0) == selections[0] != random_components(model, site, 7, seed=1)
+    assert random_components(64, site, 7, seed=0) == selections[0] != random_components(64, site, 7, seed=1)
     cots = [tok(t)["input_ids"] for t in ("12+34\n12+34=46\n#### 46\n", "51+8\n51+8=59\n#### 59\n")]
     v, separation = control_vector(model, tok, cots, 1)
     assert v.shape == (64,) and abs(float(v.norm()) - 1) < 1e-5 and separation > 0
     with pytest.raises(InputError, match="p: must be in 1..64"):
-        random_components(model, site, 65, seed=0)
+        random_components(64, site, 65, seed=0)

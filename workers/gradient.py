@@ -47,6 +47,15 @@ class GradientWorker:
     def ready(self) -> bool:
         return True
 
+    def model_op(self, name: str, *args):
+        """One of ModelOps' computations on this actor's model: under Ray the driver holds no weights, so
+        the experiment's baselines, cards and statistics run here (on every rank of a ZeRO-3 group alike,
+        in lockstep)."""
+        from workers.model_ops import ModelOps
+
+        with self.timer(f"model_op.{name}"):
+            return getattr(ModelOps(self.model, self.tokenizer, self.saes), name)(*args)
+
     def describe(self, sites: list[Site]) -> dict:
         """The model's fingerprint and each site's width; a bad layer index or kind raises InputError."""
         from ipg.models import model_fingerprint

@@ -7,6 +7,7 @@ seeded per (seed, example id, sample index), so a shard's rollouts do not depend
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -133,25 +134,20 @@ class RolloutWorker:
     def steered_generate(self, examples: list[dict], params: SamplingParams, steering: dict | None = None) -> list[list[Sample]]:
         """Generation under steering, for evaluation at engine speed. ``steering``: None, or
         {"scale": [component ids], "gamma", "positions"} or {"add": layer, "vector", "coefficient", "positions"}."""
-        from contextlib import nullcontext
-
         from ipg.components import ComponentId
-        from ipg.generation import generate
-        from ipg.steering import add_vector, scale
+        from workers.model_ops import ModelOps
 
+        if self.engine is None:
+            with self.timer("evaluate"):
+                return ModelOps(self.model, self.tokenizer, self.saes).generate(examples, params, steering)
         ctx = nullcontext()
         if steering and "scale" in steering:
             comps = [ComponentId.parse(c) if isinstance(c, str) else c for c in steering["scale"]]
-            ctx = (self.engine.scale(comps, steering["gamma"], steering["positions"], self.saes) if self.engine else
-                   scale(self.model, comps, steering["gamma"], positions=steering["positions"], saes=self.saes))
+            ctx = self.engine.scale(comps, steering["gamma"], steering["positions"], self.saes)
         elif steering and "add" in steering:
-            ctx = (self.engine.add(steering["add"], steering["vector"], steering["coefficient"], steering["positions"])
-                   if self.engine else add_vector(self.model, steering["add"], steering["vector"], steering["coefficient"],
-                                                  positions=steering["positions"]))
+            ctx = self.engine.add(steering["add"], steering["vector"], steering["coefficient"], steering["positions"])
         with self.timer("evaluate"), ctx:
-            if self.engine is not None:
-                return self.engine.generate(examples, params)
-            return generate(self.model, self.tokenizer, examples, params)
+            return self.engine.generate(examples, params)
 
 
 class _item_errors:

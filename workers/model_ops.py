@@ -1,0 +1,82 @@
+"""What an experiment computes with the model's weights besides attribution, in one place.
+
+``ModelOps`` wraps a loaded model (with its tokenizer and SAEs) and answers the experiment's questions:
+steered greedy generation, support rollouts, the activation statistics of the baselines, the control
+vector, the path baseline and the component cards. ``ipg run`` without Ray calls it on the model it
+loaded; on Ray the driver loads no weights and the same methods run in the actors that hold them
+(``driver.model_access``), so both runs compute the same numbers with the same code.
+
+Every argument and result is plain data (token ids, numpy arrays, tensors, dataclasses of them), so it
+can travel through Ray's object store.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+from ipg.attribution import AttributionConfig, Rollout, sample_rollouts, site_baselines
+from ipg.baselines import activation_scores, contrast_scores, control_vector
+from ipg.cards import position_terms, top_contexts
+from ipg.components import ComponentId, Site, check_site
+from ipg.generation import Sample, SamplingParams, generate
+from ipg.models import model_fingerprint
+from ipg.signals import make_signal
+from ipg.steering import add_vector, scale
+
+Sequence = tuple[list[int], int]  # (prompt + completion token ids, prompt length)
+
+
+def steering_context(model, steering: dict | None, saes: dict | None = None):
+    """A context that applies ``steering`` to a torch model: None, {"scale": components, "gamma",
+    "positions"} or {"add": layer, "vector", "coefficient", "positions"}."""
+    if not steering:
+        return nullcontext()
+    if "scale" in steering:
+        comps = [ComponentId.parse(c) if isinstance(c, str) else c for c in steering["scale"]]
+        return scale(model, comps, steering["gamma"], positions=steering["positions"], saes=saes)
+    return add_vector(model, steering["add"], steering["vector"], steering["coefficient"], positions=steering["positions"])
+
+
+class ModelOps:
+    def __init__(self, model, tokenizer, saes: dict | None = None):
+        self.model, self.tokenizer, self.saes = model, tokenizer, saes or {}
+
+    def describe(self, sites: list[Site]) -> dict:
+        """The model's fingerprint and the width of each site (validates the sites)."""
+        return {"fingerprint": model_fingerprint(self.model),
+                "widths": {str(s): check_site(self.model, s, self.saes) for s in sites}}
+
+    def generate(self, examples: list[dict], params: SamplingParams, steering: dict | None = None,
+                 batch_size: int = 64) -> list[list[Sample]]:
+        with steering_context(self.model, steering, self.saes):
+            return generate(self.model, self.tokenizer, examples, params, batch_size=batch_size)
+
+    def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list[Rollout]:
+        """The support rollouts of an attribution (sampling is seeded per example and sample: the
+        trajectories the attribution scored)."""
+        return sample_rollouts(self.model, self.tokenizer, examples, make_signal(signal, **signal_params), cfg,
+                               saes=self.saes, skipped={})
+
+    def activation_scores(self, sequences: list[Sequence], site: Site) -> np.ndarray:
+        return activation_scores(self.model, sequences, site, self.saes)
+
+    def contrast_scores(self, sequences: list[Sequence], site: Site, words: tuple[str, ...]) -> np.ndarray:
+        return contrast_scores(self.model, self.tokenizer, sequences, site, words, self.saes)
+
+    def control_vector(self, cots: list[list[int]], layer: int, seed: int) -> tuple[torch.Tensor, float]:
+        return control_vector(self.model, self.tokenizer, cots, layer, seed)
+
+    def site_baseline(self, rollouts: list[Rollout], site: Site, cfg: AttributionConfig) -> torch.Tensor:
+        """The path's baseline at ``site`` (zeros, or the mean activation over the rollouts)."""
+        return site_baselines(self.model, rollouts, [site], cfg, self.saes)[site]
+
+    def cards(self, site: Site, sequences: list[Sequence], components: list[int], k: int, rollouts: list[Rollout],
+              cfg: AttributionConfig, baseline: torch.Tensor) -> tuple[dict, list[dict]]:
+        """Top-activating contexts of ``components``, and their per-position score terms on ``rollouts``
+        along the run's path."""
+        contexts = top_contexts(self.model, self.tokenizer, site, sequences, components, k=k, saes=self.saes)
+        terms = position_terms(self.model, self.tokenizer, rollouts, site, components, cfg, baseline, saes=self.saes)
+        return contexts, terms
