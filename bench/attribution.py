@@ -58,7 +58,7 @@ def bound_seconds(model, site, rollouts, cfg, repeat: int) -> float:
     inputs_embeds = the site's activations, logits of the generated positions) for every trajectory with
     a non-zero advantage: q rows per trajectory, longest first, in ``cfg.budget`` batches (the
     geometry of the optimised pass, so batching efficiency is the same on both sides)."""
-    from ipg.attribution import _micro_batches, _policy_logprobs, _positions_mask, _Row
+    from ipg.gradient_pass import _micro_batches, _policy_logprobs, _positions_mask, _Row
     from ipg.components import capture_sites, decoder_layers
 
     trajs = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids), a) for r in rollouts for s, a in zip(r.samples, r.advantages) if a != 0]

@@ -19,7 +19,6 @@ Summed over positions they give that prompt's score for the component.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ipg.attribution import AttributionConfig, Rollout, TrajectoryAtSite

@@ -32,14 +32,30 @@ def _assert_same(a: dict, b: dict):
     assert all(abs(a[k] - b[k]) <= 1e-5 * abs(b[k]) + 1e-7 * scale for k in b)
 
 
-def test_run_on_ray_writes_what_the_in_process_run_writes(local_ray, tmp_path):
-    overrides = ["--baselines.methods=[pg,random]"]
+def test_run_on_ray_writes_what_the_in_process_run_writes_and_its_driver_loads_no_weights(local_ray, tmp_path, monkeypatch):
+    """Every stage that needs the model (attribution, the component path, baselines, control vector, cards,
+    steered evaluation) runs in the actors; the driver process is made unable to load weights."""
+    import transformers
+
+    import driver.experiment
+    import ipg.models
+
+    overrides = ["--baselines.methods=[pg,component,random,activation,concept_tokens,control_vector]", "--cards.components=2"]
     local = run_experiment(load_config(SMOKE, overrides + [f"--out={tmp_path / 'local'}", "--ray.enabled=false"]), log=lambda m: None)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the driver loaded model weights")
+
+    for module in (ipg.models, driver.experiment):
+        monkeypatch.setattr(module, "load_model", refuse)
+    monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
     on_ray = run_experiment(load_config(SMOKE, overrides + [f"--out={tmp_path / 'ray'}", "--ray.enabled=true"]), log=lambda m: None)
     _assert_same(_scores(on_ray / "scores.parquet"), _scores(local / "scores.parquet"))
-    assert pq.read_table(on_ray / "eval.parquet").equals(pq.read_table(local / "eval.parquet"))  # same selections, same steering
+    for name in ("eval", "eval_items", "selections", "massive", "cards", "card_terms"):  # same selections, same steering
+        assert pq.read_table(on_ray / f"{name}.parquet").equals(pq.read_table(local / f"{name}.parquet")), name
     units = sorted(p.name for p in (on_ray / "attributions").iterdir())
-    assert units == ["accuracy-ipg-residual-seed0", "accuracy-pg-residual-seed0"]
+    assert units == ["accuracy-component-residual-seed0", "accuracy-ipg-residual-seed0", "accuracy-pg-residual-seed0"]
+    assert (on_ray / "attributions" / "accuracy-component-residual-seed0" / "attribution.json").is_file()
     assert json.loads((on_ray / "run.json").read_text())["ray"]["address"] == local_ray["address"]  # the test's cluster
 
 

@@ -38,7 +38,8 @@ def test_import_errors_and_non_numbers_are_one_clear_error(plugins):
         make_signal("user_signals:")
     with pytest.raises(InputError, match=r"signal.params: .*unexpected keyword argument 'nope'"):
         make_signal("user_signals:Digits", nope=1)
-    from ipg.attribution import AttributionConfig, _rewards
+    from ipg.attribution import AttributionConfig
+    from ipg.rollouts import _rewards
     from ipg.generation import Sample
 
     words = make_signal("user_signals:words")

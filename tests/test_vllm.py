@@ -83,7 +83,7 @@ def test_steering_inside_vllm_equals_steering_hf(engine, organism, kind, layer, 
 
 
 def test_control_vector_and_interpolation_inside_vllm_equal_hf(engine, organism):
-    from ipg.attribution import _interpolation
+    from ipg.rollouts import _interpolation
     from ipg.components import Site, edit
     from ipg.steering import add_vector
 
