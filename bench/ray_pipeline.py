@@ -140,7 +140,8 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
 
     from cluster.ray_cluster import ActorGroup, ActorSpec
     from driver.config import RayConfig
-    from driver.pipeline import Dispatch, run_shards, shard
+    from driver.attribution_unit import run_shards
+    from driver.dispatch import Dispatch, shard
     from ipg.attribution import AttributionConfig, sample_rollouts, score_meta, shard_scores
     from ipg.components import Site
     from ipg.scores import PartialScores

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ipg.attribution_config import AttributionConfig
+from ipg.completeness import completeness_record, points_to_sample
 from ipg.components import Site, check_site, site_activations
 from ipg.errors import InputError
 from ipg.gradient_pass import TrajectoryAtSite, _positions_mask, from_site, policy_logprobs, rows_for, site_scores
@@ -250,24 +251,11 @@ def score_meta(model, signal_name: str, cfg: AttributionConfig, run_id: str = ""
 
 
 def _completeness(model, tokenizer, examples, sig, cfg, site, baseline, saes, path, j1: float, sum_scores: float) -> dict:
-    """J along the path vs the sum of scores (docs/method.md: J can jump right after alpha = 0)."""
-    out = {"sum_scores": sum_scores, "J_alpha1": j1,
-           "comparable": cfg.advantage == "none",  # only raw rewards put scores in units of J
-           "note": "sum of scores ~ J(1) - J(0) holds for advantage 'none' with on-policy samples (resample)"}
+    """The site's completeness record (ipg.completeness), its J values sampled here."""
+    measured = {}
     if cfg.resample and cfg.method == "ipg":
-        out["J_path"] = [[a, float(np.mean([np.mean(r.rewards) for r in rolls]))] for a, _, rolls in path]
-    if not cfg.completeness:
-        return out
-    alpha_min = cfg.alphas[0][0]
-    for name, alpha in (("J_alpha0", 0.0), ("J_alpha_min", alpha_min)):
-        if alpha == 1.0:
-            out[name] = j1
-        elif "J_path" in out and alpha == out["J_path"][0][0]:
-            out[name] = out["J_path"][0][1]  # resample mode sampled there already
-        else:
-            rolls = sample_rollouts(model, tokenizer, examples, sig, cfg, site=site, alpha=alpha, baseline=baseline, saes=saes)
-            out[name] = float(np.mean([np.mean(r.rewards) for r in rolls]))
-    out["alpha_min"] = alpha_min
-    out["gap"] = sum_scores - (j1 - out["J_alpha0"])
-    return out
-
+        measured["J_path"] = [[a, float(np.mean([np.mean(r.rewards) for r in rolls]))] for a, _, rolls in path]
+    for name, alpha in points_to_sample(cfg, measured.get("J_path")):
+        rolls = sample_rollouts(model, tokenizer, examples, sig, cfg, site=site, alpha=alpha, baseline=baseline, saes=saes)
+        measured[name] = float(np.mean([np.mean(r.rewards) for r in rolls]))
+    return completeness_record(cfg, sum_scores, j1, measured)

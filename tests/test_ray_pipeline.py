@@ -10,7 +10,7 @@ pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
 from driver.config import RayConfig  # noqa: E402
-from driver.pipeline import DONE, RaySession, attribute_on_ray  # noqa: E402
+from driver.pipeline import RESULT_RECORD, RaySession, attribute_on_ray  # noqa: E402
 from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.errors import InputError  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402
@@ -28,7 +28,7 @@ def test_ray_pipeline_equals_in_process(local_ray, organism, tmp_path, workers):
     assert res.diagnostics["n_prompts"] == 10 and res.diagnostics["n_shards"] == 4
     assert res.diagnostics["mixed_groups"] == reference.diagnostics["mixed_groups"]
     assert res.diagnostics["mean_reward"] == pytest.approx(reference.diagnostics["mean_reward"])
-    assert (tmp_path / DONE).is_file() and not (tmp_path / "reducer-snapshot.parquet").exists()
+    assert (tmp_path / RESULT_RECORD).is_file() and not (tmp_path / "reducer-snapshot.parquet").exists()
 
 
 def test_mean_baseline_resample_and_completeness_equal_in_process(local_ray, organism, tmp_path):
@@ -59,7 +59,7 @@ def test_component_method_on_ray_equals_in_process(local_ray, organism, tmp_path
     reference = attribute(model, tok, examples, signal="accuracy", **settings)
     with RaySession("organism", small_ray(2)) as session:
         res = session.attribute(examples, AttributionConfig(**settings), out_dir=tmp_path)
-        assert (tmp_path / "pg" / DONE).is_file() and (tmp_path / DONE).is_file()
+        assert (tmp_path / "pg" / RESULT_RECORD).is_file() and (tmp_path / RESULT_RECORD).is_file()
         assert sorted(res.table.column("index").to_pylist()) == sorted(reference.table.column("index").to_pylist())
         assert_same_scores(res.table, reference.table)
         again = session.attribute(examples, AttributionConfig(**settings), out_dir=tmp_path, resume=True)
@@ -89,37 +89,6 @@ def test_a_model_the_workers_cannot_load_fails_once_with_their_message(local_ray
         RaySession(str(tmp_path / "m"), small_ray(1))
     with pytest.raises(InputError, match=r"model: path '/nonexistent/model' does not exist"):
         RaySession("/nonexistent/model", small_ray(1))
-
-
-def test_dispatch_hands_a_shard_only_to_a_free_group():
-    from driver.pipeline import Dispatch
-
-    d = Dispatch(["s0", "s1", "s2", "s3", "s4"], n_groups=2, lookahead=3)
-    assert d.to_generate() == ["s0", "s1", "s2"]  # rollouts run ahead, up to the look-ahead
-    assert d.to_generate() == []
-    assert d.to_attribute() == [("s0", 0), ("s1", 1)]
-    assert d.to_attribute() == []  # s2 waits: a shard queued behind a busy group could not move
-    assert d.to_generate() == ["s3", "s4"]
-    d.attributed("s1")  # group 1 finished first (s0 is the costly one)
-    assert d.to_attribute() == [("s2", 1)]
-    d.attributed("s2")
-    assert d.to_attribute() == [("s3", 1)]  # group 1 again: group 0 is still on s0
-    d.attributed("s0")
-    d.attributed("s3")
-    assert d.to_attribute() == [("s4", 0)] and not d.finished()
-    d.attributed("s4")
-    assert d.finished()
-    ordered = Dispatch(["a", "b", "c", "d"], 1, lookahead=4)
-    ordered.to_generate()
-    assert ordered.to_attribute({"b": 5, "c": 9}) == [("c", 0)]  # done rollouts first, the costliest of them
-    ordered.attributed("c")
-    assert ordered.to_attribute({"b": 5}) == [("b", 0)]
-    ordered.attributed("b")
-    assert ordered.to_attribute({}) == [("a", 0)]  # none done: the oldest
-    resumed = Dispatch(["a", "b", "c"], 1, lookahead=1, generated={"b"})  # b's rollouts came from the baseline pass
-    assert resumed.to_generate() == [] and resumed.to_attribute() == [("b", 0)]
-    resumed.attributed("b")
-    assert resumed.to_generate() == ["a"] and resumed.to_attribute() == [("a", 0)]
 
 
 def test_a_users_signal_module_is_shipped_to_the_actors(local_ray, organism, tmp_path, monkeypatch):

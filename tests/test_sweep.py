@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from driver.experiment import splits_of
-from driver.pipeline import shard
+from driver.dispatch import shard
 from driver.storage import Store
 from driver.sweep import load_spec, run_sweep
 from ipg.errors import InputError

@@ -1,0 +1,65 @@
+"""How a Ray attribution's prompts are cut into shards and handed out: pure logic, no Ray, tested alone."""
+
+from __future__ import annotations
+
+from ipg.errors import InputError
+
+
+def shard(examples: list[dict], shard_size: int) -> list[tuple[str, list[dict]]]:
+    """Deterministic shards in input order; the id names the shard number and first and last example."""
+    if shard_size < 1:
+        raise InputError(f"ray.shard_size: must be >= 1, got {shard_size}")
+    out = []
+    for i in range(0, len(examples), shard_size):
+        part = examples[i : i + shard_size]
+        out.append((f"shard-{i // shard_size:05d}-{part[0]['id']}..{part[-1]['id']}", part))
+    return out
+
+
+class Dispatch:
+    """The order of a run's work, without Ray (so it can be tested alone).
+
+    Rollouts run up to ``lookahead`` shards ahead of the gradient groups; a gradient group is handed a
+    shard only when it is free. Shards differ in cost (trajectory lengths, zero-advantage groups): a
+    shard queued behind a busy group cannot move to an idle one, so handing work out only on demand
+    is what keeps both busy to the end (measured: 8 shards of 0.4-1.5 s on 2 workers, dealt
+    alternately ahead of time 5.8 s vs 4.5 s on the busier worker; on demand 4.5 s vs 4.4 s). Of the
+    waiting shards whose rollouts are done (cost known), the costliest goes first (longest processing
+    time first: the short ones fill the gaps at the end); with none done, the oldest."""
+
+    def __init__(self, shard_ids: list[str], n_groups: int, lookahead: int, generated: set[str] = frozenset()):
+        self.queue = [s for s in shard_ids if s not in generated]  # no rollouts yet
+        self.waiting = [s for s in shard_ids if s in generated]  # rollouts under way or done, no group yet
+        self.free = list(range(n_groups))
+        self.lookahead = lookahead
+        self.group: dict[str, int] = {}
+
+    def to_generate(self) -> list[str]:
+        """Shards whose rollouts to start now."""
+        n = max(0, min(len(self.queue), self.lookahead - len(self.waiting)))
+        out, self.queue = self.queue[:n], self.queue[n:]
+        self.waiting += out
+        return out
+
+    def to_attribute(self, costs: dict[str, float] | None = None) -> list[tuple[str, int]]:
+        """(shard, group) pairs to start now, onto the free groups. ``costs``: shard -> cost of the
+        shards whose rollouts are done."""
+        out, costs = [], costs or {}
+        while self.free and self.waiting:
+            known = [i for i, s in enumerate(self.waiting) if s in costs]
+            i = max(known, key=lambda i: (costs[self.waiting[i]], -i)) if known else 0
+            sid, g = self.waiting.pop(i), self.free.pop(0)
+            self.group[sid] = g
+            out.append((sid, g))
+        return out
+
+    def attributed(self, sid: str) -> None:
+        """The shard's gradient call returned (or failed): its group is free."""
+        self.free.append(self.group.pop(sid))
+
+    @property
+    def attributing(self) -> list[str]:
+        return list(self.group)
+
+    def finished(self) -> bool:
+        return not (self.queue or self.waiting or self.group)

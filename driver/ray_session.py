@@ -1,0 +1,158 @@
+"""A Ray session for one model: its rollout and gradient actor groups (hf or vLLM; torch or DeepSpeed
+ZeRO-3), reused across attributions, with the calls the experiment makes on them."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import ray
+
+from cluster.errors import FatalError
+from cluster.metrics import StageTimer
+from cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve, upload_modules
+from driver.attribution_unit import AttributionUnits
+from driver.config import ModelConfig, RayConfig, sae_path
+from driver.dispatch import shard
+from driver.ray_errors import get, worker_error
+from ipg.attribution import AttributionConfig, prepare_examples
+from ipg.models import resolve_model_path
+from ipg.signals import signal_source
+from workers.gradient import GradientWorker
+from workers.rollout import RolloutWorker
+
+
+class RaySession(AttributionUnits):
+    """Rollout and gradient actor groups for one model, reused across attributions (``ipg run`` attributes
+    many times with the same model). Close it to release the actors and the placement group."""
+
+    def __init__(self, model: ModelConfig | str = "organism", ray_cfg: RayConfig | None = None, log=print,
+                 signals: list[str] = (), max_tokens: int | None = None):
+        """``signals``: the signals this session will attribute; a user's signal module that no installed
+        package provides is shipped to every actor. ``max_tokens``: the longest sequence (prompt and new
+        tokens) it will generate; vLLM engines hold that context when ray.vllm.max_model_len is unset."""
+        self.model = ModelConfig(name=model, saes={}) if isinstance(model, str) else model
+        self.cfg = ray_cfg or RayConfig()
+        path = resolve_model_path(self.model.name)  # a missing local path fails here, before any actor starts
+        self.log = log
+        self.vllm = self._vllm_options(path, max_tokens)
+        self.shipped = sorted({str(p) for p in map(signal_source, signals) if p is not None})
+        self.info = connect(self.cfg.address)
+        c = self.cfg
+        spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor,
+                         py_modules=upload_modules(self.shipped))
+        ranks = c.deepspeed.ranks if c.gradient_backend == "deepspeed" else 1
+        # a ZeRO-3 rank cannot rejoin its group after a crash: no restarts (the run fails; --resume continues it)
+        rollout_spec = dataclasses.replace(spec, resources=dict(c.rollout_resources))
+        spec = dataclasses.replace(spec, resources=dict(c.gradient_resources))
+        rank_spec = dataclasses.replace(spec, max_restarts=0, max_task_retries=0) if ranks > 1 or c.gradient_backend == "deepspeed" else spec
+        groups = {"rollout": (c.rollout_workers, rollout_spec), "gradient": (c.gradient_workers * ranks, rank_spec)}
+        self.placement_group, first = reserve(groups, c.placement_strategy)
+        m = self.model
+        saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
+        common = dict(dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code, saes=saes,
+                      threads=c.threads_per_actor)
+        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, rollout_spec, m.name, backend=c.rollout_backend, vllm=self.vllm,
+                                  placement_group=self.placement_group, first_bundle=first["rollout"], **common)
+        if c.gradient_backend == "deepspeed":
+            from workers.deepspeed_backend import DeepSpeedGradientRank
+
+            self.gradient = ActorGroup(DeepSpeedGradientRank, c.gradient_workers * ranks, rank_spec, m.name,
+                                       offload_params=c.deepspeed.offload_params, timeout_s=c.deepspeed.timeout_s,
+                                       placement_group=self.placement_group,
+                                       first_bundle=first["gradient"],
+                                       per_actor=[{"rank": i % ranks, "world": ranks} for i in range(c.gradient_workers * ranks)],
+                                       **common)
+        else:
+            self.gradient = ActorGroup(GradientWorker, c.gradient_workers, spec, m.name, backend=c.gradient_backend,
+                                       placement_group=self.placement_group, first_bundle=first["gradient"], **common)
+        self.groups = [self.gradient.actors[g * ranks : (g + 1) * ranks] for g in range(c.gradient_workers)]
+        self.timer = StageTimer()
+        self._ready()
+        if c.rollout_backend == "vllm":  # how each engine was sized, in the log and in run.json
+            self.info["vllm"] = ray.get([a.engine_memory.remote() for a in self.rollout.actors])
+            for i, line in enumerate(self.info["vllm"]):
+                self.log(f"rollout actor {i}: {line}")
+        if c.gradient_backend == "deepspeed":
+            self.info["zero3"] = self._join_groups()
+
+    def _vllm_options(self, path: str, max_tokens: int | None) -> dict | None:
+        """The rollout engines' options: the context sized from the run when unset, and the settings no
+        engine could start with refused here, once, before any actor starts."""
+        c, m = self.cfg, self.model
+        if c.rollout_backend != "vllm":
+            return None
+        from workers.vllm_sizing import preflight, whole_blocks
+
+        vllm = dataclasses.asdict(c.vllm)
+        if vllm["max_model_len"] is None and max_tokens:
+            vllm["max_model_len"] = whole_blocks(max_tokens)
+        preflight(path, vllm, gpu=c.gpus_per_actor > 0, dtype=m.dtype, trust_remote_code=m.trust_remote_code)
+        return vllm
+
+    def _join_groups(self) -> list[dict]:
+        """Form each ZeRO-3 group (all ranks join at once) and load the partitioned model; returns the
+        parameters each rank holds."""
+        memory = []
+        try:
+            for group in self.groups:
+                addr, port = ray.get(group[0].address.remote())
+                memory += ray.get([r.join.remote(addr, port) for r in group], timeout=self.cfg.deepspeed.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise FatalError(f"deepspeed group: the ranks did not form a group within ray.deepspeed.timeout_s="
+                             f"{self.cfg.deepspeed.timeout_s:g} s (a rank stuck loading or unable to reach "
+                             f"{addr}:{port}); check the rank actors' logs, or raise ray.deepspeed.timeout_s") from None
+        except ray.exceptions.RayError as e:
+            self.close()
+            raise worker_error(e, "deepspeed group") from None
+        for m in memory:
+            self.log(f"  zero3 rank {m['rank']}: {m['local_params']:,} of {m['full_params']:,} parameters "
+                     f"({m['local_bytes'] / 2**20:.1f} of {m['full_bytes'] / 2**20:.1f} MiB)")
+        return memory
+
+    def _gradient(self, k: int, method: str, *args) -> list:
+        """Call a gradient method for shard k on its group: one actor, or every rank of a ZeRO-3 group."""
+        return [getattr(a, method).remote(*args) for a in self.groups[k % len(self.groups)]]
+
+    def _ready(self) -> None:
+        """Wait until every actor has loaded the model, so a broken model or environment fails here,
+        once, with the worker's own message (and timings of the attributions exclude start-up)."""
+        try:
+            ray.get([a.ready.remote() for a in self.rollout.actors + self.gradient.actors])
+        except ray.exceptions.RayError as e:
+            self.close()
+            raise worker_error(e, "workers failed to start", starting=True) from None
+
+    def close(self) -> None:
+        from ray.util.placement_group import remove_placement_group
+
+        self.rollout.kill()
+        self.gradient.kill()
+        remove_placement_group(self.placement_group)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def steered_generate(self, examples: list[dict], params, steering: dict | None = None) -> list:
+        """Generation under steering in the rollout actors (their engines), prompts split across them;
+        the samples come back in input order."""
+        n = len(self.rollout)
+        parts = [examples[i::n] for i in range(n)]
+        refs = [self.rollout.pick(i).steered_generate.remote(part, params, steering) for i, part in enumerate(parts) if part]
+        by_id = {g[0].example_id: g for res in get(refs, "steered generation") for g in res}
+        return [by_id[ex["id"]] for ex in examples]
+
+    def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list:
+        """An attribution's support rollouts, drawn again in the rollout actors shard by shard (sampling is
+        seeded per example and sample: the trajectories the attribution scored), in input order."""
+        refs = [self.rollout.pick(k).generate.remote(sid, part, cfg, signal, signal_params)
+                for k, (sid, part) in enumerate(shard(prepare_examples(examples), self.cfg.shard_size))]
+        return [r for part in get(refs, "support rollouts") for r in part.rollouts]
+
+    def model_op(self, name: str, *args):
+        """One of ``workers.model_ops.ModelOps``' computations in a gradient actor, which holds the
+        weights (every rank of a ZeRO-3 group runs it, in lockstep; the first rank's answer is returned)."""
+        return get(self._gradient(0, "model_op", name, *args), name)[0]
