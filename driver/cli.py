@@ -5,9 +5,10 @@
     ipg organism eval  [--model M] [--json] greedy accuracy, sampled disagreement, length on the eval split
     ipg eval --model M --data FILE          accuracy@1 and mean length of any HF causal LM on a dataset
     ipg models [build NAME]                 the named models; build one into the cache ahead of use
-    ipg attribute --model M --signal S --layers L.. --out DIR   IPG scores.parquet + run.json
+    ipg attribute [--config FILE] [--model M] [--layers L..] --out DIR [--section.key=value ...]
+                                            one attribution: scores.parquet + run.json (the run's config tree)
+    ipg attribute ... --ray [--address A] | --resume DIR         the same on a Ray cluster (local by default)
     ipg sae train --model M --layer L --out FILE                 a TopK SAE on a block's outputs
-    ipg attribute ... --ray [--address A] [--resume DIR]         the same on a Ray cluster (local by default)
     ipg run [--config FILE] [--section.key=value ...]            attribute, steer, evaluate, report
     ipg run --ray [--address A] | --resume RUN_DIR               attribution on Ray; continue a killed run
     ipg report RUN_DIR                                           rebuild report.md and plots from Parquet
@@ -22,6 +23,7 @@ import json
 import sys
 from pathlib import Path
 
+from driver import attribute_command
 from ipg.errors import InputError
 
 
@@ -117,7 +119,8 @@ def _extractor(args):
 
 
 def _input_flags(p) -> None:
-    """How a file's records become the model's inputs and how answers are read (``ipg eval``, ``ipg attribute``)."""
+    """How a file's records become the model's inputs and how answers are read (``ipg eval``; ``ipg run`` and
+    ``ipg attribute`` set these in the config tree: data.fields, data.reference, prompt.*, answers.*)."""
     p.add_argument("--field", action="append", metavar="KEY=COLUMN",
                    help="which column is the example's prompt, answer or id (repeatable): --field prompt=question")
     p.add_argument("--reference", default="auto", help="how references are read: auto | gsm8k ('#### 72') | math "
@@ -130,150 +133,6 @@ def _input_flags(p) -> None:
     p.add_argument("--answer-format", nargs="+", metavar="FORMAT",
                    help="answer formats in order of precedence: hash boxed answer_is last_number (default: hash boxed answer_is)")
     p.add_argument("--answer-pattern", metavar="REGEX", help="a regex tried before the formats; its group is the answer")
-
-
-def _examples_for(args, required):
-    from ipg.data import load_examples
-    from ipg.organism.card import splits
-
-    if args.data:
-        return load_examples(args.data, required=required, fields=_fields(args), reference=args.reference,
-                             split=args.split)[: args.limit]
-    if args.model != "organism":
-        raise InputError("--data: required unless --model is 'organism' (whose support split is the default)")
-    return splits()["support"][: args.limit] if getattr(args, "limit", None) else splits()["support"]
-
-
-def _signal_params(pairs: list[str]) -> dict:
-    import yaml
-
-    out = {}
-    for pair in pairs or []:
-        if "=" not in pair:
-            raise InputError(f"--signal-param: '{pair}' must be KEY=VALUE (VALUE parsed as YAML, e.g. sign=-1)")
-        key, value = pair.split("=", 1)
-        out[key] = yaml.safe_load(value)
-    return out
-
-
-PLAN = "plan.json"  # the arguments of an `ipg attribute --ray` run, so `--resume DIR` repeats it exactly
-
-
-def _attribute(args) -> None:
-    import time
-    import uuid
-
-    from ipg.files import atomic_write_json
-    from ipg.provenance import versions
-    from ipg.scores import write_scores
-
-    if args.resume:
-        plan = Path(args.resume) / PLAN
-        if not plan.is_file():
-            raise InputError(f"--resume: '{args.resume}' has no {PLAN}; it is not the output directory of an `ipg attribute --ray` run")
-        saved = json.loads(plan.read_text())
-        defaults = vars(build_parser().parse_args(["attribute", "--out", args.resume]))  # keys added since the plan
-        args = argparse.Namespace(**{**defaults, **saved, "resume": args.resume, "out": args.resume, "ray": True,
-                                     "address": args.address or saved.get("address")})
-    if not args.layers:
-        raise InputError("--layers: required (the layer indices to attribute, e.g. --layers 1 2)")
-    signal_params = _signal_params(args.signal_param)
-    fmt, extractor = _prompt_format(args), _extractor(args)
-    if args.signal == "accuracy":
-        signal_params = {"formats": list(extractor.formats), "pattern": extractor.pattern, **signal_params}
-    if ":" in args.signal:  # a user's signal: importable and constructible before data or model load
-        from ipg.signals import make_signal
-
-        make_signal(args.signal, **signal_params)
-    required = ("prompt", "answer") if args.signal == "accuracy" else ("prompt",)
-    examples = _examples_for(args, required)
-    settings = dict(layers=args.layers, kind=args.kind, n_samples=args.n_samples, q=args.q, schedule=args.schedule,
-                    baseline=args.baseline, advantage=args.advantage, method=args.method, resample=args.resample,
-                    positions=args.positions, temperature=args.temperature, top_p=args.top_p,
-                    max_new_tokens=args.max_new_tokens, seed=args.seed, batch_tokens=args.batch_tokens,
-                    autocast=args.autocast, checkpoint=args.checkpoint, share_prefix=not args.no_share_prefix,
-                    completeness=not args.no_completeness, on_error=args.on_error)
-    args.run_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None)
-    out = Path(args.out)
-    use_ray = args.ray or bool(args.address) or bool(__import__("os").environ.get("RAY_ADDRESS"))
-    if use_ray:
-        from driver.config import DeepSpeedConfig, ModelConfig, RayConfig
-        from driver.pipeline import attribute_on_ray
-        from ipg.attribution import AttributionConfig
-        from ipg.models import load_tokenizer
-        from ipg.prompts import format_examples
-
-        # formatted here, once: the driver holds the tokenizer, never the weights
-        tokenizer = load_tokenizer(args.model, trust_remote_code=args.trust_remote_code)
-        examples = format_examples(tokenizer, examples, fmt)
-        prompt = fmt.describe(tokenizer)
-
-        if not args.resume:
-            atomic_write_json(out / PLAN, {k: v for k, v in vars(args).items() if k not in ("run", "resume")})
-        cfg = AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
-        ray_cfg = RayConfig(enabled=True, address=args.address, rollout_workers=args.rollout_workers,
-                            gradient_workers=args.gradient_workers, shard_size=args.shard_size,
-                            max_in_flight=args.max_in_flight, cpus_per_actor=args.cpus_per_actor,
-                            threads_per_actor=args.threads_per_actor, snapshot_every=args.snapshot_every,
-                            rollout_backend=args.rollout_backend, gradient_backend=args.gradient_backend,
-                            deepspeed=DeepSpeedConfig(ranks=args.deepspeed_ranks))
-        model = ModelConfig(name=args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code,
-                            saes={}) if not args.sae else _model_with_saes(args)
-        res = attribute_on_ray(model, examples, cfg, signal=args.signal, signal_params=signal_params, out_dir=out,
-                               ray_cfg=ray_cfg, run_id=args.run_id, resume=bool(args.resume), log=log)
-        fingerprint = res.table.column("model")[0].as_py() if res.table.num_rows else args.model
-    else:
-        from ipg.attribution import attribute
-        from ipg.models import load_model, model_fingerprint
-        from ipg.sae import TopKSAE
-
-        model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code)
-        saes = {}
-        for path in args.sae or []:
-            sae = TopKSAE.load(path)
-            saes[sae.layer] = sae
-        res = attribute(model, tokenizer, examples, signal=args.signal, signal_params=signal_params, saes=saes,
-                        run_id=args.run_id, log=log, prompt_format=fmt, **settings)
-        prompt = res.diagnostics["prompt_format"]
-        write_scores(out / "scores.parquet", res.table)
-        fingerprint = model_fingerprint(model)
-    run = {"run_id": args.run_id, "command": "attribute", "model": fingerprint, "signal": args.signal,
-           "signal_params": signal_params, "data": args.data or "organism support split", "ray": use_ray,
-           "prompt": prompt, "answers": extractor.describe() if args.signal == "accuracy" else None,
-           "n_examples": len(examples), "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in res.config.__dict__.items()},
-           "saes": args.sae or [], "diagnostics": res.diagnostics, "versions": versions()}
-    atomic_write_json(out / "run.json", run)
-    _print_summary(res, out, len(examples), args.show)
-
-
-def _model_with_saes(args):
-    from driver.config import ModelConfig
-    from ipg.sae import TopKSAE
-
-    saes = {TopKSAE.load(path).layer: path for path in args.sae}
-    return ModelConfig(name=args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code, saes=saes)
-
-
-def _print_summary(res, out: Path, n_examples: int, show: int) -> None:
-    from ipg.scores import select
-
-    d = res.diagnostics
-    print(f"wrote {out / 'scores.parquet'} ({res.table.num_rows} components) and {out / 'run.json'}")
-    print(f"{d['seconds_per_prompt']:.3f} s per prompt; mean reward {d['mean_reward']:.3f}; "
-          f"{d['mixed_groups']}/{d['n_prompts']} groups with varying rewards")
-    if d.get("skipped"):
-        print(f"skipped {len(d['skipped'])}/{n_examples} examples whose signal failed (on_error skip): "
-              + ", ".join(list(d["skipped"])[:5]))
-    rows = res.table.to_pydict()
-    kind = res.config.kind
-    for layer in res.config.layers:
-        s = d["sites"][f"layers.{layer}.{kind}"]
-        top = select(res.table, min(show, res.table.num_rows), layer=layer, kind=kind)
-        scores = {i: sc for i, sc, l_, k in zip(rows["index"], rows["score"], rows["layer"], rows["kind"]) if l_ == layer and k == kind}
-        gap = f"; J(0) {s['J_alpha0']:.3f} J({s['alpha_min']:.3g}) {s['J_alpha_min']:.3f} J(1) {s['J_alpha1']:.3f}" if "J_alpha0" in s else ""
-        print(f"layers.{layer}.{kind}: sum of scores {s['sum_scores']:.4f}{gap}")
-        print("  top: " + ", ".join(f"{c.index} ({scores[c.index]:+.4f})" for c in top))
 
 
 def _sae_train(args) -> None:
@@ -398,56 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_organism_eval)
 
-    p = sub.add_parser("attribute", help="IPG attribution: scores.parquet and run.json in --out")
-    p.add_argument("--model", default="organism", help="local path, .gguf file, Hugging Face hub id, or a named model "
-                                                       "(organism, smollm2-135m-instruct)")
-    p.add_argument("--data", help="examples (JSONL, Parquet or a dataset directory; default for the organism: its support split)")
-    p.add_argument("--limit", type=int, help="use only the first N examples (of --data, or of the organism's support split)")
-    p.add_argument("--signal", default="accuracy",
-                   help="accuracy | length | reflection | reward_model | an import path package.module:function")
-    p.add_argument("--signal-param", action="append", metavar="KEY=VALUE", help="signal parameter (repeatable)")
-    p.add_argument("--layers", type=int, nargs="+")
-    p.add_argument("--kind", default="residual", help="residual | mlp | sae")
-    p.add_argument("--sae", action="append", help="TopK SAE file (safetensors) for kind sae (repeatable)")
-    p.add_argument("--n-samples", type=int, default=5)
-    p.add_argument("--q", type=int, default=10)
-    p.add_argument("--schedule", default="uniform", help="uniform | gauss_legendre | geometric")
-    p.add_argument("--baseline", default="zero", help="zero | mean")
-    p.add_argument("--advantage", default="grpo", help="grpo | mean | rloo | none")
-    p.add_argument("--method", default="ipg", help="ipg | pg")
-    p.add_argument("--resample", action="store_true", help="fresh on-policy samples at every alpha (q x rollouts)")
-    p.add_argument("--positions", default="generated", help="generated | all")
-    p.add_argument("--temperature", type=float, default=0.6)
-    p.add_argument("--top-p", type=float, default=0.8)
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--batch-tokens", type=int, default=0, help="micro-batch budget: rows x tokens (0: by device, CPU 2048, GPU 8192)")
-    p.add_argument("--autocast", default="off", help="gradient pass in autocast: off | bf16 | fp16 (GPU speed, lower precision)")
-    p.add_argument("--checkpoint", action="store_true", help="activation checkpointing above the site (long trajectories)")
-    p.add_argument("--no-share-prefix", action="store_true",
-                   help="every (trajectory, alpha) row runs its whole sequence (default: each prompt's part before the path runs once)")
-    p.add_argument("--no-completeness", action="store_true", help="skip the J(0)/J(alpha_min) rollouts")
-    p.add_argument("--dtype", default="float32")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--trust-remote-code", action="store_true")
-    p.add_argument("--run-id")
-    p.add_argument("--show", type=int, default=8, help="top components to print per layer")
-    p.add_argument("--quiet", action="store_true")
-    p.add_argument("--on-error", default="fail", help="an example whose signal fails: fail (naming it) | skip (and count it)")
-    _input_flags(p)
+    p = sub.add_parser("attribute", help="one attribution of the support examples: scores.parquet and run.json in --out; "
+                                         "the settings of `ipg run` (--config, --preset, dotted overrides)")
+    attribute_command.add_arguments(p)
     _ray_flags(p)
-    p.add_argument("--rollout-workers", type=int, default=1)
-    p.add_argument("--gradient-workers", type=int, default=1)
-    p.add_argument("--shard-size", type=int, default=8, help="prompts per shard (unit of work, retry and resume)")
-    p.add_argument("--max-in-flight", type=int, default=4)
-    p.add_argument("--snapshot-every", type=int, default=4, help="reducer snapshot every K merged shards (resume point)")
-    p.add_argument("--cpus-per-actor", type=float, default=1.0)
-    p.add_argument("--threads-per-actor", type=int, default=1)
-    p.add_argument("--rollout-backend", default="hf", help="hf | vllm (a vLLM engine per rollout actor)")
-    p.add_argument("--gradient-backend", default="torch", help="torch | deepspeed (ZeRO-3 groups of --deepspeed-ranks)")
-    p.add_argument("--deepspeed-ranks", type=int, default=2)
-    p.add_argument("--out", help="output directory (required unless --resume)")
-    p.set_defaults(run=_attribute)
+    p.set_defaults(run=attribute_command.attribute_command, overrides=[])
 
     p = sub.add_parser("run", help="attribute, steer and evaluate against baselines; writes a report")
     p.add_argument("--config", help="YAML run config (default: the organism experiment)")
@@ -512,10 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "attribute" and not (args.out or args.resume):
-        parser.error("attribute: --out is required (or --resume RUN_DIR)")
-    if extra:  # only `ipg run` and `ipg sweep` take config overrides such as --attribution.q=4 or --seeds=[0,1]
-        if args.command not in ("run", "sweep") or not all(x.startswith("--") and "=" in x for x in extra):
+    if extra:  # `ipg run`, `ipg attribute` and `ipg sweep` take config overrides such as --attribution.q=4
+        if args.command not in ("run", "attribute", "sweep") or not all(x.startswith("--") and "=" in x for x in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = extra
     from transformers.utils import logging as hf_logging

@@ -293,6 +293,8 @@ def _check_type(value, tp, key: str):
             raise InputError(f"{key}: expected a mapping, got {value!r}")
         kt, vt = typing.get_args(tp)
         return {_check_type(k, kt, f"{key}.{k}"): _check_type(v, vt, f"{key}.{k}") for k, v in value.items()}
+    if tp in (dict, list) and not isinstance(value, tp):  # unparameterised: signal_params, variants
+        raise InputError(f"{key}: expected a {'mapping' if tp is dict else 'list'}, got {value!r}")
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if tp is int and isinstance(value, str) and value.lstrip("-").isdigit():

@@ -26,61 +26,24 @@ import pyarrow as pa
 import yaml
 
 from cluster.metrics import StageTimer
-from driver.config import RunConfig, as_dict, sae_path
+from driver.config import RunConfig, as_dict
 from driver.model_access import LocalModel, RayModel
+from driver.run_inputs import load_saes, signal_params_of, splits_of
 from driver.run_tables import RunTables
 from ipg.attribution import attribute, prepare_examples
 from ipg.baselines import random_components, top_components
 from ipg.components import Site
-from ipg.data import load_examples
 from ipg.errors import InputError
 from ipg.evaluation import score_items, summary_of
 from ipg.files import atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams
 from ipg.massive import RATIO as MASSIVE_RATIO
 from ipg.massive import massive_components, median_ratio
-from ipg.models import ORGANISM, load_model, load_tokenizer
+from ipg.models import load_model, load_tokenizer
 from ipg.paths import METHODS
 from ipg.prompts import format_examples, longest_prompt
 from ipg.provenance import versions
-from ipg.sae import TopKSAE
 from ipg.scores import dice, select
-
-
-def _saes(cfg: RunConfig, load: bool = True) -> dict[int, TopKSAE | str]:
-    """The run's SAEs by layer, each checked to be trained on its layer; ``load`` False checks the files'
-    headers only (on Ray the actors load them) and gives their paths."""
-    out = {}
-    for layer, path in cfg.model.saes.items():
-        path = sae_path(path, cfg.model.name, layer)
-        trained_on = int(TopKSAE.header(path)["layer"])
-        if trained_on != layer:
-            raise InputError(f"model.saes.{layer}: '{path}' was trained on layer {trained_on}, not {layer}")
-        out[layer] = TopKSAE.load(path) if load else path
-    return out
-
-
-def splits_of(cfg: RunConfig, with_validation: bool = False) -> tuple[list[dict], ...]:
-    """Support and eval examples; with ``with_validation`` also the validation prompts: the
-    ``data.n_validation`` eval-file prompts after the first ``data.n_eval`` (disjoint from both)."""
-    from ipg.organism.card import splits
-
-    default = splits() if cfg.model.name == ORGANISM else None
-    if (cfg.data.support is None or cfg.data.eval is None) and default is None:
-        raise InputError("data.support / data.eval: required unless model.name is 'organism'")
-    need = ("prompt", "answer") if cfg.signal == "accuracy" else ("prompt",)
-    d = cfg.data
-    support = (load_examples(d.support, need, fields=d.fields, reference=d.reference, split=d.support_split)
-               if d.support else default["support"])
-    evaluation = (load_examples(d.eval, ("prompt", "answer"), fields=d.fields, reference=d.reference, split=d.eval_split)
-                  if d.eval else default["eval"])
-    held_out = evaluation[: cfg.data.n_eval + (cfg.data.n_validation if with_validation else 0)]
-    overlap = {e["prompt"] for e in support} & {e["prompt"] for e in held_out}
-    if overlap:
-        raise InputError(f"data: {len(overlap)} eval prompts also occur in the support set; the eval split must be held out")
-    if with_validation:
-        return support, held_out[: cfg.data.n_eval], held_out[cfg.data.n_eval :]
-    return support, held_out
 
 
 class Experiment:
@@ -102,10 +65,10 @@ class Experiment:
         m = cfg.model
         if on_ray:  # the driver holds the tokenizer only; the actors hold the weights
             self.tokenizer = load_tokenizer(m.name, trust_remote_code=m.trust_remote_code)
-            self.saes = _saes(cfg, load=False)
+            self.saes = load_saes(cfg, load=False)
         else:
             self.model, self.tokenizer = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
-            self.saes = _saes(cfg)
+            self.saes = load_saes(cfg)
         # formatted once, here: every consumer (both engines, the gradient pass, baselines) reads prompt_ids
         self.prompt_format, self.extractor = cfg.prompt.prompt_format(), cfg.answers.extractor()
         support, evaluation, validation = splits_of(cfg, with_validation=True)
@@ -151,12 +114,7 @@ class Experiment:
         return self.described["widths"][key]
 
     def _signal_params(self, signal: str, params: dict | None = None) -> dict:
-        """A signal's parameters; the accuracy signal also gets the run's answer extractor."""
-        params = dict(self.cfg.signal_params if signal == self.cfg.signal and params is None else params or {})
-        if signal == "accuracy":
-            params.setdefault("formats", list(self.extractor.formats))
-            params.setdefault("pattern", self.extractor.pattern)
-        return params
+        return signal_params_of(self.cfg, signal, params)
 
     def attribute(self, examples, *, signal, layers, seed, method=None, kind=None, signal_params=None, tag="",
                   overrides: dict | None = None, pg_table=None):

@@ -58,6 +58,20 @@ def signal_names() -> list[str]:
     return _REGISTRY.names()
 
 
+def example_fields(spec, params: dict | None = None) -> tuple[str, ...]:
+    """The fields every example needs for this signal: the prompt and the signal's ``required_fields``.
+    A built-in's come from its class without constructing it (a reward model would load its weights);
+    accuracy's answer field is its ``answer_field`` parameter."""
+    params = params or {}
+    if spec == "accuracy":
+        extra = (params.get("answer_field", "answer"),)
+    elif isinstance(spec, str) and spec in _REGISTRY:
+        extra = tuple(getattr(_REGISTRY[spec], "required_fields", ()))
+    else:
+        extra = tuple(make_signal(spec, **params).required_fields)
+    return ("prompt", *[f for f in extra if f != "prompt"])
+
+
 def make_signal(spec, **params) -> Signal:
     """A Signal from a registered name or an import path (with its parameters), a Signal, or a plain
     callable."""

@@ -56,8 +56,9 @@ def test_killed_driver_resumes_with_identical_scores(local_ray, reference, tmp_p
     env = {**os.environ, "IPG_FAULTS": f"driver@{SHARDS[2]}", "IPG_FAULTS_DIR": str(tmp_path),
            "RAY_ADDRESS": local_ray["address"]}
     cmd = [sys.executable, "-m", "driver.cli", "attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", "2",
-           "--q", "3", "--n-samples", "4", "--max-new-tokens", "96", "--seed", "7", "--no-completeness", "--shard-size", "3",
-           "--max-in-flight", "1", "--snapshot-every", "2", "--cpus-per-actor", "0.5", "--run-id", "r1", "--out", str(out)]
+           "--attribution.q=3", "--attribution.n_samples=4", "--attribution.max_new_tokens=96", "--seeds=[7]",
+           "--attribution.completeness=false", "--ray.shard_size=3", "--ray.max_in_flight=1", "--ray.snapshot_every=2",
+           "--ray.cpus_per_actor=0.5", "--run-id", "r1", "--out", str(out)]
     (tmp_path / "ex.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in EXAMPLES))
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 17, first.stderr[-2000:]  # the driver died after merging shard 2

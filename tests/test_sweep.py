@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from driver.experiment import splits_of
+from driver.run_inputs import splits_of
 from driver.dispatch import shard
 from driver.storage import Store
 from driver.sweep import load_spec, run_sweep
