@@ -444,12 +444,21 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, pre
             raise InputError(f"--preset: unknown '{preset}'; use one of {sorted(PRESETS)}")
         for key, value in PRESETS[preset].items():
             _set_dotted(tree, key, value)
-    for item in overrides or []:
+    set_overrides(tree, overrides or [])
+    return validate(_build(RunConfig, tree, ""))
+
+
+def set_overrides(tree: dict, overrides: list[str], prefix: str = "", refusal: str = "") -> dict:
+    """Apply ``--section.key=value`` items (values parsed as YAML) to a config tree in place. ``prefix``:
+    only keys under it are accepted; others are refused with ``refusal`` as the reason."""
+    for item in overrides:
         key, sep, value = item.lstrip("-").partition("=")
         if not sep:
             raise InputError(f"override '{item}': expected --section.key=value")
+        if not key.startswith(prefix):
+            raise InputError(f"override '{item}': {refusal}")
         _set_dotted(tree, key, parse_override(key, value))
-    return validate(_build(RunConfig, tree, ""))
+    return tree
 
 
 def as_dict(cfg) -> dict:

@@ -39,15 +39,15 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from driver.config import RunConfig, _build, _set_dotted, parse_override, read_yaml, validate
+from driver.config import RunConfig, _build, read_yaml, set_overrides, validate
 from driver.storage import Store
+from ipg.components import KINDS
 from ipg.errors import InputError
+from ipg.paths import METHODS
 from ipg.scores import select
 from ipg.signals import make_signal, signal_names
 
 SPEC_KEYS = {"name", "base", "config", "models", "signals", "layers", "kinds", "methods", "steering", "out"}
-KINDS = ("residual", "mlp", "sae")
-METHODS = ("ipg", "pg")
 # the evaluation metric a signal steers, and whether higher is the aim
 METRIC = {"accuracy": "accuracy", "length": "mean_length", "reflection": "reflection_share", "reward_model": "accuracy"}
 SUMMARY_SCHEMA = pa.schema([
@@ -331,13 +331,9 @@ def apply_overrides(spec: SweepSpec, overrides: list[str]) -> SweepSpec:
     ``config``: where a sweep runs, never what it measures. Validated for every model."""
     if not overrides:
         return spec
-    tree = json.loads(json.dumps(spec.tree))
-    for item in overrides:
-        key, sep, value = item.lstrip("-").partition("=")
-        if not sep or not key.startswith("ray."):
-            raise InputError(f"override '{item}': a sweep takes --ray.key=value overrides only (where it runs); "
-                             "what it measures belongs in the spec's config, so finished cells stay comparable")
-        _set_dotted(tree, key, parse_override(key, value))
+    tree = set_overrides(json.loads(json.dumps(spec.tree)), overrides, prefix="ray.",
+                         refusal="a sweep takes --ray.key=value overrides only (where it runs); what it measures "
+                                 "belongs in the spec's config, so finished cells stay comparable")
     spec = dataclasses.replace(spec, tree=tree)
     for m in spec.models:
         spec.run_config(m, "unused")

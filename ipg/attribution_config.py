@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ipg.advantages import ADVANTAGES
-from ipg.components import POSITIONS
+from ipg.components import KINDS, POSITIONS
 from ipg.errors import InputError
 from ipg.generation import SamplingParams
 from ipg.paths import BASELINES, METHODS, SCHEDULES, schedule
@@ -46,7 +46,7 @@ class AttributionConfig:
 
     def __post_init__(self):
         checks = [
-            ("kind", self.kind in ("residual", "mlp", "sae"), "one of ['residual', 'mlp', 'sae']"),
+            ("kind", self.kind in KINDS, f"one of {list(KINDS)}"),
             ("schedule", self.schedule in SCHEDULES, f"one of {list(SCHEDULES)}"),
             ("baseline", self.baseline in BASELINES, f"one of {list(BASELINES)}"),
             ("advantage", self.advantage in ADVANTAGES, f"one of {list(ADVANTAGES)}"),
