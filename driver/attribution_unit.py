@@ -199,7 +199,7 @@ class AttributionUnits:
             saved = load_file(path)
             return {s: saved[str(s)] for s in sites}, {}, {}
         rollout_refs, cost_refs, sums_refs = {}, {}, []
-        with self.timer("baseline"):
+        with self.timer("mean_baseline"):
             for k, (sid, part) in enumerate(shards):
                 rollout_refs[sid], cost_refs[sid] = self.rollout.pick(k).generate_costed.options(num_returns=2).remote(
                     sid, part, cfg, signal, params)

@@ -70,7 +70,7 @@ class GradientWorker:
     def activation_sums(self, shard_id: str, shard: ShardRollouts, cfg: AttributionConfig) -> dict[str, tuple]:
         """Per site (str): float64 sum and count of activations on the path positions (mean baseline)."""
         out = {}
-        with self.timer("baseline"):
+        with self.timer("mean_baseline"):
             for layer in cfg.layers:
                 site = Site(layer, cfg.kind)
                 total, count = activation_sums(self.model, self.part(shard.rollouts), site, cfg, self.saes, agree=self.lockstep)
