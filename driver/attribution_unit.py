@@ -34,9 +34,9 @@ from cluster.ray_cluster import ActorGroup, ActorSpec
 from driver.dispatch import Dispatch, shard
 from driver.progress import Progress
 from driver.ray_errors import get, worker_error
-from driver.unit_records import BASELINE, RESULT_RECORD, RayAttribution, finished_record, run_key
+from driver.unit_records import BASELINE, RESULT_RECORD, finished_record, run_key
 from driver.unit_records import diagnostics as unit_diagnostics
-from ipg.attribution import AttributionConfig, prepare_examples, score_meta
+from ipg.attribution import Attribution, AttributionConfig, prepare_examples, score_meta
 from ipg.completeness import points_to_sample
 from ipg.component_path import component_candidates
 from ipg.components import Site
@@ -55,7 +55,7 @@ class AttributionUnits:
 
     def attribute(self, examples: list[dict], cfg: AttributionConfig, *, signal: str = "accuracy",
                   signal_params: dict | None = None, out_dir: str | Path, run_id: str = "",
-                  resume: bool = False, pg_table=None) -> RayAttribution:
+                  resume: bool = False, pg_table=None) -> Attribution:
         """One attribution unit, resumable under ``out_dir``. Method 'component' is two: PG over all the
         prompts (under ``out_dir``/pg, unless ``pg_table`` gives its scores), then its top candidates
         re-scored on the per-component path, shard by shard, in the gradient actors."""
@@ -86,7 +86,7 @@ class AttributionUnits:
         done = finished_record(out_dir, key)
         if done is not None and resume:
             self.log(f"  {out_dir}: complete (run key {key}), loaded")
-            return RayAttribution(pq.read_table(out_dir / "scores.parquet"), done["diagnostics"], cfg)
+            return Attribution(pq.read_table(out_dir / "scores.parquet"), done["diagnostics"], cfg)
         found = read_snapshot(out_dir)
         if found is not None and not resume:
             raise InputError(f"{out_dir}: holds an unfinished run ({SNAPSHOT}); continue it with --resume {out_dir}, "
@@ -103,7 +103,7 @@ class AttributionUnits:
         finally:
             ray.kill(reducer, no_restart=True)
 
-    def _run(self, reducer, shards, cfg, signal, params, sites, info, key, out_dir, start, candidates=None) -> RayAttribution:
+    def _run(self, reducer, shards, cfg, signal, params, sites, info, key, out_dir, start, candidates=None) -> Attribution:
         merged = set(ray.get(reducer.merged_shards.remote()))
         restore = ray.get(reducer.status.remote())["restore_seconds"]
         if merged:
@@ -173,7 +173,7 @@ class AttributionUnits:
                                                                        "ranks_per_gradient_worker": len(self.groups[0])},
                                            "diagnostics": diagnostics})
         (out_dir / SNAPSHOT).unlink(missing_ok=True)  # complete: attribution.json + scores.parquet are the record
-        return RayAttribution(table, diagnostics, cfg, table_ref)
+        return Attribution(table, diagnostics, cfg, table_ref=table_ref)
 
     def _wait_one(self, in_flight: dict, progress: Progress, ref) -> str:
         """A finished merge call: its shard id (or the worker's error)."""

@@ -13,18 +13,18 @@ from pathlib import Path
 from driver.config import ModelConfig, RayConfig
 from driver.dispatch import Dispatch, shard
 from driver.ray_session import RaySession
-from driver.unit_records import RESULT_RECORD, RayAttribution
-from ipg.attribution import AttributionConfig
+from driver.unit_records import RESULT_RECORD
+from ipg.attribution import Attribution, AttributionConfig
 from ipg.models import load_tokenizer
 from ipg.prompts import longest_prompt
 
-__all__ = ["Dispatch", "RESULT_RECORD", "RayAttribution", "RaySession", "attribute_on_ray", "shard"]
+__all__ = ["Attribution", "Dispatch", "RESULT_RECORD", "RaySession", "attribute_on_ray", "shard"]
 
 
 def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: AttributionConfig | None = None, *,
                      signal: str = "accuracy", signal_params: dict | None = None, out_dir: str | Path,
                      ray_cfg: RayConfig | None = None, run_id: str = "", resume: bool = False, log=print,
-                     **settings) -> RayAttribution:
+                     **settings) -> Attribution:
     """One attribution on Ray (connects, or starts a local cluster): the same table as
     ``ipg.attribute`` with the same settings. ``settings`` are AttributionConfig fields when ``cfg`` is None."""
     cfg = cfg or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})

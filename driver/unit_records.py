@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from ipg.attribution import AttributionConfig
@@ -14,21 +13,6 @@ from ipg.completeness import completeness_record
 
 RESULT_RECORD = "attribution.json"  # run key, settings, diagnostics; written last: the unit is complete
 BASELINE = "baseline.safetensors"  # the mean baseline, so a resumed run uses the same one
-
-
-@dataclass
-class RayAttribution:
-    """Result of a Ray attribution: the same table as in-process ``ipg.attribute`` (``table_ref`` is it
-    in the object store), diagnostics from the reducer's ledger."""
-
-    table: object
-    diagnostics: dict
-    config: AttributionConfig
-    table_ref: object = None
-    rollouts: list = field(default_factory=list)  # trajectories stay in the cluster; empty here
-
-    def to_pandas(self):
-        return self.table.to_pandas()
 
 
 def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards, run_id: str,

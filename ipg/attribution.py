@@ -46,23 +46,35 @@ __all__ = ["AttributionConfig", "Attribution", "Rollout", "TrajectoryAtSite", "a
 
 @dataclass
 class Attribution:
-    """Result of ``attribute``: the score table (Arrow), the mergeable partial sums, diagnostics."""
+    """Result of an attribution, in-process (``attribute``) or on Ray (``driver.attribute_on_ray``): the
+    score table (Arrow, schema ``ipg.scores.SCHEMA``) and diagnostics. In-process also keeps the
+    mergeable partial sums, the baselines and the support rollouts; on Ray the trajectories stay in the
+    cluster and ``table_ref`` is the table in the object store."""
 
-    table: object  # pyarrow.Table, schema ipg.scores.SCHEMA
-    partial: PartialScores
+    table: object
     diagnostics: dict
     config: AttributionConfig
+    partial: PartialScores | None = None
     baselines: dict[Site, torch.Tensor] = field(default_factory=dict)
     rollouts: list[Rollout] = field(default_factory=list)  # the alpha = 1 rollouts (support trajectories)
     widths: dict[Site, int] = field(default_factory=dict)  # components per site
+    table_ref: object = None
 
     def to_pandas(self):
         return self.table.to_pandas()
 
     def scores(self, layer: int, kind: str | None = None) -> np.ndarray:
-        """Mean score per component of the site (NaN for components method 'component' did not score)."""
+        """Mean score per component of the site, by index (NaN for components method 'component' did not
+        score)."""
         site = Site(layer, kind or self.config.kind)
-        return self.partial.means(site, self.widths.get(site))
+        if self.partial is not None:
+            return self.partial.means(site, self.widths.get(site))
+        rows = [(i, sc) for i, sc, l_, k in zip(*(self.table.column(c).to_pylist() for c in ("index", "score", "layer", "kind")))
+                if l_ == site.layer and k == site.kind]
+        out = np.full(self.widths.get(site, max(i for i, _ in rows) + 1), np.nan)
+        for i, sc in rows:
+            out[i] = sc
+        return out
 
 
 def site_baselines(model, rollouts: list[Rollout], sites: list[Site], cfg: AttributionConfig, saes=None) -> dict[Site, torch.Tensor]:
@@ -238,7 +250,8 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         mean_generated_tokens=float(np.mean([s.n_tokens for r in base for s in r.samples])),
     )
     widths = {site: check_site(model, site, saes) for site in sites}
-    return Attribution(partial.table(score_meta(model, sig.name, cfg, run_id)), partial, diagnostics, cfg, baselines, base, widths)
+    return Attribution(partial.table(score_meta(model, sig.name, cfg, run_id)), diagnostics, cfg, partial=partial,
+                       baselines=baselines, rollouts=base, widths=widths)
 
 
 def score_meta(model, signal_name: str, cfg: AttributionConfig, run_id: str = "") -> dict:
