@@ -185,7 +185,7 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
 
 def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", signal_params: dict | None = None,
               saes: dict | None = None, run_id: str = "", log=None, prompt_format: PromptFormat | str = "auto",
-              pg_table=None, **settings) -> Attribution:
+              pg_table=None, config: AttributionConfig | None = None, **settings) -> Attribution:
     """Attribute ``signal`` to the components of ``layers`` (see AttributionConfig for settings).
 
     ``examples`` are dicts with ``prompt`` (and ``answer`` for accuracy); ``id`` is derived when absent.
@@ -194,11 +194,16 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     Returns an Attribution whose ``table`` has one row per component (layer, kind, index, score,
     stderr, n_prompts, n_trajectories, rank and the settings).
 
+    ``config``: an ``AttributionConfig`` instead of the keyword settings (as ``driver.attribute_on_ray``
+    takes it).
+
     Method 'component' runs PG first and re-scores each site's top ``candidates`` on the per-component
     path; its table holds those rows only. ``pg_table``: a PG score table of the same examples and
     settings to take them from instead (an experiment that ran PG already).
     """
-    cfg = AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
+    if config is not None and settings:
+        raise InputError(f"attribute: give the settings as config= or as keyword arguments, not both (got {sorted(settings)})")
+    cfg = config or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
     fmt = prompt_format if isinstance(prompt_format, PromptFormat) else PromptFormat(prompt_format)
     examples = format_examples(tokenizer, prepare_examples(examples), fmt)
     sig = make_signal(signal, **(signal_params or {}))

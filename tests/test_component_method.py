@@ -88,3 +88,13 @@ def test_bad_candidates_setting_names_the_field():
         AttributionConfig(method="component", candidates=0)
     with pytest.raises(InputError, match="method"):
         AttributionConfig(method="components")
+
+
+def test_attribute_takes_a_config_or_keywords_alike(tiny_random):
+    model, tok = tiny_random
+    kw = dict(layers=(1,), method="pg", **FAST)
+    a = attribute(model, tok, EXAMPLES[:2], signal=checksum, **kw)
+    b = attribute(model, tok, EXAMPLES[:2], signal=checksum, config=AttributionConfig(**kw))
+    assert a.table.equals(b.table)
+    with pytest.raises(InputError, match="not both"):
+        attribute(model, tok, EXAMPLES[:2], signal=checksum, config=AttributionConfig(**kw), q=3)
