@@ -26,7 +26,7 @@ import pyarrow as pa
 import yaml
 
 from cluster.metrics import StageTimer
-from driver.config import RunConfig, as_dict
+from driver.config import DEFAULT_METHOD, DEFAULT_METHOD_WHY, RunConfig, as_dict
 from driver.model_access import LocalModel, RayModel
 from driver.run_inputs import load_saes, signal_params_of, splits_of
 from driver.run_tables import RunTables
@@ -354,8 +354,10 @@ class Experiment:
         return {"model": self.described["fingerprint"], "signal": self.cfg.signal,
                 "prompt": self.prompt_format.describe(self.tokenizer, self.eval_examples[0]),
                 "answers": self.extractor.describe(),
-                "attribution": {k: getattr(self.cfg.attribution, k) for k in
-                                ("method", "kind", "layers", "baseline", "schedule", "q", "n_samples", "advantage", "resample")},
+                "attribution": {**{k: getattr(self.cfg.attribution, k) for k in
+                                   ("method", "kind", "layers", "baseline", "schedule", "q", "n_samples", "advantage",
+                                    "resample", "candidates")},
+                                **({"why": DEFAULT_METHOD_WHY} if self.cfg.attribution.method == DEFAULT_METHOD else {})},
                 "data": {"support": d.support or "organism support split", "eval": d.eval or "organism eval split",
                          "fields": d.fields, "reference": d.reference}}
 

@@ -28,7 +28,7 @@ def method_order(names) -> list[str]:
     return [m for m in METHOD_ORDER if m in names] + sorted(names - set(METHOD_ORDER))
 
 
-METHOD_ORDER = ["original", "ipg", "ipg_sae", "pg", "pg_sae", "component", "random", "activation", "concept_tokens", "reason_score", "control_vector"]
+METHOD_ORDER = ["original", "component", "component_sae", "ipg", "ipg_sae", "pg", "pg_sae", "random", "activation", "concept_tokens", "reason_score", "control_vector"]
 
 
 def outcome_matrices(items: list[dict], experiment: str = "accuracy", field: str = "correct") -> dict[Key, np.ndarray]:

@@ -96,6 +96,10 @@ def _selection(setup: dict) -> list[str]:
     if a["method"] == "pg":
         variant = (f"PG (the policy gradient times the activation, at the actual activations) on {a['kind']} components "
                    f"of layers {a['layers']}: N = {a['n_samples']}, {a['advantage']} advantages")
+    elif a["method"] == "component":
+        variant = (f"the per-component path (PG's top {a.get('candidates', 32)} candidates re-scored by ablating each "
+                   f"alone to its {a['baseline']} baseline) on {a['kind']} components of layers {a['layers']}: "
+                   f"N = {a['n_samples']}, {a['advantage']} advantages")
     else:
         variant = (f"{a['method'].upper()} on {a['kind']} components of layers {a['layers']}: {a['baseline']} baseline, "
                    f"{a['schedule']} schedule, q = {a['q']}, N = {a['n_samples']}, {a['advantage']} advantages"

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.unit
 def test_attribute_command_writes_scores_and_run_json(tmp_path, capsys):
     out = tmp_path / "run"
     code = main(["attribute", "--model", "organism", "--limit", "6", "--signal=length", "--layers", "1", "2",
-                 "--attribution.q=2", "--attribution.n_samples=3", "--attribution.completeness=true", "--out", str(out),
+                 "--attribution.method=ipg", "--attribution.q=2", "--attribution.n_samples=3", "--attribution.completeness=true", "--out", str(out),
                  "--run-id", "t1", "--quiet"])
     assert code == 0
     table = pq.read_table(out / "scores.parquet")

@@ -79,7 +79,7 @@ def test_ray_job_submit_runs_ipg_on_the_cluster(head, tmp_path):
     assert "succeeded" in (status.stdout + status.stderr).lower()
     scores = pq.read_table(out / "scores.parquet")
     assert scores.num_rows == 128 and set(scores.column("layer").to_pylist()) == {2}
-    assert pq.read_table(out / "eval.parquet").num_rows == 7  # original + (ipg + 2 random draws) x 2 gammas
+    assert pq.read_table(out / "eval.parquet").num_rows == 7  # original + (component, the default + 2 random draws) x 2 gammas
     run = json.loads((out / "run.json").read_text())
     assert run["ray"]["local"] is False and (out / "report.md").is_file()
 

@@ -224,7 +224,7 @@ def test_two_seed_run_with_vllm_rollouts(real, engine, local_ray, tmp_path):
     assert run["ray"]["vllm"][0].startswith("vllm on CPU: KV cache") and "sequences of " in run["ray"]["vllm"][0]
     assert any(line.startswith("rollout actor 0: vllm on CPU: KV cache") for line in lines), lines
     rows = pq.read_table(out / "eval.parquet").to_pylist()
-    assert {r["seed"] for r in rows if r["method"] == "ipg"} == {0, 1}
+    assert {r["seed"] for r in rows if r["method"] == "component"} == {0, 1}
     scores = pq.read_table(out / "scores.parquet").to_pylist()
     assert {r["seed"] for r in scores} >= {0, 1} and all(np.isfinite(r["score"]) for r in scores)
     # the unsteered model, greedy, equals the HF backend's accuracy on the same prompts

@@ -51,16 +51,18 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     out = tmp_path / "run"
     code = main(["run", f"--out={out}", "--seeds=[0,1]", "--data.n_support=6", "--data.n_eval=12",
                  "--attribution.layers=[2]", "--attribution.q=2", "--attribution.n_samples=3", "--evaluation.p=[4]",
-                 "--baselines.methods=[random, activation, reason_score, component]", "--length.layers=[2]",
+                 "--baselines.methods=[random, activation, reason_score, ipg]", "--length.layers=[2]",
                  "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4", "--evaluation.random_draws=3",
-                 "--variants={ipg_mean: {baseline: mean}}"])
+                 "--variants={mean_baseline: {baseline: mean}}"])
     assert code == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
     assert {"method", "layer", "p", "gamma", "seed", "draw", "accuracy", "mean_length", "n"} <= set(evals[0])
     methods = {r["method"] for r in evals if r["experiment"] == "accuracy"}
-    assert methods == {"original", "ipg", "ipg_sae", "random", "activation", "reason_score", "component", "ipg_mean"}
+    # the default selection (component) with PG (its candidates) and the paper's IPG beside it
+    assert methods == {"original", "component", "component_sae", "ipg", "random", "activation", "reason_score", "mean_baseline"}
     run_ids = set(pq.read_table(out / "scores.parquet").column("run_id").to_pylist())
-    assert {"accuracy-ipg-residual-seed0-ipg_mean", "accuracy-pg-residual-seed1", "accuracy-ipg-sae-seed1"} <= run_ids
+    assert {"accuracy-component-residual-seed0-mean_baseline", "accuracy-pg-residual-seed1", "accuracy-component-sae-seed1",
+            "accuracy-ipg-residual-seed1"} <= run_ids
     # per prompt: every evaluation's 12 prompts, and its accuracy is their mean
     items = pq.read_table(out / "eval_items.parquet").to_pylist()
     for r in evals:
@@ -73,15 +75,16 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     assert ("component", 0, 0) in chosen and ("random", 1, 2) in chosen
     assert all(r["median_ratio"] > 0 for r in selections if r["kind"] == "residual")
     assert {r["seed"] for r in evals} == {0, 1} and all(r["n"] == 12 for r in evals)
-    assert {(r["method"], r["gamma"]) for r in evals if r["experiment"] == "length"} == {(m, g) for m in ("ipg", "random") for g in (0.0, 2.0)}
+    assert {(r["method"], r["gamma"]) for r in evals if r["experiment"] == "length"} == {(m, g) for m in ("component", "random") for g in (0.0, 2.0)}
     stability = pq.read_table(out / "stability.parquet").to_pylist()
     assert {r["comparison"] for r in stability} == {"seeds", "support subsets"}
     run = json.loads((out / "run.json").read_text())
     assert run["config"]["seeds"] == [0, 1] and {"attribute", "evaluate", "report"} <= set(run["timings"])
     report = (out / "report.md").read_text()
     assert "## Table 1" in report and "| reason_score |" in report and "## Evidence" in report
-    assert report.index("## Headline") < report.index("## Table 1") and report.startswith("# IPG experiment report\n\nSelection: IPG")
-    assert "| component |" in report.split("## Headline")[1] and "| ipg_mean |" in report.split("## Table 1")[1]
+    assert report.index("## Headline") < report.index("## Table 1") and report.startswith("# IPG experiment report\n\nSelection: the per-component path")
+    assert "chosen by measurement" in report.split("\n")[2]
+    assert "| ipg |" in report.split("## Headline")[1] and "| mean_baseline |" in report.split("## Table 1")[1]
     assert "| component |" in report.split("## Headline")[1] and "beyond random" in report
     cards = pq.read_table(out / "cards.parquet").to_pylist()
     assert [c["rank"] for c in cards] == [0, 1, 2, 3] and all(json.loads(c["contexts"]) for c in cards)
@@ -110,7 +113,7 @@ def test_best_enhancing_gamma_is_chosen_on_validation_prompts(tmp_path, capsys):
     assert main(["run", *small, "--data.n_validation=5"]) == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
     validation = [r for r in evals if r["experiment"] == "validation"]
-    assert {(r["method"], r["gamma"]) for r in validation} == {(m, g) for m in ("ipg", "ipg_sae", "random") for g in (1.5, 3.0)}
+    assert {(r["method"], r["gamma"]) for r in validation} == {(m, g) for m in ("component", "component_sae", "random") for g in (1.5, 3.0)}
     assert all(r["n"] == 5 for r in validation)
     items = pq.read_table(out / "eval_items.parquet").to_pylist()
     held = {i["example_id"] for i in items if i["experiment"] == "validation"}

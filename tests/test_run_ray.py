@@ -40,7 +40,7 @@ def test_run_on_ray_writes_what_the_in_process_run_writes_and_its_driver_loads_n
     import driver.experiment
     import ipg.models
 
-    overrides = ["--baselines.methods=[pg,component,random,activation,concept_tokens,control_vector]", "--cards.components=2"]
+    overrides = ["--baselines.methods=[ipg,random,activation,concept_tokens,control_vector]", "--cards.components=2"]
     local = run_experiment(load_config(SMOKE, overrides + [f"--out={tmp_path / 'local'}", "--ray.enabled=false"]), log=lambda m: None)
 
     def refuse(*args, **kwargs):
@@ -78,7 +78,7 @@ def test_run_resumes_after_the_driver_is_killed(local_ray, tmp_path):
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
     # the driver died right after the first merge; the second shard's merge, already dispatched, may or may
     # not have landed in the reducer's snapshot before Ray reaped the actors: either way the ledger is used
-    assert re.search(r"resuming .*accuracy-ipg-residual-seed0: [12]/2 shards already merged", resumed.stdout), resumed.stdout
+    assert re.search(r"resuming .*accuracy-pg-residual-seed0: [12]/2 shards already merged", resumed.stdout), resumed.stdout
     reference = run_experiment(load_config(SMOKE, [f"--out={tmp_path / 'ref'}", "--baselines.methods=[pg,random]"]),
                                log=lambda m: None)
     _assert_same(_scores(out / "scores.parquet"), _scores(reference / "scores.parquet"))
