@@ -19,8 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import yaml
@@ -41,7 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--limit", type=int, help="data.n_support: the first N support examples")
     p.add_argument("--sae", action="append", help="a TopK SAE file for kind sae, under the layer it was trained on (repeatable)")
     p.add_argument("--out", help="output directory (required unless --resume)")
-    p.add_argument("--run-id")
+    p.add_argument("--run-id", help="the scores' run_id (default: the output directory's name, so --resume keeps it)")
     p.add_argument("--show", type=int, default=8, help="top components to print per layer")
     p.add_argument("--quiet", action="store_true")
 
@@ -98,7 +96,7 @@ def attribute_command(args) -> None:
     examples = support_examples(cfg)
     a = dataclasses.replace(cfg.attribution, seed=cfg.seeds[0])
     fmt = cfg.prompt.prompt_format()
-    run_id = args.run_id or f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    run_id = args.run_id or out.resolve().name
     log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None)
     on_ray = cfg.ray.active() or bool(args.resume)
     if not args.resume:  # the resume record: what `--resume OUT` repeats

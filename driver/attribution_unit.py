@@ -82,7 +82,7 @@ class AttributionUnits:
                                           resume=resume).table
             candidates = component_candidates(pg_table, sites, cfg.candidates)
         shards = shard(examples, self.cfg.shard_size)
-        key = run_key(info["model"], sig.name, signal_params, cfg, shards, run_id, candidates)
+        key = run_key(info["model"], sig.name, signal_params, cfg, shards, candidates)
         done = finished_record(out_dir, key)
         if done is not None and resume:
             self.log(f"  {out_dir}: complete (run key {key}), loaded")

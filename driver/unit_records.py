@@ -15,12 +15,13 @@ RESULT_RECORD = "attribution.json"  # run key, settings, diagnostics; written la
 BASELINE = "baseline.safetensors"  # the mean baseline, so a resumed run uses the same one
 
 
-def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards, run_id: str,
+def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards,
             candidates: dict | None = None) -> str:
-    # the model inputs too: the same ids under another prompt format are another run
+    """What must match for a unit to resume: model, signal, settings, shards and the model inputs (the same
+    ids under another prompt format are another run). Not the run id: a label, which a resume may set anew."""
     inputs = hashlib.sha256(json.dumps([ex.get("prompt_ids") for _, part in shards for ex in part]).encode()).hexdigest()
     plan = {"model": model, "signal": signal, "signal_params": signal_params, "config": dataclasses.asdict(cfg),
-            "run_id": run_id, "shards": [[sid, [ex["id"] for ex in part]] for sid, part in shards], "inputs": inputs}
+            "shards": [[sid, [ex["id"] for ex in part]] for sid, part in shards], "inputs": inputs}
     if candidates is not None:  # method 'component': the components it re-scores
         plan["candidates"] = {str(site): list(idx) for site, idx in sorted(candidates.items())}
     return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -78,7 +78,9 @@ def test_ray_job_submit_runs_ipg_on_the_cluster(head, tmp_path):
                             capture_output=True, text=True)
     assert "succeeded" in (status.stdout + status.stderr).lower()
     scores = pq.read_table(out / "scores.parquet")
-    assert scores.num_rows == 128 and set(scores.column("layer").to_pylist()) == {2}
+    # PG over all 128 coordinates, then its top 32 (the default selection, component) re-scored
+    assert scores.num_rows == 128 + 32 and set(scores.column("layer").to_pylist()) == {2}
+    assert set(scores.column("method").to_pylist()) == {"pg", "component"}
     assert pq.read_table(out / "eval.parquet").num_rows == 7  # original + (component, the default + 2 random draws) x 2 gammas
     run = json.loads((out / "run.json").read_text())
     assert run["ray"]["local"] is False and (out / "report.md").is_file()

@@ -56,7 +56,7 @@ def test_killed_driver_resumes_with_identical_scores(local_ray, reference, tmp_p
     env = {**os.environ, "IPG_FAULTS": f"driver@{SHARDS[2]}", "IPG_FAULTS_DIR": str(tmp_path),
            "RAY_ADDRESS": local_ray["address"]}
     cmd = [sys.executable, "-m", "driver.cli", "attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", "2",
-           "--attribution.q=3", "--attribution.n_samples=4", "--attribution.max_new_tokens=96", "--seeds=[7]",
+           "--attribution.method=ipg", "--attribution.q=3", "--attribution.n_samples=4", "--attribution.max_new_tokens=96", "--seeds=[7]",
            "--attribution.completeness=false", "--ray.shard_size=3", "--ray.max_in_flight=1", "--ray.snapshot_every=2",
            "--ray.cpus_per_actor=0.5", "--run-id", "r1", "--out", str(out)]
     (tmp_path / "ex.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in EXAMPLES))

@@ -153,21 +153,21 @@ def test_a_failing_cell_is_recorded_the_others_finish_and_a_rerun_retries_it(tmp
     from driver.sweep import SweepFailed
 
     spec = _spec(tmp_path, signals=["accuracy"], steering=None)
-    original = Experiment._attribute
+    original = Experiment.attribute
 
     def flaky(self, examples, **kw):
         if kw["layers"] == [2]:
             raise RuntimeError("worker lost")
         return original(self, examples, **kw)
 
-    monkeypatch.setattr(Experiment, "_attribute", flaky)
+    monkeypatch.setattr(Experiment, "attribute", flaky)
     with pytest.raises(SweepFailed, match=r"1 cell\(s\) failed \(organism__accuracy__L2__residual__ipg\)"):
         run_sweep(spec, out=str(tmp_path / "out"), log=lambda m: None)
     cells = tmp_path / "out" / "cells"
     failed = json.loads((cells / f"{CELLS[1]}.json").read_text())
     assert failed["status"] == "failed" and "worker lost" in failed["error"]
     assert json.loads((cells / f"{CELLS[0]}.json").read_text())["status"] == "done"
-    monkeypatch.setattr(Experiment, "_attribute", original)
+    monkeypatch.setattr(Experiment, "attribute", original)
     logs = []
     table = run_sweep(spec, out=str(tmp_path / "out"), log=logs.append)
     assert any("2 cells, 1 done, 1 to run" in line for line in logs)
