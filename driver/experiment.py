@@ -113,9 +113,6 @@ class Experiment:
             self.described["widths"][key] = self.lm.describe([site])["widths"][key]
         return self.described["widths"][key]
 
-    def _signal_params(self, signal: str, params: dict | None = None) -> dict:
-        return signal_params_of(self.cfg, signal, params)
-
     def attribute(self, examples, *, signal, layers, seed, method=None, kind=None, signal_params=None, tag="",
                   overrides: dict | None = None, pg_table=None):
         """One attribution, on Ray or here. ``pg_table``: method 'component' takes its candidates from these
@@ -125,7 +122,7 @@ class Experiment:
         a = dataclasses.replace(a, **(overrides or {}))
         if a.method == "component":  # it selects among its candidates: at least as many as the largest p
             a = dataclasses.replace(a, candidates=max(a.candidates, *self.cfg.evaluation.p, self.cfg.cards.components))
-        signal_params = self._signal_params(signal, signal_params)
+        signal_params = signal_params_of(self.cfg, signal, signal_params)
         run_id = f"{signal}-{a.method}-{a.kind}-seed{seed}{tag}"
         with self.timers("attribute"):
             if self.session is not None:  # one resumable unit per attribution under out/attributions/
@@ -169,7 +166,7 @@ class Experiment:
         if res.rollouts:
             return res.rollouts
         with self.timers("baselines"):
-            return self.lm.rollouts(prepare_examples(examples), res.config, self.cfg.signal, self._signal_params(self.cfg.signal))
+            return self.lm.rollouts(prepare_examples(examples), res.config, self.cfg.signal, signal_params_of(self.cfg))
 
     def _random(self, site: Site, p: int, seed: int, draw: int = 0):
         return random_components(self.width(site), site, p, seed, draw=draw)
@@ -351,7 +348,7 @@ class Experiment:
     def setup(self) -> dict:
         """How examples became model inputs and how answers were scored (run.json, the report)."""
         d = self.cfg.data
-        return {"model": self.described["fingerprint"], "signal": self.cfg.signal,
+        return {"model": self.described["model"], "signal": self.cfg.signal,
                 "prompt": self.prompt_format.describe(self.tokenizer, self.eval_examples[0]),
                 "answers": self.extractor.describe(),
                 "attribution": {**{k: getattr(self.cfg.attribution, k) for k in

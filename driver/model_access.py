@@ -1,15 +1,13 @@
 """Where an experiment's model lives: in this process, or in the Ray actors (the driver then holds none).
 
 Both give the experiment the methods of ``workers.model_ops.ModelOps`` (generation under steering,
-support rollouts, activation statistics, control vectors, path baselines, component cards) and
-``widths``. In process they run on the model loaded here. On Ray, generation and rollouts are split
+support rollouts, activation statistics, control vectors, path baselines, component cards, the
+model's description). In process they run on the model loaded here. On Ray, generation and rollouts are split
 across the rollout actors, and the rest runs in a gradient actor; the driver loads the tokenizer and
 nothing else, so a model that no single process can hold still runs.
 """
 
 from __future__ import annotations
-
-from ipg.components import Site
 
 
 class LocalModel:
@@ -19,9 +17,6 @@ class LocalModel:
         from workers.model_ops import ModelOps
 
         self.ops, self.batch_size = ModelOps(model, tokenizer, saes), batch_size
-
-    def describe(self, sites: list[Site]) -> dict:
-        return self.ops.describe(sites)
 
     def generate(self, examples, params, steering=None):
         return self.ops.generate(examples, params, steering, self.batch_size)
@@ -35,9 +30,6 @@ class RayModel:
 
     def __init__(self, session):
         self.session = session
-
-    def describe(self, sites: list[Site]) -> dict:
-        return self.session.model_op("describe", sites)
 
     def generate(self, examples, params, steering=None):
         return self.session.steered_generate(examples, params, steering)

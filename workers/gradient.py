@@ -57,10 +57,10 @@ class GradientWorker:
             return getattr(ModelOps(self.model, self.tokenizer, self.saes), name)(*args)
 
     def describe(self, sites: list[Site]) -> dict:
-        """The model's fingerprint and each site's width; a bad layer index or kind raises InputError."""
-        from ipg.models import model_fingerprint
+        """The model's fingerprint and each site's width (``ModelOps.describe``), from this actor alone."""
+        from workers.model_ops import ModelOps
 
-        return {"model": model_fingerprint(self.model), "widths": {str(s): check_site(self.model, s, self.saes) for s in sites}}
+        return ModelOps(self.model, self.tokenizer, self.saes).describe(sites)
 
     def _rescore(self, samples, cfg):
         from ipg.generation import rescore

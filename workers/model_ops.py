@@ -29,14 +29,19 @@ from ipg.steering import add_vector, scale
 Sequence = tuple[list[int], int]  # (prompt + completion token ids, prompt length)
 
 
-def steering_context(model, steering: dict | None, saes: dict | None = None):
-    """A context that applies ``steering`` to a torch model: None, {"scale": components, "gamma",
-    "positions"} or {"add": layer, "vector", "coefficient", "positions"}."""
+def steering_context(model, steering: dict | None, saes: dict | None = None, engine=None):
+    """A context that applies ``steering`` (None, {"scale": components, "gamma", "positions"} or {"add":
+    layer, "vector", "coefficient", "positions"}) to a torch model, or to ``engine`` (a vLLM engine with the
+    same ``scale`` and ``add``) when one is given."""
     if not steering:
         return nullcontext()
     if "scale" in steering:
         comps = [ComponentId.parse(c) if isinstance(c, str) else c for c in steering["scale"]]
+        if engine is not None:
+            return engine.scale(comps, steering["gamma"], steering["positions"], saes)
         return scale(model, comps, steering["gamma"], positions=steering["positions"], saes=saes)
+    if engine is not None:
+        return engine.add(steering["add"], steering["vector"], steering["coefficient"], steering["positions"])
     return add_vector(model, steering["add"], steering["vector"], steering["coefficient"], positions=steering["positions"])
 
 
@@ -45,8 +50,8 @@ class ModelOps:
         self.model, self.tokenizer, self.saes = model, tokenizer, saes or {}
 
     def describe(self, sites: list[Site]) -> dict:
-        """The model's fingerprint and the width of each site (validates the sites)."""
-        return {"fingerprint": model_fingerprint(self.model),
+        """The model's fingerprint and the width of each site; a bad layer index or kind raises InputError."""
+        return {"model": model_fingerprint(self.model),
                 "widths": {str(s): check_site(self.model, s, self.saes) for s in sites}}
 
     def generate(self, examples: list[dict], params: SamplingParams, steering: dict | None = None,

@@ -7,7 +7,6 @@ seeded per (seed, example id, sample index), so a shard's rollouts do not depend
 from __future__ import annotations
 
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -134,19 +133,12 @@ class RolloutWorker:
     def steered_generate(self, examples: list[dict], params: SamplingParams, steering: dict | None = None) -> list[list[Sample]]:
         """Generation under steering, for evaluation at engine speed. ``steering``: None, or
         {"scale": [component ids], "gamma", "positions"} or {"add": layer, "vector", "coefficient", "positions"}."""
-        from ipg.components import ComponentId
-        from workers.model_ops import ModelOps
+        from workers.model_ops import ModelOps, steering_context
 
         if self.engine is None:
             with self.timer("evaluate"):
                 return ModelOps(self.model, self.tokenizer, self.saes).generate(examples, params, steering)
-        ctx = nullcontext()
-        if steering and "scale" in steering:
-            comps = [ComponentId.parse(c) if isinstance(c, str) else c for c in steering["scale"]]
-            ctx = self.engine.scale(comps, steering["gamma"], steering["positions"], self.saes)
-        elif steering and "add" in steering:
-            ctx = self.engine.add(steering["add"], steering["vector"], steering["coefficient"], steering["positions"])
-        with self.timer("evaluate"), ctx:
+        with self.timer("evaluate"), steering_context(None, steering, self.saes, engine=self.engine):
             return self.engine.generate(examples, params)
 
 
