@@ -148,7 +148,7 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
     from ipg.signals import make_signal
     from workers.gradient import GradientWorker
     from workers.reducer import Reducer
-    from workers.rollout import ShardRollouts
+    from workers.sampling import ShardRollouts
 
     cfg, sig = AttributionConfig(**settings), make_signal("accuracy")
     sites = [Site(layer, cfg.kind) for layer in cfg.layers]

@@ -122,7 +122,7 @@ class AttributionUnits:
 
         def generate(sid):
             k, part = parts[sid]
-            rollout_refs[sid], cost = self.rollout.pick(k).generate_costed.options(num_returns=2).remote(sid, part, cfg, signal, params)
+            rollout_refs[sid], cost = self.sampler.call(k, "generate_costed", sid, part, cfg, signal, params, num_returns=2)
             return cost
 
         def attribute(sid, g):
@@ -169,7 +169,7 @@ class AttributionUnits:
         diagnostics = unit_diagnostics(ledger, table, sites, cfg, completeness, seconds, restore)
         atomic_write_json(out_dir / RESULT_RECORD, {"run_key": key, "model": info["model"], "signal": getattr(signal, "__name__", signal), "signal_params": params,
                                            "config": dataclasses.asdict(cfg), "shards": [sid for sid, _ in shards],
-                                           "workers": {"rollout": len(self.rollout), "gradient": len(self.groups),
+                                           "workers": {"rollout": len(self.sampler), "rollout_backend": self.cfg.rollout_backend, "gradient": len(self.groups),
                                                                        "ranks_per_gradient_worker": len(self.groups[0])},
                                            "diagnostics": diagnostics})
         (out_dir / SNAPSHOT).unlink(missing_ok=True)  # complete: attribution.json + scores.parquet are the record
@@ -201,8 +201,8 @@ class AttributionUnits:
         rollout_refs, cost_refs, sums_refs = {}, {}, []
         with self.timer("mean_baseline"):
             for k, (sid, part) in enumerate(shards):
-                rollout_refs[sid], cost_refs[sid] = self.rollout.pick(k).generate_costed.options(num_returns=2).remote(
-                    sid, part, cfg, signal, params)
+                rollout_refs[sid], cost_refs[sid] = self.sampler.call(k, "generate_costed", sid, part, cfg, signal, params,
+                                                                      num_returns=2)
                 sums_refs += self._gradient(k, "activation_sums", sid, rollout_refs[sid], cfg)
             sums = get(sums_refs, "mean baseline")
             costs = dict(zip(cost_refs, get(list(cost_refs.values()), "mean baseline")))
@@ -232,7 +232,7 @@ class AttributionUnits:
         with self.timer("completeness"):
             for s in sites:
                 for name, alpha in points_to_sample(cfg, out[str(s)].get("J_path")):
-                    refs = [self.rollout.pick(k).mean_reward.remote(sid, part, cfg, signal, params, s, alpha, baselines[s])
+                    refs = [self.sampler.call(k, "mean_reward", sid, part, cfg, signal, params, s, alpha, baselines[s])
                             for k, (sid, part) in enumerate(scored)]
                     parts = get(refs, "completeness")
                     out[str(s)][name] = sum(p[0] for p in parts) / sum(p[1] for p in parts)

@@ -74,7 +74,7 @@ class RayConfig:
     # (KubeRay worker groups: rayStartParams.resources, e.g. '{"ipg_rollout": 1000}'); empty: any node
     rollout_resources: dict[str, float] = field(default_factory=dict)
     gradient_resources: dict[str, float] = field(default_factory=dict)
-    rollout_backend: str = "hf"
+    rollout_backend: str = "hf"  # hf | vllm: rollout actors; deepspeed: the ZeRO-3 gradient groups sample (no process holds the model)
     gradient_backend: str = "torch"
     progress: str = "auto"  # auto (bar on a terminal, lines in a job log) | bar | lines | off
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
@@ -86,10 +86,14 @@ class RayConfig:
                 raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise InputError("cpus_per_actor / gpus_per_actor: must be >= 0")
-        if self.rollout_backend not in ("hf", "vllm"):
-            raise InputError(f"rollout_backend: '{self.rollout_backend}'; use 'hf' or 'vllm' (install the vllm extra)")
+        if self.rollout_backend not in ("hf", "vllm", "deepspeed"):
+            raise InputError(f"rollout_backend: '{self.rollout_backend}'; use 'hf', 'vllm' (install the vllm extra) or "
+                             "'deepspeed' (the ZeRO-3 groups sample)")
         if self.gradient_backend not in ("torch", "deepspeed"):
             raise InputError(f"gradient_backend: '{self.gradient_backend}'; use 'torch' or 'deepspeed'")
+        if self.rollout_backend == "deepspeed" and self.gradient_backend != "deepspeed":
+            raise InputError("rollout_backend: 'deepspeed' samples in the ZeRO-3 gradient groups; set gradient_backend: "
+                             "deepspeed too, or use rollout_backend 'hf' or 'vllm'")
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise InputError(f"progress: '{self.progress}'; use auto, bar, lines or off")
         for name in ("rollout_resources", "gradient_resources"):
@@ -102,7 +106,8 @@ class RayConfig:
 
     def gpus_needed(self) -> float:
         ranks = self.deepspeed.ranks if self.gradient_backend == "deepspeed" else 1
-        return (self.rollout_workers + self.gradient_workers * ranks) * self.gpus_per_actor
+        rollout = 0 if self.rollout_backend == "deepspeed" else self.rollout_workers
+        return (rollout + self.gradient_workers * ranks) * self.gpus_per_actor
 
     def active(self) -> bool:
         import os

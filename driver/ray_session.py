@@ -14,6 +14,7 @@ from driver.attribution_unit import AttributionUnits
 from driver.config import ModelConfig, RayConfig, sae_path
 from driver.dispatch import shard
 from driver.ray_errors import get, worker_error
+from driver.samplers import RankGroups, RolloutActors
 from ipg.attribution import AttributionConfig, prepare_examples
 from ipg.models import resolve_model_path
 from ipg.signals import signal_source
@@ -45,14 +46,16 @@ class RaySession(AttributionUnits):
         rollout_spec = dataclasses.replace(spec, resources=dict(c.rollout_resources))
         spec = dataclasses.replace(spec, resources=dict(c.gradient_resources))
         rank_spec = dataclasses.replace(spec, max_restarts=0, max_task_retries=0) if ranks > 1 or c.gradient_backend == "deepspeed" else spec
-        groups = {"rollout": (c.rollout_workers, rollout_spec), "gradient": (c.gradient_workers * ranks, rank_spec)}
+        by_ranks = c.rollout_backend == "deepspeed"  # the ZeRO-3 groups sample too: no rollout actors
+        groups = {"rollout": (0 if by_ranks else c.rollout_workers, rollout_spec), "gradient": (c.gradient_workers * ranks, rank_spec)}
         self.placement_group, first = reserve(groups, c.placement_strategy)
         m = self.model
         saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
         common = dict(dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code, saes=saes,
                       threads=c.threads_per_actor)
-        self.rollout = ActorGroup(RolloutWorker, c.rollout_workers, rollout_spec, m.name, backend=c.rollout_backend, vllm=self.vllm,
-                                  placement_group=self.placement_group, first_bundle=first["rollout"], **common)
+        self.rollout = None if by_ranks else ActorGroup(
+            RolloutWorker, c.rollout_workers, rollout_spec, m.name, backend=c.rollout_backend, vllm=self.vllm,
+            placement_group=self.placement_group, first_bundle=first["rollout"], **common)
         if c.gradient_backend == "deepspeed":
             from workers.deepspeed_backend import DeepSpeedGradientRank
 
@@ -66,6 +69,7 @@ class RaySession(AttributionUnits):
             self.gradient = ActorGroup(GradientWorker, c.gradient_workers, spec, m.name, backend=c.gradient_backend,
                                        placement_group=self.placement_group, first_bundle=first["gradient"], **common)
         self.groups = [self.gradient.actors[g * ranks : (g + 1) * ranks] for g in range(c.gradient_workers)]
+        self.sampler = RankGroups(self.groups) if by_ranks else RolloutActors(self.rollout)
         self.timer = StageTimer()
         self._ready()
         if c.rollout_backend == "vllm":  # how each engine was sized, in the log and in run.json
@@ -118,16 +122,20 @@ class RaySession(AttributionUnits):
         """Wait until every actor has loaded the model, so a broken model or environment fails here,
         once, with the worker's own message (and timings of the attributions exclude start-up)."""
         try:
-            ray.get([a.ready.remote() for a in self.rollout.actors + self.gradient.actors])
+            ray.get([a.ready.remote() for a in self.actors()])
         except ray.exceptions.RayError as e:
             self.close()
             raise worker_error(e, "workers failed to start", starting=True) from None
 
+    def actors(self) -> list:
+        return (self.rollout.actors if self.rollout is not None else []) + self.gradient.actors
+
     def close(self) -> None:
         from ray.util.placement_group import remove_placement_group
 
-        self.rollout.kill()
-        self.gradient.kill()
+        for group in (self.rollout, self.gradient):
+            if group is not None:
+                group.kill()
         remove_placement_group(self.placement_group)
 
     def __enter__(self):
@@ -137,18 +145,18 @@ class RaySession(AttributionUnits):
         self.close()
 
     def steered_generate(self, examples: list[dict], params, steering: dict | None = None) -> list:
-        """Generation under steering in the rollout actors (their engines), prompts split across them;
-        the samples come back in input order."""
-        n = len(self.rollout)
+        """Generation under steering in the samplers (the rollout actors' engines, or the ZeRO-3 groups),
+        prompts split across them; the samples come back in input order."""
+        n = len(self.sampler)
         parts = [examples[i::n] for i in range(n)]
-        refs = [self.rollout.pick(i).steered_generate.remote(part, params, steering) for i, part in enumerate(parts) if part]
+        refs = [self.sampler.call(i, "steered_generate", part, params, steering) for i, part in enumerate(parts) if part]
         by_id = {g[0].example_id: g for res in get(refs, "steered generation") for g in res}
         return [by_id[ex["id"]] for ex in examples]
 
     def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list:
-        """An attribution's support rollouts, drawn again in the rollout actors shard by shard (sampling is
+        """An attribution's support rollouts, drawn again in the samplers shard by shard (sampling is
         seeded per example and sample: the trajectories the attribution scored), in input order."""
-        refs = [self.rollout.pick(k).generate.remote(sid, part, cfg, signal, signal_params)
+        refs = [self.sampler.call(k, "generate", sid, part, cfg, signal, signal_params)
                 for k, (sid, part) in enumerate(shard(prepare_examples(examples), self.cfg.shard_size))]
         return [r for part in get(refs, "support rollouts") for r in part.rollouts]
 

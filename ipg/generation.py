@@ -81,12 +81,16 @@ def generate(
     params: SamplingParams = SamplingParams(),
     *,
     batch_size: int = 64,
+    agree=None,
 ) -> list[list[Sample]]:
     """Generate ``params.n`` completions for each example (dict with ``id`` and ``prompt_ids``, or a
     ``prompt`` that the default format encodes: ``ipg.prompts``).
 
     Returns one list of ``n`` samples per example, in input order. ``batch_size`` counts rows
-    (prompts x samples) per forward pass.
+    (prompts x samples) per forward pass. ``agree``: set on a rank of a ZeRO-3 group, whose ranks
+    sample different prompts but must make the same forward calls (``agree(n)`` is the group's largest
+    ``n``): every rank runs as many batches and decode steps as the busiest one, with a one-token dummy
+    batch where it has none left. The samples do not change.
     """
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id
@@ -98,22 +102,29 @@ def generate(
     rows = [(ex, j) for ex in examples for j in range(params.n)]
     prompt_ids = {ex["id"]: encoded_prompt(tokenizer, ex) for ex in examples}
     out: dict[tuple[str, int], Sample] = {}
-    for start in range(0, len(rows), batch_size):
+    starts = list(range(0, len(rows), batch_size))
+    if agree is not None:
+        for _ in range(agree(len(starts)) - len(starts)):
+            _decode_loop(model, torch.tensor([[0 if pad is None else pad]], device=device), torch.ones(1, 1, dtype=torch.long, device=device),
+                         SamplingParams(max_new_tokens=params.max_new_tokens), [torch.Generator()], eos, agree)
+    for start in starts:
         chunk = rows[start : start + batch_size]
         prompts = [prompt_ids[ex["id"]] for ex, _ in chunk]
         width = max(len(p) for p in prompts)
         ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, L)
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, L)
         generators = [torch.Generator().manual_seed(sample_seed(params.seed, ex["id"], j)) for ex, j in chunk]
-        completions = _decode_loop(model, ids, mask, params, generators, eos)
+        completions = _decode_loop(model, ids, mask, params, generators, eos, agree)
         for (ex, j), p, (toks, lps, done) in zip(chunk, prompts, completions):
             text = tokenizer.decode([t for t in toks if t != eos], skip_special_tokens=True)
             out[(ex["id"], j)] = Sample(ex["id"], j, p, toks, text, lps, done)
     return [[out[(ex["id"], j)] for j in range(params.n)] for ex in examples]
 
 
-def _decode_loop(model, ids, mask, params, generators, eos):
-    """KV-cached decode of a left-padded batch; returns (token ids, logprobs, finished) per row."""
+def _decode_loop(model, ids, mask, params, generators, eos, agree=None):
+    """KV-cached decode of a left-padded batch; returns (token ids, logprobs, finished) per row.
+    ``agree``: a ZeRO-3 rank keeps stepping (its rows finished, their tokens no longer kept) until every
+    rank's batch is finished."""
     batch = ids.shape[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): left padding does not shift positions
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
@@ -130,7 +141,8 @@ def _decode_loop(model, ids, mask, params, generators, eos):
             tokens[i].append(int(nxt[i]))
             logprobs[i].append(float(lp[i]))
         done |= nxt == eos
-        if bool(done.all()):
+        running = int(not bool(done.all()))
+        if (agree(running) if agree is not None else running) == 0:
             break
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)

@@ -40,14 +40,15 @@ def _interpolation(baseline: torch.Tensor, alpha: float):
 
 def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg: AttributionConfig, *,
                     site: Site | None = None, alpha: float = 1.0, baseline: torch.Tensor | None = None,
-                    saes: dict | None = None, skipped: dict[str, str] | None = None, engine=None) -> list[Rollout]:
+                    saes: dict | None = None, skipped: dict[str, str] | None = None, engine=None, agree=None) -> list[Rollout]:
     """N trajectories per example from the model with the site on the path at ``alpha`` (alpha = 1:
     the unmodified model), scored by the signal, with per-group advantages.
 
     ``engine``: another sampler of the same weights (the vLLM backend) with ``generate(examples, params)``
     and ``interpolate(site, alpha, baseline, positions, saes)`` (a context manager); None: our HF loop.
     An example whose signal fails raises ExampleError (``cfg.on_error`` 'fail'), or ('skip') is left
-    out and recorded in ``skipped`` (example id -> error)."""
+    out and recorded in ``skipped`` (example id -> error). ``agree``: a ZeRO-3 rank's lockstep
+    (``ipg.generation.generate``)."""
     params = cfg.sampling(_alpha_seed(cfg.seed, alpha))
     ctx = nullcontext()
     if site is not None and alpha != 1.0:
@@ -55,7 +56,7 @@ def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg:
                edit(model, site, _interpolation(baseline, alpha), positions=cfg.positions, saes=saes))
     with ctx:
         groups = (engine.generate(examples, params) if engine is not None else
-                  generate(model, tokenizer, examples, params, batch_size=cfg.generation_batch_size))
+                  generate(model, tokenizer, examples, params, batch_size=cfg.generation_batch_size, agree=agree))
     out = []
     for ex, samples in zip(examples, groups):
         try:

@@ -61,3 +61,41 @@ def test_vllm_rollouts_with_a_zero3_group_measure_the_log_prob_gap(local_ray, tm
     gap = res.diagnostics["logprob_gap"]
     assert res.diagnostics["n_prompts"] == 5 and gap["n_tokens"] == round(res.diagnostics["mean_generated_tokens"] * 15)
     assert gap["max_abs"] < 1e-4, gap
+
+
+def test_a_zero3_group_that_samples_too_equals_the_in_process_run(local_ray, organism, tmp_path):
+    """ray.rollout_backend 'deepspeed': no rollout actor; each rank samples its share of a shard, decoding in
+    lockstep with the other rank (unequal shares, samples that end at different steps), and the run gives
+    the in-process rollouts, scores, completeness points and steered generations."""
+    from ipg.generation import SamplingParams, generate
+    from workers.model_ops import ModelOps
+
+    model, tok = organism
+    examples = splits()["support"][60:67]
+    cfg = small_ray(1, gradient_backend="deepspeed", rollout_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=2))
+    a = AttributionConfig(layers=(2,), q=3, n_samples=3, max_new_tokens=96, seed=4, generation_batch_size=2)
+    reference = attribute(model, tok, examples, signal="accuracy", **{**a.__dict__, "layers": list(a.layers)})
+    steering = {"scale": ["layers.2.residual:5", "layers.2.residual:9"], "gamma": 0.0, "positions": "all"}
+    params = SamplingParams(max_new_tokens=64, seed=3)
+    with RaySession("organism", cfg) as session:
+        assert session.rollout is None and len(session.sampler) == 1
+        res = session.attribute(examples, a, out_dir=tmp_path)
+        support = session.rollouts(examples, a, "accuracy", {})
+        steered = session.steered_generate(examples, params, steering)
+    assert_same_scores(res.table, reference.table, scale_rtol=1e-5)
+    for k in ("J_alpha0", "J_alpha_min", "J_alpha1"):
+        assert res.diagnostics["sites"]["layers.2.residual"][k] == pytest.approx(reference.diagnostics["sites"]["layers.2.residual"][k], abs=1e-12)
+    ops = ModelOps(model, tok)
+    assert [[s.completion_ids for s in r.samples] for r in support] == \
+        [[s.completion_ids for s in r.samples] for r in ops.rollouts(examples, a, "accuracy", {})]
+    assert [[s.completion_ids for s in g] for g in steered] == \
+        [[s.completion_ids for s in g] for g in ops.generate(examples, params, steering)]
+    assert steered != generate(model, tok, examples, params)  # the steering took effect
+
+
+def test_deepspeed_sampling_needs_the_deepspeed_gradient_backend():
+    from driver.config import RayConfig
+    from ipg.errors import InputError
+
+    with pytest.raises(InputError, match="rollout_backend: 'deepspeed' samples in the ZeRO-3 gradient groups"):
+        RayConfig(rollout_backend="deepspeed")

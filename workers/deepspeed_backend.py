@@ -5,7 +5,9 @@ partitions the frozen weights across the ranks (optionally offloaded to CPU memo
 backward through a block gathers its parameters collectively, so the ranks must make the same calls in
 the same order. Each rank scores its own prompts of the shard (``rank::R``) with the lockstep
 functions of ``ipg.attribution`` (``agree`` = all-reduce max of the call counts, padding with
-zero-advantage dummies); the driver merges the R partial tables. Gradients are taken with respect to
+zero-advantage dummies); the driver merges the R partial tables. The group can sample too
+(ray.rollout_backend 'deepspeed': ``workers.sampling.Sampling`` on each rank's share, decoding in
+lockstep), so no process of the run ever holds the whole model. Gradients are taken with respect to
 activations only: no optimizer, no optimizer state.
 
 The model is built through ``HfDeepSpeedConfig`` + ``from_pretrained`` (measured: building inside
@@ -93,8 +95,8 @@ class DeepSpeedGradientRank(GradientWorker):
         path = resolve_model_path(self.name)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[self.dtype], trust_remote_code=self.trust_remote_code)
         model.requires_grad_(False)
-        self.engine = deepspeed.initialize(model=model, config=cfg)[0]
-        self.model = self.engine.module.eval()
+        self.ds_engine = deepspeed.initialize(model=model, config=cfg)[0]
+        self.model = self.ds_engine.module.eval()
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=self.trust_remote_code)
         self.saes = load_saes(self.sae_paths)
         self.timer = StageTimer()
@@ -119,6 +121,7 @@ class DeepSpeedGradientRank(GradientWorker):
         return int(t.item())
 
     def part(self, items: list) -> list:
+        """Every R-th item of a shard, from this rank's index on."""
         return items[self.rank :: self.world]
 
     def _rescore(self, samples, cfg=None):

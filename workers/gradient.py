@@ -22,15 +22,15 @@ from ipg.models import load_model
 from ipg.scores import STATS_KEY, partial_to_arrow
 from ipg.signals import make_signal
 from workers.faults import maybe_crash
-from workers.rollout import ShardRollouts, _item_errors, load_saes, quiet_loading
+from workers.rollout import load_saes, quiet_loading
+from workers.sampling import Sampling, ShardRollouts, _item_errors
 
 
-class GradientWorker:
-    lockstep = None  # a ZeRO-3 rank sets this to its all-reduce-max (see workers/deepspeed_backend.py)
+class GradientWorker(Sampling):
+    """Holds the weights, so it can sample too (with the HF loop): a ZeRO-3 group samples that way
+    (ray.rollout_backend 'deepspeed'), since no rollout actor could hold the model."""
 
-    def part(self, items: list) -> list:
-        """This worker's share of a shard (a ZeRO-3 rank takes every R-th prompt)."""
-        return items
+    engine, backend = None, "hf"
 
     def __init__(self, model: str = "organism", *, dtype: str = "float32", device: str = "cpu",
                  trust_remote_code: bool = False, saes: dict[int, str] | None = None, backend: str = "torch",

@@ -55,9 +55,9 @@ class ModelOps:
                 "widths": {str(s): check_site(self.model, s, self.saes) for s in sites}}
 
     def generate(self, examples: list[dict], params: SamplingParams, steering: dict | None = None,
-                 batch_size: int = 64) -> list[list[Sample]]:
+                 batch_size: int = 64, agree=None) -> list[list[Sample]]:
         with steering_context(self.model, steering, self.saes):
-            return generate(self.model, self.tokenizer, examples, params, batch_size=batch_size)
+            return generate(self.model, self.tokenizer, examples, params, batch_size=batch_size, agree=agree)
 
     def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list[Rollout]:
         """The support rollouts of an attribution (sampling is seeded per example and sample: the
