@@ -16,8 +16,7 @@ SHAPES = {
 
 def build(shape: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     """(model, tokenizer) with ``SHAPES[shape]``, seed 0, eval mode, no parameter gradients."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen2Config, Qwen2ForCausalLM
 
     dims = dict(SHAPES[shape])
     vocab = dims["vocab_size"]
@@ -26,11 +25,19 @@ def build(shape: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)
+    return model, tokenizer(vocab)
+
+
+def tokenizer(vocab: int):
+    """Words t0 .. t{vocab}; EOS is t{vocab}, one past the model's vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab + 1)}, unk_token="t3"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=f"t{vocab}", pad_token="t2", unk_token="t3")
-    tokenizer.padding_side = "left"
-    return model, tokenizer
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=f"t{vocab}", pad_token="t2", unk_token="t3")
+    out.padding_side = "left"
+    return out
 
 
 def prompts(n: int, length: int = 48) -> list[dict]:

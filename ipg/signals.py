@@ -135,7 +135,7 @@ def signal_source(spec) -> Path | None:
     if top in sys.stdlib_module_names or top in metadata.packages_distributions() or top in ("ipg", "driver", "workers", "cluster"):
         return None
     module = importlib.import_module(top)
-    paths = list(getattr(module, "__path__", []))
+    paths = sorted({str(Path(p).resolve()) for p in getattr(module, "__path__", [])})  # sys.path may name a folder twice
     if len(paths) > 1:
         raise InputError(f"signal: '{top}' is a namespace package spread over {len(paths)} folders; install it "
                          "on the cluster's nodes (the image), so the workers can import it")

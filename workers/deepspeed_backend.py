@@ -26,8 +26,12 @@ from workers.gradient import GradientWorker
 
 
 def zero3_config(offload_params: bool = False) -> dict:
+    # every parameter gathered only while its module runs, and released right after: DeepSpeed's defaults
+    # keep up to 1e9 gathered parameters alive for reuse, which for a model under 1e9 parameters means
+    # that a rank ends up holding all of it
     cfg = {"train_micro_batch_size_per_gpu": 1,
-           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0},
+           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0,
+                                 "stage3_max_live_parameters": 0, "stage3_max_reuse_distance": 0},
            "bf16": {"enabled": False}, "fp16": {"enabled": False}}
     if offload_params:
         cfg["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": True}
