@@ -5,10 +5,11 @@ memory cap smaller than the model; its scores against an uncapped in-process run
     sudo python bench/large_model.py --out bench/results/large_model.json   # root: cgroup v1 memory caps
 
 Steps, each in a fresh process:
-1. build: a random-weight Llama (``--layers`` x hidden 2048, float32) saved in 256 MB safetensors shards
-   (a large checkpoint's layout), with the word-level tokenizer of bench/random_models.py;
+1. build: a random-weight Llama (``--layers`` x hidden 2048) saved in bfloat16, 256 MB safetensors shards
+   (a published checkpoint's layout), with the word-level tokenizer of bench/random_models.py; runs load it
+   in float32, so "the weights' bytes" below are float32 bytes, held in each process's own memory;
 2. reference: ``ipg.attribute`` in one uncapped process;
-3. control: one process under the cap loads the model with ``from_pretrained``; it must be killed;
+3. control: one process under the cap loads the model with ``from_pretrained`` in float32; it must be killed;
 4. capped: the driver in its own memory cgroup (cap = ``--cap`` x the weights' bytes) starts a local Ray
    cluster (its system processes inherit the driver's cgroup); a worker setup hook moves every Ray worker
    process into a cgroup of its own with the same cap before it imports anything, so both ranks, the
@@ -77,7 +78,12 @@ def build(model_dir: Path, layers: int) -> None:
                       **shape(layers))
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
-    model.save_pretrained(model_dir, max_shard_size="256MB")
+    n_params = sum(p.numel() for p in model.parameters())
+    # stored in bfloat16 (as published checkpoints are), run in float32: loading copies the weights into the
+    # process's own memory. A float32 checkpoint would be mapped from the page cache, which the kernel can
+    # evict and re-read under any cap, so a cap would not show what a process holds
+    model.to(torch.bfloat16).save_pretrained(model_dir, max_shard_size="256MB")
+    (model_dir / "ipg-bench.json").write_text(json.dumps({"params": n_params, "float32_bytes": 4 * n_params}))
     word_tokenizer(cfg.vocab_size).save_pretrained(model_dir)  # its EOS lies past the vocabulary: full-length samples
 
 
@@ -107,8 +113,10 @@ def control(model_dir: Path, cap_bytes: int) -> None:
     enter(cgroup("control", cap_bytes))
     from transformers import AutoModelForCausalLM
 
-    AutoModelForCausalLM.from_pretrained(str(model_dir))
-    print("loaded")
+    import torch
+
+    AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    print("control: loaded under the cap (it should not have)")
 
 
 def capped(model_dir: Path, layer: int, n: int, out: Path, cap_bytes: int) -> None:
@@ -148,16 +156,22 @@ class Monitor(threading.Thread):
 
     def __init__(self):
         super().__init__(daemon=True)
-        self.peaks, self.stop = {}, threading.Event()
+        self.peaks, self.now, self.stop = {}, {}, threading.Event()
 
     def run(self):
+        start, shown = time.time(), 0.0
         while not self.stop.is_set():
+            if time.time() - shown >= 10:  # a line every 10 s: the run's memory as it goes
+                shown = time.time()
+                print(f"  memory at {shown - start:.0f} s: " + ", ".join(f"{g} {b / 2**30:.2f} GiB" for g, b in sorted(self.now.items())),
+                      flush=True)
             for group in (CGROUPS / "ipg-bench").glob("*"):
                 try:
                     stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
                 except OSError:
                     continue
-                self.peaks[group.name] = max(self.peaks.get(group.name, 0), int(stat["rss"]) + int(stat.get("shmem", 0)))
+                self.now[group.name] = int(stat["rss"]) + int(stat.get("shmem", 0))
+                self.peaks[group.name] = max(self.peaks.get(group.name, 0), self.now[group.name])
             time.sleep(0.2)
 
 
@@ -180,7 +194,7 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(args.work)
     model_dir, layer = work / "model", args.layers - 3
-    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors")) if model_dir.is_dir() else 0
+    weights = json.loads((model_dir / "ipg-bench.json").read_text())["float32_bytes"] if (model_dir / "ipg-bench.json").is_file() else 0
     cap_bytes = int(args.cap * weights)
     if args.stage == "build":
         return build(model_dir, args.layers)
@@ -199,9 +213,9 @@ def main() -> int:
     work.mkdir(parents=True)
     clear_cgroups()
     child("build", args)
-    weights = sum(p.stat().st_size for p in model_dir.glob("*.safetensors"))
+    weights = json.loads((model_dir / "ipg-bench.json").read_text())["float32_bytes"]
     cap_bytes = int(args.cap * weights)
-    print(f"weights {weights / 2**30:.2f} GiB, cap {cap_bytes / 2**30:.2f} GiB per process", flush=True)
+    print(f"weights {weights / 2**30:.2f} GiB in float32, cap {cap_bytes / 2**30:.2f} GiB per process", flush=True)
     child("reference", args)
     killed = child("control", args, check=False).returncode
     monitor = Monitor()
