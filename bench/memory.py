@@ -100,8 +100,8 @@ def zero3(model: str, ranks: int) -> dict:
     sys.path.insert(0, str(ROOT))
     import ray
 
-    from driver.config import DeepSpeedConfig, RayConfig
-    from driver.pipeline import RaySession
+    from ipg.driver.config import DeepSpeedConfig, RayConfig
+    from ipg.driver.pipeline import RaySession
 
     cfg = RayConfig(enabled=True, gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=ranks),
                     cpus_per_actor=0.5, progress="off")

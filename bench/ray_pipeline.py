@@ -47,9 +47,9 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2, help="runs per setup; the fastest is reported")
     args = ap.parse_args()
 
-    from cluster.ray_cluster import connect
-    from driver.config import RayConfig
-    from driver.pipeline import RaySession, shard
+    from ipg.cluster.ray_cluster import connect
+    from ipg.driver.config import RayConfig
+    from ipg.driver.pipeline import RaySession, shard
     from ipg.attribution import AttributionConfig, attribute
     from ipg.files import atomic_write_json
     from ipg.models import load_model
@@ -103,13 +103,13 @@ def main() -> None:
                  "max_rel_diff": float(np.abs(got - ref).max() / np.abs(ref).max())})
 
     # the same restore in a fresh, idle process (what a restart costs without 2 busy cores around it)
-    from workers.reducer import Reducer
+    from ipg.workers.reducer import Reducer
 
     snap = tmp / "snap"
     r = Reducer(snap, {}, run_key="bench")
     r.partial, r.ledger = res_partial(res), {sid: {} for sid in shards[:4]}
     r.snapshot()
-    code = ("import sys, time; sys.path.insert(0, %r); from workers.reducer import Reducer; "
+    code = ("import sys, time; sys.path.insert(0, %r); from ipg.workers.reducer import Reducer; "
             "r = Reducer(%r, {}, run_key='bench'); print(r.restore_seconds)") % (str(Path(__file__).resolve().parents[1]), str(snap))
     idle = min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout) for _ in range(3))
 
@@ -138,17 +138,17 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
     """The gradient stage alone: in-process on 1 thread vs 1 and 2 Ray gradient actors (1 thread each)."""
     import ray
 
-    from cluster.ray_cluster import ActorGroup, ActorSpec
-    from driver.config import RayConfig
-    from driver.attribution_unit import run_shards
-    from driver.dispatch import Dispatch, shard
+    from ipg.cluster.ray_cluster import ActorGroup, ActorSpec
+    from ipg.driver.config import RayConfig
+    from ipg.driver.attribution_unit import run_shards
+    from ipg.driver.dispatch import Dispatch, shard
     from ipg.attribution import AttributionConfig, sample_rollouts, score_meta, shard_scores
     from ipg.components import Site
     from ipg.scores import PartialScores
     from ipg.signals import make_signal
-    from workers.gradient import GradientWorker
-    from workers.reducer import Reducer
-    from workers.sampling import ShardRollouts
+    from ipg.workers.gradient import GradientWorker
+    from ipg.workers.reducer import Reducer
+    from ipg.workers.sampling import ShardRollouts
 
     cfg, sig = AttributionConfig(**settings), make_signal("accuracy")
     sites = [Site(layer, cfg.kind) for layer in cfg.layers]

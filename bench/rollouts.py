@@ -58,7 +58,7 @@ def main() -> int:
     from ipg.generation import SamplingParams, generate
     from ipg.models import load_model
     from ipg.organism.card import splits
-    from workers.vllm_backend import VLLMEngine
+    from ipg.workers.vllm_backend import VLLMEngine
 
     examples = splits()["support"][: args.prompts]
     model, tok = load_model(args.model)

@@ -29,9 +29,13 @@ def error_class(exc: BaseException) -> str:
 
 
 def cause(exc: BaseException) -> BaseException:
-    """The worker's own exception inside a Ray task error, or inside the creation error of an actor whose
-    constructor raised (or ``exc`` itself)."""
-    for inner in (getattr(exc, "cause", None), getattr(getattr(exc, "creation_task_error", None), "cause", None)):
-        if isinstance(inner, BaseException):
-            return inner
+    """The worker's own exception, typed, inside Ray's errors: a task error's cause, an actor's creation
+    error, and the errors of tasks whose inputs failed (a chain of refs: rollouts -> gradient -> merge),
+    unwrapped to the innermost (or ``exc`` itself)."""
+    for _ in range(32):  # chains are as long as the refs a result passed through
+        inner = next((i for i in (getattr(exc, "cause", None), getattr(getattr(exc, "creation_task_error", None), "cause", None))
+                      if isinstance(i, BaseException) and i is not exc), None)
+        if inner is None:
+            break
+        exc = inner
     return exc

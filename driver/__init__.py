@@ -1,16 +1,16 @@
 """The single controller: CLI, config, Ray pipeline, experiment runner, report.
 
-Python API on Ray (names resolved lazily: ``import driver`` imports no Ray):
+Python API on Ray (names resolved lazily: ``import ipg.driver`` imports no Ray):
 
-    from driver import attribute_on_ray, RaySession
+    from ipg.driver import attribute_on_ray, RaySession
     res = attribute_on_ray("organism", examples, layers=[1, 2], q=10, out_dir="runs/x")   # local cluster
     res.table      # the same table as ipg.attribute with the same settings
 """
 
 from importlib import import_module
 
-_EXPORTS = {"attribute_on_ray": "driver.pipeline", "RaySession": "driver.pipeline", "RayConfig": "driver.config",
-            "load_config": "driver.config", "run_experiment": "driver.experiment"}
+_EXPORTS = {"attribute_on_ray": "ipg.driver.pipeline", "RaySession": "ipg.driver.pipeline", "RayConfig": "ipg.driver.config",
+            "load_config": "ipg.driver.config", "run_experiment": "ipg.driver.experiment"}
 
 __all__ = sorted(_EXPORTS)
 
@@ -18,4 +18,4 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str):
     if name in _EXPORTS:
         return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'driver' has no attribute '{name}'")
+    raise AttributeError(f"module 'ipg.driver' has no attribute '{name}'")

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import yaml
 
-from driver.config import RunConfig, as_dict, load_config
-from driver.run_inputs import load_saes, signal_params_of, support_examples
+from ipg.driver.config import RunConfig, as_dict, load_config
+from ipg.driver.run_inputs import load_saes, signal_params_of, support_examples
 from ipg.errors import InputError
 
 ALIASES = ("model", "data", "layers", "limit", "sae")
@@ -102,7 +102,7 @@ def attribute_command(args) -> None:
     if not args.resume:  # the resume record: what `--resume OUT` repeats
         atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
     if on_ray:
-        from driver.pipeline import attribute_on_ray
+        from ipg.driver.pipeline import attribute_on_ray
         from ipg.models import load_tokenizer
 
         # formatted here, once: the driver holds the tokenizer, never the weights

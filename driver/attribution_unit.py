@@ -28,14 +28,14 @@ import pyarrow.parquet as pq
 import ray
 import torch
 
-from cluster.errors import FatalError, error_class, cause
-from cluster.metrics import metrics
-from cluster.ray_cluster import ActorGroup, ActorSpec
-from driver.dispatch import Dispatch, shard
-from driver.progress import Progress
-from driver.ray_errors import get, worker_error
-from driver.unit_records import BASELINE, RESULT_RECORD, finished_record, run_key
-from driver.unit_records import diagnostics as unit_diagnostics
+from ipg.cluster.errors import FatalError, error_class, cause
+from ipg.cluster.metrics import metrics
+from ipg.cluster.ray_cluster import ActorGroup, ActorSpec
+from ipg.driver.dispatch import Dispatch, shard
+from ipg.driver.progress import Progress
+from ipg.driver.ray_errors import get, worker_error
+from ipg.driver.unit_records import BASELINE, RESULT_RECORD, finished_record, run_key
+from ipg.driver.unit_records import diagnostics as unit_diagnostics
 from ipg.attribution import Attribution, AttributionConfig, prepare_examples, score_meta
 from ipg.completeness import points_to_sample
 from ipg.component_path import component_candidates
@@ -43,9 +43,9 @@ from ipg.components import Site
 from ipg.errors import InputError
 from ipg.files import atomic_write_json
 from ipg.signals import make_signal, signal_source
-from workers.faults import maybe_crash
-from workers.gradient import merge_rank_tables
-from workers.reducer import SNAPSHOT, Reducer, read_snapshot
+from ipg.workers.faults import maybe_crash
+from ipg.workers.gradient import merge_rank_tables
+from ipg.workers.reducer import SNAPSHOT, Reducer, read_snapshot
 
 _merge_ranks = ray.remote(num_cpus=0)(merge_rank_tables)
 

@@ -23,7 +23,7 @@ import json
 import sys
 from pathlib import Path
 
-from driver import attribute_command
+from ipg.driver import attribute_command
 from ipg.errors import InputError
 
 
@@ -171,8 +171,8 @@ def _sae_train(args) -> None:
 
 
 def _run(args) -> None:
-    from driver.config import load_config
-    from driver.experiment import run_experiment
+    from ipg.driver.config import load_config
+    from ipg.driver.experiment import run_experiment
 
     overrides = list(args.overrides)
     if args.out:
@@ -198,7 +198,7 @@ def _run(args) -> None:
 
 
 def _sweep(args) -> None:
-    from driver.sweep import SweepFailed, run_sweep
+    from ipg.driver.sweep import SweepFailed, run_sweep
 
     try:
         run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work, overrides=args.overrides)
@@ -224,7 +224,7 @@ def _models(args) -> None:
 
 
 def _report(args) -> None:
-    from driver.report import write_report
+    from ipg.driver.report import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import yaml
 
-from driver.ray_config import DeepSpeedConfig, RayConfig, VLLMConfig
+from ipg.driver.ray_config import DeepSpeedConfig, RayConfig, VLLMConfig
 from ipg.answers import DEFAULT_FORMATS, REFERENCE_FORMATS, Extractor
 from ipg.attribution import AttributionConfig
 from ipg.data import check_fields

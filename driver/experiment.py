@@ -25,12 +25,12 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from cluster.metrics import StageTimer
-from driver.config import DEFAULT_METHOD, DEFAULT_METHOD_WHY, RunConfig, as_dict
-from driver.model_access import LocalModel, RayModel
-from driver.run_inputs import load_saes, signal_params_of, splits_of
-from driver.run_tables import RunTables
-from ipg.attribution import attribute, prepare_examples
+from ipg.cluster.metrics import StageTimer
+from ipg.driver.config import DEFAULT_METHOD, DEFAULT_METHOD_WHY, RunConfig, as_dict
+from ipg.driver.model_access import LocalModel, RayModel
+from ipg.driver.run_inputs import load_saes, signal_params_of, splits_of
+from ipg.driver.run_tables import RunTables
+from ipg.attribution import attribute
 from ipg.baselines import random_components, top_components
 from ipg.components import Site
 from ipg.errors import InputError
@@ -86,7 +86,7 @@ class Experiment:
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
         if on_ray:
-            from driver.pipeline import RaySession
+            from ipg.driver.pipeline import RaySession
 
             longest = longest_prompt(self.tokenizer, self.support_all + self.eval_examples)
             new_tokens = max(cfg.attribution.max_new_tokens, cfg.evaluation.max_new_tokens)
@@ -166,7 +166,7 @@ class Experiment:
         if res.rollouts:
             return res.rollouts
         with self.timers("baselines"):
-            return self.lm.rollouts(prepare_examples(examples), res.config, self.cfg.signal, signal_params_of(self.cfg))
+            return self.lm.rollouts(examples, res.config, self.cfg.signal, signal_params_of(self.cfg))
 
     def _random(self, site: Site, p: int, seed: int, draw: int = 0):
         return random_components(self.width(site), site, p, seed, draw=draw)
@@ -359,7 +359,7 @@ class Experiment:
                          "fields": d.fields, "reference": d.reference}}
 
     def _write(self, out: Path, seconds: float) -> None:
-        from driver.report import write_report
+        from ipg.driver.report import write_report
 
         setup = self.setup()
         self.tables.write(out, setup)

@@ -14,7 +14,7 @@ class LocalModel:
     """The model, its tokenizer and SAEs loaded in this process."""
 
     def __init__(self, model, tokenizer, saes: dict, batch_size: int):
-        from workers.model_ops import ModelOps
+        from ipg.workers.model_ops import ModelOps
 
         self.ops, self.batch_size = ModelOps(model, tokenizer, saes), batch_size
 

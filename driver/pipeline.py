@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from driver.config import ModelConfig, RayConfig
-from driver.dispatch import Dispatch, shard
-from driver.ray_session import RaySession
-from driver.unit_records import RESULT_RECORD
+from ipg.driver.config import ModelConfig, RayConfig
+from ipg.driver.dispatch import Dispatch, shard
+from ipg.driver.ray_session import RaySession
+from ipg.driver.unit_records import RESULT_RECORD
 from ipg.attribution import Attribution, AttributionConfig
 from ipg.models import load_tokenizer
 from ipg.prompts import longest_prompt

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ray
 
-from cluster.errors import FatalError, ItemError, cause
+from ipg.cluster.errors import FatalError, ItemError, cause
 from ipg.errors import InputError
 
 
@@ -15,12 +15,11 @@ def worker_error(exc: BaseException, what: str, starting: bool = False) -> BaseE
     inner = cause(exc)
     if isinstance(inner, (ItemError, InputError)):
         return InputError(str(inner))
-    text = str(exc).strip()
-    last = text.splitlines()[-1] if text else type(exc).__name__
-    if last.startswith("ipg.errors.InputError: "):  # only Ray's rendering of the worker's error came back
-        return InputError(last.split(": ", 1)[1])
+    if starting and inner is not exc:
+        return FatalError(f"{what}: {type(inner).__name__}: {inner}")
     if starting:
-        return FatalError(f"{what}: {last}")
+        text = str(exc).strip()
+        return FatalError(f"{what}: {text.splitlines()[-1] if text else type(exc).__name__}")
     if isinstance(exc, ray.exceptions.RayActorError):
         return FatalError(f"{what}: an actor died more often than its restart budget allows ({exc})")
     return FatalError(f"{what}: {type(inner).__name__}: {inner}")

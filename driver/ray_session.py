@@ -7,19 +7,19 @@ import dataclasses
 
 import ray
 
-from cluster.errors import FatalError
-from cluster.metrics import StageTimer
-from cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve, upload_modules
-from driver.attribution_unit import AttributionUnits
-from driver.config import ModelConfig, RayConfig, sae_path
-from driver.dispatch import shard
-from driver.ray_errors import get, worker_error
-from driver.samplers import RankGroups, RolloutActors
+from ipg.cluster.errors import FatalError
+from ipg.cluster.metrics import StageTimer
+from ipg.cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve, upload_modules
+from ipg.driver.attribution_unit import AttributionUnits
+from ipg.driver.config import ModelConfig, RayConfig, sae_path
+from ipg.driver.dispatch import shard
+from ipg.driver.ray_errors import get, worker_error
+from ipg.driver.samplers import RankGroups, RolloutActors
 from ipg.attribution import AttributionConfig, prepare_examples
 from ipg.models import resolve_model_path
 from ipg.signals import signal_source
-from workers.gradient import GradientWorker
-from workers.rollout import RolloutWorker
+from ipg.workers.gradient import GradientWorker
+from ipg.workers.rollout import RolloutWorker
 
 
 class RaySession(AttributionUnits):
@@ -57,7 +57,7 @@ class RaySession(AttributionUnits):
             RolloutWorker, c.rollout_workers, rollout_spec, m.name, backend=c.rollout_backend, vllm=self.vllm,
             placement_group=self.placement_group, first_bundle=first["rollout"], **common)
         if c.gradient_backend == "deepspeed":
-            from workers.deepspeed_backend import DeepSpeedGradientRank
+            from ipg.workers.deepspeed_backend import DeepSpeedGradientRank
 
             self.gradient = ActorGroup(DeepSpeedGradientRank, c.gradient_workers * ranks, rank_spec, m.name,
                                        offload_params=c.deepspeed.offload_params, timeout_s=c.deepspeed.timeout_s,
@@ -85,7 +85,7 @@ class RaySession(AttributionUnits):
         c, m = self.cfg, self.model
         if c.rollout_backend != "vllm":
             return None
-        from workers.vllm_sizing import preflight, whole_blocks
+        from ipg.workers.vllm_sizing import preflight, whole_blocks
 
         vllm = dataclasses.asdict(c.vllm)
         if vllm["max_model_len"] is None and max_tokens:

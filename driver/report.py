@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from driver.headline import control_signal_lines, headline, method_order
-from driver.plots import group as _group
-from driver.plots import mean as _mean
-from driver.plots import plots
-from driver.plots import sd as _sd
+from ipg.driver.headline import control_signal_lines, headline, method_order
+from ipg.driver.plots import group as _group
+from ipg.driver.plots import mean as _mean
+from ipg.driver.plots import plots
+from ipg.driver.plots import sd as _sd
 from ipg.errors import InputError
 from ipg.sites import ComponentId
 from ipg.files import atomic_write_text

@@ -3,7 +3,7 @@ signal's parameters; shared by ``ipg run``, ``ipg attribute`` and ``ipg sweep``.
 
 from __future__ import annotations
 
-from driver.config import RunConfig, sae_path
+from ipg.driver.config import RunConfig, sae_path
 from ipg.data import load_examples
 from ipg.errors import InputError
 from ipg.models import ORGANISM

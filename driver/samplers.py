@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ray
 
-from workers.sampling import merge_rank_samples
+from ipg.workers.sampling import merge_rank_samples
 
 _merge = ray.remote(num_cpus=0)(merge_rank_samples)
 

@@ -39,8 +39,8 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from driver.config import RunConfig, _build, read_yaml, set_overrides, validate
-from driver.storage import Store
+from ipg.driver.config import RunConfig, _build, read_yaml, set_overrides, validate
+from ipg.driver.storage import Store
 from ipg.components import KINDS
 from ipg.errors import InputError
 from ipg.paths import METHODS
@@ -217,7 +217,7 @@ class Sweep:
             mine = [c for c in todo if c.model == model["name"]]
             if not mine:
                 continue
-            from driver.experiment import Experiment
+            from ipg.driver.experiment import Experiment
 
             cfg = self.spec.run_config(model, str(self.work / _slug(model["name"])))
             exp = Experiment(cfg, self.log, resume_units=True, signals=sorted({c.signal for c in mine}))

@@ -132,7 +132,7 @@ def signal_source(spec) -> Path | None:
     if not isinstance(spec, str) or spec in _REGISTRY or ":" not in spec:
         return None
     top = _split_path(spec)[0].split(".")[0]
-    if top in sys.stdlib_module_names or top in metadata.packages_distributions() or top in ("ipg", "driver", "workers", "cluster"):
+    if top in sys.stdlib_module_names or top in metadata.packages_distributions() or top == "ipg":
         return None
     module = importlib.import_module(top)
     paths = sorted({str(Path(p).resolve()) for p in getattr(module, "__path__", [])})  # sys.path may name a folder twice

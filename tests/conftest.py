@@ -43,7 +43,7 @@ def tiny_random():
 def local_ray():
     """One local Ray cluster for the session's Ray tests (127.0.0.1 dashboard, token auth on, 2 CPUs)."""
     ray = pytest.importorskip("ray")
-    from cluster.ray_cluster import connect
+    from ipg.cluster.ray_cluster import connect
 
     info = connect(num_cpus=2)
     yield info

@@ -102,3 +102,22 @@ def exact_gradient(model, tok, layer, kind, alpha: float, width: int, baseline=N
 def exact_ipg(model, tok, layer, kind, alphas, width, baseline=None) -> torch.Tensor:
     """sum_k w_k dJ/dbeta(alpha_k): the exact value of the schedule's quadrature."""
     return sum(w * exact_gradient(model, tok, layer, kind, a, width, baseline) for a, w in alphas)
+
+
+def weighted_rollouts(model, tok, layer: int, kind: str, alpha: float, width: int, baseline=None, center: float = 0.0) -> list:
+    """Every trajectory at once, as one prompt's group of samples of ``ipg.attribution``, weighted instead of
+    drawn: the advantage of trajectory tau is N pi_alpha(tau) R(tau) (N trajectories), so the group's mean of
+    A grad log pi, which the gradient pass computes, is sum_tau pi_alpha(tau) R(tau) grad log pi(tau): the
+    exact expectation, with no sampling error. ``center`` is subtracted from R first. Log-probs are those of the
+    site at ``alpha`` on the path."""
+    from ipg.generation import Sample
+    from ipg.rollouts import Rollout
+
+    with torch.no_grad():
+        lps, rewards = trajectory_logprobs(model, tok, layer, kind, torch.full((width,), float(alpha), dtype=torch.float64), baseline)
+    prompt = tok(PROMPT, add_special_tokens=False)["input_ids"]
+    seqs, n = trajectories(), len(lps)
+    samples = [Sample("p", i, prompt, s, tok.decode([t for t in s if t != 1], skip_special_tokens=True), finished=s[-1] == 1)
+               for i, s in enumerate(seqs)]
+    weights = (n * lps.exp() * (rewards - center)).tolist()
+    return [Rollout({"id": "p", "prompt": PROMPT, "prompt_ids": prompt}, samples, rewards.tolist(), weights)]

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from driver.config import RayConfig
+from ipg.driver.config import RayConfig
 
 SETTINGS = dict(layers=(1, 2), q=3, n_samples=4, max_new_tokens=96, seed=7, completeness=False)
 

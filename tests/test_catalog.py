@@ -5,7 +5,7 @@ import importlib.util
 
 import pytest
 
-from driver.cli import main
+from ipg.driver.cli import main
 from ipg import catalog
 from ipg.errors import InputError
 from ipg.gguf import convert_gguf

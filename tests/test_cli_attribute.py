@@ -5,7 +5,7 @@ import sys
 import pyarrow.parquet as pq
 import pytest
 
-from driver.cli import main
+from ipg.driver.cli import main
 from ipg.scores import SCHEMA
 
 pytestmark = pytest.mark.unit

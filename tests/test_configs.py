@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.config import RunConfig, load_config
+from ipg.driver.config import RunConfig, load_config
 
 pytestmark = pytest.mark.unit
 

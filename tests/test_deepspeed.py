@@ -8,8 +8,8 @@ pytest.importorskip("deepspeed")
 ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.engines
 
-from driver.config import DeepSpeedConfig  # noqa: E402
-from driver.pipeline import RaySession  # noqa: E402
+from ipg.driver.config import DeepSpeedConfig  # noqa: E402
+from ipg.driver.pipeline import RaySession  # noqa: E402
 from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402
 from raytools import assert_same_scores, small_ray  # noqa: E402
@@ -51,7 +51,7 @@ def test_resample_is_refused_on_a_zero3_group(local_ray, tmp_path):
 def test_vllm_rollouts_with_a_zero3_group_measure_the_log_prob_gap(local_ray, tmp_path):
     """The Llama config's pairing: vLLM samples, ZeRO-3 ranks re-score them in lockstep."""
     pytest.importorskip("vllm")
-    from driver.config import VLLMConfig
+    from ipg.driver.config import VLLMConfig
 
     cfg = small_ray(1, gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=2), rollout_backend="vllm",
                     vllm=VLLMConfig(max_model_len=256))
@@ -68,7 +68,7 @@ def test_a_zero3_group_that_samples_too_equals_the_in_process_run(local_ray, org
     lockstep with the other rank (unequal shares, samples that end at different steps), and the run gives
     the in-process rollouts, scores, completeness points and steered generations."""
     from ipg.generation import SamplingParams, generate
-    from workers.model_ops import ModelOps
+    from ipg.workers.model_ops import ModelOps
 
     model, tok = organism
     examples = splits()["support"][60:67]
@@ -94,7 +94,7 @@ def test_a_zero3_group_that_samples_too_equals_the_in_process_run(local_ray, org
 
 
 def test_deepspeed_sampling_needs_the_deepspeed_gradient_backend():
-    from driver.config import RayConfig
+    from ipg.driver.config import RayConfig
     from ipg.errors import InputError
 
     with pytest.raises(InputError, match="rollout_backend: 'deepspeed' samples in the ZeRO-3 gradient groups"):

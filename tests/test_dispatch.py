@@ -2,7 +2,7 @@
 
 import pytest
 
-from driver.dispatch import Dispatch, shard
+from ipg.driver.dispatch import Dispatch, shard
 from ipg.errors import InputError
 
 pytestmark = pytest.mark.unit

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from enumeration import MAX_NEW, PROMPT, exact_J, exact_gradient, exact_ipg, reward, tiny_enumerable_model
+from enumeration import MAX_NEW, PROMPT, exact_J, exact_gradient, exact_ipg, reward, tiny_enumerable_model, weighted_rollouts
 from ipg.attribution import attribute
 from ipg.paths import schedule
 
@@ -28,42 +28,82 @@ def _rel_err(est, exact):
     return float(np.linalg.norm(est - exact) / np.linalg.norm(exact))
 
 
-@pytest.mark.parametrize("kind, layer, width", [("residual", 0, 16), ("mlp", 1, 32)])
-def test_resampled_ipg_converges_to_the_exact_integrated_gradient(tiny, kind, layer, width):
+def test_sampled_resampled_ipg_converges_to_the_exact_integrated_gradient(tiny):
+    """The sampler itself (on-policy draws at each alpha, RLOO advantages): the estimate approaches the exact
+    value as samples grow. The gradient pass's own exactness is checked without sampling below."""
     model, tok = tiny
-    exact = exact_ipg(model, tok, layer, kind, schedule("uniform", 4), width).numpy()
+    exact = exact_ipg(model, tok, 0, "residual", schedule("uniform", 4), 16).numpy()
     errors = []
-    for n in (200, 6000):
-        est = attribute(model, tok, EXAMPLE, signal=signal, layers=[layer], kind=kind, n_samples=n, q=4,
-                        resample=True, advantage="rloo", completeness=False, **ON_POLICY).scores(layer)
+    for n in (200, 4000):
+        est = attribute(model, tok, EXAMPLE, signal=signal, layers=[0], kind="residual", n_samples=n, q=4,
+                        resample=True, advantage="rloo", completeness=False, **ON_POLICY).scores(0)
         errors.append(_rel_err(est, exact))
     assert errors[1] < 0.03, errors  # measured 0.006-0.013 at N = 4000
     assert errors[1] < errors[0], errors  # the error falls as samples grow
 
 
-def test_raw_reward_advantage_is_unbiased_too(tiny):
+def _exact_scores(model, tok, layer, kind, width, baseline=None, center=0.0, **settings):
+    """ipg's gradient pass on the weighted enumeration (every trajectory, its probability folded into its
+    advantage); in resample mode, the path's rollouts at each alpha are the weighted enumeration at alpha."""
+    from ipg import attribution
+    from ipg.attribution import AttributionConfig, shard_scores
+    from ipg.components import Site
+    from ipg.signals import make_signal
+
+    cfg = AttributionConfig(layers=(layer,), kind=kind, advantage="none", completeness=False, **settings)
+    site = Site(layer, kind)
+    b = torch.zeros(width, dtype=torch.float64) if baseline is None else baseline
+    original = attribution.sample_rollouts
+    attribution.sample_rollouts = lambda *a, alpha, **kw: weighted_rollouts(model, tok, layer, kind, alpha, width, b, center)
+    try:
+        res = shard_scores(model, tok, weighted_rollouts(model, tok, layer, kind, 1.0, width, b, center), make_signal(signal), cfg,
+                           [site], {site: b})
+    finally:
+        attribution.sample_rollouts = original
+    return res.partial.means(site, width)
+
+
+@pytest.mark.parametrize("kind, layer, width", [("residual", 0, 16), ("mlp", 1, 32)])
+def test_resampled_ipg_on_the_weighted_enumeration_is_the_exact_integrated_gradient(tiny, kind, layer, width):
+    """No sampling: given each path point's exact expectation, ipg's quadrature gives exact_ipg (float64)."""
     model, tok = tiny
-    exact = exact_ipg(model, tok, 1, "mlp", schedule("uniform", 2), 32).numpy()
-    est = attribute(model, tok, EXAMPLE, signal=signal, layers=[1], kind="mlp", n_samples=6000, q=2,
-                    resample=True, advantage="none", completeness=False, **ON_POLICY).scores(1)
-    assert _rel_err(est, exact) < 0.05
+    exact = exact_ipg(model, tok, layer, kind, schedule("uniform", 4), width).numpy()
+    est = _exact_scores(model, tok, layer, kind, width, q=4, resample=True)
+    assert _rel_err(est, exact) < 1e-9, _rel_err(est, exact)
 
 
-def test_pg_matches_the_exact_gradient_times_activation(tiny):
+def test_pg_on_the_weighted_enumeration_is_the_exact_gradient(tiny):
     model, tok = tiny
     exact = exact_gradient(model, tok, 0, "residual", 1.0, 16).numpy()  # dJ/dbeta at beta = 1
-    est = attribute(model, tok, EXAMPLE, signal=signal, layers=[0], n_samples=6000, method="pg",
-                    advantage="rloo", completeness=False, **ON_POLICY).scores(0)
-    assert _rel_err(est, exact) < 0.03
+    est = _exact_scores(model, tok, 0, "residual", 16, method="pg")
+    assert _rel_err(est, exact) < 1e-9, _rel_err(est, exact)
 
 
-def test_mean_baseline_path_matches_enumeration(tiny):
+def test_mean_baseline_path_on_the_weighted_enumeration_is_exact(tiny):
     model, tok = tiny
-    res = attribute(model, tok, EXAMPLE, signal=signal, layers=[1], kind="mlp", n_samples=6000, q=2, baseline="mean",
-                    resample=True, advantage="rloo", completeness=False, **ON_POLICY)
-    b = res.baselines[next(iter(res.baselines))].double()
+    b = torch.linspace(-0.5, 0.5, 32, dtype=torch.float64)  # any baseline: the path runs from it
     exact = exact_ipg(model, tok, 1, "mlp", schedule("uniform", 2), 32, baseline=b).numpy()
-    assert _rel_err(res.scores(1), exact) < 0.05
+    est = _exact_scores(model, tok, 1, "mlp", 32, baseline=b, q=2, resample=True)
+    assert _rel_err(est, exact) < 1e-9, _rel_err(est, exact)
+
+
+def test_ipg_without_resampling_integrates_the_surrogate_exactly(tiny):
+    """Default mode: trajectories drawn once at alpha = 1, their log-probs differentiated along the path:
+    the quadrature of grad f, f the policy-gradient surrogate (enumeration.exact_surrogate)."""
+    from enumeration import exact_surrogate
+
+    model, tok = tiny
+
+    def grad_f(alpha):
+        beta = torch.full((16,), alpha, dtype=torch.float64, requires_grad=True)
+        (g,) = torch.autograd.grad(exact_surrogate(model, tok, 0, "residual", beta, 16), beta)
+        return g
+
+    j1 = exact_J(model, tok, 0, "residual", torch.ones(16, dtype=torch.float64)).item()
+    exact = sum(w * grad_f(a) for a, w in schedule("uniform", 4)).numpy()
+    # exact_surrogate centres R at J(1); so do these weights (off beta = 1, E_pi1[grad log pi_beta] is not 0)
+    est = _exact_scores(model, tok, 0, "residual", 16, center=j1, q=4)
+    assert _rel_err(est, exact) < 1e-9, _rel_err(est, exact)
 
 
 def test_exact_quadrature_is_complete_where_the_path_is_smooth(tiny):
@@ -112,10 +152,9 @@ def test_component_path_is_the_single_component_ablation_and_pg_its_first_order_
     exactly; PG is f'(1), the limit of [f(1) - f(1 - eps)] / eps; the sampled estimate matches enumeration."""
     from enumeration import exact_surrogate
 
-    from ipg.attribution import AttributionConfig, sample_rollouts, site_baselines
+    from ipg.attribution import AttributionConfig
     from ipg.component_path import component_path_scores
     from ipg.components import Site
-    from ipg.signals import make_signal
 
     model, tok = tiny
     width, layer = 16, 0
@@ -134,8 +173,9 @@ def test_component_path_is_the_single_component_ablation_and_pg_its_first_order_
     errors = [_rel_err(exact_cp, pg), _rel_err(secant[0.1], pg), _rel_err(secant[0.0125], pg)]
     assert errors[0] > errors[1] > errors[2] and errors[2] < 0.01, errors
     assert _rel_err(exact_cp, pg) > 0.05  # yet on the whole path they differ: curvature along the coordinate
-    cfg = AttributionConfig(layers=(layer,), n_samples=6000, advantage="rloo", completeness=False, **ON_POLICY)
-    rollouts = sample_rollouts(model, tok, EXAMPLE, make_signal(signal), cfg, saes=None, skipped={})
+    j1 = exact_J(model, tok, layer, "residual", ones).item()
+    rollouts = weighted_rollouts(model, tok, layer, "residual", 1.0, width, center=j1)  # f centres R at J(1)
+    cfg = AttributionConfig(layers=(layer,), completeness=False)
     site = Site(layer, "residual")
-    est = component_path_scores(model, rollouts, site, list(range(width)), cfg, site_baselines(model, rollouts, [site], cfg)[site])
-    assert est.shape == (1, width) and _rel_err(est[0], exact_cp) < 0.05, _rel_err(est[0], exact_cp)
+    est = component_path_scores(model, rollouts, site, list(range(width)), cfg, torch.zeros(width, dtype=torch.float64))
+    assert est.shape == (1, width) and _rel_err(est[0], exact_cp) < 1e-9, _rel_err(est[0], exact_cp)

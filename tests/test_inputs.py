@@ -2,7 +2,7 @@
 
 import pytest
 
-from driver.cli import main
+from ipg.driver.cli import main
 from ipg.data import load_examples
 from ipg.errors import InputError
 from ipg.models import load_model

@@ -540,7 +540,7 @@ def ipg_command(command: str):
     """argv of `ipg` in an entrypoint, parsed as driver.cli.main parses it: build_parser() must accept it; the
     only extra arguments main() allows are `ipg run`'s and `ipg sweep`'s config overrides (--section.key=value),
     which a plain parse_args would refuse (for every other command parse_args itself is used)."""
-    from driver.cli import build_parser
+    from ipg.driver.cli import build_parser
 
     tokens = shlex.split(command)
     assert tokens and tokens[0] == "ipg", f"the entrypoint is not an `ipg` command: {command!r}"
@@ -592,7 +592,7 @@ def _run_config(command: str):
     are left out."""
     import dataclasses
 
-    from driver.config import RayConfig, load_config
+    from ipg.driver.config import RayConfig, load_config
 
     args, extra = ipg_command(command)
     ray_known = {f.name for f in dataclasses.fields(RayConfig)}
@@ -613,7 +613,7 @@ def test_run_entrypoint_config_validates(name, kind, job):
     cfg, missing = _run_config(entrypoint(name, kind, job))
     assert cfg.ray.enabled is True and cfg.out.startswith("/results/runs/")
     if missing:
-        pytest.skip(f"driver.config does not know {[m.split('=')[0] for m in missing]} yet (the keys pinning actors to "
+        pytest.skip(f"ipg.driver.config does not know {[m.split('=')[0] for m in missing]} yet (the keys pinning actors to "
                     "worker groups are being added); the rest of the config validates")
 
 
@@ -653,7 +653,7 @@ def test_run_actors_fit_the_worker_groups(name, job, overlay):
 
 @pytest.mark.parametrize("name", OVERLAYS)
 def test_sweep_spec_loads_and_its_actors_fit(name, monkeypatch):
-    from driver import sweep
+    from ipg.driver import sweep
 
     doc = find(render(name), "RayCronJob", "ipg-sweep")
     args, extra = ipg_command(job_spec(doc)["entrypoint"])

@@ -4,7 +4,7 @@ from collections import Counter
 
 import pytest
 
-from driver.cli import main
+from ipg.driver.cli import main
 from ipg.answers import is_correct
 from ipg.models import ORGANISM_PATH
 from ipg.organism import task

@@ -9,8 +9,8 @@ pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray")
 
-from driver.config import RayConfig  # noqa: E402
-from driver.pipeline import RESULT_RECORD, RaySession, attribute_on_ray  # noqa: E402
+from ipg.driver.config import RayConfig  # noqa: E402
+from ipg.driver.pipeline import RESULT_RECORD, RaySession, attribute_on_ray  # noqa: E402
 from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.errors import InputError  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402

@@ -19,8 +19,8 @@ pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray")
 
-from cluster.ray_cluster import metrics_endpoints  # noqa: E402
-from driver.pipeline import RaySession, shard  # noqa: E402
+from ipg.cluster.ray_cluster import metrics_endpoints  # noqa: E402
+from ipg.driver.pipeline import RaySession, shard  # noqa: E402
 from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.errors import InputError  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402
@@ -55,7 +55,7 @@ def test_killed_driver_resumes_with_identical_scores(local_ray, reference, tmp_p
     out = tmp_path / "run"
     env = {**os.environ, "IPG_FAULTS": f"driver@{SHARDS[2]}", "IPG_FAULTS_DIR": str(tmp_path),
            "RAY_ADDRESS": local_ray["address"]}
-    cmd = [sys.executable, "-m", "driver.cli", "attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", "2",
+    cmd = [sys.executable, "-m", "ipg.driver.cli", "attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", "2",
            "--attribution.method=ipg", "--attribution.q=3", "--attribution.n_samples=4", "--attribution.max_new_tokens=96", "--seeds=[7]",
            "--attribution.completeness=false", "--ray.shard_size=3", "--ray.max_in_flight=1", "--ray.snapshot_every=2",
            "--ray.cpus_per_actor=0.5", "--run-id", "r1", "--out", str(out)]
@@ -63,7 +63,7 @@ def test_killed_driver_resumes_with_identical_scores(local_ray, reference, tmp_p
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 17, first.stderr[-2000:]  # the driver died after merging shard 2
     assert not (out / "scores.parquet").exists()  # no half-written output
-    resumed = subprocess.run([sys.executable, "-m", "driver.cli", "attribute", "--resume", str(out)], env=env,
+    resumed = subprocess.run([sys.executable, "-m", "ipg.driver.cli", "attribute", "--resume", str(out)], env=env,
                              capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr and "already merged" in resumed.stderr

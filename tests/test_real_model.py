@@ -19,7 +19,7 @@ pytestmark = pytest.mark.real
 if os.environ.get("IPG_REAL") == "0":
     pytest.skip("IPG_REAL=0: the real-model tier is skipped", allow_module_level=True)
 
-from driver.cli import main  # noqa: E402
+from ipg.driver.cli import main  # noqa: E402
 from ipg.answers import Extractor  # noqa: E402
 from ipg.data import load_examples  # noqa: E402
 from ipg.generation import SamplingParams, generate  # noqa: E402
@@ -117,7 +117,7 @@ def in_process(real, support):
 
 
 def test_attribution_in_process_equals_ray(in_process, support, local_ray, tmp_path):
-    from driver.pipeline import RaySession
+    from ipg.driver.pipeline import RaySession
     from ipg.attribution import AttributionConfig
     from raytools import assert_same_scores, small_ray
 
@@ -153,7 +153,7 @@ def test_steering_gamma_one_changes_nothing_and_zeroing_a_massive_coordinate_doe
 @pytest.fixture(scope="module")
 def engine():
     pytest.importorskip("vllm")
-    from workers.vllm_backend import VLLMEngine
+    from ipg.workers.vllm_backend import VLLMEngine
 
     eng = VLLMEngine(NAME)  # defaults: the KV cache is sized from the weights and this machine
     yield eng
@@ -207,8 +207,8 @@ def test_two_seed_run_with_vllm_rollouts(real, engine, local_ray, tmp_path):
     evaluation, then seed 1's sampled rollouts, in the same engine; its context sized from the run."""
     import pyarrow.parquet as pq
 
-    from driver.config import load_config
-    from driver.experiment import run_experiment
+    from ipg.driver.config import load_config
+    from ipg.driver.experiment import run_experiment
 
     engine.close()  # this machine holds one engine at a time comfortably
     config = str(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "smollm2-135m-instruct.yaml")

@@ -7,7 +7,7 @@ import pytest
 from ipg.components import Site
 from ipg.errors import InputError
 from ipg.scores import PartialScores, partial_from_arrow, partial_to_arrow
-from workers.reducer import SNAPSHOT, Reducer
+from ipg.workers.reducer import SNAPSHOT, Reducer
 
 pytestmark = pytest.mark.unit
 

@@ -3,8 +3,8 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from driver.cli import main
-from driver.config import load_config
+from ipg.driver.cli import main
+from ipg.driver.config import load_config
 from ipg.errors import InputError
 
 pytestmark = pytest.mark.unit
@@ -125,7 +125,7 @@ def test_best_enhancing_gamma_is_chosen_on_validation_prompts(tmp_path, capsys):
 
 
 def test_the_paper_preset_sets_the_papers_attribution_and_flags_still_win():
-    from driver.config import PRESETS
+    from ipg.driver.config import PRESETS
 
     cfg = load_config(None, ["--attribution.q=4"], preset="paper")
     a = cfg.attribution

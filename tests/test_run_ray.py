@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("ray")
 
-from driver.config import load_config  # noqa: E402
-from driver.experiment import run_experiment  # noqa: E402
-from driver.pipeline import shard  # noqa: E402
+from ipg.driver.config import load_config  # noqa: E402
+from ipg.driver.experiment import run_experiment  # noqa: E402
+from ipg.driver.pipeline import shard  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -37,7 +37,7 @@ def test_run_on_ray_writes_what_the_in_process_run_writes_and_its_driver_loads_n
     steered evaluation) runs in the actors; the driver process is made unable to load weights."""
     import transformers
 
-    import driver.experiment
+    import ipg.driver.experiment
     import ipg.models
 
     overrides = ["--baselines.methods=[ipg,random,activation,concept_tokens,control_vector]", "--cards.components=2"]
@@ -69,7 +69,7 @@ def test_run_resumes_after_the_driver_is_killed(local_ray, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "RAY_ADDRESS": local_ray["address"], "IPG_FAULTS": f"driver@{first_shard}",
            "IPG_FAULTS_DIR": str(tmp_path)}
-    args = [sys.executable, "-m", "driver.cli", "run"]
+    args = [sys.executable, "-m", "ipg.driver.cli", "run"]
     first = subprocess.run(args + ["--config", SMOKE, "--out", str(out), "--baselines.methods=[pg,random]",
                                    "--ray.snapshot_every=1", "--ray.max_in_flight=1"], env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 17, first.stdout[-2000:] + first.stderr[-2000:]
@@ -86,6 +86,6 @@ def test_run_resumes_after_the_driver_is_killed(local_ray, tmp_path):
 
 
 def test_resume_needs_a_run_directory(tmp_path):
-    from driver.cli import main
+    from ipg.driver.cli import main
 
     assert main(["run", "--resume", str(tmp_path)]) == 2

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from driver.config import load_config
+from ipg.driver.config import load_config
 from ipg.errors import ExampleError, InputError
 from ipg.signals import make_signal, signal_source
 

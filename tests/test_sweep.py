@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from driver.run_inputs import splits_of
-from driver.dispatch import shard
-from driver.storage import Store
-from driver.sweep import load_spec, run_sweep
+from ipg.driver.run_inputs import splits_of
+from ipg.driver.dispatch import shard
+from ipg.driver.storage import Store
+from ipg.driver.sweep import load_spec, run_sweep
 from ipg.errors import InputError
 from raytools import assert_same_scores
 
@@ -99,7 +99,7 @@ def test_sweep_killed_mid_cell_on_ray_resumes_to_the_same_results(swept, local_r
     # the driver dies with shard 1 of the first cell merged (and snapshotted: snapshot_every 1)
     env = {**os.environ, "IPG_FAULTS": f"driver@{second}", "IPG_FAULTS_DIR": str(tmp_path),
            "RAY_ADDRESS": local_ray["address"]}
-    cmd = [sys.executable, "-m", "driver.cli", "sweep", "--spec", spec, "--out", str(out)]
+    cmd = [sys.executable, "-m", "ipg.driver.cli", "sweep", "--spec", spec, "--out", str(out)]
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert first.returncode == 17, first.stdout[-2000:] + first.stderr[-2000:]
     status = json.loads((out / "cells" / f"{CELLS[0]}.json").read_text())
@@ -149,8 +149,8 @@ def test_shipped_sweep_specs_load(path):
 
 
 def test_a_failing_cell_is_recorded_the_others_finish_and_a_rerun_retries_it(tmp_path, monkeypatch):
-    from driver.experiment import Experiment
-    from driver.sweep import SweepFailed
+    from ipg.driver.experiment import Experiment
+    from ipg.driver.sweep import SweepFailed
 
     spec = _spec(tmp_path, signals=["accuracy"], steering=None)
     original = Experiment.attribute

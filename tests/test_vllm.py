@@ -21,7 +21,7 @@ GREEDY = SamplingParams(n=1, greedy=True, max_new_tokens=96)
 
 @pytest.fixture(scope="module")
 def engine():
-    from workers.vllm_backend import VLLMEngine
+    from ipg.workers.vllm_backend import VLLMEngine
 
     eng = VLLMEngine("organism", max_model_len=256)
     yield eng
@@ -65,7 +65,7 @@ def _components(kind, layer, n, width, seed=0):
 
 @pytest.mark.parametrize("kind, layer, n, width", [("residual", 2, 24, 128), ("mlp", 1, 384, 512), ("sae", 2, 24, 256)])
 def test_steering_inside_vllm_equals_steering_hf(engine, organism, kind, layer, n, width):
-    from workers.rollout import load_saes
+    from ipg.workers.rollout import load_saes
 
     model, tok = organism
     saes = load_saes({2: "ipg/organism/saes/layer2.safetensors"})
@@ -105,8 +105,8 @@ def test_control_vector_and_interpolation_inside_vllm_equal_hf(engine, organism)
 def test_ray_pipeline_with_vllm_rollouts_finds_the_same_components(local_ray, tmp_path):
     from dataclasses import replace
 
-    from driver.config import RayConfig, VLLMConfig
-    from driver.pipeline import RaySession
+    from ipg.driver.config import RayConfig, VLLMConfig
+    from ipg.driver.pipeline import RaySession
     from ipg.attribution import AttributionConfig
     from ipg.scores import dice, select
 
@@ -114,7 +114,7 @@ def test_ray_pipeline_with_vllm_rollouts_finds_the_same_components(local_ray, tm
     cfg = AttributionConfig(layers=(2,), kind="sae", n_samples=5, q=5, max_new_tokens=96, seed=0, completeness=False)
     base = RayConfig(enabled=True, cpus_per_actor=0.5, shard_size=12, progress="off",
                      vllm=VLLMConfig(max_model_len=256))
-    from driver.config import ModelConfig
+    from ipg.driver.config import ModelConfig
 
     model = ModelConfig(saes={2: "organism:layer2"})
     tables = {}
@@ -136,8 +136,8 @@ def test_ipg_run_evaluates_inside_vllm_with_the_same_numbers(local_ray, tmp_path
 
     import pyarrow.parquet as pq
 
-    from driver.config import load_config
-    from driver.experiment import run_experiment
+    from ipg.driver.config import load_config
+    from ipg.driver.experiment import run_experiment
 
     smoke = str(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "smoke.yaml")
     runs = {}

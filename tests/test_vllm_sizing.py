@@ -3,11 +3,11 @@ the GPU share; one error naming the setting when it cannot fit. No vLLM needed."
 
 import pytest
 
-from driver.config import RayConfig, VLLMConfig
+from ipg.driver.config import RayConfig, VLLMConfig
 from ipg.errors import InputError
 from ipg.models import load_model, resolve_model_path
-from workers import vllm_sizing as vs
-from workers.vllm_sizing import GiB, ModelShape, cpu_plan, gpu_plan, model_shape, plan
+from ipg.workers import vllm_sizing as vs
+from ipg.workers.vllm_sizing import GiB, ModelShape, cpu_plan, gpu_plan, model_shape, plan
 
 pytestmark = pytest.mark.unit
 
@@ -99,7 +99,7 @@ def test_config_checks_values(field, value, message):
 
 
 def test_a_session_refuses_engine_settings_before_starting_anything():
-    from driver.pipeline import RaySession
+    from ipg.driver.pipeline import RaySession
 
     cfg = RayConfig(enabled=True, rollout_backend="vllm", vllm=VLLMConfig(max_model_len=1000))
     with pytest.raises(InputError, match=r"^ray\.vllm\.max_model_len: 1000 tokens exceeds the model's context of 256"):

@@ -7,9 +7,9 @@ import torch
 from ipg.attribution import AttributionConfig, attribute, score_meta
 from ipg.components import Site
 from ipg.organism.card import splits
-from workers.gradient import GradientWorker
-from workers.reducer import Reducer
-from workers.rollout import RolloutWorker
+from ipg.workers.gradient import GradientWorker
+from ipg.workers.reducer import Reducer
+from ipg.workers.rollout import RolloutWorker
 
 pytestmark = pytest.mark.unit
 
@@ -41,7 +41,7 @@ def test_a_shard_costs_the_rows_the_gradient_pass_runs():
     """The dispatch order's cost: tokens from the last prompt token on of trajectories with A != 0."""
     from ipg.attribution import Rollout
     from ipg.generation import Sample
-    from workers.sampling import ShardRollouts
+    from ipg.workers.sampling import ShardRollouts
 
     def sample(n_prompt, n_completion):
         return Sample("e", 0, [1] * n_prompt, [2] * n_completion, "")

@@ -22,7 +22,7 @@ import socket
 
 import torch
 
-from workers.gradient import GradientWorker
+from ipg.workers.gradient import GradientWorker
 
 
 def zero3_config(offload_params: bool = False) -> dict:
@@ -82,9 +82,9 @@ class DeepSpeedGradientRank(GradientWorker):
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.integrations import HfDeepSpeedConfig
 
-        from cluster.metrics import StageTimer
+        from ipg.cluster.metrics import StageTimer
         from ipg.models import DTYPES, resolve_model_path
-        from workers.rollout import load_saes, quiet_loading
+        from ipg.workers.rollout import load_saes, quiet_loading
 
         quiet_loading()
         os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",

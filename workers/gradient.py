@@ -15,15 +15,15 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from cluster.metrics import StageTimer, metrics
+from ipg.cluster.metrics import StageTimer, metrics
 from ipg.attribution import AttributionConfig, activation_sums, shard_scores
 from ipg.components import Site, check_site
 from ipg.models import load_model
 from ipg.scores import STATS_KEY, partial_to_arrow
 from ipg.signals import make_signal
-from workers.faults import maybe_crash
-from workers.rollout import load_saes, quiet_loading
-from workers.sampling import Sampling, ShardRollouts, _item_errors
+from ipg.workers.faults import maybe_crash
+from ipg.workers.rollout import load_saes, quiet_loading
+from ipg.workers.sampling import Sampling, ShardRollouts, _item_errors
 
 
 class GradientWorker(Sampling):
@@ -51,14 +51,14 @@ class GradientWorker(Sampling):
         """One of ModelOps' computations on this actor's model: under Ray the driver holds no weights, so
         the experiment's baselines, cards and statistics run here (on every rank of a ZeRO-3 group alike,
         in lockstep)."""
-        from workers.model_ops import ModelOps
+        from ipg.workers.model_ops import ModelOps
 
         with self.timer(f"model_op.{name}"):
             return getattr(ModelOps(self.model, self.tokenizer, self.saes), name)(*args)
 
     def describe(self, sites: list[Site]) -> dict:
         """The model's fingerprint and each site's width (``ModelOps.describe``), from this actor alone."""
-        from workers.model_ops import ModelOps
+        from ipg.workers.model_ops import ModelOps
 
         return ModelOps(self.model, self.tokenizer, self.saes).describe(sites)
 

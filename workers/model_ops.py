@@ -17,7 +17,7 @@ from contextlib import nullcontext
 import numpy as np
 import torch
 
-from ipg.attribution import AttributionConfig, Rollout, sample_rollouts, site_baselines
+from ipg.attribution import AttributionConfig, Rollout, prepare_examples, sample_rollouts, site_baselines
 from ipg.baselines import activation_scores, contrast_scores, control_vector
 from ipg.cards import position_terms, top_contexts
 from ipg.components import ComponentId, Site, check_site
@@ -62,7 +62,7 @@ class ModelOps:
     def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list[Rollout]:
         """The support rollouts of an attribution (sampling is seeded per example and sample: the
         trajectories the attribution scored)."""
-        return sample_rollouts(self.model, self.tokenizer, examples, make_signal(signal, **signal_params), cfg,
+        return sample_rollouts(self.model, self.tokenizer, prepare_examples(examples), make_signal(signal, **signal_params), cfg,
                                saes=self.saes, skipped={})
 
     def activation_scores(self, sequences: list[Sequence], site: Site) -> np.ndarray:

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from cluster.metrics import StageTimer, metrics
+from ipg.cluster.metrics import StageTimer, metrics
 from ipg.errors import InputError
 from ipg.scores import STATS_KEY, PartialScores, partial_from_arrow, partial_to_arrow, write_scores
-from workers.faults import maybe_crash
+from ipg.workers.faults import maybe_crash
 
 SNAPSHOT = "reducer-snapshot.parquet"
 LEDGER_KEY = b"ipg.ledger"

@@ -3,11 +3,11 @@
 
 from __future__ import annotations
 
-from cluster.metrics import StageTimer
+from ipg.cluster.metrics import StageTimer
 from ipg.errors import InputError
 from ipg.models import load_model
 from ipg.sae import TopKSAE
-from workers.sampling import Sampling
+from ipg.workers.sampling import Sampling
 
 
 def quiet_loading() -> None:
@@ -47,7 +47,7 @@ class RolloutWorker(Sampling):
         quiet_loading()
         self.backend, self.engine, self.model = backend, None, None
         if backend == "vllm":
-            from workers.vllm_backend import VLLMEngine
+            from ipg.workers.vllm_backend import VLLMEngine
 
             opts = {k: v for k, v in (vllm or {}).items() if v is not None}
             opts.setdefault("dtype", dtype)

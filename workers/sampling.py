@@ -12,14 +12,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from cluster.errors import ItemError
-from cluster.metrics import metrics
+from ipg.cluster.errors import ItemError
+from ipg.cluster.metrics import metrics
 from ipg.attribution import AttributionConfig, Rollout, sample_rollouts
 from ipg.components import Site
 from ipg.errors import ExampleError
 from ipg.generation import Sample, SamplingParams
 from ipg.signals import make_signal
-from workers.faults import maybe_crash
+from ipg.workers.faults import maybe_crash
 
 
 @dataclass
@@ -87,7 +87,7 @@ class Sampling:
     def steered_generate(self, examples: list[dict], params: SamplingParams, steering: dict | None = None) -> list[list[Sample]]:
         """Generation under steering, for evaluation at engine speed. ``steering``: None, or
         {"scale": [component ids], "gamma", "positions"} or {"add": layer, "vector", "coefficient", "positions"}."""
-        from workers.model_ops import ModelOps, steering_context
+        from ipg.workers.model_ops import ModelOps, steering_context
 
         if self.engine is None:
             with self.timer("evaluate"):

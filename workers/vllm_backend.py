@@ -51,7 +51,7 @@ class VLLMEngine:
         from vllm import LLM
 
         from ipg.models import resolve_model_path
-        from workers.vllm_sizing import plan
+        from ipg.workers.vllm_sizing import plan
 
         path = resolve_model_path(model)
         memory = plan(path, dtype=dtype, cuda=torch.cuda.is_available(), tensor_parallel_size=tensor_parallel_size,
