@@ -48,7 +48,7 @@ def metrics_endpoints() -> list[str]:
     return [f"http://{n['NodeManagerAddress']}:{n['MetricsExportPort']}/metrics" for n in ray.nodes() if n["Alive"]]
 
 
-def runtime_env(threads: int | None = None, py_modules: tuple[str, ...] = ()) -> dict:
+def runtime_env(threads: int | None = None, py_modules: tuple[str, ...] = (), extra_env: dict | None = None) -> dict:
     """The runtime env of every actor: forwarded hub/cache settings and IPG_* variables, thread counts
     pinned to the actor's CPU share (no oversubscription of a node's cores), and the local modules the
     actors must import that no installed package provides (a user's signal), uploaded by Ray."""
@@ -56,7 +56,7 @@ def runtime_env(threads: int | None = None, py_modules: tuple[str, ...] = ()) ->
     env["TOKENIZERS_PARALLELISM"] = "false"
     if threads:
         env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
-    out = {"env_vars": env}
+    out = {"env_vars": {**env, **(extra_env or {})}}
     if py_modules:
         out["py_modules"] = list(py_modules)
     return out
@@ -89,6 +89,7 @@ class ActorSpec:
     py_modules: tuple[str, ...] = ()  # package URIs of modules shipped to the actor (upload_modules)
     # custom resources (e.g. {"ipg_rollout": 1}) that only some nodes declare: pins the actor to them
     resources: dict = field(default_factory=dict)
+    env: dict = field(default_factory=dict)  # environment variables of this group's actors (over the forwarded ones)
     extra: dict = field(default_factory=dict)
 
     def bundle(self) -> dict[str, float]:
@@ -98,7 +99,7 @@ class ActorSpec:
 
 def actor_options(spec: ActorSpec, placement_group=None, bundle_index: int = -1) -> dict:
     options = dict(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=spec.max_restarts,
-                   max_task_retries=spec.max_task_retries, runtime_env=runtime_env(spec.threads, spec.py_modules), **spec.extra)
+                   max_task_retries=spec.max_task_retries, runtime_env=runtime_env(spec.threads, spec.py_modules, spec.env), **spec.extra)
     if spec.resources:
         options["resources"] = {k: float(v) for k, v in spec.resources.items()}
     if placement_group is not None:

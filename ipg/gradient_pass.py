@@ -292,7 +292,7 @@ def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, act
     alpha = torch.tensor([r.alpha for r in batch], device=device, dtype=h.dtype)[:, None, None]
     leaf = (b + alpha * (h - b)).detach().requires_grad_(True)
     x = torch.where(on_path[..., None], leaf, h)
-    adv = torch.tensor([trajectories[r.traj].advantage for r in batch], device=device, dtype=torch.float32)
+    adv = _at_least_float32(torch.tensor([trajectories[r.traj].advantage for r in batch], device=device, dtype=h.dtype))
 
     with torch.enable_grad(), from_site(model, site, sae, x, h, padded, cfg):
         logp = policy_logprobs(model, ids, targets, cfg, past)  # (R,)

@@ -24,6 +24,11 @@ def tiny():
     return tiny_enumerable_model()
 
 
+# the weighted enumeration has no sampling error; what is left is rounding: the float64 model's RMSNorm runs in
+# float32 (transformers), and ipg batches and pads other than the enumeration does (measured 2e-8 to 1.1e-7)
+EXACT = 1e-6
+
+
 def _rel_err(est, exact):
     return float(np.linalg.norm(est - exact) / np.linalg.norm(exact))
 
@@ -69,14 +74,14 @@ def test_resampled_ipg_on_the_weighted_enumeration_is_the_exact_integrated_gradi
     model, tok = tiny
     exact = exact_ipg(model, tok, layer, kind, schedule("uniform", 4), width).numpy()
     est = _exact_scores(model, tok, layer, kind, width, q=4, resample=True)
-    assert _rel_err(est, exact) < 1e-9, _rel_err(est, exact)
+    assert _rel_err(est, exact) < EXACT, _rel_err(est, exact)
 
 
 def test_pg_on_the_weighted_enumeration_is_the_exact_gradient(tiny):
     model, tok = tiny
     exact = exact_gradient(model, tok, 0, "residual", 1.0, 16).numpy()  # dJ/dbeta at beta = 1
     est = _exact_scores(model, tok, 0, "residual", 16, method="pg")
-    assert _rel_err(est, exact) < 1e-9, _rel_err(est, exact)
+    assert _rel_err(est, exact) < EXACT, _rel_err(est, exact)
 
 
 def test_mean_baseline_path_on_the_weighted_enumeration_is_exact(tiny):
@@ -84,7 +89,7 @@ def test_mean_baseline_path_on_the_weighted_enumeration_is_exact(tiny):
     b = torch.linspace(-0.5, 0.5, 32, dtype=torch.float64)  # any baseline: the path runs from it
     exact = exact_ipg(model, tok, 1, "mlp", schedule("uniform", 2), 32, baseline=b).numpy()
     est = _exact_scores(model, tok, 1, "mlp", 32, baseline=b, q=2, resample=True)
-    assert _rel_err(est, exact) < 1e-9, _rel_err(est, exact)
+    assert _rel_err(est, exact) < EXACT, _rel_err(est, exact)
 
 
 def test_ipg_without_resampling_integrates_the_surrogate_exactly(tiny):
@@ -103,7 +108,7 @@ def test_ipg_without_resampling_integrates_the_surrogate_exactly(tiny):
     exact = sum(w * grad_f(a) for a, w in schedule("uniform", 4)).numpy()
     # exact_surrogate centres R at J(1); so do these weights (off beta = 1, E_pi1[grad log pi_beta] is not 0)
     est = _exact_scores(model, tok, 0, "residual", 16, center=j1, q=4)
-    assert _rel_err(est, exact) < 1e-9, _rel_err(est, exact)
+    assert _rel_err(est, exact) < EXACT, _rel_err(est, exact)
 
 
 def test_exact_quadrature_is_complete_where_the_path_is_smooth(tiny):
@@ -178,4 +183,4 @@ def test_component_path_is_the_single_component_ablation_and_pg_its_first_order_
     cfg = AttributionConfig(layers=(layer,), completeness=False)
     site = Site(layer, "residual")
     est = component_path_scores(model, rollouts, site, list(range(width)), cfg, torch.zeros(width, dtype=torch.float64))
-    assert est.shape == (1, width) and _rel_err(est[0], exact_cp) < 1e-9, _rel_err(est[0], exact_cp)
+    assert est.shape == (1, width) and _rel_err(est[0], exact_cp) < EXACT, _rel_err(est[0], exact_cp)

