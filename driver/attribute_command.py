@@ -84,32 +84,47 @@ def config_of(args) -> tuple[RunConfig, Path]:
 
 
 def attribute_command(args) -> None:
-    from ipg.files import atomic_write_json, atomic_write_text
-    from ipg.prompts import format_examples
-    from ipg.provenance import versions
-    from ipg.scores import write_scores
     from ipg.signals import make_signal
+
+    from ipg.driver.run_dir import claim
 
     cfg, out = config_of(args)
     params = signal_params_of(cfg)
     make_signal(cfg.signal, **params)  # a user's signal: importable and constructible before data or model load
     examples = support_examples(cfg)
+    with claim(out, "ipg attribute", resume=bool(args.resume), overwrite=args.overwrite):
+        _attribute(args, cfg, out, params, examples)
+
+
+def _attribute(args, cfg: RunConfig, out: Path, params: dict, examples: list[dict]) -> None:
+    from ipg.files import atomic_write_json, atomic_write_text
+    from ipg.prompts import format_examples
+    from ipg.provenance import versions
+    from ipg.scores import write_scores
+
     a = dataclasses.replace(cfg.attribution, seed=cfg.seeds[0])
     fmt = cfg.prompt.prompt_format()
     run_id = args.run_id or out.resolve().name
     log = (lambda m: print(m, file=sys.stderr)) if not args.quiet else (lambda m: None)
     on_ray = cfg.ray.active() or bool(args.resume)
-    if not args.resume:  # the resume record: what `--resume OUT` repeats
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
+
+    def save_config():  # the resume record (what `--resume OUT` repeats), once the inputs passed their checks
+        if not args.resume:
+            atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
+
     if on_ray:
         from ipg.driver.pipeline import attribute_on_ray
-        from ipg.models import load_tokenizer
+        from ipg.models import load_tokenizer, model_context
 
         # formatted here, once: the driver holds the tokenizer, never the weights
         tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
-        examples = format_examples(tokenizer, examples, fmt)
+        skipped: dict[str, str] = {}
+        examples = format_examples(tokenizer, examples, fmt, context=model_context(cfg.model.name, cfg.model.trust_remote_code),
+                                   max_new_tokens=a.max_new_tokens, on_error=a.on_error, skipped=skipped)
+        save_config()
         res = attribute_on_ray(cfg.model, examples, a, signal=cfg.signal, signal_params=params, out_dir=out,
                                ray_cfg=cfg.ray, run_id=run_id, resume=bool(args.resume), log=log)
+        res.diagnostics["skipped"] = {**skipped, **res.diagnostics.get("skipped", {})}
         prompt = fmt.describe(tokenizer)
         fingerprint = res.table.column("model")[0].as_py() if res.table.num_rows else cfg.model.name
     else:
@@ -121,6 +136,7 @@ def attribute_command(args) -> None:
         res = attribute(model, tokenizer, examples, signal=cfg.signal, signal_params=params, saes=load_saes(cfg),
                         run_id=run_id, log=log, prompt_format=fmt, **dataclasses.asdict(a))
         prompt = res.diagnostics["prompt_format"]
+        save_config()
         write_scores(out / "scores.parquet", res.table)
         fingerprint = model_fingerprint(model)
     run = {"run_id": run_id, "command": "attribute", "model": fingerprint, "signal": cfg.signal, "signal_params": params,
@@ -141,7 +157,7 @@ def print_summary(res, out: Path, n_examples: int, show: int) -> None:
     print(f"{d['seconds_per_prompt']:.3f} s per prompt; mean reward {d['mean_reward']:.3f}; "
           f"{d['mixed_groups']}/{d['n_prompts']} groups with varying rewards")
     if d.get("skipped"):
-        print(f"skipped {len(d['skipped'])}/{n_examples} examples whose signal failed (on_error skip): "
+        print(f"skipped {len(d['skipped'])}/{n_examples} examples, refused or their signal failing (on_error skip): "
               + ", ".join(list(d["skipped"])[:5]))
     rows = res.table.to_pydict()
     kind = res.config.kind

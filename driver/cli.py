@@ -63,7 +63,7 @@ def _eval(args) -> None:
     from ipg.data import load_examples, write_jsonl
     from ipg.evaluation import format_table, summarise
     from ipg.generation import SamplingParams, generate
-    from ipg.models import load_model
+    from ipg.models import load_model, model_context
     from ipg.prompts import format_examples
 
     params = SamplingParams(n=args.n, greedy=args.temperature == 0, temperature=args.temperature or 1.0,
@@ -73,7 +73,7 @@ def _eval(args) -> None:
                              split=args.split)[: args.limit]
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
-    examples = format_examples(tokenizer, examples, fmt)
+    examples = format_examples(tokenizer, examples, fmt, context=model_context(model), max_new_tokens=args.max_new_tokens)
     samples = generate(model, tokenizer, examples, params, batch_size=args.batch_size)
     summary = summarise(examples, samples, (), extractor)
     setup = {"prompt": fmt.describe(tokenizer), "answers": extractor.describe()}
@@ -173,6 +173,7 @@ def _sae_train(args) -> None:
 def _run(args) -> None:
     from ipg.driver.config import load_config
     from ipg.driver.experiment import run_experiment
+    from ipg.driver.run_dir import claim
 
     overrides = list(args.overrides)
     if args.out:
@@ -193,7 +194,8 @@ def _run(args) -> None:
         cfg = load_config(str(saved), overrides + [f"--out={json.dumps(args.resume)}"])
     else:
         cfg = load_config(args.config, overrides, preset=args.preset)
-    out = run_experiment(cfg, resume=bool(args.resume))
+    with claim(cfg.out, "ipg run", resume=bool(args.resume), overwrite=args.overwrite):
+        out = run_experiment(cfg, resume=bool(args.resume))
     print(f"report: {out / 'report.md'}")
 
 
@@ -233,10 +235,12 @@ def _ray_flags(p) -> None:
     p.add_argument("--ray", action="store_true", help="run attribution on Ray (default when RAY_ADDRESS or --address is set)")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster on 127.0.0.1)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed Ray run in RUN_DIR, skipping the shards in its ledger")
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in the output directory")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipg", description="Integrated Policy Gradient: attribute and steer LLM reasoning.")
+    parser = argparse.ArgumentParser(prog="ipg", description="Integrated Policy Gradient: attribute and steer LLM reasoning. "
+                                     "A failure ends in one `error:` line; --debug (anywhere) prints its traceback.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     organism = sub.add_parser("organism", help="the bundled model organism").add_subparsers(dest="action", required=True)
@@ -324,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line: tracebacks on the terminal
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # `ipg run`, `ipg attribute` and `ipg sweep` take config overrides such as --attribution.q=4
@@ -335,9 +342,10 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # per-shard "Loading weights" bars drown the run's own output
     try:
         args.run(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as e:
+        from ipg.driver.failures import report_failure
+
+        return report_failure(e, getattr(args, "resume", None) or getattr(args, "out", None), debug)
     return 0
 
 

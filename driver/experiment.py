@@ -39,7 +39,7 @@ from ipg.files import atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams
 from ipg.massive import RATIO as MASSIVE_RATIO
 from ipg.massive import massive_components, median_ratio
-from ipg.models import load_model, load_tokenizer
+from ipg.models import load_model, load_tokenizer, model_context
 from ipg.paths import METHODS
 from ipg.prompts import format_examples, longest_prompt
 from ipg.provenance import versions
@@ -72,8 +72,16 @@ class Experiment:
         # formatted once, here: every consumer (both engines, the gradient pass, baselines) reads prompt_ids
         self.prompt_format, self.extractor = cfg.prompt.prompt_format(), cfg.answers.extractor()
         support, evaluation, validation = splits_of(cfg, with_validation=True)
-        self.support_all = format_examples(self.tokenizer, support, self.prompt_format)
-        self.eval_examples = format_examples(self.tokenizer, evaluation, self.prompt_format)
+        # checked against the model before anything is sampled: refused, or with on_error skip left out
+        self.refused: dict[str, str] = {}
+        context = model_context(self.model if self.model is not None else m.name, m.trust_remote_code)
+
+        def formatted(examples, new_tokens):
+            return format_examples(self.tokenizer, examples, self.prompt_format, context=context, max_new_tokens=new_tokens,
+                                   on_error=cfg.attribution.on_error, skipped=self.refused)
+
+        self.support_all = formatted(support, cfg.attribution.max_new_tokens)
+        self.eval_examples = formatted(evaluation, cfg.evaluation.max_new_tokens)
         # the best of several enhancing gammas is chosen on prompts the eval split does not hold
         self.validation_examples = []
         if len(cfg.evaluation.enhance_gammas) > 1:
@@ -81,7 +89,9 @@ class Experiment:
                 raise InputError(f"data.n_validation: choosing among enhance gammas {cfg.evaluation.enhance_gammas} needs "
                                  f"validation prompts after the first data.n_eval={cfg.data.n_eval} of the eval data, and "
                                  "there are none; lower data.n_eval, raise data.n_validation, or evaluate one enhance gamma")
-            self.validation_examples = format_examples(self.tokenizer, validation, self.prompt_format)
+            self.validation_examples = formatted(validation, cfg.evaluation.max_new_tokens)
+        for example, why in self.refused.items():
+            log(f"skipped {example} (on_error skip): {why}")
         self.tables = RunTables()
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
@@ -367,7 +377,7 @@ class Experiment:
             write_report(out)
         atomic_write_json(out / "run.json", {
             "command": "run", "config": as_dict(self.cfg), **setup,  # setup: model, signal, prompt, answers, data
-            "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples),
+            "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples), "refused_examples": self.refused,
             "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1),
             "ray": self.session.info if self.session is not None else None,
             "rollout_backend": self.cfg.ray.rollout_backend if self.session is not None else "hf",

@@ -30,6 +30,7 @@ from ipg.attribution_config import AttributionConfig
 from ipg.completeness import completeness_record, points_to_sample
 from ipg.components import Site, check_site, site_activations
 from ipg.errors import InputError
+from ipg.models import model_context
 from ipg.gradient_pass import TrajectoryAtSite, _positions_mask, from_site, policy_logprobs, rows_for, site_scores
 from ipg.prompts import PromptFormat, format_examples
 from ipg.rollouts import Rollout, prepare_examples, sample_rollouts
@@ -205,7 +206,9 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         raise InputError(f"attribute: give the settings as config= or as keyword arguments, not both (got {sorted(settings)})")
     cfg = config or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
     fmt = prompt_format if isinstance(prompt_format, PromptFormat) else PromptFormat(prompt_format)
-    examples = format_examples(tokenizer, prepare_examples(examples), fmt)
+    skipped: dict[str, str] = {}
+    examples = format_examples(tokenizer, prepare_examples(examples), fmt, context=model_context(model),
+                               max_new_tokens=cfg.max_new_tokens, on_error=cfg.on_error, skipped=skipped)
     sig = make_signal(signal, **(signal_params or {}))
     sig.check(examples)
     sites = [Site(layer, cfg.kind) for layer in cfg.layers]
@@ -214,7 +217,6 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     log = log or (lambda msg: None)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    skipped: dict[str, str] = {}
     base = sample_rollouts(model, tokenizer, examples, sig, cfg, saes=saes, skipped=skipped)
     timings["rollout"] = time.perf_counter() - t0
     log(f"rollouts: {len(examples)} prompts x {cfg.n_samples} samples in {timings['rollout']:.1f}s")

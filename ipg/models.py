@@ -15,7 +15,8 @@ import torch
 from ipg.catalog import NAMED, ORGANISM, ORGANISM_PATH, describe, gguf_model_path, model_names, named_model_path
 from ipg.errors import InputError
 
-__all__ = ["ORGANISM", "ORGANISM_PATH", "DTYPES", "resolve_model_path", "load_model", "load_tokenizer", "model_fingerprint"]
+__all__ = ["ORGANISM", "ORGANISM_PATH", "DTYPES", "resolve_model_path", "load_model", "load_tokenizer", "model_context",
+           "model_fingerprint"]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -40,6 +41,25 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").is_file():
             raise InputError(f"model: '{name_or_path}' has no config.json; it is not a Hugging Face model directory")
     return str(path) if looks_local else name_or_path
+
+
+def model_context(model_or_name, trust_remote_code: bool = False) -> int | None:
+    """The most tokens (prompt and generated) the model takes: its config's ``max_position_embeddings``,
+    from a loaded model or, cheaply, from the config file of a name or path (a driver holding no
+    weights). None when the config does not say."""
+    config = getattr(model_or_name, "config", None)
+    if config is None and not isinstance(model_or_name, (str, os.PathLike)):
+        return None  # a model without a config (a plain module): nothing to check against
+    if config is None:
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(resolve_model_path(model_or_name), trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise _hub_error(model_or_name, e) from None
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    value = getattr(text, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
 
 
 def _hub_error(name_or_path: str, e: Exception) -> InputError:

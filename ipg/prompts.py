@@ -125,8 +125,13 @@ def leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
-def format_examples(tokenizer, examples: list[dict], fmt: PromptFormat | str = "auto") -> list[dict]:
-    """Copies of ``examples`` with ``prompt_ids`` (an example that already has them keeps them)."""
+def format_examples(tokenizer, examples: list[dict], fmt: PromptFormat | str = "auto", *, context: int | None = None,
+                    max_new_tokens: int = 0, on_error: str = "fail", skipped: dict | None = None) -> list[dict]:
+    """Copies of ``examples`` with ``prompt_ids`` (an example that already has them keeps them), each checked
+    against the model before anything is sampled (``check_prompt``): a prompt that encodes to nothing, one
+    whose characters the tokenizer drops, or one that with ``max_new_tokens`` does not fit the model's
+    ``context`` is refused, naming the example; with ``on_error`` 'skip' it is left out instead and
+    recorded in ``skipped`` (example id -> why), as a failing signal is."""
     fmt = fmt if isinstance(fmt, PromptFormat) else PromptFormat(fmt)
     out = []
     for ex in examples:
@@ -135,11 +140,50 @@ def format_examples(tokenizer, examples: list[dict], fmt: PromptFormat | str = "
             ids = fmt.encode(tokenizer, ex)
         elif not isinstance(ids, (list, tuple)) or not all(isinstance(t, int) for t in ids):
             raise InputError(f"example '{ex.get('id', '?')}': field 'prompt_ids' must be a list of token ids")
-        if not ids:
-            raise InputError(f"example '{ex.get('id', '?')}': its prompt encodes to no tokens under this model's "
-                             "tokenizer (characters it does not know?); check the prompt and prompt.format")
+        problem = check_prompt(tokenizer, ex, list(ids), context, max_new_tokens)
+        if problem is not None:
+            if on_error != "skip" or skipped is None:
+                raise InputError(problem)
+            skipped[str(ex.get("id", "?"))] = problem
+            continue
         out.append({**ex, "prompt_ids": list(ids)})
+    if not out and examples:
+        raise InputError(f"examples: every example was refused (on_error 'skip'); first: {next(iter(skipped.values()))}")
     return out
+
+
+def check_prompt(tokenizer, example: dict, ids: list[int], context: int | None, max_new_tokens: int) -> str | None:
+    """Why this prompt cannot be used (one line naming the example and the fix), or None."""
+    name = f"example '{example.get('id', '?')}'"
+    if not ids:
+        return (f"{name}: its prompt encodes to no tokens under this model's tokenizer (characters it does not know?); "
+                "check the prompt and prompt.format")
+    if context and len(ids) + max_new_tokens > context:
+        return (f"{name}: its prompt is {len(ids)} tokens, and with max_new_tokens {max_new_tokens} that is beyond the "
+                f"model's context of {context} tokens; shorten the prompt or lower max_new_tokens")
+    text = example.get("prompt")
+    if isinstance(text, str) and "prompt_ids" not in example:
+        lost = dropped_characters(tokenizer, text)
+        if lost:
+            return (f"{name}: this model's tokenizer drops characters of its prompt ({lost}), so the model would not "
+                    "see them; remove them or use a model whose tokenizer knows them")
+    return None
+
+
+def dropped_characters(tokenizer, text: str) -> str:
+    """The characters of ``text`` (spaces aside, Unicode NFKC) that an encode/decode round trip loses:
+    unknown to the tokenizer, mapped to nothing or to its unknown token. '' when none are."""
+    import unicodedata
+    from collections import Counter
+
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    back = tokenizer.decode(ids, skip_special_tokens=True)
+
+    def chars(s):
+        return Counter(c for c in unicodedata.normalize("NFKC", s) if not c.isspace())
+
+    lost = chars(text) - chars(back)
+    return "".join(sorted(lost))[:20]
 
 
 def prompt_ids(tokenizer, example: dict) -> list[int]:

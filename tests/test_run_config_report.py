@@ -40,8 +40,8 @@ def test_bad_keys_and_values_name_the_dotted_key(tmp_path, text, overrides, mess
         load_config(str(f), overrides)
 
 
-def test_cli_reports_config_errors_and_unknown_flags(capsys):
-    assert main(["run", "--attribution.layers=[9]", "--data.n_eval=2"]) == 2
+def test_cli_reports_config_errors_and_unknown_flags(capsys, tmp_path):
+    assert main(["run", "--attribution.layers=[9]", "--data.n_eval=2", f"--out={tmp_path / 'r'}"]) == 2
     assert "layers: 9 is out of range" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["report", "x", "--attribution.q=3"])  # overrides belong to `ipg run` only
