@@ -29,6 +29,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     address = address or os.environ.get("RAY_ADDRESS")
     if not ray.is_initialized():
         if address:
+            reachable(address)
             try:
                 ray.init(address=address, log_to_driver=True)
             except ConnectionError as e:
@@ -41,6 +42,24 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
 
     return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": get_dashboard_url() or None,
             "local": not address}
+
+
+def reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail at once, in one line, when nothing answers at a cluster address (``ray.init`` would wait on a
+    cluster that is gone, for example the one a resumed run was started on). 'auto' and addresses
+    without a port are left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise InputError(f"ray.address: nothing answers at '{address}' within {timeout_s:g} s ({e.strerror or e}); start "
+                         "the cluster (`ray start --head`), give the address of a running one, or unset ray.address / "
+                         "RAY_ADDRESS to start a local cluster") from None
 
 
 def metrics_endpoints() -> list[str]:

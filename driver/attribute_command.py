@@ -86,12 +86,13 @@ def config_of(args) -> tuple[RunConfig, Path]:
 def attribute_command(args) -> None:
     from ipg.signals import make_signal
 
-    from ipg.driver.run_dir import claim
+    from ipg.driver.run_dir import check_cluster, claim
 
     cfg, out = config_of(args)
     params = signal_params_of(cfg)
     make_signal(cfg.signal, **params)  # a user's signal: importable and constructible before data or model load
     examples = support_examples(cfg)
+    check_cluster(cfg, bool(args.resume))
     with claim(out, "ipg attribute", resume=bool(args.resume), overwrite=args.overwrite):
         _attribute(args, cfg, out, params, examples)
 

@@ -45,7 +45,7 @@ from ipg.files import atomic_write_json
 from ipg.signals import make_signal, signal_source
 from ipg.workers.faults import maybe_crash
 from ipg.workers.gradient import merge_rank_tables
-from ipg.workers.reducer import SNAPSHOT, Reducer, read_snapshot
+from ipg.workers.reducer import PREVIOUS, SNAPSHOT, Reducer, read_snapshot
 
 _merge_ranks = ray.remote(num_cpus=0)(merge_rank_tables)
 
@@ -91,6 +91,8 @@ class AttributionUnits:
         if found is not None and not resume:
             raise InputError(f"{out_dir}: holds an unfinished run ({SNAPSHOT}); continue it with --resume {out_dir}, "
                              "or choose another output directory")
+        if found is not None and found[3]:
+            self.log(f"  {found[3]}")
         if found is not None and found[2] != key:
             raise InputError(f"{out_dir}: --resume with different settings than the run there (run key {found[2]}, "
                              f"now {key}); resume with the same config, or use another output directory")
@@ -172,7 +174,8 @@ class AttributionUnits:
                                            "workers": {"rollout": len(self.sampler), "rollout_backend": self.cfg.rollout_backend, "gradient": len(self.groups),
                                                                        "ranks_per_gradient_worker": len(self.groups[0])},
                                            "diagnostics": diagnostics})
-        (out_dir / SNAPSHOT).unlink(missing_ok=True)  # complete: attribution.json + scores.parquet are the record
+        for name in (SNAPSHOT, PREVIOUS):  # complete: attribution.json + scores.parquet are the record
+            (out_dir / name).unlink(missing_ok=True)
         return Attribution(table, diagnostics, cfg, table_ref=table_ref)
 
     def _wait_one(self, in_flight: dict, progress: Progress, ref) -> str:

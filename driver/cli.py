@@ -173,7 +173,7 @@ def _sae_train(args) -> None:
 def _run(args) -> None:
     from ipg.driver.config import load_config
     from ipg.driver.experiment import run_experiment
-    from ipg.driver.run_dir import claim
+    from ipg.driver.run_dir import check_cluster, claim
 
     overrides = list(args.overrides)
     if args.out:
@@ -194,6 +194,7 @@ def _run(args) -> None:
         cfg = load_config(str(saved), overrides + [f"--out={json.dumps(args.resume)}"])
     else:
         cfg = load_config(args.config, overrides, preset=args.preset)
+    check_cluster(cfg, bool(args.resume))
     with claim(cfg.out, "ipg run", resume=bool(args.resume), overwrite=args.overwrite):
         out = run_experiment(cfg, resume=bool(args.resume))
     print(f"report: {out / 'report.md'}")

@@ -90,6 +90,17 @@ def claim(out: str | Path, command: str, *, resume: bool = False, overwrite: boo
     raise InputError(f"--out: '{path}' was claimed by another run just now; wait for it, or choose another directory")
 
 
+def check_cluster(cfg, resume: bool = False) -> None:
+    """Before the directory is touched: a run on Ray needs its cluster to answer (a resumed run's saved
+    address may name a cluster that is gone)."""
+    if cfg.ray.active() or resume:
+        from ipg.cluster.ray_cluster import reachable
+
+        address = cfg.ray.address or os.environ.get("RAY_ADDRESS")
+        if address:
+            reachable(address)
+
+
 def _remove_run(path: Path) -> None:
     """--overwrite: remove the directory of a previous run, recognised by its config.yaml (the run config
     this project writes); a directory without one is left alone."""

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import uuid
 from pathlib import Path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    umask = os.umask(0)
-    os.umask(umask)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    # created with mode 0666, which the kernel narrows by the process's umask: results read like any file
+    # written here (mkstemp would make them 0600, and reading the umask means setting it, process-wide)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; results should read like any written file
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -15,7 +15,7 @@ import hashlib
 import json
 import os
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 from ipg.errors import InputError
@@ -77,11 +77,9 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, sha256: str | No
                          f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
     model.tie_weights()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    umask = os.umask(0)
-    os.umask(umask)
+    tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex}"
+    tmp.mkdir(mode=0o777)  # narrowed by the umask, as any saved checkpoint (mkdtemp would make it 0700)
     try:
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; a checkpoint should read like any saved one
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         generation = getattr(loaded, "generation_config", None) or GenerationConfig.from_model_config(config)

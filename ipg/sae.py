@@ -79,6 +79,7 @@ class TopKSAE(torch.nn.Module):
         sae = cls(int(meta["d_model"]), int(meta["n_features"]), int(meta["k"]), int(meta["layer"]), meta.get("model", ""))
         sae.load_state_dict(load_file(str(path)))
         sae.requires_grad_(False)
+        sae.source = str(Path(path).resolve())  # where it came from: another process loads it from there
         return sae.eval()
 
 

@@ -1,6 +1,7 @@
 import itertools
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -68,7 +69,7 @@ def test_restart_restores_from_the_snapshot_without_double_counting(tmp_path):
     for sid, p in shards.items():  # the driver re-sends everything not acknowledged; duplicates are ignored
         second.merge(sid, p)
     np.testing.assert_allclose(_scores(second.finalize()), _scores(expected), rtol=1e-12)
-    assert sorted(pq.read_table(tmp_path / "run" / SNAPSHOT).schema.metadata) == [b"ipg.ledger", b"ipg.run_key"]
+    assert sorted(pq.read_table(tmp_path / "run" / SNAPSHOT).schema.metadata) == [b"ipg.ledger", b"ipg.run_key", b"ipg.sha256"]
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]  # atomic writes
 
 
@@ -83,3 +84,43 @@ def test_a_snapshot_of_another_run_is_refused(tmp_path):
     with pytest.raises(InputError, match=r"a snapshot of another run \(key run-a, this run run-b\)"):
         Reducer(tmp_path, {}, run_key="run-b")
     assert Reducer(tmp_path, {}, run_key="run-a").merged_shards() == ["s0"]
+
+
+def test_a_damaged_snapshot_falls_back_to_the_one_before_and_the_shards_after_it_are_redone(tmp_path):
+    """Truncated (a disk filled up, a copy cut short) or altered: detected by the checksum of sums, ledger and
+    run key; the previous snapshot is restored, the note says so, and re-merging gives the whole result."""
+    import shutil
+
+    from ipg.workers.reducer import PREVIOUS, read_snapshot
+
+    shards = _shards(6)
+    whole = Reducer(tmp_path / "whole", {}, snapshot_every=2)
+    for sid, p in shards.items():
+        whole.merge(sid, p)
+    expected = _scores(whole.finalize())
+    run = tmp_path / "run"
+    first = Reducer(run, {}, snapshot_every=2, run_key="k")
+    for sid in list(shards)[:4]:  # snapshots after shards 1 and 3: the previous one holds shards 0, 1
+        first.merge(sid, shards[sid])
+    del first
+    good = (run / SNAPSHOT).read_bytes()
+    (run / SNAPSHOT).write_bytes(good[: len(good) // 2])  # truncated
+    partial, ledger, key, note = read_snapshot(run)
+    assert sorted(ledger) == ["shard-0", "shard-1"] and key == "k"
+    assert "is unreadable" in note and "restored the snapshot before it (2 shards merged)" in note
+    second = Reducer(run, {}, snapshot_every=2, run_key="k")
+    assert second.merged_shards() == ["shard-0", "shard-1"] and second.status()["note"] == note
+    for sid, p in shards.items():
+        second.merge(sid, p)
+    np.testing.assert_allclose(_scores(second.finalize()), expected, rtol=1e-12)
+    # altered bytes that still parse: the checksum refuses them
+    table = pq.read_table(run / SNAPSHOT)
+    pq.write_table(table.set_column(table.schema.get_field_index("total"), "total",
+                                    pa.array([v + 1.0 for v in table.column("total").to_pylist()])), run / SNAPSHOT)
+    assert "checksum does not match" in read_snapshot(run)[3]
+    # with no good snapshot left: one error naming the file and the fix
+    (run / PREVIOUS).write_bytes(b"junk")
+    with pytest.raises(InputError, match=r"reducer-snapshot.parquet: its checksum does not match its contents, and "
+                                         r"unreadable .*; remove .* to redo this attribution from the start"):
+        read_snapshot(run)
+    shutil.rmtree(run)

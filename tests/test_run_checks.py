@@ -126,3 +126,15 @@ def test_every_failure_ends_in_one_error_line(tmp_path, capsys, monkeypatch):
     assert "second line of detail" in log.read_text() and "Traceback" in log.read_text()
     assert main(["--debug", "attribute", "--layers", "1", "--limit", "2", "--out", str(out)]) == 1
     assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_cluster_that_does_not_answer_fails_at_once_and_writes_nothing(tmp_path, capsys):
+    import socket as sockets
+
+    with sockets.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "run"
+    assert main(["attribute", "--layers", "1", "--limit", "2", "--address", f"127.0.0.1:{port}", "--out", str(out)]) == 2
+    assert f"error: ray.address: nothing answers at '127.0.0.1:{port}' within 10 s" in capsys.readouterr().err
+    assert not out.exists()

@@ -13,6 +13,7 @@ error, never silently mixed in.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -24,20 +25,60 @@ from ipg.scores import STATS_KEY, PartialScores, partial_from_arrow, partial_to_
 from ipg.workers.faults import maybe_crash
 
 SNAPSHOT = "reducer-snapshot.parquet"
+PREVIOUS = "reducer-snapshot.previous.parquet"  # the snapshot before the last: what a damaged one falls back to
 LEDGER_KEY = b"ipg.ledger"
 RUN_KEY = b"ipg.run_key"
+CHECKSUM_KEY = b"ipg.sha256"
 
 
-def read_snapshot(out_dir: str | Path) -> tuple[PartialScores, dict, str] | None:
-    """(partial sums, ledger, run key) of the snapshot in ``out_dir``, or None when there is none."""
-    path = Path(out_dir) / SNAPSHOT
-    if not path.is_file():
-        return None
-    table = pq.ParquetFile(path).read()  # not pq.read_table: its first call imports pyarrow.dataset (~0.25 s)
+def _checksum(table, ledger: bytes, key: bytes) -> str:
+    """sha256 over the sums (Arrow IPC of the columns, metadata aside), the ledger and the run key."""
+    import hashlib
+
+    import pyarrow as pa
+
+    sink = pa.BufferOutputStream()
+    table = table.replace_schema_metadata(None).combine_chunks()  # as written, whatever the row groups read back
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    digest = hashlib.sha256(sink.getvalue().to_pybytes())
+    digest.update(ledger)
+    digest.update(key)
+    return digest.hexdigest()
+
+
+def _read_one(path: Path):
+    """(partial, ledger, run key), or the reason the file cannot be trusted."""
+    try:
+        table = pq.ParquetFile(path).read()  # not pq.read_table: its first call imports pyarrow.dataset (~0.25 s)
+    except Exception as e:  # truncated or overwritten: pyarrow's ArrowInvalid, OSError
+        return f"unreadable ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
     meta = table.schema.metadata or {}
     if LEDGER_KEY not in meta:
-        raise InputError(f"{path}: not a reducer snapshot (no ledger); move it away or use another output directory")
+        return "not a reducer snapshot (no ledger)"
+    if CHECKSUM_KEY in meta and meta[CHECKSUM_KEY].decode() != _checksum(table, meta[LEDGER_KEY], meta.get(RUN_KEY, b"")):
+        return "its checksum does not match its contents"
     return partial_from_arrow(table), json.loads(meta[LEDGER_KEY]), meta.get(RUN_KEY, b"").decode()
+
+
+def read_snapshot(out_dir: str | Path) -> tuple[PartialScores, dict, str, str] | None:
+    """(partial sums, ledger, run key, note) of the snapshot in ``out_dir``, or None when there is none. A
+    damaged snapshot (unreadable, or its checksum wrong) is replaced by the one before it, and ``note``
+    says so: the shards merged after that one are not in its ledger, so the run computes them again.
+    With no good snapshot left, an error names the file and the fix."""
+    out_dir = Path(out_dir)
+    latest, previous = out_dir / SNAPSHOT, out_dir / PREVIOUS
+    if not latest.is_file() and not previous.is_file():
+        return None
+    problem = _read_one(latest) if latest.is_file() else "missing (a crash while it was replaced)"
+    if isinstance(problem, tuple):
+        return (*problem, "")
+    fallback = _read_one(previous) if previous.is_file() else "there is no earlier one"
+    if isinstance(fallback, tuple):
+        return (*fallback, f"{latest} is {problem}: restored the snapshot before it ({len(fallback[1])} shards merged); "
+                           "the shards merged after it are computed again")
+    raise InputError(f"{latest}: {problem}, and {fallback}; remove {latest} (and {previous}) to redo this attribution "
+                     "from the start, or use another output directory")
 
 
 class Reducer:
@@ -47,12 +88,12 @@ class Reducer:
         self.out_dir, self.meta, self.snapshot_every, self.run_key = Path(out_dir), dict(meta), snapshot_every, run_key
         self.partial, self.ledger = PartialScores(), {}
         self.since_snapshot = 0
-        self.restore_seconds = None
+        self.restore_seconds, self.note = None, ""
         self.timer = StageTimer()
         start = time.perf_counter()
         found = read_snapshot(self.out_dir)
         if found is not None:
-            partial, ledger, key = found
+            partial, ledger, key, self.note = found
             if key != run_key:
                 raise InputError(f"{self.out_dir / SNAPSHOT}: a snapshot of another run (key {key or 'none'}, this run "
                                  f"{run_key or 'none'}); resume that run with the same settings, or use another output directory")
@@ -90,11 +131,18 @@ class Reducer:
         return dict(self.ledger)
 
     def status(self) -> dict:
-        return {"merged": len(self.ledger), "unsnapshotted": self.since_snapshot, "restore_seconds": self.restore_seconds}
+        return {"merged": len(self.ledger), "unsnapshotted": self.since_snapshot, "restore_seconds": self.restore_seconds,
+                "note": self.note}
 
     def snapshot(self) -> Path:
-        table = partial_to_arrow(self.partial, {LEDGER_KEY: json.dumps(self.ledger).encode(), RUN_KEY: self.run_key.encode()})
-        path = write_scores(self.out_dir / SNAPSHOT, table)
+        ledger, key = json.dumps(self.ledger).encode(), self.run_key.encode()
+        table = partial_to_arrow(self.partial)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), LEDGER_KEY: ledger, RUN_KEY: key,
+                                               CHECKSUM_KEY: _checksum(table, ledger, key).encode()})
+        latest = self.out_dir / SNAPSHOT
+        if latest.is_file():  # kept as the fallback should the new one be damaged
+            os.replace(latest, self.out_dir / PREVIOUS)
+        path = write_scores(latest, table)
         self.since_snapshot = 0
         return path
 

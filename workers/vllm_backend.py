@@ -12,8 +12,11 @@ random stream, same distribution).
 Whole prefills on CPU: a prompt split across engine steps makes vLLM rewind that request's random
 generator, which CPU generators cannot do (see ``workers.vllm_sizing.whole_prefills``).
 
-Steering inside the engine: forward hooks installed on the engine's model through the worker RPC
-(``LLM.apply_model``), in eager mode with prefix caching off. vLLM's decoder layers return
+Steering inside the engine: forward hooks installed on the engine's model by a method of ours that the
+engine's workers carry (``SteeringExtension``, vLLM's ``worker_extension_cls``), called by name through
+``LLM.collective_rpc`` with plain data: lists of numbers, strings and the SAE's file path. No function
+or module is pickled into the engine, so vLLM's insecure (pickle) serialization stays off. Eager mode,
+prefix caching off. vLLM's decoder layers return
 ``(hidden, residual)`` with the residual add fused into the next norm; a hook edits the block output
 ``hidden + residual`` and hands ``(edited, 0)`` on, which the next fused add turns back into exactly
 ``edited``. The decision positions (``positions="generated"``) are the last query token of every
@@ -24,7 +27,6 @@ each rank holds a slice of them; indices are mapped to the rank's slice).
 
 from __future__ import annotations
 
-import functools
 import os
 from contextlib import contextmanager
 
@@ -45,7 +47,6 @@ class VLLMEngine:
                  max_model_len: int | None = None, max_num_seqs: int | None = None, kv_cache_gib: float | None = None,
                  gpu_memory_utilization: float | None = None, gpu_share: float | None = None,
                  enforce_eager: bool = True, enable_prefix_caching: bool = False, trust_remote_code: bool = False):
-        os.environ.setdefault("VLLM_ALLOW_INSECURE_SERIALIZATION", "1")  # apply_model ships our hook functions
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         from transformers import AutoTokenizer
         from vllm import LLM
@@ -63,7 +64,7 @@ class VLLMEngine:
         args = {k: v for k, v in memory.args.items() if v is not None}
         self.llm = LLM(model=path, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
                        enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
-                       trust_remote_code=trust_remote_code, **args)
+                       trust_remote_code=trust_remote_code, worker_extension_cls=f"{__name__}.SteeringExtension", **args)
         self.max_model_len = self.llm.model_config.max_model_len
         self.enforce_eager = enforce_eager
 
@@ -116,11 +117,11 @@ class VLLMEngine:
         {..., "op": "interpolate", "alpha", "baseline"}; SAE sites carry the SAE module in "sae"."""
         if specs and not self.enforce_eager:
             raise InputError("vllm.enforce_eager: steering hooks need eager mode; set it to true")
-        self.llm.apply_model(functools.partial(install_hooks, specs=specs))  # std pickle: no lambdas
+        self.llm.collective_rpc("ipg_install_hooks", args=([_plain(s) for s in specs],))
         try:
             yield
         finally:
-            self.llm.apply_model(remove_hooks)
+            self.llm.collective_rpc("ipg_remove_hooks")
 
 
     def interpolate(self, site: Site, alpha: float, baseline: torch.Tensor, positions: str, saes: dict | None = None):
@@ -156,7 +157,41 @@ def _sae_state(saes, site: Site):
     sae = (saes or {}).get(site.layer)
     if sae is None:
         raise InputError(f"sae: steering layers.{site.layer}.sae needs an SAE for layer {site.layer}")
-    return sae.cpu()  # a torch module: pickled into the worker (ipg is importable there)
+    source = getattr(sae, "source", None)
+    if source is None:
+        raise InputError(f"sae: the SAE of layer {site.layer} was not loaded from a file (TopKSAE.load); the vLLM engine "
+                         "loads SAEs from their files, so save it first")
+    return source
+
+
+def _plain(spec: dict) -> dict:
+    """A spec as data vLLM's RPC carries without pickling: tensors as lists of floats."""
+    return {k: v.tolist() if isinstance(v, torch.Tensor) else v for k, v in spec.items()}
+
+
+class SteeringExtension:
+    """Mixed into the vLLM worker (``worker_extension_cls``): the hook RPCs, by name, with plain data."""
+
+    def ipg_install_hooks(self, specs: list[dict]) -> int:
+        return install_hooks(self.get_model(), [_tensors(s) for s in specs])
+
+    def ipg_remove_hooks(self) -> int:
+        return remove_hooks(self.get_model())
+
+
+_SAES: dict = {}
+
+
+def _tensors(spec: dict) -> dict:
+    """Inside the worker: the spec's lists as float32 tensors, its SAE loaded (once per file)."""
+    out = {k: torch.tensor(spec[k], dtype=torch.float32) if k in ("baseline", "vector") else v for k, v in spec.items()}
+    if out.get("sae") is not None:
+        from ipg.sae import TopKSAE
+
+        if out["sae"] not in _SAES:
+            _SAES[out["sae"]] = TopKSAE.load(out["sae"])
+        out["sae"] = _SAES[out["sae"]]
+    return out
 
 
 # -- inside the vLLM worker process ----------------------------------------------------------------
