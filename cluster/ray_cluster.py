@@ -129,6 +129,38 @@ def actor_options(spec: ActorSpec, placement_group=None, bundle_index: int = -1)
     return options
 
 
+def typed_constructor(cls):
+    """``cls`` whose constructor's exception is kept and raised by the actor's first method call instead.
+    A failing constructor reaches the driver as Ray's text only (ActorDiedError carries no exception
+    object); a failing method call carries the worker's exception, typed (an InputError stays one). The
+    actor stays up, so a constructor that can never succeed is not restarted in vain."""
+
+    import functools
+    import inspect
+
+    def checked(method):
+        @functools.wraps(method)
+        def call(self, *args, **kwargs):
+            error = self.__dict__.get("_constructor_error")
+            if error is not None:
+                raise error
+            return method(self, *args, **kwargs)
+
+        return call
+
+    def __init__(self, *args, **kwargs):
+        try:
+            cls.__init__(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001 - every constructor failure is re-raised by the next call
+            self.__dict__["_constructor_error"] = e
+
+    # Ray looks methods up on the class: each public one checks first
+    methods = {name: checked(fn) for name, fn in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_")}
+    Actor = type(cls.__name__, (cls,), {"__init__": __init__, **methods})
+    Actor.__qualname__, Actor.__doc__ = cls.__qualname__, cls.__doc__
+    return Actor
+
+
 class ActorGroup:
     """``n`` actors of one plain class, with their options; picked round-robin by shard number."""
 
@@ -136,7 +168,7 @@ class ActorGroup:
                  per_actor: list[dict] | None = None, **kwargs):
         if n < 1:
             raise InputError(f"ray: a group of {cls.__name__} needs at least 1 actor, got {n}")
-        remote_cls = ray.remote(cls)
+        remote_cls = ray.remote(typed_constructor(cls))
         self.name, self.spec = cls.__name__, spec
         self.actors = [remote_cls.options(**actor_options(spec, placement_group, first_bundle + i if placement_group else -1))
                        .remote(*args, **kwargs, **(per_actor[i] if per_actor else {})) for i in range(n)]

@@ -15,11 +15,8 @@ def worker_error(exc: BaseException, what: str, starting: bool = False) -> BaseE
     inner = cause(exc)
     if isinstance(inner, (ItemError, InputError)):
         return InputError(str(inner))
-    if starting and inner is not exc:
+    if starting:  # constructors' errors arrive typed through the first call (cluster.ray_cluster.typed_constructor)
         return FatalError(f"{what}: {type(inner).__name__}: {inner}")
-    if starting:
-        text = str(exc).strip()
-        return FatalError(f"{what}: {text.splitlines()[-1] if text else type(exc).__name__}")
     if isinstance(exc, ray.exceptions.RayActorError):
         return FatalError(f"{what}: an actor died more often than its restart budget allows ({exc})")
     return FatalError(f"{what}: {type(inner).__name__}: {inner}")
