@@ -2,14 +2,12 @@
 re-scored exactly; a partial table that names its components; the same scores from a given PG table."""
 
 import numpy as np
-import pyarrow as pa
 import pytest
 
-from ipg.attribution import AttributionConfig, attribute, sample_rollouts, site_baselines
+from ipg.attribution import AttributionConfig, attribute, site_baselines
 from ipg.component_path import component_candidates, component_path_scores
 from ipg.errors import InputError
 from ipg.scores import PartialScores, partial_from_arrow, partial_to_arrow, select
-from ipg.signals import make_signal
 from ipg.sites import Site
 
 pytestmark = pytest.mark.unit

@@ -46,7 +46,7 @@ def test_run_on_ray_writes_what_the_in_process_run_writes_and_its_driver_loads_n
     def refuse(*args, **kwargs):
         raise AssertionError("the driver loaded model weights")
 
-    for module in (ipg.models, driver.experiment):
+    for module in (ipg.models, ipg.driver.experiment):
         monkeypatch.setattr(module, "load_model", refuse)
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
     on_ray = run_experiment(load_config(SMOKE, overrides + [f"--out={tmp_path / 'ray'}", "--ray.enabled=true"]), log=lambda m: None)
