@@ -33,7 +33,7 @@ from ipg.cluster.metrics import metrics
 from ipg.cluster.ray_cluster import ActorGroup, ActorSpec
 from ipg.driver.dispatch import Dispatch, shard
 from ipg.driver.progress import Progress
-from ipg.driver.ray_errors import get, worker_error
+from ipg.driver.ray_errors import get, lost_what, lost_work, worker_error
 from ipg.driver.unit_records import BASELINE, RESULT_RECORD, finished_record, run_key
 from ipg.driver.unit_records import diagnostics as unit_diagnostics
 from ipg.attribution import Attribution, AttributionConfig, prepare_examples, score_meta
@@ -121,6 +121,7 @@ class AttributionUnits:
         parts = {sid: (k, part) for k, sid, part in todo}
         plan = Dispatch([sid for _, sid, _ in todo], len(self.groups), self.cfg.max_in_flight, set(rollout_refs))
         progress = Progress(len(todo), f"attribute {out_dir.name}", self.cfg.progress, self.log)
+        attempts = {sid: 1 for _, sid, _ in todo}
 
         def generate(sid):
             k, part = parts[sid]
@@ -134,7 +135,7 @@ class AttributionUnits:
         try:
             with self.timer("attribute"):
                 table_refs = run_shards(plan, generate, attribute, reducer, self.cfg.max_in_flight + len(self.groups), in_flight,
-                                        lambda ref: self._wait_one(in_flight, progress, ref), costs)
+                                        lambda ref: self._wait_one(in_flight, progress, ref, plan, attempts, out_dir), costs)
                 # a reducer restarted from an older snapshot forgot the shards merged after it: re-send them
                 for _ in range(3):
                     ledger = set(ray.get(reducer.merged_shards.remote()))  # one call, not one per shard
@@ -178,19 +179,48 @@ class AttributionUnits:
             (out_dir / name).unlink(missing_ok=True)
         return Attribution(table, diagnostics, cfg, table_ref=table_ref)
 
-    def _wait_one(self, in_flight: dict, progress: Progress, ref) -> str:
-        """A finished merge call: its shard id (or the worker's error)."""
+    def _wait_one(self, in_flight: dict, progress: Progress, ref, plan: Dispatch, attempts: dict, out_dir) -> str | None:
+        """A finished merge call: its shard id. Work lost with an actor, worker or node is handed out again
+        whole (None), after a backoff that gives Ray time to restart actors elsewhere, up to
+        ray.max_shard_attempts; any other error, or the limit spent, ends the run with the cause."""
         sid = in_flight.pop(ref)
         try:
             ray.get(ref)
             maybe_crash("driver", sid)  # tests: the driver dies with this shard merged
         except ray.exceptions.RayError as e:
+            if lost_work(e) and attempts[sid] < self.cfg.max_shard_attempts:
+                wait = min(30.0, 2.0 ** attempts[sid])
+                attempts[sid] += 1
+                self.log(f"  shard '{sid}': work lost ({lost_what(e)}); again in {wait:.0f} s, attempt {attempts[sid]} of "
+                         f"{self.cfg.max_shard_attempts}")
+                time.sleep(wait)
+                self._drop_lost_groups(plan)
+                plan.retry(sid)
+                return None
             m = metrics()
             if m is not None and error_class(cause(e)) == "fatal":
                 m.error("fatal", "driver")
+            if lost_work(e):
+                raise FatalError(f"shard '{sid}': its work was lost {attempts[sid]} times, the limit of "
+                                 f"ray.max_shard_attempts (last: {lost_what(e)}); continue with --resume {out_dir}, "
+                                 "which keeps the merged shards") from None
             raise worker_error(e, f"shard '{sid}'") from None
         progress.advance()
         return sid
+
+    def _drop_lost_groups(self, plan: Dispatch) -> None:
+        """A ZeRO-3 group that lost a rank cannot be rebuilt mid-run: no more work for it, and with none
+        left, the run ends saying so."""
+        if self.cfg.gradient_backend != "deepspeed":
+            return  # torch gradient actors restart on their own
+        for g, ranks in enumerate(self.groups):
+            try:
+                ray.get([r.ready.remote() for r in ranks], timeout=30)
+            except (ray.exceptions.RayError, TimeoutError):
+                plan.lose_group(g)
+        if plan.live_groups() == 0:
+            raise FatalError("every ZeRO-3 gradient group lost a rank; a group cannot be rebuilt mid-run: continue with "
+                             "--resume, which starts new groups and keeps the merged shards")
 
     def _mean_baseline(self, shards, cfg, signal, params, sites, out_dir):
         """First pass: every shard's rollouts and activation sums, added into the global mean. Saved, so

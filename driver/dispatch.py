@@ -31,6 +31,7 @@ class Dispatch:
         self.queue = [s for s in shard_ids if s not in generated]  # no rollouts yet
         self.waiting = [s for s in shard_ids if s in generated]  # rollouts under way or done, no group yet
         self.free = list(range(n_groups))
+        self.n_groups, self.lost = n_groups, set()
         self.lookahead = lookahead
         self.group: dict[str, int] = {}
 
@@ -54,8 +55,28 @@ class Dispatch:
         return out
 
     def attributed(self, sid: str) -> None:
-        """The shard's gradient call returned (or failed): its group is free."""
-        self.free.append(self.group.pop(sid))
+        """The shard's gradient call returned (or failed): its group is free (unless it was lost)."""
+        g = self.group.pop(sid, None)
+        if g is not None and g not in self.lost:
+            self.free.append(g)
+
+    def retry(self, sid: str) -> None:
+        """The shard's work was lost (an actor or node died): it is done again whole, rollouts first,
+        ahead of the shards not started yet."""
+        if sid in self.group:
+            self.attributed(sid)
+        if sid in self.waiting:
+            self.waiting.remove(sid)
+        self.queue.insert(0, sid)
+
+    def lose_group(self, g: int) -> None:
+        """Group ``g`` cannot take work again (a ZeRO-3 group that lost a rank)."""
+        self.lost.add(g)
+        if g in self.free:
+            self.free.remove(g)
+
+    def live_groups(self) -> int:
+        return self.n_groups - len(self.lost)
 
     @property
     def attributing(self) -> list[str]:

@@ -69,6 +69,9 @@ class RayConfig:
     shard_size: int = 8  # prompts per shard: the unit of work, retry and resume
     max_in_flight: int = 4  # rollout look-ahead: shards generated ahead of the gradient workers (merges pending: this + workers)
     snapshot_every: int = 4  # reducer snapshot every K merged shards (and at the end)
+    # a shard whose work is lost (an actor, worker or node died) is done again whole, with backoff, up to
+    # this many attempts in all; a per-example error is never retried
+    max_shard_attempts: int = 4
     placement_strategy: str = "PACK"
     # custom resources each rollout / gradient actor asks for, so it lands on the nodes that declare them
     # (KubeRay worker groups: rayStartParams.resources, e.g. '{"ipg_rollout": 1000}'); empty: any node
@@ -81,7 +84,8 @@ class RayConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):
-        for name in ("rollout_workers", "gradient_workers", "threads_per_actor", "shard_size", "max_in_flight", "snapshot_every"):
+        for name in ("rollout_workers", "gradient_workers", "threads_per_actor", "shard_size", "max_in_flight", "snapshot_every",
+                     "max_shard_attempts"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:

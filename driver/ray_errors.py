@@ -17,9 +17,27 @@ def worker_error(exc: BaseException, what: str, starting: bool = False) -> BaseE
         return InputError(str(inner))
     if starting:  # constructors' errors arrive typed through the first call (cluster.ray_cluster.typed_constructor)
         return FatalError(f"{what}: {type(inner).__name__}: {inner}")
-    if isinstance(exc, ray.exceptions.RayActorError):
-        return FatalError(f"{what}: an actor died more often than its restart budget allows ({exc})")
+    if lost_work(exc):
+        return FatalError(f"{what}: {lost_what(exc)}")
     return FatalError(f"{what}: {type(inner).__name__}: {inner}")
+
+
+# what a dead actor, process or node raises: the work was lost, not wrong, and doing it again can succeed
+_LOST = tuple(getattr(ray.exceptions, name) for name in (
+    "RayActorError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
+    "OwnerDiedError", "ObjectReconstructionFailedError", "LocalRayletDiedError") if hasattr(ray.exceptions, name))
+
+
+def lost_work(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error inside it) means lost work: an actor, worker or node died."""
+    return isinstance(exc, _LOST) or isinstance(cause(exc), _LOST)
+
+
+def lost_what(exc: BaseException) -> str:
+    """One line on what was lost: the error's class and the first line of Ray's message."""
+    inner = cause(exc) if isinstance(cause(exc), _LOST) else exc
+    text = (getattr(inner, "error_msg", None) or str(inner)).strip()
+    return f"{type(inner).__name__}: {text.splitlines()[0] if text else 'lost'}"
 
 
 def get(refs, what: str):

@@ -1,0 +1,95 @@
+"""A node lost mid-run: a cluster of a head (no CPUs) and two 1-CPU worker nodes on 127.0.0.1, each a
+`ray start --block` process of its own; one node's processes are killed after the first shard is merged.
+Ray restarts the lost actors on the surviving node, the driver hands the lost shard out again, and the
+run ends with the scores of an in-process run. Only the processes started here are stopped, by PID."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+pytest.importorskip("ray")
+psutil = pytest.importorskip("psutil")
+
+from raytools import assert_same_scores  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+BIN = Path(sys.executable).parent
+SETTINGS = ["--model", "organism", "--limit", "16", "--layers", "1", "--attribution.method=pg", "--attribution.n_samples=3",
+            "--attribution.max_new_tokens=48", "--attribution.completeness=false", "--quiet"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args, log, env):
+    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *args],
+                            stdout=log, stderr=subprocess.STDOUT, env=env)
+
+
+def _kill_tree(proc) -> None:
+    """The node's processes (its raylet, agents and workers) killed at once, as when a machine dies."""
+    try:
+        tree = psutil.Process(proc.pid).children(recursive=True) + [psutil.Process(proc.pid)]
+    except psutil.NoSuchProcess:
+        return
+    for p in tree:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    log = open(tmp_path / "cluster.log", "w")
+    head = _start(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
+                   "--ray-client-server-port", str(_free_port())], log, env)
+    time.sleep(8)
+    nodes = [_start(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"], log, env) for _ in range(2)]
+    time.sleep(8)
+    yield f"127.0.0.1:{port}", nodes, env
+    for p in nodes + [head]:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in nodes + [head]:
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _kill_tree(p)
+
+
+def test_a_node_lost_mid_run_costs_a_retry_not_the_run(cluster, tmp_path):
+    address, nodes, env = cluster
+    from ipg.driver.cli import main
+
+    assert main(["attribute", *SETTINGS, "--out", str(tmp_path / "ref")]) == 0
+    out = tmp_path / "ray"
+    # one actor on each worker node (SPREAD), half a CPU each: the survivor can hold both after the loss
+    driver = subprocess.Popen([sys.executable, "-m", "ipg.driver.cli", "attribute", *SETTINGS[:-1], "--address", address,
+                               "--ray.placement_strategy=SPREAD", "--ray.cpus_per_actor=0.5", "--ray.shard_size=2",
+                               "--ray.progress=lines", "--out", str(out)],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env, "RAY_AUTH_MODE": "token"})
+    lines, killed = [], False
+    for line in driver.stdout:
+        lines.append(line)
+        if not killed and "1/8 shards" in line:
+            _kill_tree(nodes[0])
+            killed = True
+    assert driver.wait(timeout=600) == 0, "".join(lines)[-4000:]
+    text = "".join(lines)
+    assert killed and "work lost" in text and "again in" in text, text[-4000:]
+    assert_same_scores(pq.read_table(out / "scores.parquet"), pq.read_table(tmp_path / "ref" / "scores.parquet"))
