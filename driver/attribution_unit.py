@@ -193,9 +193,8 @@ class AttributionUnits:
                 attempts[sid] += 1
                 self.log(f"  shard '{sid}': work lost ({lost_what(e)}); again in {wait:.0f} s, attempt {attempts[sid]} of "
                          f"{self.cfg.max_shard_attempts}")
-                time.sleep(wait)
                 self._drop_lost_groups(plan)
-                plan.retry(sid)
+                plan.retry(sid, delay=wait)
                 return None
             m = metrics()
             if m is not None and error_class(cause(e)) == "fatal":
@@ -297,7 +296,13 @@ def run_shards(plan: Dispatch, generate, attribute, reducer, max_merges: int, in
                 tables[sid] = attribute(sid, g)
                 in_flight[reducer.merge.remote(sid, tables[sid])] = sid
         attributing = {tables[sid]: sid for sid in plan.attributing}
-        done, _ = ray.wait(list(attributing) + list(in_flight), num_returns=1)
+        refs = list(attributing) + list(in_flight)
+        if not refs:  # nothing under way: a shard handed out again waits out its backoff
+            time.sleep(0.2)
+            continue
+        done, _ = ray.wait(refs, num_returns=1, timeout=0.5 if plan.backing_off() else None)
+        if not done:
+            continue
         if done[0] in attributing:
             plan.attributed(attributing[done[0]])  # a failure surfaces from its merge
         else:

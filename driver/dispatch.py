@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from ipg.errors import InputError
 
 
@@ -32,15 +34,23 @@ class Dispatch:
         self.waiting = [s for s in shard_ids if s in generated]  # rollouts under way or done, no group yet
         self.free = list(range(n_groups))
         self.n_groups, self.lost = n_groups, set()
+        self.not_before: dict[str, float] = {}  # shard -> monotonic time before which it is not handed out
         self.lookahead = lookahead
         self.group: dict[str, int] = {}
 
-    def to_generate(self) -> list[str]:
-        """Shards whose rollouts to start now."""
-        n = max(0, min(len(self.queue), self.lookahead - len(self.waiting)))
-        out, self.queue = self.queue[:n], self.queue[n:]
+    def to_generate(self, now: float | None = None) -> list[str]:
+        """Shards whose rollouts to start now (a shard handed out again waits out its backoff)."""
+        now = time.monotonic() if now is None else now
+        ready = [s for s in self.queue if self.not_before.get(s, 0.0) <= now]
+        out = ready[: max(0, self.lookahead - len(self.waiting))]
+        self.queue = [s for s in self.queue if s not in out]
         self.waiting += out
         return out
+
+    def backing_off(self, now: float | None = None) -> bool:
+        """Whether a queued shard waits for its backoff to end (the caller polls, then)."""
+        now = time.monotonic() if now is None else now
+        return any(self.not_before.get(s, 0.0) > now for s in self.queue)
 
     def to_attribute(self, costs: dict[str, float] | None = None) -> list[tuple[str, int]]:
         """(shard, group) pairs to start now, onto the free groups. ``costs``: shard -> cost of the
@@ -60,9 +70,11 @@ class Dispatch:
         if g is not None and g not in self.lost:
             self.free.append(g)
 
-    def retry(self, sid: str) -> None:
+    def retry(self, sid: str, delay: float = 0.0, now: float | None = None) -> None:
         """The shard's work was lost (an actor or node died): it is done again whole, rollouts first,
-        ahead of the shards not started yet."""
+        ahead of the shards not started yet, once ``delay`` seconds have passed (time for Ray to restart
+        actors; the other shards go on meanwhile)."""
+        self.not_before[sid] = (time.monotonic() if now is None else now) + delay
         if sid in self.group:
             self.attributed(sid)
         if sid in self.waiting:

@@ -50,13 +50,14 @@ def test_lost_work_is_handed_out_again_whole_and_a_lost_group_gets_none():
     d = Dispatch(["s0", "s1", "s2"], n_groups=2, lookahead=2)
     assert d.to_generate() == ["s0", "s1"] and d.to_attribute() == [("s0", 0), ("s1", 1)]
     d.retry("s1")  # its group's actor died with it: rollouts again, before the shards not started yet
-    assert d.attributing == ["s0"] and d.to_generate() == ["s1"] and d.to_attribute() == [("s1", 1)]
+    assert d.attributing == ["s0"] and d.to_generate() == ["s1", "s2"] and d.to_attribute() == [("s1", 1)]
     d.lose_group(1)  # a ZeRO-3 group that lost a rank
-    d.retry("s1")
-    assert d.live_groups() == 1 and d.to_generate() == ["s1"] and d.to_attribute() == []  # group 0 is busy
+    d.retry("s1", delay=4.0, now=100.0)  # handed out again after its backoff; the others go on meanwhile
+    assert d.backing_off(now=103.0) and d.to_generate(now=103.0) == [] and not d.backing_off(now=104.0)
+    assert d.live_groups() == 1 and d.to_generate(now=104.0) == ["s1"] and d.to_attribute() == []  # group 0 is busy
     d.attributed("s0")
+    assert d.to_attribute({"s2": 9}) == [("s2", 0)]  # the costlier of the done ones
+    d.attributed("s2")
     assert d.to_attribute() == [("s1", 0)]
     d.attributed("s1")
-    assert d.to_generate() == ["s2"] and d.to_attribute() == [("s2", 0)]
-    d.attributed("s2")
     assert d.finished() and d.free == [0]

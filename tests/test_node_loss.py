@@ -50,6 +50,16 @@ def _kill_tree(proc) -> None:
             pass
 
 
+def _wait_started(log: Path, n: int, head) -> None:
+    """Until ``n`` `ray start` processes (head included) have printed that their node is up."""
+    for _ in range(120):
+        if log.read_text().count("Ray runtime started") >= n:
+            return
+        assert head.poll() is None, log.read_text()[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(log.read_text()[-3000:])
+
+
 @pytest.fixture
 def cluster(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
@@ -58,9 +68,15 @@ def cluster(tmp_path):
     log = open(tmp_path / "cluster.log", "w")
     head = _start(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
                    "--ray-client-server-port", str(_free_port())], log, env)
-    time.sleep(8)
-    nodes = [_start(["--address", f"127.0.0.1:{port}", "--num-cpus", "1"], log, env) for _ in range(2)]
-    time.sleep(8)
+    _wait_started(tmp_path / "cluster.log", 1, head)
+    env["RAY_AUTH_MODE"] = "token"  # the head's token authentication: its clients and nodes present the token
+    nodes = []
+    for i in range(2):  # one at a time, each on ports of its own (they share the machine)
+        ports = [arg for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
+                                  "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
+                 for arg in (flag, str(_free_port()))]
+        nodes.append(_start(["--address", f"127.0.0.1:{port}", "--num-cpus", "1", *ports], log, env))
+        _wait_started(tmp_path / "cluster.log", 2 + i, head)
     yield f"127.0.0.1:{port}", nodes, env
     for p in nodes + [head]:
         if p.poll() is None:
@@ -82,7 +98,7 @@ def test_a_node_lost_mid_run_costs_a_retry_not_the_run(cluster, tmp_path):
     driver = subprocess.Popen([sys.executable, "-m", "ipg.driver.cli", "attribute", *SETTINGS[:-1], "--address", address,
                                "--ray.placement_strategy=SPREAD", "--ray.cpus_per_actor=0.5", "--ray.shard_size=2",
                                "--ray.progress=lines", "--out", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**env, "RAY_AUTH_MODE": "token"})
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines, killed = [], False
     for line in driver.stdout:
         lines.append(line)
@@ -91,5 +107,6 @@ def test_a_node_lost_mid_run_costs_a_retry_not_the_run(cluster, tmp_path):
             killed = True
     assert driver.wait(timeout=600) == 0, "".join(lines)[-4000:]
     text = "".join(lines)
+    print("".join(line for line in lines if "work lost" in line or "shards" in line))  # shown with -s
     assert killed and "work lost" in text and "again in" in text, text[-4000:]
     assert_same_scores(pq.read_table(out / "scores.parquet"), pq.read_table(tmp_path / "ref" / "scores.parquet"))

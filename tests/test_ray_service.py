@@ -51,6 +51,27 @@ def test_killed_rollout_gradient_and_reducer_actors_change_no_score(local_ray, r
     assert res.diagnostics["timings"]["reducer_restore_seconds"] is not None  # the reducer came back from its snapshot
 
 
+def test_work_lost_beyond_the_attempt_limit_ends_the_run_in_one_line(local_ray, tmp_path, monkeypatch, capsys):
+    """The gradient actor dies 3 times on a shard (its restarts and Ray's task retries spent), and
+    ray.max_shard_attempts is 1: the run ends (exit 1) in one line that names the limit it spent and how to
+    continue, with no scores written."""
+    from ipg.driver.cli import main
+
+    monkeypatch.setenv("IPG_FAULTS", f"gradient@{SHARDS[1]}*3")
+    monkeypatch.setenv("IPG_FAULTS_DIR", str(tmp_path))
+    monkeypatch.setenv("RAY_ADDRESS", local_ray["address"])
+    (tmp_path / "ex.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in EXAMPLES))
+    out = tmp_path / "run"
+    code = main(["attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", "--attribution.method=pg",
+                 "--attribution.n_samples=2", "--attribution.max_new_tokens=32", "--attribution.completeness=false",
+                 "--ray.shard_size=3", "--ray.cpus_per_actor=0.5", "--ray.max_shard_attempts=1", "--out", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0].startswith(f"error: shard '{SHARDS[1]}': its work was lost 1 times, the limit of ray.max_shard_attempts "
+                             "(last: ") and f"continue with --resume {out}" in err[0], err
+    assert not (out / "scores.parquet").exists() and "Traceback" in (out / "error.log").read_text()
+
+
 def test_killed_driver_resumes_with_identical_scores(local_ray, reference, tmp_path):
     out = tmp_path / "run"
     env = {**os.environ, "IPG_FAULTS": f"driver@{SHARDS[2]}", "IPG_FAULTS_DIR": str(tmp_path),
