@@ -30,18 +30,50 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     if not ray.is_initialized():
         if address:
             reachable(address)
+            if loopback_only(address):
+                stay_on_loopback()
             try:
                 ray.init(address=address, log_to_driver=True)
             except ConnectionError as e:
                 raise InputError(f"ray.address: cannot connect to '{address}' ({e}); start a head with "
                                  "`ray start --head` or unset RAY_ADDRESS to start a local cluster") from None
         else:
+            stay_on_loopback()
             ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                      num_cpus=num_cpus, log_to_driver=False)
     from ray._private.worker import get_dashboard_url
 
     return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": get_dashboard_url() or None,
             "local": not address}
+
+
+def stay_on_loopback() -> None:
+    """A local cluster listens on 127.0.0.1 only. Ray rewrites a loopback node address to the host's own
+    (so that other nodes could join), and its servers then listen where every machine on the network can
+    reach them, metrics endpoints included. A local cluster has no other nodes: its processes (which
+    read this variable when they start) and this driver keep the loopback address."""
+    from ray._private import ray_constants
+
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's switch for single-machine clusters
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it at import
+
+
+def loopback_only(address: str) -> bool:
+    """Whether ``address`` is a cluster that listens on loopback alone (one this project started): a
+    client must then keep the loopback address too, which Ray would rewrite to the host's."""
+    import socket
+
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+        return False
+    try:
+        own = socket.gethostbyname(socket.gethostname())
+        if own.startswith("127."):
+            return True
+        socket.create_connection((own, int(port)), timeout=2).close()
+    except OSError:
+        return True
+    return False
 
 
 def reachable(address: str, timeout_s: float = 10.0) -> None:

@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import ray
 import torch
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ipg.cluster.errors import FatalError, error_class, cause
 from ipg.cluster.metrics import metrics
@@ -98,7 +99,11 @@ class AttributionUnits:
                              f"now {key}); resume with the same config, or use another output directory")
         start = time.perf_counter()
         meta = score_meta(info["model"], sig.name, cfg, run_id)
-        reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0, max_restarts=4, max_task_retries=4), str(out_dir), meta,
+        # on the driver's node: the results are written where the driver (and its user) can read them,
+        # whatever the cluster's filesystems
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0, max_restarts=4, max_task_retries=4,
+                                                   extra={"scheduling_strategy": here}), str(out_dir), meta,
                              snapshot_every=self.cfg.snapshot_every, run_key=key).pick(0)
         try:
             return self._run(reducer, shards, cfg, signal, signal_params, sites, info, key, out_dir, start, candidates)
@@ -174,6 +179,8 @@ class AttributionUnits:
                                            "config": dataclasses.asdict(cfg), "shards": [sid for sid, _ in shards],
                                            "workers": {"rollout": len(self.sampler), "rollout_backend": self.cfg.rollout_backend, "gradient": len(self.groups),
                                                                        "ranks_per_gradient_worker": len(self.groups[0])},
+                                           "nodes": {"driver": ray.get_runtime_context().get_node_id(),
+                                                     "reducer": ray.get(reducer.node.remote())},
                                            "diagnostics": diagnostics})
         for name in (SNAPSHOT, PREVIOUS):  # complete: attribution.json + scores.parquet are the record
             (out_dir / name).unlink(missing_ok=True)

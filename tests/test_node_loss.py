@@ -3,6 +3,7 @@
 Ray restarts the lost actors on the surviving node, the driver hands the lost shard out again, and the
 run ends with the scores of an in-process run. Only the processes started here are stopped, by PID."""
 
+import json
 import os
 import signal
 import socket
@@ -110,3 +111,6 @@ def test_a_node_lost_mid_run_costs_a_retry_not_the_run(cluster, tmp_path):
     print("".join(line for line in lines if "work lost" in line or "shards" in line))  # shown with -s
     assert killed and "work lost" in text and "again in" in text, text[-4000:]
     assert_same_scores(pq.read_table(out / "scores.parquet"), pq.read_table(tmp_path / "ref" / "scores.parquet"))
+    # the results were written from the driver's node (the head), whatever node the actors were on
+    nodes = json.loads((out / "attribution.json").read_text())["nodes"]
+    assert nodes["reducer"] == nodes["driver"], nodes

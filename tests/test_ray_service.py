@@ -132,3 +132,17 @@ def test_failing_example_fails_the_run_naming_it_or_is_skipped_and_counted(local
     assert res.diagnostics["skipped"].keys() == {BAD} and res.diagnostics["n_prompts"] == 5
     expected = attribute(model, tok, [ex for ex in EXAMPLES[3:9] if ex["id"] != BAD], signal="accuracy", **SETTINGS)
     assert_same_scores(res.table, expected.table)
+
+
+def test_a_local_cluster_listens_on_loopback_only(local_ray):
+    """Every process of the session's local cluster (and this driver) accepts connections on 127.0.0.1
+    only: GCS, raylet, workers, agents and metrics endpoints alike."""
+    psutil = pytest.importorskip("psutil")
+    assert local_ray["address"].startswith("127.0.0.1:")
+    listening = set()
+    for p in [psutil.Process()] + psutil.Process().children(recursive=True):
+        try:
+            listening |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+        except psutil.NoSuchProcess:
+            pass
+    assert listening and all(ip in ("127.0.0.1", "::1") for _, ip, _ in listening), sorted(listening)

@@ -127,6 +127,12 @@ class Reducer:
     def merged_shards(self) -> list[str]:
         return list(self.ledger)
 
+    def node(self) -> str:
+        """The Ray node this reducer writes from."""
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
     def ledger_stats(self) -> dict[str, dict]:
         return dict(self.ledger)
 
