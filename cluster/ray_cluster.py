@@ -12,6 +12,7 @@ restarts, retries, runtime env, placement) are applied here, in ``actor_options`
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import ray
@@ -30,32 +31,46 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
     if not ray.is_initialized():
         if address:
             reachable(address)
-            if loopback_only(address):
-                stay_on_loopback()
             try:
-                ray.init(address=address, log_to_driver=True)
+                with on_loopback(loopback_only(address)):
+                    ray.init(address=address, log_to_driver=True)
             except ConnectionError as e:
                 raise InputError(f"ray.address: cannot connect to '{address}' ({e}); start a head with "
                                  "`ray start --head` or unset RAY_ADDRESS to start a local cluster") from None
         else:
-            stay_on_loopback()
-            ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                     num_cpus=num_cpus, log_to_driver=False)
+            with on_loopback():
+                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                         num_cpus=num_cpus, log_to_driver=False)
     from ray._private.worker import get_dashboard_url
 
     return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": get_dashboard_url() or None,
             "local": not address}
 
 
-def stay_on_loopback() -> None:
-    """A local cluster listens on 127.0.0.1 only. Ray rewrites a loopback node address to the host's own
-    (so that other nodes could join), and its servers then listen where every machine on the network can
-    reach them, metrics endpoints included. A local cluster has no other nodes: its processes (which
-    read this variable when they start) and this driver keep the loopback address."""
+@contextmanager
+def on_loopback(enabled: bool = True):
+    """While Ray starts or joins a cluster: keep it on 127.0.0.1. Ray rewrites a loopback node address to
+    the host's own (so that other nodes could join), and a local cluster's servers then listen where every
+    machine on the network can reach them, metrics endpoints included. A local cluster has no other
+    nodes. The cluster's processes read Ray's single-machine switch from the environment when they start
+    (so it is set only while they are started, not for this driver's other children), this driver from
+    the constant it read at import."""
+    if not enabled:
+        yield
+        return
     from ray._private import ray_constants
 
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray's switch for single-machine clusters
-    ray_constants.ENABLE_RAY_CLUSTER = False  # this process read it at import
+    key = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"  # Ray's switch for single-machine clusters
+    before = os.environ.get(key)
+    os.environ[key] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def loopback_only(address: str) -> bool:
