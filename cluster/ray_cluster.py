@@ -41,6 +41,9 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
             with on_loopback():
                 ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
                          num_cpus=num_cpus, log_to_driver=False)
+            from ipg.cluster import watchdog
+
+            watchdog.start(os.getpid())  # the cluster dies with this driver, even a killed one
     from ray._private.worker import get_dashboard_url
 
     return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": get_dashboard_url() or None,

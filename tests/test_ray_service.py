@@ -139,6 +139,7 @@ def test_a_local_cluster_listens_on_loopback_only(local_ray):
     only: GCS, raylet, workers, agents and metrics endpoints alike."""
     psutil = pytest.importorskip("psutil")
     assert local_ray["address"].startswith("127.0.0.1:")
+    assert "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER" not in os.environ  # set for the cluster's processes only
     listening = set()
     for p in [psutil.Process()] + psutil.Process().children(recursive=True):
         try:
@@ -147,3 +148,31 @@ def test_a_local_cluster_listens_on_loopback_only(local_ray):
             pass
     outside = sorted(x for x in listening if x[1] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"))  # IPv4 loopback on IPv6 sockets too
     assert listening and not outside, outside
+
+
+def test_a_killed_driver_leaves_no_process_of_its_local_cluster(tmp_path):
+    """SIGKILL of a driver that started a local cluster: its watchdog stops every process of that cluster."""
+    import signal
+
+    psutil = pytest.importorskip("psutil")
+    code = ("from ipg.cluster.ray_cluster import connect; connect(num_cpus=1); print('up', flush=True); "
+            "import time; time.sleep(600)")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    assert driver.stdout.readline().strip() == "up"
+    time.sleep(3)  # the cluster's agents are up
+    procs = psutil.Process(driver.pid).children(recursive=True)
+    assert len(procs) >= 4, procs  # GCS, raylet, agents, dashboard (and the watchdog)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    def alive(p):
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.time() + 60
+    while time.time() < deadline and any(map(alive, procs)):
+        time.sleep(1)
+    left = [p.pid for p in procs if alive(p)]
+    assert not left, left
