@@ -138,3 +138,21 @@ def test_a_cluster_that_does_not_answer_fails_at_once_and_writes_nothing(tmp_pat
     assert main(["attribute", "--layers", "1", "--limit", "2", "--address", f"127.0.0.1:{port}", "--out", str(out)]) == 2
     assert f"error: ray.address: nothing answers at '127.0.0.1:{port}' within 10 s" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_atomic_writes_leave_the_process_umask_alone(tmp_path, monkeypatch):
+    """Reading the umask means setting it, for every thread of the process: atomic writes never do; the file
+    gets the mode the umask gives any new file."""
+    import stat
+
+    from ipg.files import atomic_write_text
+
+    umask = os.umask(0o022)
+    os.umask(umask)
+
+    def forbidden(*a):
+        raise AssertionError("os.umask called")
+
+    monkeypatch.setattr(os, "umask", forbidden)
+    path = atomic_write_text(tmp_path / "x.txt", "hello")
+    assert path.read_text() == "hello" and stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask

@@ -80,6 +80,10 @@ def test_steering_inside_vllm_equals_steering_hf(engine, organism, kind, layer, 
         if gamma == 0.0:
             assert sum(a != b for a, b in zip(ours, unsteered)) >= 2  # the hooks really act
     assert _ids(engine.generate(EVAL, GREEDY)) == unsteered  # hooks removed
+    # installed by a registered worker method with plain data: vLLM's pickle serialization was never enabled
+    import os
+
+    assert "VLLM_ALLOW_INSECURE_SERIALIZATION" not in os.environ
 
 
 def test_control_vector_and_interpolation_inside_vllm_equal_hf(engine, organism):
