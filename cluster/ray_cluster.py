@@ -76,19 +76,26 @@ def on_loopback(enabled: bool = True):
             os.environ[key] = before
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """(host, port) of a cluster address ('host:port', 'ray://host:port'); None for 'auto' and the like."""
+    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
+    return (host.strip("[]"), int(port)) if host and port.isdigit() else None
+
+
 def loopback_only(address: str) -> bool:
     """Whether ``address`` is a cluster that listens on loopback alone (one this project started): a
     client must then keep the loopback address too, which Ray would rewrite to the host's."""
     import socket
 
-    host, _, port = address.split("://", 1)[-1].rstrip("/").rpartition(":")
-    if host not in ("127.0.0.1", "localhost") or not port.isdigit():
+    where = _host_port(address)
+    if where is None or where[0] not in ("127.0.0.1", "localhost"):
         return False
+    port = where[1]
     try:
         own = socket.gethostbyname(socket.gethostname())
         if own.startswith("127."):
             return True
-        socket.create_connection((own, int(port)), timeout=2).close()
+        socket.create_connection((own, port), timeout=2).close()
     except OSError:
         return True
     return False
@@ -100,12 +107,11 @@ def reachable(address: str, timeout_s: float = 10.0) -> None:
     without a port are left to Ray."""
     import socket
 
-    hostport = address.split("://", 1)[-1].rstrip("/")
-    host, _, port = hostport.rpartition(":")
-    if not host or not port.isdigit():
+    where = _host_port(address)
+    if where is None:
         return
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+        socket.create_connection(where, timeout=timeout_s).close()
     except OSError as e:
         raise InputError(f"ray.address: nothing answers at '{address}' within {timeout_s:g} s ({e.strerror or e}); start "
                          "the cluster (`ray start --head`), give the address of a running one, or unset ray.address / "

@@ -22,8 +22,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _save_traceback(exc: BaseException, run_dir: str | None) -> Path:
-    where = Path(run_dir) if run_dir and Path(run_dir).is_dir() else Path(tempfile.gettempdir())
-    path = where / ("error.log" if where != Path(tempfile.gettempdir()) else f"ipg-error-{os.getpid()}.log")
+    if run_dir and Path(run_dir).is_dir():
+        path = Path(run_dir) / "error.log"
+    else:
+        path = Path(tempfile.gettempdir()) / f"ipg-error-{os.getpid()}.log"
     text = "".join(traceback.format_exception(exc))
     try:
         with open(path, "a") as f:

@@ -35,7 +35,8 @@ def lost_work(exc: BaseException) -> bool:
 
 def lost_what(exc: BaseException) -> str:
     """One line on what was lost: the error's class and the first line of Ray's message."""
-    inner = cause(exc) if isinstance(cause(exc), _LOST) else exc
+    inner = cause(exc)
+    inner = inner if isinstance(inner, _LOST) else exc
     text = (getattr(inner, "error_msg", None) or str(inner)).strip()
     return f"{type(inner).__name__}: {text.splitlines()[0] if text else 'lost'}"
 

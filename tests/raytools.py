@@ -1,5 +1,7 @@
 """Helpers shared by the Ray tests."""
 
+import socket
+
 import numpy as np
 
 from ipg.driver.config import RayConfig
@@ -22,3 +24,10 @@ def assert_same_scores(table, reference, scale_rtol=1e-6):
 def small_ray(workers: int, **kw) -> RayConfig:
     return RayConfig(enabled=True, rollout_workers=workers, gradient_workers=workers, shard_size=3, max_in_flight=2,
                      cpus_per_actor=0.5, progress="lines", **kw)
+
+
+def free_port() -> int:
+    """A port nothing on 127.0.0.1 listens on now (for the clusters a test starts itself)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -21,16 +21,12 @@ import pytest
 
 pytest.importorskip("ray")
 
+from raytools import free_port  # noqa: E402
+
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +34,7 @@ def head(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("head")
     # every port the head takes is a free one: the test session's own local cluster already holds the
     # defaults (measured: a second agent on the default 52365 leaves the job API with "No available agent")
-    port, dash, agent, client = _free_port(), _free_port(), _free_port(), _free_port()
+    port, dash, agent, client = free_port(), free_port(), free_port(), free_port()
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     log = open(tmp_path / "head.log", "w")

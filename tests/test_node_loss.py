@@ -6,7 +6,6 @@ run ends with the scores of an in-process run. Only the processes started here a
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,19 +17,13 @@ import pytest
 pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 
-from raytools import assert_same_scores  # noqa: E402
+from raytools import assert_same_scores, free_port  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
 SETTINGS = ["--model", "organism", "--limit", "16", "--layers", "1", "--attribution.method=pg", "--attribution.n_samples=3",
             "--attribution.max_new_tokens=48", "--attribution.completeness=false", "--quiet"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(args, log, env):
@@ -65,17 +58,17 @@ def _wait_started(log: Path, n: int, head) -> None:
 def cluster(tmp_path):
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    port = _free_port()
+    port = free_port()
     log = open(tmp_path / "cluster.log", "w")
     head = _start(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
-                   "--ray-client-server-port", str(_free_port())], log, env)
+                   "--ray-client-server-port", str(free_port())], log, env)
     _wait_started(tmp_path / "cluster.log", 1, head)
     env["RAY_AUTH_MODE"] = "token"  # the head's token authentication: its clients and nodes present the token
     nodes = []
     for i in range(2):  # one at a time, each on ports of its own (they share the machine)
         ports = [arg for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
                                   "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
-                 for arg in (flag, str(_free_port()))]
+                 for arg in (flag, str(free_port()))]
         nodes.append(_start(["--address", f"127.0.0.1:{port}", "--num-cpus", "1", *ports], log, env))
         _wait_started(tmp_path / "cluster.log", 2 + i, head)
     yield f"127.0.0.1:{port}", nodes, env
