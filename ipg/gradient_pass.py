@@ -94,16 +94,92 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
-def _policy_logprobs(model, hidden: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor, temperature: float):
-    """Sum of log pi(a_t | s_t) per row over ``target_mask`` positions; hidden (R, T, d) after the
-    final norm. Only the masked positions go through the LM head."""
-    logits = _at_least_float32(model.lm_head(hidden[:, :-1][target_mask[:, :-1]]))  # (N_gen, V)
+# The LM head's logits (positions x vocabulary, float32) are formed in chunks of at most this many bytes:
+# a long trajectory or a large vocabulary never holds positions x vocabulary at once.
+LOGIT_CHUNK_BYTES = 256 * 2**20
+
+
+def _chunk_positions(vocab: int) -> int:
+    """Positions per LM-head chunk under ``LOGIT_CHUNK_BYTES`` (float32 logits)."""
+    return max(1, LOGIT_CHUNK_BYTES // (vocab * 4))
+
+
+class _TokenLogprobs(torch.autograd.Function):
+    """log pi(target | state) / temperature-scaled, per row of ``states`` (n, d), through a linear LM head
+    in chunks of positions. When the states need a gradient it is formed in the forward pass, chunk by
+    chunk, as d log pi / d state = ((onehot - softmax) / temperature [x the softcap's derivative]) @ W,
+    an (n, d) tensor; the backward pass only scales it by the incoming per-position gradient. So no
+    chunk's logits outlive it, none is recomputed, and the work is autograd's: one matmul forward, one
+    backward."""
+
+    @staticmethod
+    def forward(ctx, states, targets, weight, bias, temperature: float, cap):
+        n = states.shape[0]
+        step = _chunk_positions(weight.shape[0])
+        out = torch.empty(n, dtype=torch.promote_types(states.dtype, torch.float32), device=states.device)
+        grad = torch.empty_like(states) if ctx.needs_input_grad[0] else None
+        for i in range(0, n, step):
+            z = _at_least_float32(torch.nn.functional.linear(states[i : i + step], weight, bias))  # (c, V) logits
+            squash = None
+            if cap:
+                squash = torch.tanh(z / cap)
+                z = squash * cap
+            if temperature != 1.0:
+                z = z / temperature
+            tgt = targets[i : i + step, None]
+            picked = z.gather(-1, tgt)[:, 0]
+            top = z.amax(-1, keepdim=True)
+            total = z.sub_(top).exp_().sum(-1)  # z now holds exp(logit - max), in place: one (c, V) buffer
+            out[i : i + step] = picked - top[:, 0] - total.log()
+            if grad is not None:  # minus the gradient: (softmax - onehot) / temperature, through the softcap, @ W
+                p = z.div_(total[:, None])
+                p.scatter_add_(-1, tgt, torch.full_like(tgt, -1, dtype=p.dtype))
+                if temperature != 1.0:
+                    p.div_(temperature)
+                if squash is not None:
+                    p.mul_(1 - squash * squash)
+                grad[i : i + step] = (p.to(weight.dtype) @ weight).to(states.dtype)
+        ctx.save_for_backward(grad)
+        return out
+
+    @staticmethod
+    def backward(ctx, g):
+        (grad,) = ctx.saved_tensors
+        return -(g[:, None].to(grad.dtype) * grad), None, None, None, None, None
+
+
+def _token_logprobs(model, states: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
+    """log pi(target | state) for each row of ``states`` (n, d) after the final norm, the LM head in
+    chunks of positions (``LOGIT_CHUNK_BYTES``)."""
+    head = model.lm_head
     cap = getattr(model.config, "final_logit_softcapping", None)
+    sharded = hasattr(getattr(head, "weight", None), "ds_id")  # ZeRO-3: the module call gathers the weight
+    if isinstance(head, torch.nn.Linear) and not sharded and not head.weight.requires_grad:
+        return _TokenLogprobs.apply(states, targets, head.weight, head.bias, temperature, cap)
+    from torch.utils.checkpoint import checkpoint  # any other head: autograd, each chunk recomputed backward
+
+    step = _chunk_positions(model.config.vocab_size)
+    grad = torch.is_grad_enabled() and states.requires_grad
+    fn = lambda s, t: _head_logprobs(head, s, t, temperature, cap)  # noqa: E731
+    return torch.cat([checkpoint(fn, states[i : i + step], targets[i : i + step], use_reentrant=False)
+                      if grad and states.shape[0] > step else fn(states[i : i + step], targets[i : i + step])
+                      for i in range(0, max(states.shape[0], 1), step)])
+
+
+def _head_logprobs(head, states, targets, temperature: float, cap) -> torch.Tensor:
+    logits = _at_least_float32(head(states))
     if cap:
         logits = torch.tanh(logits / cap) * cap
-    logp = torch.log_softmax(logits / temperature, dim=-1)
+    logits = logits / temperature
+    return logits.gather(-1, targets[:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+
+
+def _policy_logprobs(model, hidden: torch.Tensor, ids: torch.Tensor, target_mask: torch.Tensor, temperature: float):
+    """Sum of log pi(a_t | s_t) per row over ``target_mask`` positions; hidden (R, T, d) after the
+    final norm. Only the masked positions go through the LM head (``_token_logprobs``)."""
+    states = hidden[:, :-1][target_mask[:, :-1]]  # (N_gen, d)
     targets = ids[:, 1:][target_mask[:, :-1]]  # (N_gen,)
-    token_lp = logp.gather(-1, targets[:, None])[:, 0]
+    token_lp = _token_logprobs(model, states, targets, temperature)
     row = torch.arange(ids.shape[0], device=ids.device)[:, None].expand_as(ids)[:, :-1][target_mask[:, :-1]]
     return torch.zeros(ids.shape[0], dtype=token_lp.dtype, device=ids.device).index_add(0, row, token_lp)
 

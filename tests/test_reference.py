@@ -147,3 +147,33 @@ def test_a_bfloat16_model_attributes_close_to_float32(organism, support):
            for m in (model, half)]
     rel = np.linalg.norm(out[1] - out[0]) / np.linalg.norm(out[0])
     assert 0 < rel < 0.1, rel
+
+
+def test_the_lm_head_in_chunks_equals_the_reference(organism64, support, monkeypatch):
+    """A long trajectory's LM head runs in chunks of positions, never positions x vocabulary at once: the
+    gradient formed chunk by chunk in the forward pass (a linear head), or each chunk recomputed in the
+    backward pass (any other head). Either way the scores are the reference's."""
+    import ipg.gradient_pass as gp
+
+    model, _ = organism64
+    vocab = model.config.vocab_size
+    widths = []
+    cast = gp._at_least_float32
+
+    def spy(x):  # every (positions, vocabulary) logits tensor passes here
+        if x.ndim == 2 and x.shape[1] == vocab:
+            widths.append(x.shape[0])
+        return cast(x)
+
+    monkeypatch.setattr(gp, "_at_least_float32", spy)
+    monkeypatch.setattr(gp, "LOGIT_CHUNK_BYTES", 7 * vocab * 4)  # 7 positions per chunk
+    _compare(organism64, support, [Site(1, "residual"), Site(3, "mlp")])
+    assert widths and max(widths) == 7 and len(widths) > 20
+    widths.clear()
+    monkeypatch.setattr(model, "lm_head", torch.nn.Sequential(model.lm_head))  # not a Linear: the checkpointed chunks
+    _compare(organism64, support, [Site(1, "residual")])
+    assert widths and max(widths) == 7
+    monkeypatch.setattr(gp, "LOGIT_CHUNK_BYTES", 2**40)
+    widths.clear()
+    _compare(organism64, support, [Site(1, "residual")])
+    assert max(widths) > 7  # unchunked: a micro-batch's generated positions at once
