@@ -59,17 +59,24 @@ def sample_seed(seed: int, example_id: str, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+NUCLEUS_SCAN = 256  # candidates searched for the top-p nucleus before a full sort
+
+
 def _pick(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator]) -> torch.Tensor:
     """Next token per row from raw logits (B, V): argmax, or temperature + nucleus sampling."""
     if params.greedy:
         return logits.argmax(-1)
     probs = torch.softmax(logits / params.temperature, dim=-1)  # (B, V)
     if params.top_p < 1.0:
-        sorted_p, order = probs.sort(-1, descending=True)
+        # the nucleus is a prefix of the tokens by probability: look for it among the top NUCLEUS_SCAN
+        # first (a partial selection, not a sort of the whole vocabulary), and sort all only for a row
+        # whose nucleus is wider; the kept probabilities, and so the draws, are the same either way
+        top, order = probs.topk(min(NUCLEUS_SCAN, probs.shape[-1]), dim=-1)
+        if not bool((top.sum(-1) >= params.top_p).all()):
+            top, order = probs.sort(-1, descending=True)
         # keep the smallest prefix whose mass reaches top_p (the first token is always kept)
-        drop = (sorted_p.cumsum(-1) - sorted_p) >= params.top_p
-        sorted_p = sorted_p.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+        drop = (top.cumsum(-1) - top) >= params.top_p
+        probs = torch.zeros_like(probs).scatter(-1, order, top.masked_fill(drop, 0.0))
     return torch.stack([torch.multinomial(probs[i], 1, generator=g)[0] for i, g in enumerate(generators)])
 
 
@@ -121,13 +128,22 @@ def generate(
     return [[out[(ex["id"], j)] for j in range(params.n)] for ex in examples]
 
 
+def _keeps_last_logits(model) -> bool:
+    """Whether the model's forward takes ``logits_to_keep`` (transformers' causal LMs do; a remote-code
+    model may not)."""
+    import inspect
+
+    return "logits_to_keep" in inspect.signature(model.forward).parameters
+
+
 def _decode_loop(model, ids, mask, params, generators, eos, agree=None):
     """KV-cached decode of a left-padded batch; returns (token ids, logprobs, finished) per row.
     ``agree``: a ZeRO-3 rank keeps stepping (its rows finished, their tokens no longer kept) until every
     rank's batch is finished."""
     batch = ids.shape[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): left padding does not shift positions
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True)
+    last_only = {"logits_to_keep": 1} if _keeps_last_logits(model) else {}  # not (B, L, vocabulary) for the prompts
+    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
     cache = out.past_key_values
     logits = out.logits[:, -1].float()  # (B, V)
     tokens: list[list[int]] = [[] for _ in range(batch)]

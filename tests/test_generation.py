@@ -61,3 +61,18 @@ def test_top_p_keeps_only_the_nucleus(tiny_random):
 def test_bad_sampling_values_name_the_field(field, kwargs):
     with pytest.raises(InputError, match=f"sampling.{field}"):
         SamplingParams(**kwargs)
+
+
+@pytest.mark.parametrize("spread", [4.0, 0.3])  # a nucleus within the scanned candidates; one of most of the vocabulary
+def test_the_nucleus_search_draws_what_a_full_sort_draws(spread, monkeypatch):
+    import ipg.generation as gen
+
+    logits = torch.randn(16, 5000, generator=torch.Generator().manual_seed(0)) * spread
+    params = SamplingParams(n=1, greedy=False, temperature=0.6, top_p=0.8)
+
+    def draws():
+        return gen._pick(logits, params, [torch.Generator().manual_seed(i) for i in range(16)])
+
+    scanned = draws()
+    monkeypatch.setattr(gen, "NUCLEUS_SCAN", 0)  # always the full sort
+    assert torch.equal(scanned, draws())
