@@ -16,6 +16,7 @@ massive.parquet, cards.parquet, card_terms.parquet, stability.parquet, run.json,
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import itertools
 import json
 import random
@@ -30,6 +31,8 @@ from ipg.driver.config import DEFAULT_METHOD, DEFAULT_METHOD_WHY, RunConfig, as_
 from ipg.driver.model_access import LocalModel, RayModel
 from ipg.driver.run_inputs import load_saes, signal_params_of, splits_of
 from ipg.driver.run_tables import RunTables
+from ipg.driver.stages import describe as describe_stages
+from ipg.driver.stages import stage_split
 from ipg.attribution import attribute
 from ipg.baselines import random_components, top_components
 from ipg.components import Site
@@ -60,6 +63,7 @@ class Experiment:
         self.cfg, self.log, self.resume = cfg, log, resume
         self.resume_units = resume if resume_units is None else resume_units
         self.timers = StageTimer(observe=False)  # on Ray the pipeline observes its own stages; not twice
+        self.attribution_timings: list[dict] = []  # each attribution's diagnostics timings (run.json stages)
         self.session, self.model = None, None
         on_ray = cfg.ray.active() or resume
         m = cfg.model
@@ -101,11 +105,14 @@ class Experiment:
             longest = longest_prompt(self.tokenizer, self.support_all + self.eval_examples)
             new_tokens = max(cfg.attribution.max_new_tokens, cfg.evaluation.max_new_tokens)
             self.session = RaySession(cfg.model, cfg.ray, log, signals=signals or [cfg.signal], max_tokens=longest + new_tokens)
-            self.log(f"ray: {cfg.ray.rollout_workers} rollout + {cfg.ray.gradient_workers} gradient workers on "
+            self.log(f"ray: {cfg.ray.rollout_workers} rollout ({self.session.cfg.rollout_backend}) + {cfg.ray.gradient_workers} gradient workers on "
                      f"{self.session.info['address']} (dashboard {self.session.info['dashboard_url']})")
             self.lm = RayModel(self.session)
         else:
             self.lm = LocalModel(self.model, self.tokenizer, self.saes, cfg.evaluation.batch_size)
+            log("rollouts and evaluation: the HF loop in this process" + (
+                "; vLLM is installed: --ray.enabled=true --ray.rollout_backend=auto runs them in vLLM engines"
+                if importlib.util.find_spec("vllm") else ""))
         sites = [Site(layer, cfg.attribution.kind) for layer in cfg.attribution.layers]
         sites += [Site(layer, "sae") for layer in sorted(set(cfg.model.saes) & set(cfg.attribution.layers))]
         self.described = self.lm.describe(sites)  # the model's fingerprint and each site's width
@@ -143,6 +150,7 @@ class Experiment:
                 res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params,
                                 saes=self.saes, run_id=run_id, pg_table=pg_table, **dataclasses.asdict(a))
         self.tables.scores.append(res.table)
+        self.attribution_timings.append(res.diagnostics.get("timings", {}))
         self.log(f"  attributed {run_id} layers {list(layers)}: "
                  f"{res.diagnostics['seconds_per_prompt']:.2f} s/prompt, {res.diagnostics['mixed_groups']}/{len(examples)} mixed groups")
         return res
@@ -175,7 +183,7 @@ class Experiment:
         again there (sampling is seeded per example and sample: the same trajectories)."""
         if res.rollouts:
             return res.rollouts
-        with self.timers("baselines"):
+        with self.timers("baseline_rollouts"):
             return self.lm.rollouts(examples, res.config, self.cfg.signal, signal_params_of(self.cfg))
 
     def _random(self, site: Site, p: int, seed: int, draw: int = 0):
@@ -375,15 +383,17 @@ class Experiment:
         self.tables.write(out, setup)
         with self.timers("report"):
             write_report(out)
+        stages = stage_split(self.timers.seconds, self.attribution_timings, seconds, self.session is not None)
         atomic_write_json(out / "run.json", {
             "command": "run", "config": as_dict(self.cfg), **setup,  # setup: model, signal, prompt, answers, data
             "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples), "refused_examples": self.refused,
-            "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1),
+            "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1), "stages": stages,
             "ray": self.session.info if self.session is not None else None,
-            "rollout_backend": self.cfg.ray.rollout_backend if self.session is not None else "hf",
-            "evaluation_engine": self.cfg.ray.rollout_backend if self.session is not None else "hf",
+            "rollout_backend": self.session.cfg.rollout_backend if self.session is not None else "hf",  # auto: as resolved
+            "evaluation_engine": self.session.cfg.rollout_backend if self.session is not None else "hf",
             "versions": versions(),
         })
+        self.log(describe_stages(stages))
         self.log(f"wrote {out}/report.md ({seconds:.0f} s)")
 
 

@@ -222,7 +222,9 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     log(f"rollouts: {len(examples)} prompts x {cfg.n_samples} samples in {timings['rollout']:.1f}s")
     if not base:
         raise InputError(f"examples: the signal failed on every example (on_error 'skip'); first: {next(iter(skipped.values()))}")
+    t = time.perf_counter()
     baselines = site_baselines(model, base, sites, cfg, saes)
+    timings["baseline_statistics"] = time.perf_counter() - t
     candidates = None
     if cfg.method == "component":
         from ipg.component_path import component_candidates
