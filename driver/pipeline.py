@@ -29,7 +29,7 @@ def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: Attrib
     ``ipg.attribute`` with the same settings. ``settings`` are AttributionConfig fields when ``cfg`` is None."""
     cfg = cfg or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
     max_tokens = None
-    if (ray_cfg or RayConfig()).rollout_backend == "vllm":  # the engines' context: the longest prompt and its new tokens
+    if (ray_cfg or RayConfig()).rollout_backend in ("vllm", "auto"):  # the engines' context: the longest prompt and its new tokens
         name = model.name if isinstance(model, ModelConfig) else model
         tokenizer = None if all("prompt_ids" in ex for ex in examples) else load_tokenizer(name)
         max_tokens = longest_prompt(tokenizer, examples) + cfg.max_new_tokens

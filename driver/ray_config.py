@@ -77,7 +77,9 @@ class RayConfig:
     # (KubeRay worker groups: rayStartParams.resources, e.g. '{"ipg_rollout": 1000}'); empty: any node
     rollout_resources: dict[str, float] = field(default_factory=dict)
     gradient_resources: dict[str, float] = field(default_factory=dict)
-    rollout_backend: str = "hf"  # hf | vllm: rollout actors; deepspeed: the ZeRO-3 gradient groups sample (no process holds the model)
+    # hf | vllm: rollout actors; auto: vllm when installed and able to run the model, else hf (the log says
+    # which); deepspeed: the ZeRO-3 gradient groups sample (no process holds the model)
+    rollout_backend: str = "hf"
     gradient_backend: str = "torch"
     progress: str = "auto"  # auto (bar on a terminal, lines in a job log) | bar | lines | off
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
@@ -90,9 +92,9 @@ class RayConfig:
                 raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise InputError("cpus_per_actor / gpus_per_actor: must be >= 0")
-        if self.rollout_backend not in ("hf", "vllm", "deepspeed"):
-            raise InputError(f"rollout_backend: '{self.rollout_backend}'; use 'hf', 'vllm' (install the vllm extra) or "
-                             "'deepspeed' (the ZeRO-3 groups sample)")
+        if self.rollout_backend not in ("hf", "vllm", "auto", "deepspeed"):
+            raise InputError(f"rollout_backend: '{self.rollout_backend}'; use 'hf', 'vllm' (install the vllm extra), 'auto' "
+                             "(vllm when installed and able to run the model, else hf) or 'deepspeed' (the ZeRO-3 groups sample)")
         if self.gradient_backend not in ("torch", "deepspeed"):
             raise InputError(f"gradient_backend: '{self.gradient_backend}'; use 'torch' or 'deepspeed'")
         if self.rollout_backend == "deepspeed" and self.gradient_backend != "deepspeed":

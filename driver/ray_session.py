@@ -43,6 +43,13 @@ class RaySession(AttributionUnits):
         self.cfg = ray_cfg or RayConfig()
         path = resolve_model_path(self.model.name)  # a missing local path fails here, before any actor starts
         self.log = log
+        if self.cfg.rollout_backend == "auto":
+            from ipg.driver.rollout_choice import choose_rollout_backend
+
+            backend, why = choose_rollout_backend(path, dtype=self.model.dtype, device=self.model.device,
+                                                  trust_remote_code=self.model.trust_remote_code)
+            self.cfg = dataclasses.replace(self.cfg, rollout_backend=backend)
+            log(f"rollout backend: {backend} (auto: {why})")
         self.vllm = self._vllm_options(path, max_tokens)
         self.shipped = sorted({str(p) for p in map(signal_source, signals) if p is not None})
         self.info = connect(self.cfg.address)

@@ -154,3 +154,11 @@ def test_ipg_run_evaluates_inside_vllm_with_the_same_numbers(local_ray, tmp_path
     same = [(a, b) for a, b in zip(runs["hf"], runs["vllm"]) if a["method"] in ("original", "random")]
     assert len(same) == 5 and all(a == b for a, b in same)  # original, and 2 random draws x 2 gammas
     assert any(r["method"] == "random" and r["gamma"] == 0.0 for r in runs["vllm"])
+
+
+def test_auto_reads_the_installed_vllm_and_takes_it_for_the_organism():
+    from ipg.driver.rollout_choice import _vllm_architectures, choose_rollout_backend
+    from ipg.models import ORGANISM_PATH
+
+    assert {"Qwen2ForCausalLM", "LlamaForCausalLM"} <= _vllm_architectures()  # the registry is read, not skipped
+    assert choose_rollout_backend(str(ORGANISM_PATH), dtype="float32", device="cpu")[0] == "vllm"
