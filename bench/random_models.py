@@ -9,6 +9,9 @@ import torch
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, vocab_size=512),
     "24x512": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
+    # SmolLM2-135M-Instruct's shape (30 blocks, hidden 576, 3 key/value heads, vocabulary 49,152)
+    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
+                         vocab_size=49152),
     "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
                          vocab_size=151936),
 }
@@ -20,7 +23,7 @@ def build(shape: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
 
     dims = dict(SHAPES[shape])
     vocab = dims["vocab_size"]
-    cfg = Qwen2Config(max_position_embeddings=4096, tie_word_embeddings=shape != "tiny", bos_token_id=0, eos_token_id=1,
+    cfg = Qwen2Config(max_position_embeddings=16384, tie_word_embeddings=shape != "tiny", bos_token_id=0, eos_token_id=1,
                       pad_token_id=2, **dims)
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
@@ -29,13 +32,15 @@ def build(shape: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
 
 
 def tokenizer(vocab: int):
-    """Words t0 .. t{vocab}; EOS is t{vocab}, one past the model's vocabulary."""
+    """Words t0 .. t{vocab - 1}, with ids 2 and 3 named <pad> and <unk>, and EOS <eos> one past the model's
+    vocabulary. The special tokens' names are no prefix of a word's: decoding drops them by name."""
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(vocab + 1)}, unk_token="t3"))
+    words = {f"t{i}": i for i in range(vocab) if i not in (2, 3)} | {"<pad>": 2, "<unk>": 3, "<eos>": vocab}
+    tok = Tokenizer(models.WordLevel(words, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=f"t{vocab}", pad_token="t2", unk_token="t3")
+    out = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", unk_token="<unk>")
     out.padding_side = "left"
     return out
 
