@@ -9,11 +9,11 @@ from ipg.driver.config import RayConfig
 SETTINGS = dict(layers=(1, 2), q=3, n_samples=4, max_new_tokens=96, seed=7, completeness=False)
 
 
-def assert_same_scores(table, reference, scale_rtol=1e-6):
+def assert_same_scores(table, reference, scale_rtol=5e-6):
     """Element-wise 1e-5 relative, plus an absolute floor relative to the largest score (scores near 0).
     Shards batch their rows into other micro-batches than one in-process call (other matmul shapes,
-    other float32 rounding): measured up to 1.5e-7 of the largest score. A lost or twice-counted shard
-    moves scores by a sizeable fraction of it."""
+    other float32 rounding, the LM head's chunks included): measured up to 1.4e-6 of the largest score.
+    A lost or twice-counted shard moves scores by a sizeable fraction of it."""
     ref = np.array(reference.column("score").to_pylist())
     assert np.abs(ref).max() > 0
     np.testing.assert_allclose(np.array(table.column("score").to_pylist()), ref, rtol=1e-5, atol=scale_rtol * np.abs(ref).max())

@@ -69,7 +69,7 @@ def test_ray_job_submit_runs_ipg_on_the_cluster(head, tmp_path):
                              "--config", str(ROOT / "deploy" / "configs" / "smoke.yaml"), "--out", str(out)],
                             env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "ray: 1 rollout + 1 gradient workers" in result.stdout  # attribution ran on the cluster's actors
+    assert "ray: 1 rollout (hf) + 1 gradient workers" in result.stdout  # attribution ran on the cluster's actors
     status = subprocess.run([str(BIN / "ray"), "job", "status", "--address", url, "ipg-ci-smoke"], env={**env, "RAY_AUTH_MODE": "token"},
                             capture_output=True, text=True)
     assert "succeeded" in (status.stdout + status.stderr).lower()
