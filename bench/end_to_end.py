@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-STAGES = ("rollout", "gradient", "baseline_statistics", "evaluation", "other")
+from ipg.driver.stages import STAGES  # noqa: E402
 
 
 class Counter:

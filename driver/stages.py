@@ -8,7 +8,7 @@ are given beside it (worker seconds: they add up across actors, so they can exce
 
 from __future__ import annotations
 
-STAGES = ("rollout", "gradient", "baseline_statistics", "evaluation")
+STAGES = ("rollout", "gradient", "baseline_statistics", "evaluation", "other")  # in one process; they sum to the wall
 
 
 def stage_split(experiment: dict[str, float], attributions: list[dict[str, float]], wall: float, on_ray: bool) -> dict:
@@ -40,6 +40,6 @@ def stage_split(experiment: dict[str, float], attributions: list[dict[str, float
 def describe(split: dict) -> str:
     """One log line: each stage's seconds and share of the wall."""
     wall = split["wall"] or 1.0
-    keys = [k for k in ("rollout_and_gradient", "rollout", "gradient", "baseline_statistics", "evaluation", "other") if k in split]
+    keys = [k for k in ("rollout_and_gradient", *STAGES) if k in split]
     return "stages: " + ", ".join(f"{k.replace('_', ' ')} {split[k]:.{0 if wall >= 100 else 1}f} s ({100 * split[k] / wall:.0f}%)"
                                   for k in keys)
