@@ -96,6 +96,9 @@ class Experiment:
             self.validation_examples = formatted(validation, cfg.evaluation.max_new_tokens)
         for example, why in self.refused.items():
             log(f"skipped {example} (on_error skip): {why}")
+        rendered = self.prompt_format.note(self.tokenizer, self.support_all + self.eval_examples + self.validation_examples)
+        if rendered:
+            log(rendered)
         self.tables = RunTables()
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
@@ -367,7 +370,8 @@ class Experiment:
         """How examples became model inputs and how answers were scored (run.json, the report)."""
         d = self.cfg.data
         return {"model": self.described["model"], "signal": self.cfg.signal,
-                "prompt": self.prompt_format.describe(self.tokenizer, self.eval_examples[0]),
+                "prompt": self.prompt_format.describe(self.tokenizer, self.eval_examples[0],
+                                                      self.support_all + self.eval_examples + self.validation_examples),
                 "answers": self.extractor.describe(),
                 "attribution": {**{k: getattr(self.cfg.attribution, k) for k in
                                    ("method", "kind", "layers", "baseline", "schedule", "q", "n_samples", "advantage",

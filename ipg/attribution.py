@@ -215,6 +215,8 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     for site in sites:
         check_site(model, site, saes)
     log = log or (lambda msg: None)
+    if fmt.note(tokenizer, examples):
+        log(fmt.note(tokenizer, examples))
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     base = sample_rollouts(model, tokenizer, examples, sig, cfg, saes=saes, skipped=skipped)
@@ -253,7 +255,7 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         mean_reward=j1,
         mixed_groups=sum(len(set(r.rewards)) > 1 for r in base),
         n_prompts=len(examples),
-        prompt_format=fmt.describe(tokenizer),
+        prompt_format=fmt.describe(tokenizer, examples=examples),
         skipped=skipped,
         n_trajectories=sum(len(r.samples) for r in base),
         mean_generated_tokens=float(np.mean([s.n_tokens for r in base for s in r.samples])),

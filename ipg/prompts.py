@@ -12,6 +12,10 @@ Formats:
 a template   a Python format string over the example's fields, ``"Question: {question}\\nAnswer:"``
               (``{{`` and ``}}`` for literal braces)
 
+A prompt already rendered with the model's chat template (special tokens written out, as data exported
+from RL and evaluation pipelines often holds it; see ``ipg.rendered``) is used as it is under ``auto`` and
+``chat``: the template is never applied twice. ``describe`` counts such prompts for the log and run.json.
+
 Token ids, and BOS exactly once: a chat template writes its own special tokens (Llama 3's
 ``<|begin_of_text|>``, ChatML's ``<|im_start|>``), so the rendered text is tokenized without adding any;
 raw and template text get the tokens the tokenizer puts before a text (BOS, for the models that want
@@ -26,6 +30,7 @@ import string
 from dataclasses import dataclass
 
 from ipg.errors import InputError
+from ipg.rendered import added_token_pattern, is_rendered
 
 FORMATS = ("auto", "chat", "raw")
 
@@ -73,14 +78,32 @@ class PromptFormat:
                              "use raw or a template string")
         return self.format if self.format in FORMATS else "template"
 
+    def user_message(self, example: dict) -> str:
+        """The chat format's user message: the example's prompt, or ``user`` rendered over its fields."""
+        return example["prompt"] if self.user is None else _render(self.user, example, "prompt.user")
+
+    def kind(self, tokenizer, example: dict) -> str:
+        """How this example becomes text: 'chat', 'raw', 'template', or 'rendered' (a chat or auto format
+        whose prompt the model's chat template already rendered: used as it is)."""
+        kind = self.resolve(tokenizer)
+        if kind != "chat" or not is_rendered(tokenizer, self.user_message(example)):
+            return kind
+        if self.system is not None:
+            raise InputError(f"prompt.system: example '{example.get('id', '?')}' is already rendered with the model's chat "
+                             "template, so no system message can be added to it; drop prompt.system, or give the prompt "
+                             "unrendered")
+        return "rendered"
+
     def text(self, tokenizer, example: dict) -> str:
         """The model input of ``example`` as text (special tokens written out)."""
-        kind = self.resolve(tokenizer)
+        kind = self.kind(tokenizer, example)
         if kind == "raw":
             return example["prompt"]
         if kind == "template":
             return _render(self.format, example, "prompt.format")
-        user = example["prompt"] if self.user is None else _render(self.user, example, "prompt.user")
+        user = self.user_message(example)
+        if kind == "rendered":
+            return user
         messages = ([{"role": "system", "content": self.system}] if self.system is not None else []) + [
             {"role": "user", "content": user}]
         try:
@@ -94,17 +117,32 @@ class PromptFormat:
         """The model input of ``example`` as token ids (BOS once; see the module note)."""
         text = self.text(tokenizer, example)
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.resolve(tokenizer) == "chat":
+        if self.kind(tokenizer, example) in ("chat", "rendered"):
             return list(ids)
         lead = leading_special_ids(tokenizer)
         return list(ids) if ids[: len(lead)] == lead else lead + list(ids)
 
-    def describe(self, tokenizer, example: dict | None = None) -> dict:
-        """What run.json and the report say about the formatting (with one rendered input, if given)."""
+    def describe(self, tokenizer, example: dict | None = None, examples: list[dict] = ()) -> dict:
+        """What run.json and the report say about the formatting (with one rendered input, if given, and
+        how many of ``examples`` were already rendered with the chat template and used as they are)."""
         out = {"format": self.format, "resolved": self.resolve(tokenizer), "system": self.system, "user": self.user}
+        if examples:
+            out["already_rendered"], out["n_examples"] = self.rendered_count(tokenizer, examples), len(examples)
         if example is not None:
             out["example"] = self.text(tokenizer, example)
         return out
+
+    def rendered_count(self, tokenizer, examples: list[dict]) -> int:
+        """How many of ``examples`` (those with a text prompt) the chat template already rendered."""
+        return sum(isinstance(ex.get("prompt"), str) and self.kind(tokenizer, ex) == "rendered" for ex in examples)
+
+    def note(self, tokenizer, examples: list[dict]) -> str | None:
+        """A log line when some ``examples`` were already rendered with the chat template, else None."""
+        n = self.rendered_count(tokenizer, examples)
+        if not n:
+            return None
+        return (f"prompts: {n} of {len(examples)} already rendered with the model's chat template (its markers are in "
+                f"them): used as they are, not templated again")
 
 
 def _render(template: str, example: dict, key: str) -> str:
@@ -172,17 +210,21 @@ def check_prompt(tokenizer, example: dict, ids: list[int], context: int | None, 
 
 def dropped_characters(tokenizer, text: str) -> str:
     """The characters of ``text`` (spaces aside, Unicode NFKC) that an encode/decode round trip loses:
-    unknown to the tokenizer, mapped to nothing or to its unknown token. '' when none are."""
+    unknown to the tokenizer, mapped to nothing or to its unknown token. '' when none are. The special
+    and added tokens the text writes out (``<|im_start|>``, a thinking marker) are tokens the model sees,
+    not lost characters."""
     import unicodedata
     from collections import Counter
 
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     back = tokenizer.decode(ids, skip_special_tokens=True)
+    written = added_token_pattern(tokenizer)  # special and added tokens written in the prompt are kept, as tokens
+    kept = written.sub("", text) if written is not None else text
 
     def chars(s):
         return Counter(c for c in unicodedata.normalize("NFKC", s) if not c.isspace())
 
-    lost = chars(text) - chars(back)
+    lost = chars(kept) - chars(back)
     return "".join(sorted(lost))[:20]
 
 

@@ -106,3 +106,58 @@ def test_generation_reads_the_formatted_ids(organism):
     templated = format_examples(tok, [ex], "Problem {prompt}")[0]
     out = generate(model, tok, [templated], SamplingParams(max_new_tokens=8))[0][0]
     assert out.prompt_ids == templated["prompt_ids"] == tok("Problem 12+34\n", add_special_tokens=False)["input_ids"]
+
+
+RENDERED = "<|im_start|>user\nWhat is 1 + 2 ?<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("fmt", ["auto", "chat", "raw"])
+def test_a_prompt_already_rendered_with_the_template_is_used_as_it_is(fmt):
+    """Exported prompts carry the template's special tokens: they are kept (not "dropped characters"), and
+    no second template goes around them, in every format."""
+    tok = word_tokenizer(CHATML)
+    example = {"id": "r", "prompt": RENDERED, "answer": "3"}
+    out = format_examples(tok, [example], fmt)[0]
+    assert out["prompt_ids"] == tok(RENDERED, add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(out["prompt_ids"]).count("<|im_start|>") == 2
+    # the same conversation from a plain prompt gives the same ids under the chat formats
+    if fmt != "raw":
+        assert format_examples(tok, [EXAMPLE], fmt)[0]["prompt_ids"] == out["prompt_ids"]
+    described = PromptFormat(fmt).describe(tok, out, [out, EXAMPLE])
+    assert described["already_rendered"] == (1 if fmt != "raw" else 0) and described["n_examples"] == 2
+    note = PromptFormat(fmt).note(tok, [out, EXAMPLE])
+    assert (note is None) if fmt == "raw" else note.startswith("prompts: 1 of 2 already rendered with the model's chat template")
+
+
+def test_rendered_prompts_are_read_from_the_templates_own_markers():
+    from ipg.rendered import is_rendered, template_markers
+
+    assert set(template_markers(word_tokenizer(CHATML))) == {"<|im_start|>", "<|im_end|>"}
+    llama = word_tokenizer(LLAMA3, bos=True)
+    assert set(template_markers(llama)) == {"<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"}
+    rendered = PromptFormat("chat").text(llama, EXAMPLE)
+    assert is_rendered(llama, rendered) and not is_rendered(llama, RENDERED)  # ChatML is not Llama 3's template
+    # BOS once: the rendered text starts with it, and raw does not add a second
+    assert format_examples(llama, [{"id": "r", "prompt": rendered}], "raw")[0]["prompt_ids"].count(llama.bos_token_id) == 1
+    assert PromptFormat("auto").encode(llama, {"id": "r", "prompt": rendered}) == PromptFormat("chat").encode(llama, EXAMPLE)
+    # a plain-text template (no special token between the turns) is recognised by its text
+    inst = word_tokenizer("{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
+    assert template_markers(inst) == ("[/INST]",) and is_rendered(inst, "[INST] hi [/INST]")
+    assert template_markers(word_tokenizer(None)) == () and not is_rendered(word_tokenizer(None), RENDERED)
+    # one special token written in a plain prompt (a separator) is kept, and the prompt is templated as usual
+    sep = {"id": "s", "prompt": "What is 1 + 2 ?<|im_end|>"}
+    assert not is_rendered(word_tokenizer(CHATML), sep["prompt"])
+    assert PromptFormat("chat").text(word_tokenizer(CHATML), sep).startswith("<|im_start|>user\nWhat")
+    with pytest.raises(InputError, match=r"prompt.system: example 'r' is already rendered with the model's chat template"):
+        PromptFormat("chat", system="be brief").encode(word_tokenizer(CHATML), {"id": "r", "prompt": RENDERED})
+
+
+def test_written_special_and_added_tokens_are_not_dropped_characters():
+    from ipg.prompts import dropped_characters
+
+    tok = word_tokenizer(CHATML)
+    tok.add_tokens(["<think>"])  # an added token that is not special: decoded back either way
+    tok.add_special_tokens({"additional_special_tokens": ["<|tool|>"]})
+    for text in (RENDERED, "What is 1 + 2 ?<|im_end|>", "<think>What is 1 + 2 ?<|tool|>"):
+        assert dropped_characters(tok, text) == "", text
+    assert dropped_characters(tok, "What is 3 ?") == "3"  # an unknown word still counts as lost

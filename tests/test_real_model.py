@@ -103,6 +103,29 @@ def test_chat_prompts_and_last_number_accuracy_through_the_cli(real, tmp_path, c
                                                         for g, e in zip(raw, examples)) == 0
 
 
+def test_prompts_rendered_with_the_models_own_template_work_in_every_format(real, tmp_path, capsys):
+    """Prompts exported already rendered (special tokens written out) are neither refused nor templated
+    twice: raw, auto and chat give the ids, and the greedy completions, of the plain prompts under chat."""
+    model, tok = real
+    plain = format_examples(tok, _examples("eval", 3))
+    rendered = [{**{k: v for k, v in ex.items() if k != "prompt_ids"}, "prompt": tok.decode(ex["prompt_ids"])} for ex in plain]
+    assert rendered[0]["prompt"].startswith("<|im_start|>system\n")
+    for fmt in ("raw", "auto", "chat"):
+        out = format_examples(tok, rendered, fmt)
+        assert [ex["prompt_ids"] for ex in out] == [ex["prompt_ids"] for ex in plain], fmt
+        assert PromptFormat(fmt).describe(tok, examples=out)["already_rendered"] == (0 if fmt == "raw" else 3)
+    data = tmp_path / "rendered.jsonl"
+    data.write_text("".join(json.dumps({"question": ex["prompt"], "answer": ex["answer"]}) + "\n" for ex in rendered))
+    completions = tmp_path / "completions.jsonl"
+    assert main(["eval", "--model", NAME, "--data", str(data), "--field", "prompt=question", "--max-new-tokens", "24",
+                 "--json", "--completions", str(completions)]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert out["prompt"]["already_rendered"] == 3 and "prompts: 3 of 3 already rendered" in captured.err
+    greedy = generate(model, tok, plain, SamplingParams(max_new_tokens=24))
+    assert [json.loads(line)["completion"] for line in completions.read_text().splitlines()] == [g[0].text for g in greedy]
+
+
 @pytest.fixture(scope="module")
 def support(real):
     return format_examples(real[1], _examples("support", 6))
