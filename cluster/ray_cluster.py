@@ -261,10 +261,13 @@ def check_resources(groups: dict[str, tuple[int, ActorSpec]]) -> None:
                          "ray.rollout_resources / ray.gradient_resources, or add nodes")
 
 
-def reserve(groups: dict[str, tuple[int, ActorSpec]], strategy: str = "PACK", timeout_s: float = 120.0):
+def reserve(groups: dict[str, tuple[int, ActorSpec]], strategy: str = "PACK", timeout_s: float = 120.0, log=None):
     """A placement group with one bundle per actor (in the order of ``groups``), ready or an error.
-    Returns (placement group, {group name: first bundle index})."""
-    from ray.util.placement_group import placement_group
+    Returns (placement group, {group name: first bundle index}). On a shared cluster other jobs may hold
+    the resources: it waits up to ``timeout_s``, saying so in the log every 30 s."""
+    import time
+
+    from ray.util.placement_group import placement_group, remove_placement_group
 
     if strategy not in ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"):
         raise InputError(f"ray.placement_strategy: '{strategy}'; use PACK, SPREAD, STRICT_PACK or STRICT_SPREAD")
@@ -274,11 +277,33 @@ def reserve(groups: dict[str, tuple[int, ActorSpec]], strategy: str = "PACK", ti
         first[name] = len(bundles)
         bundles += [spec.bundle() or {"CPU": 0.001}] * n
     pg = placement_group(bundles, strategy=strategy)
-    ready, _ = ray.wait([pg.ready()], timeout=timeout_s)
-    if not ready:
-        from ray.util.placement_group import remove_placement_group
+    start = time.monotonic()
+    while True:
+        ready, _ = ray.wait([pg.ready()], timeout=min(30.0, max(0.0, timeout_s - (time.monotonic() - start))))
+        if ready:
+            return pg, first
+        busy = _held_elsewhere(bundles)
+        waited = time.monotonic() - start
+        if waited >= timeout_s:
+            break
+        if log is not None:
+            log(f"ray: waiting for the actors' resources ({waited:.0f} of ray.placement_timeout_s={timeout_s:g} s)"
+                + (f": {busy}" if busy else ""))
+    remove_placement_group(pg)
+    if busy:
+        raise InputError(f"ray.placement_timeout_s: the actors' resources stayed in use by other jobs for {timeout_s:g} s "
+                         f"({busy}); wait for them to end, raise ray.placement_timeout_s to queue behind them, or lower "
+                         "ray.rollout_workers / ray.gradient_workers / ray.cpus_per_actor")
+    raise InputError(f"ray.placement_strategy: {strategy} could not place {len(bundles)} bundles {bundles} within "
+                     f"{timeout_s:.0f} s (the resources exist but not in that shape); use PACK or SPREAD, or add nodes")
 
-        remove_placement_group(pg)
-        raise InputError(f"ray.placement_strategy: {strategy} could not place {len(bundles)} bundles {bundles} within "
-                         f"{timeout_s:.0f} s (the resources exist but not in that shape); use PACK or SPREAD, or add nodes")
-    return pg, first
+
+def _held_elsewhere(bundles: list[dict]) -> str:
+    """What of ``bundles``' resources the cluster has but other jobs hold now ('' when nothing is)."""
+    needed: dict[str, float] = {}
+    for b in bundles:
+        for k, v in b.items():
+            needed[k] = needed.get(k, 0.0) + v
+    total, free = ray.cluster_resources(), ray.available_resources()
+    short = {k: (v, free.get(k, 0.0), total.get(k, 0.0)) for k, v in needed.items() if free.get(k, 0.0) < v - 1e-9}
+    return ", ".join(f"{k} needs {v:g}, {f:g} of {t:g} free" for k, (v, f, t) in short.items())

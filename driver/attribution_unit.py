@@ -30,7 +30,7 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ipg.cluster.errors import FatalError, error_class, cause
-from ipg.cluster.metrics import metrics
+from ipg.cluster.metrics import RUN_ENV, metrics
 from ipg.cluster.ray_cluster import ActorGroup, ActorSpec
 from ipg.driver.dispatch import Dispatch, shard
 from ipg.driver.progress import Progress
@@ -102,7 +102,7 @@ class AttributionUnits:
         # on the driver's node: the results are written where the driver (and its user) can read them,
         # whatever the cluster's filesystems
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0, max_restarts=4, max_task_retries=4,
+        reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0, max_restarts=4, max_task_retries=4, env={RUN_ENV: self.run},
                                                    extra={"scheduling_strategy": here}), str(out_dir), meta,
                              snapshot_every=self.cfg.snapshot_every, run_key=key).pick(0)
         try:

@@ -55,8 +55,9 @@ class Experiment:
     process, or (Ray) in the actors only: the experiment reaches it through ``self.lm``."""
 
     def __init__(self, cfg: RunConfig, log=print, resume: bool = False, resume_units: bool | None = None,
-                 signals: list[str] | None = None):
-        """``resume``: continue a killed run (needs Ray). ``resume_units`` (default ``resume``): each Ray
+                 signals: list[str] | None = None, run_name: str | None = None):
+        """``run_name``: the ``run`` tag of the run's metric series (default: the output directory's name).
+        ``resume``: continue a killed run (needs Ray). ``resume_units`` (default ``resume``): each Ray
         attribution unit continues from its ledger or loads its finished result (a sweep sets it always).
         ``signals``: every signal this experiment will attribute (default: the config's), so the Ray
         actors receive the modules of users' signals."""
@@ -107,7 +108,8 @@ class Experiment:
 
             longest = longest_prompt(self.tokenizer, self.support_all + self.eval_examples)
             new_tokens = max(cfg.attribution.max_new_tokens, cfg.evaluation.max_new_tokens)
-            self.session = RaySession(cfg.model, cfg.ray, log, signals=signals or [cfg.signal], max_tokens=longest + new_tokens)
+            self.session = RaySession(cfg.model, cfg.ray, log, signals=signals or [cfg.signal], max_tokens=longest + new_tokens,
+                                      run=run_name or Path(cfg.out).name)
             self.log(f"ray: {cfg.ray.rollout_workers} rollout ({self.session.cfg.rollout_backend}) + {cfg.ray.gradient_workers} gradient workers on "
                      f"{self.session.info['address']} (dashboard {self.session.info['dashboard_url']})")
             self.lm = RayModel(self.session)

@@ -33,6 +33,6 @@ def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: Attrib
         name = model.name if isinstance(model, ModelConfig) else model
         tokenizer = None if all("prompt_ids" in ex for ex in examples) else load_tokenizer(name)
         max_tokens = longest_prompt(tokenizer, examples) + cfg.max_new_tokens
-    with RaySession(model, ray_cfg, log, signals=[signal], max_tokens=max_tokens) as session:
+    with RaySession(model, ray_cfg, log, signals=[signal], max_tokens=max_tokens, run=run_id or Path(out_dir).name) as session:
         return session.attribute(examples, cfg, signal=signal, signal_params=signal_params, out_dir=out_dir,
                                  run_id=run_id, resume=resume)

@@ -73,6 +73,8 @@ class RayConfig:
     # this many attempts in all; a per-example error is never retried
     max_shard_attempts: int = 4
     placement_strategy: str = "PACK"
+    # how long a run waits for its actors' resources, which other jobs on a shared cluster may hold
+    placement_timeout_s: float = 120.0
     # custom resources each rollout / gradient actor asks for, so it lands on the nodes that declare them
     # (KubeRay worker groups: rayStartParams.resources, e.g. '{"ipg_rollout": 1000}'); empty: any node
     rollout_resources: dict[str, float] = field(default_factory=dict)
@@ -90,6 +92,8 @@ class RayConfig:
                      "max_shard_attempts"):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if not self.placement_timeout_s > 0:
+            raise InputError(f"placement_timeout_s: must be > 0 seconds, got {self.placement_timeout_s}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise InputError("cpus_per_actor / gpus_per_actor: must be >= 0")
         if self.rollout_backend not in ("hf", "vllm", "auto", "deepspeed"):

@@ -9,7 +9,7 @@ import os
 import ray
 
 from ipg.cluster.errors import FatalError
-from ipg.cluster.metrics import StageTimer
+from ipg.cluster.metrics import RUN_ENV, StageTimer, set_run
 from ipg.cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve, upload_modules
 from ipg.driver.attribution_unit import AttributionUnits
 from ipg.driver.config import ModelConfig, RayConfig, sae_path
@@ -35,10 +35,11 @@ class RaySession(AttributionUnits):
     many times with the same model). Close it to release the actors and the placement group."""
 
     def __init__(self, model: ModelConfig | str = "organism", ray_cfg: RayConfig | None = None, log=print,
-                 signals: list[str] = (), max_tokens: int | None = None):
+                 signals: list[str] = (), max_tokens: int | None = None, run: str = "ipg"):
         """``signals``: the signals this session will attribute; a user's signal module that no installed
         package provides is shipped to every actor. ``max_tokens``: the longest sequence (prompt and new
-        tokens) it will generate; vLLM engines hold that context when ray.vllm.max_model_len is unset."""
+        tokens) it will generate; vLLM engines hold that context when ray.vllm.max_model_len is unset.
+        ``run``: the run's name, the ``run`` tag of every metric series of this session."""
         self.model = ModelConfig(name=model, saes={}) if isinstance(model, str) else model
         self.cfg = ray_cfg or RayConfig()
         path = resolve_model_path(self.model.name)  # a missing local path fails here, before any actor starts
@@ -53,19 +54,21 @@ class RaySession(AttributionUnits):
         self.vllm = self._vllm_options(path, max_tokens)
         self.shipped = sorted({str(p) for p in map(signal_source, signals) if p is not None})
         self.info = connect(self.cfg.address)
+        self.run = run
+        set_run(run)
         c = self.cfg
         spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor,
-                         py_modules=upload_modules(self.shipped))
+                         py_modules=upload_modules(self.shipped), env={RUN_ENV: run})
         ranks = c.deepspeed.ranks if c.gradient_backend == "deepspeed" else 1
         # a ZeRO-3 rank cannot rejoin its group after a crash: no restarts (the run fails; --resume continues it)
         rollout_spec = dataclasses.replace(spec, resources=dict(c.rollout_resources))
         spec = dataclasses.replace(spec, resources=dict(c.gradient_resources))
         rank_spec = spec
         if c.gradient_backend == "deepspeed":
-            rank_spec = dataclasses.replace(spec, max_restarts=0, max_task_retries=0, env=RANK_MALLOC)
+            rank_spec = dataclasses.replace(spec, max_restarts=0, max_task_retries=0, env={**spec.env, **RANK_MALLOC})
         by_ranks = c.rollout_backend == "deepspeed"  # the ZeRO-3 groups sample too: no rollout actors
         groups = {"rollout": (0 if by_ranks else c.rollout_workers, rollout_spec), "gradient": (c.gradient_workers * ranks, rank_spec)}
-        self.placement_group, first = reserve(groups, c.placement_strategy)
+        self.placement_group, first = reserve(groups, c.placement_strategy, c.placement_timeout_s, log)
         m = self.model
         saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
         common = dict(dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code, saes=saes,

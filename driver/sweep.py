@@ -220,7 +220,7 @@ class Sweep:
             from ipg.driver.experiment import Experiment
 
             cfg = self.spec.run_config(model, str(self.work / _slug(model["name"])))
-            exp = Experiment(cfg, self.log, resume_units=True, signals=sorted({c.signal for c in mine}))
+            exp = Experiment(cfg, self.log, resume_units=True, signals=sorted({c.signal for c in mine}), run_name=self.spec.name)
             try:
                 original = None
                 for cell in mine:

@@ -21,6 +21,20 @@ def assert_same_scores(table, reference, scale_rtol=5e-6):
         assert table.column(col).to_pylist() == reference.column(col).to_pylist()
 
 
+def keyed_scores(path) -> dict:
+    """A scores file as {(run_id, layer, kind, index): score}: runs hold several attribution units."""
+    import pyarrow.parquet as pq
+
+    return {(r["run_id"], r["layer"], r["kind"], r["index"]): r["score"] for r in pq.read_table(path).to_pylist()}
+
+
+def assert_same_keyed(a: dict, b: dict):
+    """``keyed_scores`` of two runs equal to float rounding (1e-5 relative, 1e-7 of the largest)."""
+    assert a.keys() == b.keys()
+    scale = max(abs(v) for v in b.values())
+    assert all(abs(a[k] - b[k]) <= 1e-5 * abs(b[k]) + 1e-7 * scale for k in b)
+
+
 def small_ray(workers: int, **kw) -> RayConfig:
     return RayConfig(enabled=True, rollout_workers=workers, gradient_workers=workers, shard_size=3, max_in_flight=2,
                      cpus_per_actor=0.5, progress="lines", **kw)

@@ -15,21 +15,11 @@ pytest.importorskip("ray")
 from ipg.driver.config import load_config  # noqa: E402
 from ipg.driver.experiment import run_experiment  # noqa: E402
 from ipg.driver.pipeline import shard  # noqa: E402
+from raytools import assert_same_keyed, keyed_scores  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
 SMOKE = str(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "smoke.yaml")
-
-
-def _scores(path):
-    t = pq.read_table(path)
-    return {(r["run_id"], r["layer"], r["kind"], r["index"]): r["score"] for r in t.to_pylist()}
-
-
-def _assert_same(a: dict, b: dict):
-    assert a.keys() == b.keys()
-    scale = max(abs(v) for v in b.values())
-    assert all(abs(a[k] - b[k]) <= 1e-5 * abs(b[k]) + 1e-7 * scale for k in b)
 
 
 def test_run_on_ray_writes_what_the_in_process_run_writes_and_its_driver_loads_no_weights(local_ray, tmp_path, monkeypatch):
@@ -50,7 +40,7 @@ def test_run_on_ray_writes_what_the_in_process_run_writes_and_its_driver_loads_n
         monkeypatch.setattr(module, "load_model", refuse)
     monkeypatch.setattr(transformers.PreTrainedModel, "from_pretrained", classmethod(refuse))
     on_ray = run_experiment(load_config(SMOKE, overrides + [f"--out={tmp_path / 'ray'}", "--ray.enabled=true"]), log=lambda m: None)
-    _assert_same(_scores(on_ray / "scores.parquet"), _scores(local / "scores.parquet"))
+    assert_same_keyed(keyed_scores(on_ray / "scores.parquet"), keyed_scores(local / "scores.parquet"))
     for name in ("eval", "eval_items", "selections", "massive", "cards", "card_terms"):  # same selections, same steering
         assert pq.read_table(on_ray / f"{name}.parquet").equals(pq.read_table(local / f"{name}.parquet")), name
     units = sorted(p.name for p in (on_ray / "attributions").iterdir())
@@ -81,7 +71,7 @@ def test_run_resumes_after_the_driver_is_killed(local_ray, tmp_path):
     assert re.search(r"resuming .*accuracy-pg-residual-seed0: [12]/2 shards already merged", resumed.stdout), resumed.stdout
     reference = run_experiment(load_config(SMOKE, [f"--out={tmp_path / 'ref'}", "--baselines.methods=[pg,random]"]),
                                log=lambda m: None)
-    _assert_same(_scores(out / "scores.parquet"), _scores(reference / "scores.parquet"))
+    assert_same_keyed(keyed_scores(out / "scores.parquet"), keyed_scores(reference / "scores.parquet"))
     assert pq.read_table(out / "eval.parquet").equals(pq.read_table(reference / "eval.parquet"))
 
 
