@@ -206,7 +206,8 @@ def _sweep(args) -> None:
     from ipg.driver.sweep import SweepFailed, run_sweep
 
     try:
-        run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work, overrides=args.overrides)
+        run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work, overrides=args.overrides,
+                  pushgateway=args.pushgateway)
     except SweepFailed as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster on 127.0.0.1)")
     p.add_argument("--work", help="local directory for the cells' resumable state (default: OUT/work, or "
                                   "~/.cache/ipg/sweeps/NAME when OUT is a URI)")
+    p.add_argument("--pushgateway", metavar="HOST:PORT", help="push the sweep's outcome to this Prometheus Pushgateway "
+                                                              "when it ends (replaces the spec's pushgateway.address)")
     p.set_defaults(run=_sweep, overrides=[])
     p = sub.add_parser("models", help="the named models (organism, smollm2-135m-instruct) and where they are cached")
     p.add_argument("action", nargs="?", choices=["list", "build"], default="list")

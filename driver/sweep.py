@@ -13,6 +13,7 @@ A spec (``deploy/sweeps/*.yaml``)::
     methods: [ipg]
     steering: {p: 8, gammas: [0.0, 1.5]} # optional: greedy eval with the cell's top-p scaled by gamma
     out: runs/sweeps/organism-2x2        # local path or URI (s3://..., gs://..., memory://...)
+    pushgateway: {address: host:9091}    # optional: push the outcome when it ends (driver/sweep_push.py)
 
 Results (under ``out``):
 - ``scores/model=M/signal=S/layer=L/<cell>.parquet``: the cell's IPG scores (hive-partitioned dataset);
@@ -41,13 +42,14 @@ import yaml
 
 from ipg.driver.config import RunConfig, _build, read_yaml, set_overrides, validate
 from ipg.driver.storage import Store
+from ipg.driver.sweep_push import Pushgateway
 from ipg.components import KINDS
 from ipg.errors import InputError
 from ipg.paths import METHODS
 from ipg.scores import select
 from ipg.signals import make_signal, signal_names
 
-SPEC_KEYS = {"name", "base", "config", "models", "signals", "layers", "kinds", "methods", "steering", "out"}
+SPEC_KEYS = {"name", "base", "config", "models", "signals", "layers", "kinds", "methods", "steering", "out", "pushgateway"}
 # the evaluation metric a signal steers, and whether higher is the aim
 METRIC = {"accuracy": "accuracy", "length": "mean_length", "reflection": "reflection_share", "reward_model": "accuracy"}
 SUMMARY_SCHEMA = pa.schema([
@@ -93,6 +95,7 @@ class SweepSpec:
     steering: dict | None
     out: str
     tree: dict  # the run config every cell starts from (base + config), before the model is set
+    pushgateway: Pushgateway | None = None
 
     def cells(self) -> list[Cell]:
         return [Cell(m["name"], s, tuple(sorted(params.items())), layer, kind, method)
@@ -187,7 +190,8 @@ def load_spec(path: str, out: str | None = None) -> SweepSpec:
     s = SweepSpec(name=name, path=str(path), models=models, signals=signals, layers=layers,
                   kinds=_list(spec, "kinds", path, str, KINDS) if "kinds" in spec else ["residual"],
                   methods=_list(spec, "methods", path, str, METHODS) if "methods" in spec else ["ipg"],
-                  steering=steering, out=str(out), tree=tree)
+                  steering=steering, out=str(out), tree=tree,
+                  pushgateway=Pushgateway.from_spec(spec.get("pushgateway"), str(path)))
     for m in s.models:  # every model's config must validate before any cell runs
         s.run_config(m, "unused")
     return s
@@ -209,6 +213,23 @@ class Sweep:
         return bool(st and st.get("status") == "done" and self.store.exists(st["scores"]))
 
     def run(self) -> pa.Table:
+        """Every cell not done yet; with a pushgateway in the spec, the outcome is pushed when it ends,
+        however it ends."""
+        start, succeeded = time.perf_counter(), False
+        try:
+            table = self._run()
+            succeeded = True
+            return table
+        finally:
+            if self.spec.pushgateway is not None:
+                counts = {s: 0 for s in ("done", "failed", "pending")}
+                for cell in self.spec.cells():
+                    status = "done" if self.done(cell) else (self.status(cell) or {}).get("status")
+                    counts[status if status in counts else "pending"] += 1
+                self.spec.pushgateway.push(self.spec.name, counts, time.perf_counter() - start,
+                                           succeeded and counts["done"] == sum(counts.values()), self.log)
+
+    def _run(self) -> pa.Table:
         cells = self.spec.cells()
         todo = [c for c in cells if not self.done(c)]
         self.log(f"sweep {self.spec.name}: {len(cells)} cells, {len(cells) - len(todo)} done, {len(todo)} to run -> {self.spec.out}")
@@ -341,8 +362,14 @@ def apply_overrides(spec: SweepSpec, overrides: list[str]) -> SweepSpec:
 
 
 def run_sweep(spec_path: str, *, out: str | None = None, ray: bool = False, address: str | None = None,
-              work: str | None = None, overrides: list[str] | None = None, log=print) -> pa.Table:
+              work: str | None = None, overrides: list[str] | None = None, pushgateway: str | None = None,
+              log=print) -> pa.Table:
+    """``pushgateway``: a gateway address that replaces the spec's (the scheduled job's own setting)."""
     spec = apply_overrides(load_spec(spec_path, out), overrides or [])
+    if pushgateway:
+        gateway = Pushgateway.from_spec({**dataclasses.asdict(spec.pushgateway or Pushgateway(pushgateway)),
+                                         "address": pushgateway}, "--pushgateway")
+        spec = dataclasses.replace(spec, pushgateway=gateway)
     if ray or address:
         ray_tree = {"enabled": True, **({"address": address} if address else {})}
         spec = dataclasses.replace(spec, tree=_merge(spec.tree, {"ray": ray_tree}))

@@ -19,6 +19,7 @@ from ipg.driver.dispatch import shard
 from ipg.driver.storage import Store
 from ipg.driver.sweep import load_spec, run_sweep
 from ipg.errors import InputError
+from pushgateway_standin import pushed_values, pushgateway
 from raytools import assert_same_scores
 
 pytestmark = pytest.mark.ray
@@ -99,13 +100,19 @@ def test_sweep_killed_mid_cell_on_ray_resumes_to_the_same_results(swept, local_r
     # the driver dies with shard 1 of the first cell merged (and snapshotted: snapshot_every 1)
     env = {**os.environ, "IPG_FAULTS": f"driver@{second}", "IPG_FAULTS_DIR": str(tmp_path),
            "RAY_ADDRESS": local_ray["address"]}
-    cmd = [sys.executable, "-m", "ipg.driver.cli", "sweep", "--spec", spec, "--out", str(out)]
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
-    assert first.returncode == 17, first.stdout[-2000:] + first.stderr[-2000:]
-    status = json.loads((out / "cells" / f"{CELLS[0]}.json").read_text())
-    assert status["status"] == "running" and not list((out / "scores").rglob("*.parquet"))
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+    with pushgateway() as (gateway, received):  # the scheduled sweep's outcome, pushed as it ends
+        cmd = [sys.executable, "-m", "ipg.driver.cli", "sweep", "--spec", spec, "--out", str(out), "--pushgateway", gateway]
+        first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
+        assert first.returncode == 17, first.stdout[-2000:] + first.stderr[-2000:]
+        assert not received  # a killed driver pushes nothing: its last success time goes stale, and the alert fires
+        status = json.loads((out / "cells" / f"{CELLS[0]}.json").read_text())
+        assert status["status"] == "running" and not list((out / "scores").rglob("*.parquet"))
+        resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    [(method, path, body)] = received
+    values = pushed_values(body)
+    assert method == "POST" and path == "/metrics/job/ipg_sweep/sweep/t2x2" and values[("ipg_sweep_success", ())] == 1.0
+    assert values[("ipg_sweep_cells", (("status", "done"),))] == 4.0 and "ipg_sweep_last_success_timestamp_seconds" in body
     text = resumed.stdout + resumed.stderr
     assert "4 cells, 0 done, 4 to run" in text and "already merged" in text  # the first cell went on from its ledger
     assert json.loads((out / "cells" / f"{CELLS[0]}.json").read_text())["attempts"] == 2
