@@ -210,7 +210,8 @@ def test_vllm_sampling_after_steering_is_reproducible_per_sample(real, engine):
     system = ("You are a careful assistant for arithmetic. Read the question, add the two numbers digit by digit, "
               "carry where a column passes nine, check the sum once more, and end your reply with the number alone, "
               "written in digits.")
-    examples = format_examples(tok, _examples("eval", 24), PromptFormat("chat", system=system))
+    # 14 prompts x 5 samples: 70 requests, so the first 64 (one engine step) hold more than 4,096 prompt tokens
+    examples = format_examples(tok, _examples("eval", 14), PromptFormat("chat", system=system))
     assert min(len(e["prompt_ids"]) for e in examples) * 64 > 4096
     sampled = SamplingParams(n=5, greedy=False, temperature=0.6, top_p=0.8, max_new_tokens=24, seed=7)
     first = engine.generate(examples, sampled)
@@ -221,7 +222,7 @@ def test_vllm_sampling_after_steering_is_reproducible_per_sample(real, engine):
     again = engine.generate(examples, sampled)
     assert _completions(again) == _completions(first)
     assert _completions(engine.generate(examples[5:9], sampled)) == _completions(first[5:9])  # independent of the batch
-    assert len({tuple(s.completion_ids) for g in first for s in g}) > 60  # really sampled
+    assert len({tuple(s.completion_ids) for g in first for s in g}) > 35  # really sampled: over half of the 70 differ
     assert all(len(s.logprobs) == s.n_tokens and max(s.logprobs) <= 0 for g in first for s in g)
 
 
@@ -238,6 +239,7 @@ def test_two_seed_run_with_vllm_rollouts(real, engine, local_ray, tmp_path):
     lines = []
     cfg = load_config(config, [f"--out={tmp_path}", "--data.n_support=4", "--data.n_eval=8", "--attribution.layers=[22]",
                                "--attribution.n_samples=4", "--attribution.q=2", "--attribution.max_new_tokens=32",
+                               "--attribution.candidates=8", "--cards.enabled=false",  # not what this test checks
                                "--evaluation.p=[4]", "--evaluation.max_new_tokens=32", "--baselines.methods=[random]", "--evaluation.random_draws=2",
                                "--ray.enabled=true", "--ray.rollout_backend=vllm", "--ray.rollout_workers=1",
                                "--ray.gradient_workers=1", "--ray.cpus_per_actor=1", "--ray.progress=off"])

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "deploy" / "configs" / "smoke.yaml")
-# the attribution that is killed: PG then the per-component path, 4 shards each, one shard in flight
-ATTRIBUTE = ["--config", SMOKE, "--signal=length", "--layers", "1", "--limit", "12", "--attribution.candidates=8",
+# the attribution that is killed: PG then the per-component path, 6 shards each, one shard in flight
+ATTRIBUTE = ["--config", SMOKE, "--signal=length", "--layers", "1", "--limit", "18", "--attribution.candidates=8",
              "--ray.max_in_flight=1", "--ray.snapshot_every=1", "--ray.progress=lines"]
 
 
@@ -86,6 +86,10 @@ def _series(name: str) -> dict[str, set[str]]:
     return out
 
 
+def _both(series: dict) -> dict | None:
+    return series if {"run-a", "attr-b"} <= set(series) else None
+
+
 def test_two_runs_on_one_cluster_keep_apart_and_leave_it_clean(local_ray, tmp_path):
     env = {**os.environ, "RAY_ADDRESS": local_ray["address"]}
     api = f"http://{local_ray['dashboard_url']}"
@@ -96,10 +100,13 @@ def test_two_runs_on_one_cluster_keep_apart_and_leave_it_clean(local_ray, tmp_pa
         jobs = {"a": _wait_for("run A's driver", lambda: _job_of(api, run_a.pid)),
                 "b": _wait_for("run B's driver", lambda: _job_of(api, attr_b.pid))}
         assert jobs["a"] != jobs["b"]
-        # B has merged its first shard (and snapshotted it), A is still at work: each holds its own actors
-        _wait_for("B's first merged shard", lambda: "1/4 shards" in (tmp_path / "b.log").read_text(), every_s=0.2)
+        # B has merged its first shard (and snapshotted it), both runs' series are exported, A is still at
+        # work: each holds its own actors
+        _wait_for("B's first merged shard", lambda: "1/6 shards" in (tmp_path / "b.log").read_text(), every_s=0.2)
+        series = _wait_for("both runs' metric series", lambda: _both(_series("ray_ipg_shards_total")), timeout_s=120, every_s=1)
+        assert series["run-a"] == {jobs["a"]} and series["attr-b"] == {jobs["b"]}, series
         actors = _alive_actors(api, set(jobs.values()))
-        assert run_a.poll() is None, "run A ended before B got going: the runs did not overlap"
+        assert run_a.poll() is None and attr_b.poll() is None, "a run ended before the other got going: they did not overlap"
         for name, job in jobs.items():
             mine = {cls: n for (j, cls), n in actors.items() if j == job}
             # one rollout and one gradient actor each; a reducer while a unit is open (none between two units)
@@ -117,10 +124,9 @@ def test_two_runs_on_one_cluster_keep_apart_and_leave_it_clean(local_ray, tmp_pa
     ours = set(jobs.values())
     _wait_for("the runs' actors to be gone", lambda: not _alive_actors(api, ours), timeout_s=120)
     _wait_for("the runs' placement groups to be removed", lambda: not _live_placement_groups(api, ours), timeout_s=120)
-    # each run's series carry its own run and job tags
-    series = _wait_for("both runs' metric series", lambda: (lambda s: s if {"run-a", "attr-b"} <= set(s) else None)(
-        _series("ray_ipg_shards_total")), timeout_s=120, every_s=2)
-    assert series["run-a"] == {jobs["a"]} and series["attr-b"] == {jobs["b"]}
+    # each run's series still carry its own run and job tags alone
+    series = _series("ray_ipg_shards_total")
+    assert series["run-a"] == {jobs["a"]} and series["attr-b"] == {jobs["b"]}, series
     # B's snapshot is its own: resumed alone, it ends with the scores B gives alone (in one process)
     assert not (attr_out / "scores.parquet").exists()
     resumed = subprocess.run([sys.executable, "-m", "ipg.driver.cli", "attribute", "--resume", str(attr_out)], env=env,
