@@ -123,8 +123,9 @@ def _attribute(args, cfg: RunConfig, out: Path, params: dict, examples: list[dic
         examples = format_examples(tokenizer, examples, fmt, context=model_context(cfg.model.name, cfg.model.trust_remote_code),
                                    max_new_tokens=a.max_new_tokens, on_error=a.on_error, skipped=skipped)
         save_config()
-        if fmt.note(tokenizer, examples):
-            log(fmt.note(tokenizer, examples))
+        note = fmt.note(tokenizer, examples)
+        if note:
+            log(note)
         res = attribute_on_ray(cfg.model, examples, a, signal=cfg.signal, signal_params=params, out_dir=out,
                                ray_cfg=cfg.ray, run_id=run_id, resume=bool(args.resume), log=log)
         res.diagnostics["skipped"] = {**skipped, **res.diagnostics.get("skipped", {})}

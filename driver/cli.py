@@ -74,8 +74,9 @@ def _eval(args) -> None:
     model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
                                   trust_remote_code=args.trust_remote_code)
     examples = format_examples(tokenizer, examples, fmt, context=model_context(model), max_new_tokens=args.max_new_tokens)
-    if fmt.note(tokenizer, examples):
-        print(fmt.note(tokenizer, examples), file=sys.stderr)
+    note = fmt.note(tokenizer, examples)
+    if note:
+        print(note, file=sys.stderr)
     samples = generate(model, tokenizer, examples, params, batch_size=args.batch_size)
     summary = summarise(examples, samples, (), extractor)
     setup = {"prompt": fmt.describe(tokenizer, examples=examples), "answers": extractor.describe()}

@@ -42,6 +42,7 @@ import yaml
 
 from ipg.driver.config import RunConfig, _build, read_yaml, set_overrides, validate
 from ipg.driver.storage import Store
+from ipg.driver.sweep_push import STATUSES as PUSHED_STATUSES
 from ipg.driver.sweep_push import Pushgateway
 from ipg.components import KINDS
 from ipg.errors import InputError
@@ -208,9 +209,15 @@ class Sweep:
     def status(self, cell: Cell) -> dict | None:
         return self.store.read_json(f"cells/{cell.id}.json")
 
+    def state(self, cell: Cell) -> str:
+        """done (its status says so and its scores are written), running, failed, or pending."""
+        st = self.status(cell) or {}
+        if st.get("status") == "done":
+            return "done" if self.store.exists(st["scores"]) else "pending"
+        return st.get("status") or "pending"
+
     def done(self, cell: Cell) -> bool:
-        st = self.status(cell)
-        return bool(st and st.get("status") == "done" and self.store.exists(st["scores"]))
+        return self.state(cell) == "done"
 
     def run(self) -> pa.Table:
         """Every cell not done yet; with a pushgateway in the spec, the outcome is pushed when it ends,
@@ -222,10 +229,10 @@ class Sweep:
             return table
         finally:
             if self.spec.pushgateway is not None:
-                counts = {s: 0 for s in ("done", "failed", "pending")}
-                for cell in self.spec.cells():
-                    status = "done" if self.done(cell) else (self.status(cell) or {}).get("status")
-                    counts[status if status in counts else "pending"] += 1
+                counts = dict.fromkeys(PUSHED_STATUSES, 0)
+                for cell in self.spec.cells():  # a cell still 'running' at the end was interrupted: pending
+                    state = self.state(cell)
+                    counts[state if state in counts else "pending"] += 1
                 self.spec.pushgateway.push(self.spec.name, counts, time.perf_counter() - start,
                                            succeeded and counts["done"] == sum(counts.values()), self.log)
 
@@ -366,9 +373,8 @@ def run_sweep(spec_path: str, *, out: str | None = None, ray: bool = False, addr
               log=print) -> pa.Table:
     """``pushgateway``: a gateway address that replaces the spec's (the scheduled job's own setting)."""
     spec = apply_overrides(load_spec(spec_path, out), overrides or [])
-    if pushgateway:
-        gateway = Pushgateway.from_spec({**dataclasses.asdict(spec.pushgateway or Pushgateway(pushgateway)),
-                                         "address": pushgateway}, "--pushgateway")
+    if pushgateway:  # the spec's job and timeout, if it has a gateway, at this address
+        gateway = dataclasses.replace(spec.pushgateway, address=pushgateway) if spec.pushgateway else Pushgateway(pushgateway)
         spec = dataclasses.replace(spec, pushgateway=gateway)
     if ray or address:
         ray_tree = {"enabled": True, **({"address": address} if address else {})}

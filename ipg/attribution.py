@@ -215,8 +215,9 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     for site in sites:
         check_site(model, site, saes)
     log = log or (lambda msg: None)
-    if fmt.note(tokenizer, examples):
-        log(fmt.note(tokenizer, examples))
+    note = fmt.note(tokenizer, examples)
+    if note:
+        log(note)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     base = sample_rollouts(model, tokenizer, examples, sig, cfg, saes=saes, skipped=skipped)

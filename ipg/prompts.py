@@ -94,9 +94,10 @@ class PromptFormat:
                              "unrendered")
         return "rendered"
 
-    def text(self, tokenizer, example: dict) -> str:
-        """The model input of ``example`` as text (special tokens written out)."""
-        kind = self.kind(tokenizer, example)
+    def text(self, tokenizer, example: dict, kind: str | None = None) -> str:
+        """The model input of ``example`` as text (special tokens written out); ``kind``: its ``kind``, when
+        the caller has it already."""
+        kind = kind or self.kind(tokenizer, example)
         if kind == "raw":
             return example["prompt"]
         if kind == "template":
@@ -115,9 +116,9 @@ class PromptFormat:
 
     def encode(self, tokenizer, example: dict) -> list[int]:
         """The model input of ``example`` as token ids (BOS once; see the module note)."""
-        text = self.text(tokenizer, example)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if self.kind(tokenizer, example) in ("chat", "rendered"):
+        kind = self.kind(tokenizer, example)
+        ids = tokenizer(self.text(tokenizer, example, kind), add_special_tokens=False)["input_ids"]
+        if kind in ("chat", "rendered"):
             return list(ids)
         lead = leading_special_ids(tokenizer)
         return list(ids) if ids[: len(lead)] == lead else lead + list(ids)

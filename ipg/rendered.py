@@ -20,7 +20,24 @@ import re
 import weakref
 
 _PROBE = "IPGPROBEUSERMESSAGE"  # letters only: templates that strip or escape the content keep it whole
-_markers_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_cache: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer -> {name: (key, value)}
+
+
+def _cached(tokenizer, name: str, key, compute):
+    """``compute()``, kept per tokenizer while ``key`` (what the value depends on) stays the same: checks
+    run once per example, and the tokenizer's template and added tokens change rarely."""
+    try:
+        entry = _cache.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable
+        return compute()
+    hit = entry.get(name)
+    if hit is None or hit[0] != key:
+        hit = entry[name] = (key, compute())
+    return hit[1]
+
+
+def _vocabulary_key(tokenizer) -> tuple:
+    return len(getattr(tokenizer, "added_tokens_decoder", {})), tuple(getattr(tokenizer, "all_special_tokens", []))
 
 
 def added_tokens(tokenizer, special_only: bool = False) -> set[str]:
@@ -34,8 +51,12 @@ def added_tokens(tokenizer, special_only: bool = False) -> set[str]:
 
 def added_token_pattern(tokenizer) -> re.Pattern | None:
     """A pattern matching the special and added tokens of this tokenizer (longest first), or None."""
-    tokens = sorted(added_tokens(tokenizer), key=len, reverse=True)
-    return re.compile("|".join(map(re.escape, tokens))) if tokens else None
+
+    def compute():
+        tokens = sorted(added_tokens(tokenizer), key=len, reverse=True)
+        return re.compile("|".join(map(re.escape, tokens))) if tokens else None
+
+    return _cached(tokenizer, "pattern", _vocabulary_key(tokenizer), compute)
 
 
 def template_markers(tokenizer) -> tuple[str, ...]:
@@ -45,27 +66,20 @@ def template_markers(tokenizer) -> tuple[str, ...]:
     template = getattr(tokenizer, "chat_template", None)
     if not template:
         return ()
-    try:
-        cached = _markers_cache.get(tokenizer)
-    except TypeError:  # not weak-referenceable
-        cached = None
-    if cached is not None and cached[0] == template:
-        return cached[1]
-    try:
-        rendered = tokenizer.apply_chat_template([{"role": "user", "content": _PROBE}], tokenize=False,
-                                                 add_generation_prompt=True)
-    except Exception:  # a template that needs more than one user message renders nothing to learn from
-        rendered = ""
-    markers: tuple[str, ...] = ()
-    if isinstance(rendered, str) and _PROBE in rendered:
+
+    def compute() -> tuple[str, ...]:
+        try:
+            rendered = tokenizer.apply_chat_template([{"role": "user", "content": _PROBE}], tokenize=False,
+                                                     add_generation_prompt=True)
+        except Exception:  # a template that needs more than one user message renders nothing to learn from
+            return ()
+        if not isinstance(rendered, str) or _PROBE not in rendered:
+            return ()
         suffix = rendered.split(_PROBE, 1)[1]
         found = [t for t in added_tokens(tokenizer, special_only=True) if t in suffix]
-        markers = tuple(sorted(found)) if found else ((suffix.strip(),) if suffix.strip() else ())
-    try:
-        _markers_cache[tokenizer] = (template, markers)
-    except TypeError:
-        pass
-    return markers
+        return tuple(sorted(found)) if found else ((suffix.strip(),) if suffix.strip() else ())
+
+    return _cached(tokenizer, "markers", (template, _vocabulary_key(tokenizer)), compute)
 
 
 def is_rendered(tokenizer, text: str) -> bool:
