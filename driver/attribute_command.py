@@ -37,7 +37,8 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help="data.support: JSONL, Parquet or a dataset directory (organism: its support split)")
     p.add_argument("--layers", type=int, nargs="+", help="attribution.layers")
     p.add_argument("--limit", type=int, help="data.n_support: the first N support examples")
-    p.add_argument("--sae", action="append", help="a TopK SAE file for kind sae, under the layer it was trained on (repeatable)")
+    p.add_argument("--sae", action="append", help="an SAE for kind sae, under the layer it was trained on: an ipg file or a "
+                                                    "SAELens directory (cfg.json, sae_weights.safetensors) (repeatable)")
     p.add_argument("--out", help="output directory (required unless --resume)")
     p.add_argument("--run-id", help="the scores' run_id (default: the output directory's name, so --resume keeps it)")
     p.add_argument("--show", type=int, default=8, help="top components to print per layer")
@@ -51,9 +52,12 @@ def _overrides(args) -> list[str]:
         if not args.sae:
             out.append("--model.saes={}")
     if args.sae:
-        from ipg.sae import TopKSAE
+        from ipg.sae import SAE
 
-        saes = {int(TopKSAE.header(path)["layer"]): str(path) for path in args.sae}
+        saes = {int(SAE.header(path)["layer"]): str(path) for path in args.sae}
+        if -1 in saes:
+            raise InputError(f"--sae: '{saes[-1]}' names no hook (cfg.json metadata.hook_name); list it in a config's "
+                             "model.saes under the layer whose output it reads")
         out.append(f"--model.saes={json.dumps(saes)}")
     if args.data:
         out.append(f"--data.support={json.dumps(args.data)}")

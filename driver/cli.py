@@ -143,10 +143,18 @@ def _sae_train(args) -> None:
 
     from ipg.files import atomic_write_json
     from ipg.models import load_model, model_fingerprint
+    from ipg.named_saes import RECIPES, fit_path, named_sae_path
     from ipg.organism import task
     from ipg.organism.card import splits
     from ipg.sae import collect_activations, train_sae
 
+    if args.out is None:  # the named SAE of this model and layer, into the cache (as a run's first use does)
+        if args.model not in RECIPES:
+            raise InputError(f"--out: required for model '{args.model}' (named SAEs, built into the cache without "
+                             f"--out, exist for {', '.join(RECIPES)})")
+        path = named_sae_path(f"{args.model}:layer{args.layer}", args.model, args.layer)
+        print(f"{path}: {json.loads(fit_path(path).read_text())}")
+        return
     model, tokenizer = load_model(args.model, dtype="float32", device=args.device)
     if args.data:
         from ipg.data import load_examples
@@ -160,17 +168,38 @@ def _sae_train(args) -> None:
             if p.prompt not in held:
                 examples.append(task.to_example(p))
                 held.add(p.prompt)
+    elif args.model in RECIPES:  # fresh word problems of the model's recipe, never the shipped splits
+        from ipg.prompts import format_examples
+        from ipg.word_problems import fresh
+
+        examples = format_examples(tokenizer, [{"id": f"sae-{i}", "prompt": r["question"]} for i, r in
+                                               enumerate(fresh(RECIPES[args.model].level, args.prompts, args.seed))])
     else:
-        raise InputError("--data: required unless --model is 'organism'")
+        raise InputError("--data: required unless --model is 'organism' or a named model")
     from ipg.components import Site, check_site
 
     check_site(model, Site(args.layer, "residual"))
-    acts = collect_activations(model, tokenizer, examples, args.layer, n_samples=args.samples, seed=args.seed)
+    acts = collect_activations(model, tokenizer, examples, args.layer, n_samples=args.samples, seed=args.seed,
+                               max_new_tokens=args.max_new_tokens, skip_first=args.model != "organism", log=print)
     sae, stats = train_sae(acts, args.features, args.k, steps=args.steps, seed=args.seed, layer=args.layer,
                            model=model_fingerprint(model))
-    path = sae.save(args.out)
-    atomic_write_json(Path(args.out).with_suffix(".json"), {"layer": args.layer, "model": model_fingerprint(model), **stats})
+    if args.format == "sae_lens":
+        from ipg.sae_lens import export
+
+        path = export(sae, args.out)
+        atomic_write_json(Path(args.out) / "ipg_fit.json", {"layer": args.layer, "model": model_fingerprint(model), **stats})
+    else:
+        atomic_write_json(fit_path(args.out), {"layer": args.layer, "model": model_fingerprint(model), **stats})
+        path = sae.save(args.out)
     print(f"wrote {path}: {stats}")
+
+
+def _sae_export(args) -> None:
+    from ipg.sae import SAE
+    from ipg.sae_lens import export
+
+    path = export(SAE.load(args.sae), args.out)
+    print(f"wrote {path} (SAELens layout: cfg.json, sae_weights.safetensors)")
 
 
 def _run(args) -> None:
@@ -309,9 +338,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=4, help="samples per prompt")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-new-tokens", type=int, default=128, help="tokens sampled per completion")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", help="the SAE file (or directory, --format sae_lens); without it, a named model's SAE of "
+                                 "this layer is built into the cache by its fixed recipe, as a run's first use does")
+    p.add_argument("--format", choices=["ipg", "sae_lens"], default="ipg",
+                   help="ipg: one safetensors file; sae_lens: a SAELens directory (cfg.json, sae_weights.safetensors)")
     p.set_defaults(run=_sae_train)
+    p = sae.add_parser("export", help="write an SAE (ipg file or SAELens directory) as a SAELens directory")
+    p.add_argument("sae", help="an ipg SAE file (or a SAELens directory)")
+    p.add_argument("out", help="the directory to write: cfg.json and sae_weights.safetensors")
+    p.set_defaults(run=_sae_export)
 
     p = sub.add_parser("eval", help="accuracy@1 and mean length of a causal LM on a JSONL/Parquet file or dataset directory")
     p.add_argument("--model", required=True, help="local path, .gguf file, Hugging Face hub id, or a named model "

@@ -380,13 +380,18 @@ def as_dict(cfg) -> dict:
 
 
 def sae_path(path: str, model: str, layer: int) -> str:
-    """An SAE file of ``model.saes``: 'organism:NAME' (shipped with the organism) or a file path."""
+    """An SAE of ``model.saes``: 'organism:NAME' (shipped with the organism), 'MODEL:layerL' of a named real
+    model (trained on first use and cached: ipg.named_saes), an ipg SAE file, or a SAELens directory."""
     from ipg.models import ORGANISM, ORGANISM_PATH
+    from ipg.named_saes import is_named, named_sae_path
 
     if path.startswith("organism:"):
         if model != ORGANISM:
             raise InputError(f"model.saes.{layer}: '{path}' belongs to the organism; give SAE files for this model or {{}}")
         return str(ORGANISM_PATH.parent / "saes" / f"{path.split(':', 1)[1]}.safetensors")
-    if not Path(path).is_file():
-        raise InputError(f"model.saes.{layer}: SAE file '{path}' not found")
+    if is_named(path):
+        return str(named_sae_path(path, model, layer))
+    if not Path(path).exists():
+        raise InputError(f"model.saes.{layer}: SAE '{path}' not found (an ipg SAE file, a SAELens directory with "
+                         "cfg.json and sae_weights.safetensors, or a named SAE such as 'smollm2-135m-instruct:layer22')")
     return str(Path(path).resolve())

@@ -7,20 +7,25 @@ from ipg.driver.config import RunConfig, sae_path
 from ipg.data import load_examples
 from ipg.errors import InputError
 from ipg.models import ORGANISM
-from ipg.sae import TopKSAE
+from ipg.sae import SAE
 from ipg.signals import example_fields
 
 
-def load_saes(cfg: RunConfig, load: bool = True) -> dict[int, TopKSAE | str]:
+def load_saes(cfg: RunConfig, load: bool = True) -> dict[int, SAE | str]:
     """The run's SAEs by layer, each checked to be trained on its layer; ``load`` False checks the files'
     headers only (on Ray the actors load them) and gives their paths."""
     out = {}
     for layer, path in cfg.model.saes.items():
         path = sae_path(path, cfg.model.name, layer)
-        trained_on = int(TopKSAE.header(path)["layer"])
-        if trained_on != layer:
+        trained_on = int(SAE.header(path)["layer"])
+        if trained_on not in (layer, -1):  # -1: a SAELens config that names no hook; listed under its layer
             raise InputError(f"model.saes.{layer}: '{path}' was trained on layer {trained_on}, not {layer}")
-        out[layer] = TopKSAE.load(path) if load else path
+        if load:
+            sae = SAE.load(path)
+            sae.layer = layer
+            out[layer] = sae
+        else:
+            out[layer] = path
     return out
 
 

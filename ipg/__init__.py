@@ -20,6 +20,7 @@ _EXPORTS = {
     "select": "ipg.scores",
     "dice": "ipg.scores",
     "write_scores": "ipg.scores",
+    "SAE": "ipg.sae",
     "TopKSAE": "ipg.sae",
     "ComponentId": "ipg.components",
     "InputError": "ipg.errors",

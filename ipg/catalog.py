@@ -68,10 +68,11 @@ def models_dir() -> Path:
 
 
 @contextmanager
-def _locked(name: str):
+def locked(name: str, root: Path | None = None):
+    """An exclusive file lock named ``name`` under ``root`` (default: the models directory)."""
     import fcntl
 
-    root = models_dir()
+    root = root or models_dir()
     root.mkdir(parents=True, exist_ok=True)
     with open(root / f".{name}.lock", "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
@@ -94,7 +95,7 @@ def _build_once(target: Path, build) -> Path:
     one that waited finds the checkpoint another built."""
     if _built(target):
         return target
-    with _locked(target.name):
+    with locked(target.name):
         if not _built(target):
             build()
     return target

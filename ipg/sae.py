@@ -1,11 +1,16 @@
-"""TopK sparse autoencoder (Gao et al. 2024) over a block's residual output.
+"""Sparse autoencoders over a block's residual output: TopK (Gao et al. 2024), ReLU and JumpReLU.
 
-    f = ReLU(TopK(W_enc (z - b_pre) + b_enc))      (..., n_features), k non-zeros
+    f = act(W_enc (z - b_pre) + b_enc)             (..., n_features)
+        topk:     ReLU of the k largest pre-activations, the rest 0
+        relu:     ReLU                              (SAELens's "standard")
+        jumprelu: pre-activation where it exceeds its feature's threshold, else 0
     z_hat = W_dec f + b_pre                        (..., d_model)
     error = z - z_hat                              kept when editing, so an edit of f changes only
                                                    what f explains: z' = z + W_dec (f' - f)
 
-Saved as safetensors with its layer, k and source model in the metadata (never pickles).
+The project trains TopK SAEs (``train_sae``) and saves them as one safetensors file with its layer, k
+and source model in the metadata (never pickles); SAEs in SAELens's directory layout load and export
+through ``ipg.sae_lens``.
 """
 
 from __future__ import annotations
@@ -20,21 +25,34 @@ from safetensors.torch import load_file, save_file
 from ipg.errors import InputError
 from ipg.files import atomic_write_bytes
 
+ARCHITECTURES = ("topk", "relu", "jumprelu")
 
-class TopKSAE(torch.nn.Module):
-    def __init__(self, d_model: int, n_features: int, k: int, layer: int = -1, model: str = ""):
+
+class SAE(torch.nn.Module):
+    def __init__(self, d_model: int, n_features: int, k: int = 0, layer: int = -1, model: str = "",
+                 architecture: str = "topk", subtract_b_pre: bool = True):
         super().__init__()
-        if not 0 < k <= n_features:
+        if architecture not in ARCHITECTURES:
+            raise InputError(f"sae.architecture: one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
+        if architecture == "topk" and not 0 < k <= n_features:
             raise InputError(f"sae.k: must be in 1..n_features ({n_features}), got {k}")
         self.d_model, self.n_features, self.k, self.layer, self.model = d_model, n_features, k, layer, model
+        self.architecture, self.subtract_b_pre = architecture, subtract_b_pre
         self.W_enc = torch.nn.Parameter(torch.zeros(n_features, d_model))
         self.b_enc = torch.nn.Parameter(torch.zeros(n_features))
         self.W_dec = torch.nn.Parameter(torch.zeros(d_model, n_features))
         self.b_pre = torch.nn.Parameter(torch.zeros(d_model))
+        if architecture == "jumprelu":
+            self.threshold = torch.nn.Parameter(torch.zeros(n_features))
 
     def encode(self, z: torch.Tensor) -> torch.Tensor:
-        """(..., d_model) -> (..., n_features) with at most k non-zeros per position."""
-        pre = (z.to(self.W_enc.dtype) - self.b_pre) @ self.W_enc.T + self.b_enc
+        """(..., d_model) -> (..., n_features); TopK: at most k non-zeros per position."""
+        z = z.to(self.W_enc.dtype)
+        pre = (z - self.b_pre if self.subtract_b_pre else z) @ self.W_enc.T + self.b_enc
+        if self.architecture == "relu":
+            return pre.relu()
+        if self.architecture == "jumprelu":
+            return pre * (pre > self.threshold)
         top = pre.topk(self.k, dim=-1)
         return torch.zeros_like(pre).scatter(-1, top.indices, top.values.relu())
 
@@ -50,7 +68,8 @@ class TopKSAE(torch.nn.Module):
 
     def save(self, path: str | Path) -> Path:
         meta = {"d_model": str(self.d_model), "n_features": str(self.n_features), "k": str(self.k),
-                "layer": str(self.layer), "model": self.model, "format": "ipg.topk_sae.v1"}
+                "layer": str(self.layer), "model": self.model, "format": "ipg.topk_sae.v1",
+                "architecture": self.architecture, "subtract_b_pre": str(self.subtract_b_pre).lower()}
         tensors = {n: p.detach().contiguous().cpu() for n, p in self.named_parameters()}
         tmp = Path(path).with_suffix(".safetensors.partial")
         save_file(tensors, str(tmp), metadata=meta)
@@ -60,38 +79,55 @@ class TopKSAE(torch.nn.Module):
 
     @staticmethod
     def header(path: str | Path) -> dict:
-        """The SAE file's metadata (shape, layer, model) without reading its weights; a missing or foreign
-        file raises InputError."""
+        """The SAE's metadata (shape, layer, model, architecture) without reading its weights: an ipg file,
+        or a SAELens directory (cfg.json and sae_weights.safetensors). A missing or foreign file raises
+        InputError."""
         path = Path(path)
+        if path.is_dir():
+            from ipg.sae_lens import header
+
+            return header(path)
         if not path.is_file():
-            raise InputError(f"sae: file '{path}' not found; train one with `ipg sae train`")
+            raise InputError(f"sae: file '{path}' not found; train one with `ipg sae train`, or give a SAELens "
+                             "directory (cfg.json, sae_weights.safetensors)")
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != "ipg.topk_sae.v1":
-            raise InputError(f"sae: '{path}' is not an ipg TopK SAE (metadata format {meta.get('format')!r})")
-        return meta
+            raise InputError(f"sae: '{path}' is not an ipg SAE file (metadata format {meta.get('format')!r}); "
+                             "SAELens SAEs load from their directory")
+        return {"architecture": "topk", "subtract_b_pre": "true", **meta}
 
     @classmethod
-    def load(cls, path: str | Path) -> "TopKSAE":
-        meta = cls.header(path)
-        sae = cls(int(meta["d_model"]), int(meta["n_features"]), int(meta["k"]), int(meta["layer"]), meta.get("model", ""))
-        sae.load_state_dict(load_file(str(path)))
+    def load(cls, path: str | Path) -> "SAE":
+        path = Path(path)
+        if path.is_dir():
+            from ipg.sae_lens import load
+
+            sae = load(path)
+        else:
+            meta = cls.header(path)
+            sae = cls(int(meta["d_model"]), int(meta["n_features"]), int(meta["k"]), int(meta["layer"]),
+                      meta.get("model", ""), meta["architecture"], meta["subtract_b_pre"] == "true")
+            sae.load_state_dict(load_file(str(path)))
         sae.requires_grad_(False)
-        sae.source = str(Path(path).resolve())  # where it came from: another process loads it from there
+        sae.source = str(path.resolve())  # where it came from: another process loads it from there
         return sae.eval()
 
 
+TopKSAE = SAE  # the name under which 0.x releases exported it
+
+
 def train_sae(activations: torch.Tensor, n_features: int, k: int, *, steps: int = 3000, batch_size: int = 1024,
-              lr: float = 1e-3, seed: int = 0, layer: int = -1, model: str = "", log=print) -> tuple[TopKSAE, dict]:
+              lr: float = 1e-3, seed: int = 0, layer: int = -1, model: str = "", log=print) -> tuple[SAE, dict]:
     """Fit a TopK SAE to ``activations`` (N, d_model). Returns the SAE and its fit statistics
     (fraction of variance unexplained, dead features) on a held-out 10%."""
     torch.manual_seed(seed)
     n, d = activations.shape
     perm = torch.randperm(n)
     held, train = activations[perm[: n // 10]], activations[perm[n // 10 :]]
-    sae = TopKSAE(d, n_features, k, layer, model)
+    sae = SAE(d, n_features, k, layer, model)
     with torch.no_grad():
         w = torch.randn(d, n_features)
         sae.W_dec.copy_(w / w.norm(dim=0, keepdim=True))
@@ -122,13 +158,26 @@ def train_sae(activations: torch.Tensor, n_features: int, k: int, *, steps: int 
 
 
 def collect_activations(model, tokenizer, examples: list[dict], layer: int, *, n_samples: int = 4,
-                        max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
-    """Block-``layer`` outputs (N, d_model) at every position of sampled completions of the prompts."""
+                        max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0, chunk: int = 32,
+                        skip_first: bool = False, log=None) -> torch.Tensor:
+    """Block-``layer`` outputs (N, d_model) at the positions of sampled completions of the prompts;
+    ``log`` gets a line per ``chunk`` prompts sampled.
+
+    ``skip_first``: leave out each sequence's first position and repeated rows. A chat model's first
+    token is an attention sink whose output can be ~100x the median norm (SmolLM2: 25000 against 300),
+    and a shared system prompt repeats the same rows in every sequence; both would dominate the
+    reconstruction loss and make the fraction of variance unexplained look near 0."""
     from ipg.components import Site, site_activations
     from ipg.generation import SamplingParams, generate
 
     params = SamplingParams(n=n_samples, greedy=False, temperature=temperature, top_p=1.0,
                             max_new_tokens=max_new_tokens, seed=seed)
-    sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids))
-                 for group in generate(model, tokenizer, examples, params) for s in group]
-    return torch.cat([h for _, _, h in site_activations(model, Site(layer, "residual"), sequences)])  # (N, d_model)
+    sequences, start = [], time.perf_counter()
+    for c in range(0, len(examples), chunk):
+        groups = generate(model, tokenizer, examples[c : c + chunk], params)
+        sequences += [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for group in groups for s in group]
+        if log is not None:
+            done = min(c + chunk, len(examples))
+            log(f"sae data: sampled {done}/{len(examples)} prompts x {n_samples}, {time.perf_counter() - start:.0f} s")
+    acts = torch.cat([h[1:] if skip_first else h for _, _, h in site_activations(model, Site(layer, "residual"), sequences)])
+    return torch.unique(acts, dim=0) if skip_first else acts  # (N, d_model)

@@ -67,12 +67,12 @@ def test_attribute_bad_inputs_exit_2(tmp_path, capsys):
 
 
 def test_sae_train_command(tmp_path):
-    from ipg.sae import TopKSAE
+    from ipg.sae import SAE
 
     code = main(["sae", "train", "--layer", "1", "--features", "64", "--k", "4", "--prompts", "12", "--samples", "2",
                  "--steps", "50", "--out", str(tmp_path / "sae.safetensors")])
     assert code == 0
-    sae = TopKSAE.load(tmp_path / "sae.safetensors")
+    sae = SAE.load(tmp_path / "sae.safetensors")
     assert (sae.layer, sae.n_features, sae.k, sae.d_model) == (1, 64, 4, 128)
     stats = json.loads((tmp_path / "sae.json").read_text())
     # fvu 1.0 is predicting the mean activation; 50 steps reach 0.41 (measured), so the SAE really learned
@@ -81,7 +81,7 @@ def test_sae_train_command(tmp_path):
 
 def test_library_and_driver_import_no_engine_stack():
     code = "import sys, ipg, driver, driver.cli, ipg.attribution, ipg.signals; " \
-           "assert ipg.attribute is ipg.attribution.attribute and ipg.TopKSAE.__name__ == 'TopKSAE'; " \
+           "assert ipg.attribute is ipg.attribution.attribute and ipg.SAE.__name__ == 'SAE'; " \
            "bad = [m for m in ('vllm', 'deepspeed', 'ray') if m in sys.modules]; print(bad); sys.exit(bool(bad))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

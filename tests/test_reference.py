@@ -43,9 +43,9 @@ def support(organism64):
 
 def _saes():
     from ipg.models import ORGANISM_PATH
-    from ipg.sae import TopKSAE
+    from ipg.sae import SAE
 
-    sae = TopKSAE.load(ORGANISM_PATH.parent / "saes" / "layer2.safetensors")
+    sae = SAE.load(ORGANISM_PATH.parent / "saes" / "layer2.safetensors")
     return {2: sae.double()}
 
 

@@ -3,14 +3,14 @@ import torch
 
 from ipg.components import Site, capture, edit
 from ipg.errors import InputError
-from ipg.sae import TopKSAE, train_sae
+from ipg.sae import SAE, train_sae
 
 pytestmark = pytest.mark.unit
 
 
 def _random_sae(d, n=48, k=6, layer=1):
     torch.manual_seed(1)
-    sae = TopKSAE(d, n, k, layer=layer)
+    sae = SAE(d, n, k, layer=layer)
     for p in sae.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return sae.requires_grad_(False)
@@ -43,18 +43,18 @@ def test_scale_by_one_leaves_block_outputs_bit_identical(tiny_random):
 def test_save_load_round_trip_and_bad_files(tmp_path):
     sae = _random_sae(16, layer=3)
     path = sae.save(tmp_path / "sae.safetensors")
-    back = TopKSAE.load(path)
+    back = SAE.load(path)
     assert (back.layer, back.k, back.n_features, back.d_model) == (3, 6, 48, 16)
     assert all(torch.equal(a, b) for a, b in zip(sae.state_dict().values(), back.state_dict().values()))
     with pytest.raises(InputError, match="not found"):
-        TopKSAE.load(tmp_path / "none.safetensors")
+        SAE.load(tmp_path / "none.safetensors")
     from safetensors.torch import save_file
 
     save_file({"x": torch.zeros(1)}, str(tmp_path / "other.safetensors"))
-    with pytest.raises(InputError, match="not an ipg TopK SAE"):
-        TopKSAE.load(tmp_path / "other.safetensors")
+    with pytest.raises(InputError, match="not an ipg SAE file"):
+        SAE.load(tmp_path / "other.safetensors")
     with pytest.raises(InputError, match="sae.k"):
-        TopKSAE(16, 8, 9)
+        SAE(16, 8, 9)
 
 
 def test_training_explains_structured_activations():

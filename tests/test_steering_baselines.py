@@ -6,7 +6,7 @@ from ipg.components import ComponentId, Site, decoder_layers
 from ipg.errors import InputError
 from ipg.generation import SamplingParams, generate
 from ipg.models import ORGANISM_PATH
-from ipg.sae import TopKSAE
+from ipg.sae import SAE
 from ipg.steering import add_vector, scale
 
 pytestmark = pytest.mark.unit
@@ -23,7 +23,7 @@ def _ids(model, tok, params):
 @pytest.fixture(scope="module")
 def sae(tiny_random):
     torch.manual_seed(3)
-    s = TopKSAE(tiny_random[0].config.hidden_size, 32, 4, layer=1)
+    s = SAE(tiny_random[0].config.hidden_size, 32, 4, layer=1)
     for p in s.parameters():
         torch.nn.init.normal_(p, std=0.3)
     return s.requires_grad_(False)
@@ -32,7 +32,7 @@ def sae(tiny_random):
 @pytest.mark.parametrize("kind, width", [("residual", 128), ("mlp", 512), ("sae", 256)])
 def test_gamma_one_leaves_generations_identical(organism, kind, width):
     model, tok = organism  # trained, so an edit that matters does change what it writes
-    saes = {2: TopKSAE.load(ORGANISM_PATH.parent / "saes" / "layer2.safetensors")}
+    saes = {2: SAE.load(ORGANISM_PATH.parent / "saes" / "layer2.safetensors")}
     comps = [ComponentId(2, kind, i) for i in range(0, width, 3)]
     for params in (GREEDY, SAMPLED):
         plain = _ids(model, tok, params)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from ipg.cluster.metrics import StageTimer
 from ipg.errors import InputError
 from ipg.models import load_model
-from ipg.sae import TopKSAE
+from ipg.sae import SAE
 from ipg.workers.sampling import Sampling
 
 
@@ -27,8 +27,8 @@ def _gpu_share() -> float | None:
         return None
 
 
-def load_saes(saes: dict[int, str] | None) -> dict[int, TopKSAE]:
-    return {int(layer): TopKSAE.load(path) for layer, path in (saes or {}).items()}
+def load_saes(saes: dict[int, str] | None) -> dict[int, SAE]:
+    return {int(layer): SAE.load(path) for layer, path in (saes or {}).items()}
 
 
 class RolloutWorker(Sampling):

@@ -159,7 +159,7 @@ def _sae_state(saes, site: Site):
         raise InputError(f"sae: steering layers.{site.layer}.sae needs an SAE for layer {site.layer}")
     source = getattr(sae, "source", None)
     if source is None:
-        raise InputError(f"sae: the SAE of layer {site.layer} was not loaded from a file (TopKSAE.load); the vLLM engine "
+        raise InputError(f"sae: the SAE of layer {site.layer} was not loaded from a file (SAE.load); the vLLM engine "
                          "loads SAEs from their files, so save it first")
     return source
 
@@ -186,10 +186,10 @@ def _tensors(spec: dict) -> dict:
     """Inside the worker: the spec's lists as float32 tensors, its SAE loaded (once per file)."""
     out = {k: torch.tensor(spec[k], dtype=torch.float32) if k in ("baseline", "vector") else v for k, v in spec.items()}
     if out.get("sae") is not None:
-        from ipg.sae import TopKSAE
+        from ipg.sae import SAE
 
         if out["sae"] not in _SAES:
-            _SAES[out["sae"]] = TopKSAE.load(out["sae"])
+            _SAES[out["sae"]] = SAE.load(out["sae"])
         out["sae"] = _SAES[out["sae"]]
     return out
 
