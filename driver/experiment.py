@@ -66,6 +66,7 @@ class Experiment:
         self.timers = StageTimer(observe=False)  # on Ray the pipeline observes its own stages; not twice
         self.attribution_timings: list[dict] = []  # each attribution's diagnostics timings (run.json stages)
         self.session, self.model = None, None
+        self.rollout_cache: dict = {}  # unmodified-model samples by prompts and sampling: shared by attributions
         on_ray = cfg.ray.active() or resume
         m = cfg.model
         if on_ray:  # the driver holds the tokenizer only; the actors hold the weights
@@ -153,7 +154,8 @@ class Experiment:
                                              pg_table=pg_table)
             else:
                 res = attribute(self.model, self.tokenizer, examples, signal=signal, signal_params=signal_params,
-                                saes=self.saes, run_id=run_id, pg_table=pg_table, **dataclasses.asdict(a))
+                                saes=self.saes, run_id=run_id, pg_table=pg_table, rollout_cache=self.rollout_cache,
+                                **dataclasses.asdict(a))
         self.tables.scores.append(res.table)
         self.attribution_timings.append(res.diagnostics.get("timings", {}))
         self.log(f"  attributed {run_id} layers {list(layers)}: "

@@ -186,7 +186,8 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
 
 def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", signal_params: dict | None = None,
               saes: dict | None = None, run_id: str = "", log=None, prompt_format: PromptFormat | str = "auto",
-              pg_table=None, config: AttributionConfig | None = None, **settings) -> Attribution:
+              pg_table=None, config: AttributionConfig | None = None, rollout_cache: dict | None = None,
+              **settings) -> Attribution:
     """Attribute ``signal`` to the components of ``layers`` (see AttributionConfig for settings).
 
     ``examples`` are dicts with ``prompt`` (and ``answer`` for accuracy); ``id`` is derived when absent.
@@ -196,7 +197,8 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     stderr, n_prompts, n_trajectories, rank and the settings).
 
     ``config``: an ``AttributionConfig`` instead of the keyword settings (as ``driver.attribute_on_ray``
-    takes it).
+    takes it). ``rollout_cache``: a dict shared by attributions of the same prompts (other signals,
+    methods, kinds), so they score the same sampled trajectories instead of sampling them again.
 
     Method 'component' runs PG first and re-scores each site's top ``candidates`` on the per-component
     path; its table holds those rows only. ``pg_table``: a PG score table of the same examples and
@@ -220,7 +222,7 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         log(note)
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
-    base = sample_rollouts(model, tokenizer, examples, sig, cfg, saes=saes, skipped=skipped)
+    base = sample_rollouts(model, tokenizer, examples, sig, cfg, saes=saes, skipped=skipped, cache=rollout_cache)
     timings["rollout"] = time.perf_counter() - t0
     log(f"rollouts: {len(examples)} prompts x {cfg.n_samples} samples in {timings['rollout']:.1f}s")
     if not base:

@@ -15,6 +15,7 @@ from ipg.attribution_config import AttributionConfig
 from ipg.components import Site, edit
 from ipg.errors import ExampleError, InputError
 from ipg.generation import Sample, generate
+from ipg.prompts import prompt_ids as encoded_prompt
 from ipg.signals import Signal
 
 @dataclass
@@ -40,7 +41,8 @@ def _interpolation(baseline: torch.Tensor, alpha: float):
 
 def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg: AttributionConfig, *,
                     site: Site | None = None, alpha: float = 1.0, baseline: torch.Tensor | None = None,
-                    saes: dict | None = None, skipped: dict[str, str] | None = None, engine=None, agree=None) -> list[Rollout]:
+                    saes: dict | None = None, skipped: dict[str, str] | None = None, engine=None, agree=None,
+                    cache: dict | None = None) -> list[Rollout]:
     """N trajectories per example from the model with the site on the path at ``alpha`` (alpha = 1:
     the unmodified model), scored by the signal, with per-group advantages.
 
@@ -48,15 +50,25 @@ def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg:
     and ``interpolate(site, alpha, baseline, positions, saes)`` (a context manager); None: our HF loop.
     An example whose signal fails raises ExampleError (``cfg.on_error`` 'fail'), or ('skip') is left
     out and recorded in ``skipped`` (example id -> error). ``agree``: a ZeRO-3 rank's lockstep
-    (``ipg.generation.generate``)."""
+    (``ipg.generation.generate``). ``cache``: a dict that keeps the unmodified model's samples by prompts and
+    sampling parameters, so attributions of other signals or methods on the same prompts and seed score
+    the same trajectories instead of sampling them again (sampling is seeded per example and sample)."""
     params = cfg.sampling(_alpha_seed(cfg.seed, alpha))
     ctx = nullcontext()
     if site is not None and alpha != 1.0:
         ctx = (engine.interpolate(site, alpha, baseline, cfg.positions, saes) if engine is not None else
                edit(model, site, _interpolation(baseline, alpha), positions=cfg.positions, saes=saes))
-    with ctx:
-        groups = (engine.generate(examples, params) if engine is not None else
-                  generate(model, tokenizer, examples, params, batch_size=cfg.generation_batch_size, agree=agree))
+    key = None
+    if cache is not None and engine is None and agree is None and (site is None or alpha == 1.0):
+        key = (params, tuple((ex["id"], tuple(encoded_prompt(tokenizer, ex))) for ex in examples))
+    if key is not None and key in cache:
+        groups = cache[key]
+    else:
+        with ctx:
+            groups = (engine.generate(examples, params) if engine is not None else
+                      generate(model, tokenizer, examples, params, batch_size=cfg.generation_batch_size, agree=agree))
+        if key is not None:
+            cache[key] = groups
     out = []
     for ex, samples in zip(examples, groups):
         try:

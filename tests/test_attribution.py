@@ -215,3 +215,25 @@ def test_lockstep_padding_changes_no_score(organism, kind):
     # the chunk count, then per chunk (2 of them padding: dummy captures) its micro-batch count, each padded by 2
     assert len(calls) == 1 + calls[0] + 2 and calls[1] > 0 and calls[-2:] == [0, 0]
     np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-7 * np.abs(plain).max())
+
+
+def test_a_rollout_cache_shares_the_sampled_traces_and_changes_no_score(tiny_random, monkeypatch):
+    """Attributions of another signal or method on the same prompts and seed score the same trajectories:
+    with a shared cache they are sampled once, and every score equals the uncached attribution's."""
+    import ipg.rollouts
+
+    model, tok = tiny_random
+    plain = {sig: _scores(attribute(model, tok, EXAMPLES, signal=sig, layers=[1], seed=3, **FAST)) for sig in (checksum, "length")}
+    calls = []
+    real = ipg.rollouts.generate
+    monkeypatch.setattr(ipg.rollouts, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cache = {}
+    cached = {sig: attribute(model, tok, EXAMPLES, signal=sig, layers=[1], seed=3, rollout_cache=cache, **FAST)
+              for sig in (checksum, "length")}
+    assert len(calls) == 1 and len(cache) == 1
+    assert [s.completion_ids for r in cached[checksum].rollouts for s in r.samples] == \
+           [s.completion_ids for r in cached["length"].rollouts for s in r.samples]
+    for sig, res in cached.items():
+        assert np.array_equal(_scores(res), plain[sig])
+    attribute(model, tok, EXAMPLES, signal="length", layers=[1], seed=4, rollout_cache=cache, **FAST)
+    assert len(calls) == 2  # another seed samples anew
