@@ -131,6 +131,20 @@ class ControlConfig:
     p: int = 8
     gammas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.5, 2.0, 3.0])
     signal_params: dict = field(default_factory=dict)
+    # selections steered beside the run's method: random (its own draws), activation, ipg / pg / component
+    # (each attributed with this signal), sae (the run's method on the layer's SAE features, where one exists)
+    methods: list[str] = field(default_factory=lambda: ["random"])
+    random_draws: int = 1
+
+    def __post_init__(self):
+        unknown = sorted(set(self.methods) - set(CONTROL_METHODS))
+        if unknown:
+            raise InputError(f"methods: unknown {unknown[0]!r}; a control experiment steers {', '.join(CONTROL_METHODS)}")
+        if self.random_draws < 1:
+            raise InputError(f"random_draws: must be >= 1, got {self.random_draws}")
+
+
+CONTROL_METHODS = ("random", "activation", "ipg", "pg", "component", "sae")
 
 
 @dataclass(frozen=True)

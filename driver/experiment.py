@@ -180,7 +180,7 @@ class Experiment:
         self.tables.evals.append(out)
         # per prompt: intervals and paired comparisons are computed from these
         self.tables.items += [{**row, "example_id": it.example_id, "correct": it.correct, "answered": it.answered,
-                               "length": it.length, "reflection": it.keyword} for it in items]
+                               "length": it.length, "reflection": it.keyword, "finished": it.finished} for it in items]
         return out
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -199,15 +199,28 @@ class Experiment:
     def _sweep(self, experiment, method, layer, p, seed, components, gammas, draw: int = 0):
         self._note_selection(experiment, method, layer, p, seed, draw, components)
         for gamma in gammas:
-            r = self.evaluate({"scale": components, "gamma": gamma}, experiment=experiment, method=method, layer=layer,
-                              p=p, gamma=gamma, seed=seed, draw=draw)
+            row = dict(experiment=experiment, method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
+            if gamma == 1.0:  # scaling by exactly 1 is the identity: the unsteered evaluation, not generated again
+                r = self._unsteered(**row)
+            else:
+                r = self.evaluate({"scale": components, "gamma": gamma}, **row)
             self.log(f"    {experiment:10s} {method:15s} layer {layer} p {p:3d} gamma {gamma:4.2f}: "
                      f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}" + (f"  (draw {draw})" if draw else ""))
             if experiment == "accuracy" and gamma > 1 and self.validation_examples:
                 self.evaluate({"scale": components, "gamma": gamma}, self.validation_examples, experiment="validation",
                               method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
 
-    def _cards(self, res, rollouts, site: Site, sequences) -> None:
+    def _unsteered(self, **row) -> dict:
+        """The original evaluation's outcomes filed under ``row`` (a gamma-1 cell of a sweep): greedy decoding
+        of an unedited model gives the same tokens, so they are copied, not generated again."""
+        original = [r for r in self.tables.items if r["method"] == "original" and r["seed"] == self.cfg.seeds[0]]
+        self.tables.items += [{**r, **row} for r in original]
+        summary = next(r for r in self.tables.evals if r["method"] == "original" and r["seed"] == self.cfg.seeds[0])
+        out = {**summary, **row}
+        self.tables.evals.append(out)
+        return out
+
+    def _cards(self, res, rollouts, site: Site, sequences, signal: str | None = None) -> None:
         """Cards of the method's top components at this layer (ipg.cards): contexts and per-position terms."""
         c = self.cfg.cards
         top = [x.index for x in select(res.table, c.components, layer=site.layer, kind=site.kind)]
@@ -219,9 +232,11 @@ class Experiment:
         ratio = self.magnitudes.get((site.layer, cfg.seed))
         for rank, i in enumerate(top):
             self.tables.cards.append({"layer": site.layer, "kind": site.kind, "rank": rank, "index": i, "method": cfg.method,
+                                      "signal": signal or self.cfg.signal,
                                       "median_ratio": float(ratio[i]) if ratio is not None else None,
                                       "contexts": json.dumps(contexts[i])})
-        self.tables.card_terms += [{"layer": site.layer, "kind": site.kind, **t} for t in terms]
+        self.tables.card_terms += [{"layer": site.layer, "kind": site.kind, "signal": signal or self.cfg.signal, **t}
+                                   for t in terms]
 
     def _note_massive(self, site: Site, seed: int, magnitude) -> None:
         """The layer's massive-activation coordinates on this seed's support trajectories (residual sites)."""
@@ -339,17 +354,43 @@ class Experiment:
                     self.log(f"    accuracy   control_vector  layer {layer}       gamma {gamma:4.2f}: acc {100 * r['accuracy']:5.1f}%")
 
     def _control_experiment(self, name: str, seed: int) -> None:
+        """Attribute the ``name`` signal (length, reflection) and steer its top components over the gammas,
+        beside the baselines the section lists (``methods``)."""
         cfg = self.cfg
         c = getattr(cfg, name)
         params = dict(c.signal_params)
         if name == "reflection" and "keywords" not in params:
             params["keywords"] = list(cfg.baselines.reflection_words)
-        main = cfg.attribution.method
-        res = self.attribute(self.support(seed), signal=name, layers=c.layers, seed=seed, signal_params=params, method=main)
+        main, support = cfg.attribution.method, self.support(seed)
+        needed = [main] + [m for m in ("pg", "ipg", "component") if m in c.methods and m != main]
+        if "component" in needed:  # the component path re-scores PG's candidates: PG runs once, first
+            needed = ["pg"] + [m for m in needed if m != "pg"]
+        results = {}
+        for m in needed:
+            pg_table = results["pg"].table if m == "component" and "pg" in results else None
+            results[m] = self.attribute(support, signal=name, layers=c.layers, seed=seed, signal_params=params, method=m,
+                                        pg_table=pg_table)
+        sae_layers = sorted(set(self.saes) & set(c.layers)) if "sae" in c.methods else []
+        sae_res = (self.attribute(support, signal=name, layers=sae_layers, seed=seed, signal_params=params, method=main,
+                                  kind="sae") if sae_layers else None)
+        rollouts = self._rollouts(results[main], support) if cfg.cards.enabled and seed == cfg.seeds[0] or "activation" in c.methods else None
+        sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts or [] for s in r.samples]
         for layer in c.layers:
             site = Site(layer, cfg.attribution.kind)
-            self._sweep(name, main, layer, c.p, seed, select(res.table, c.p, layer=layer, kind=site.kind), c.gammas)
-            self._sweep(name, "random", layer, c.p, seed, self._random(site, c.p, seed), c.gammas)
+            if cfg.cards.enabled and seed == cfg.seeds[0]:
+                self._cards(results[main], rollouts, site, sequences, signal=name)
+            chosen = {m: select(res.table, c.p, layer=layer, kind=site.kind) for m, res in results.items()
+                      if m == main or m in c.methods}
+            if "activation" in c.methods:
+                with self.timers("baselines"):
+                    chosen["activation"] = top_components(self.lm.activation_scores(sequences, site), site, c.p)
+            if sae_res is not None and layer in sae_layers:
+                chosen[f"{main}_sae"] = select(sae_res.table, c.p, layer=layer, kind="sae")
+            for method, components in chosen.items():
+                self._sweep(name, method, layer, c.p, seed, components, c.gammas)
+            if "random" in c.methods:
+                for draw in range(c.random_draws):
+                    self._sweep(name, "random", layer, c.p, seed, self._random(site, c.p, seed, draw), c.gammas, draw=draw)
 
     def _stability(self) -> None:
         cfg, a = self.cfg, self.cfg.attribution

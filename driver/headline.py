@@ -156,29 +156,3 @@ def verdict(records: list[dict]) -> list[str]:
     best = max(beat, key=lambda r: r["vs_random"].estimate)
     return ["Control range beyond random's (paired interval above 0): " + "; ".join(parts) + ".",
             f"Strongest: {best['method']} at layer {best['layer']}, p {best['p']}."]
-
-
-def control_signal_lines(items: list[dict], experiment: str) -> list[str]:
-    """Steering with another signal (length, reflection): mean generated length per gamma, IPG against
-    random on the same prompts, with intervals; gamma 1 is the unsteered model."""
-    lengths = outcome_matrices(items, experiment, field="length")
-    if not lengths:
-        return []
-    original = outcome_matrices(items, "accuracy", field="length")
-    unsteered = next((m[:1] for k, m in original.items() if k[0] == "original"), None)
-    out = []
-    for layer in sorted({k[1] for k in lengths}):
-        keys = {k for k in lengths if k[1] == layer}
-        gammas = sorted({k[3] for k in keys} | ({1.0} if unsteered is not None else set()))
-        p = next(iter(keys))[2]
-        main = next(k[0] for k in keys if k[0] != "random")  # the run's own method
-        out += [f"\n**{experiment} signal, layer {layer}, p = {p}**: mean generated tokens, 95% intervals over prompts "
-                "and seeds\n", f"| gamma | {main} | random | {main} - random (paired) |", "|---|---|---|---|"]
-        for g in gammas:
-            ipg, rnd = lengths.get((main, layer, p, g)), lengths.get(("random", layer, p, g))
-            if g == 1.0 and ipg is None:
-                ipg = rnd = unsteered
-            cells = [mean_interval(m).fmt(1.0) if m is not None else "-" for m in (ipg, rnd)]
-            diff = difference_interval(ipg, rnd).fmt(1.0) if ipg is not None and rnd is not None and g != 1.0 else "-"
-            out.append(f"| {g:g} | {cells[0]} | {cells[1]} | {diff} |")
-    return out

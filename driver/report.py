@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ipg.driver.headline import control_signal_lines, headline, method_order
+from ipg.driver.headline import headline, method_order, verdict
+from ipg.driver.strength import detail_lines, strength_section, summary_lines
 from ipg.driver.plots import group as _group
 from ipg.driver.plots import mean as _mean
 from ipg.driver.plots import plots
@@ -137,7 +138,11 @@ def card_lines(component: ComponentId, contexts: list[dict], terms: list[dict], 
             by_fifth[t["fifth"]] += abs(t["term"])
             signed_fifth[t["fifth"]] += t["term"]
         first = ", ".join(f"line {i + 1}: {100 * v / total:.0f}%" for i, v in enumerate(by_line[:6]))
-        lines += ["", f"Share of |contribution| by line of the trace: {first}"
+        early, late = by_fifth[:2].sum() / total, by_fifth[3:].sum() / total
+        when = "early" if early > 0.5 else "late" if late > 0.5 else "throughout the trace"
+        lines += ["", f"Acts **{when}**: {100 * early:.0f}% of |contribution| in the first two fifths of the trace, "
+                  f"{100 * late:.0f}% in the last two.",
+                  f"Share of |contribution| by line of the trace: {first}"
                   + (f", later lines {100 * by_line[6:].sum() / total:.0f}%" if len(by_line) > 6 else "") + ".",
                   "By fifth of the trace (start to end): " + ", ".join(f"{100 * v / total:.0f}%" for v in by_fifth)
                   + "; signed sum per fifth: " + ", ".join(f"{v:+.3g}" for v in signed_fifth) + "."]
@@ -145,17 +150,22 @@ def card_lines(component: ComponentId, contexts: list[dict], terms: list[dict], 
 
 
 def _cards(cards: list[dict], terms: list[dict]) -> list[str]:
-    """Component cards: top-activating contexts and where each component's score lands in the trace."""
+    """Component cards per signal: top-activating contexts and where each component's score lands in the trace."""
     if not cards:
         return []
-    lines = ["\n## Component cards\n", f"The top {max(c['rank'] for c in cards) + 1} components of the selection method per "
-             "layer (first seed). Contexts: the support positions where the component is most active. Contributions: "
-             "the per-position terms of its score on a few support prompts, grouped by line of the trace and by fifth "
-             "of it.\n"]
-    for c in sorted(cards, key=lambda c: (c["layer"], c["rank"])):
-        mine = [t for t in terms if t["layer"] == c["layer"] and t["kind"] == c["kind"]]
-        lines += card_lines(ComponentId(c["layer"], c["kind"], c["index"]), json.loads(c["contexts"]), mine,
-                            c["median_ratio"]) + [""]
+    lines = []
+    for signal in sorted({c.get("signal") or "accuracy" for c in cards}, key=lambda s: (s != "accuracy", s)):
+        mine = [c for c in cards if (c.get("signal") or "accuracy") == signal]
+        lines += [f"\n## Component cards: {signal} signal\n",
+                  f"The top {max(c['rank'] for c in mine) + 1} components of the selection method per layer for the {signal} "
+                  "signal (first seed). Contexts: the support positions where the component is most active. Contributions: "
+                  "the per-position terms of its score on a few support prompts, grouped by line of the trace and by fifth "
+                  "of it (early: the first two fifths; late: the last two).\n"]
+        for c in sorted(mine, key=lambda c: (c["layer"], c["rank"])):
+            site_terms = [t for t in terms if t["layer"] == c["layer"] and t["kind"] == c["kind"]
+                          and (t.get("signal") or "accuracy") == signal]
+            lines += card_lines(ComponentId(c["layer"], c["kind"], c["index"]), json.loads(c["contexts"]), site_terms,
+                                c["median_ratio"]) + [""]
     return lines
 
 
@@ -270,28 +280,39 @@ def _evidence(findings, evals, main: str = "ipg") -> list[str]:
     return out
 
 
+def _summary(items: list[dict], records: list[dict], main: str) -> list[str]:
+    """The first screen: whether any selection controls accuracy, and reasoning strength's trade-off."""
+    strength = summary_lines(items, main) if items else []
+    if not records and not strength:
+        return []
+    return ["\n## Summary\n", *([f"**Accuracy**: {' '.join(verdict(records))}", ""] if records else []), *strength]
+
+
 def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     evals, scores, setup, optional = _load(run_dir)
     stability, items, selections, massive = (optional[k] for k in ("stability", "eval_items", "selections", "massive"))
     main = setup.get("attribution", {}).get("method", "ipg")  # the run's own selection method
     table1, findings = _table1(evals)
+    head, records = headline(items, massive_shares(selections)) if items else ([], [])
     lines = ["# IPG experiment report", "",
              *_selection(setup),
              f"Run directory `{run_dir}`; rebuilt from its Parquet files by `ipg report`.",
              f"Seeds: {sorted({r['seed'] for r in evals})}; eval prompts per evaluation: {evals[0]['n'] if evals else 0}; "
              "greedy decoding; steering edits the decision positions of the selected components.",
+             *_summary(items, records, main),
              "\n## Headline: control of accuracy against random\n",
-             *(headline(items, massive_shares(selections))[0] if items else
-               ["(this run has no per-prompt outcomes, eval_items.parquet: rerun it for intervals)"]),
+             *(head if items else ["(this run has no per-prompt outcomes, eval_items.parquet: rerun it for intervals)"]),
+             *(strength_section(items) if items else []),
              *_massive(massive, selections),
              *_cards(optional["cards"], optional["card_terms"]),
              *_setup(setup),
              "\n## Table 1: enhance and suppress reasoning (accuracy signal)", *table1,
              _gamma_note(evals),
              "\n## Length control", *(_control_table(evals, "length", main) or ["(not run)"]),
-             *control_signal_lines(items, "length"),
+             *(detail_lines(items, "length") if items else []),
              "\n## Reflection control", *(_control_table(evals, "reflection", main) or ["(not run)"]),
+             *(detail_lines(items, "reflection") if items else []),
              "\n## Stability (Dice overlap of top-p IPG sets)"]
     if stability:
         lines += ["| comparison | layer | p | a | b | Dice |", "|---|---|---|---|---|---|"]

@@ -7,7 +7,7 @@
 | eval_items.parquet | evaluation and eval prompt (intervals and paired comparisons are computed from these) |
 | selections.parquet | component of every evaluated selection |
 | massive.parquet | massive-activation coordinate per layer and seed |
-| cards.parquet | top component of the run's method, with its top-activating contexts |
+| cards.parquet | top component of the run's method per signal (accuracy, length, ...), with its top-activating contexts |
 | card_terms.parquet | per-position score term of those components on a few prompts |
 | stability.parquet | Dice overlap of two top-p sets |
 
@@ -32,7 +32,7 @@ EVAL_SCHEMA = pa.schema([
 ITEM_SCHEMA = pa.schema([
     ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("p", pa.int32()),
     ("gamma", pa.float64()), ("seed", pa.int64()), ("draw", pa.int32()), ("example_id", pa.string()), ("correct", pa.bool_()),
-    ("answered", pa.bool_()), ("length", pa.int32()), ("reflection", pa.bool_()),
+    ("answered", pa.bool_()), ("length", pa.int32()), ("reflection", pa.bool_()), ("finished", pa.bool_()),
 ])
 SELECTION_SCHEMA = pa.schema([
     ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("kind", pa.string()), ("p", pa.int32()),
@@ -41,10 +41,11 @@ SELECTION_SCHEMA = pa.schema([
 ])
 MASSIVE_SCHEMA = pa.schema([("layer", pa.int32()), ("seed", pa.int64()), ("index", pa.int64()), ("median_ratio", pa.float64())])
 CARD_SCHEMA = pa.schema([("layer", pa.int32()), ("kind", pa.string()), ("rank", pa.int32()), ("index", pa.int64()),
-                         ("method", pa.string()), ("median_ratio", pa.float64()), ("contexts", pa.string())])
+                         ("method", pa.string()), ("median_ratio", pa.float64()), ("contexts", pa.string()),
+                         ("signal", pa.string())])
 CARD_TERM_SCHEMA = pa.schema([("layer", pa.int32()), ("kind", pa.string()), ("component", pa.int64()),
                               ("example_id", pa.string()), ("sample", pa.int32()), ("step", pa.int32()), ("line", pa.int32()),
-                              ("fifth", pa.int32()), ("term", pa.float64())])
+                              ("fifth", pa.int32()), ("term", pa.float64()), ("signal", pa.string())])
 STABILITY_SCHEMA = pa.schema([
     ("comparison", pa.string()), ("layer", pa.int32()), ("p", pa.int32()), ("a", pa.string()), ("b", pa.string()),
     ("dice", pa.float64()),

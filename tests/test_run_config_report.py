@@ -52,7 +52,7 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     code = main(["run", f"--out={out}", "--seeds=[0,1]", "--data.n_support=6", "--data.n_eval=12",
                  "--attribution.layers=[2]", "--attribution.q=2", "--attribution.n_samples=3", "--evaluation.p=[4]",
                  "--baselines.methods=[random, activation, reason_score, ipg]", "--length.layers=[2]",
-                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4", "--evaluation.random_draws=3",
+                 "--length.gammas=[0, 1, 2]", "--length.methods=[random, activation, sae]", "--reflection.enabled=false", "--stability.p=4", "--evaluation.random_draws=3",
                  "--variants={mean_baseline: {baseline: mean}}"])
     assert code == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
@@ -75,7 +75,14 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     assert ("component", 0, 0) in chosen and ("random", 1, 2) in chosen
     assert all(r["median_ratio"] > 0 for r in selections if r["kind"] == "residual")
     assert {r["seed"] for r in evals} == {0, 1} and all(r["n"] == 12 for r in evals)
-    assert {(r["method"], r["gamma"]) for r in evals if r["experiment"] == "length"} == {(m, g) for m in ("component", "random") for g in (0.0, 2.0)}
+    assert {(r["method"], r["gamma"]) for r in evals if r["experiment"] == "length"} == {
+        (m, g) for m in ("component", "random", "activation", "component_sae") for g in (0.0, 1.0, 2.0)}
+    # gamma 1 is the unsteered model: its outcomes are the original evaluation's, prompt by prompt
+    original = {i["example_id"]: i for i in items if i["method"] == "original" and i["seed"] == 1}
+    for i in items:
+        if i["experiment"] == "length" and i["gamma"] == 1.0:
+            o = original[i["example_id"]]
+            assert (i["length"], i["correct"], i["finished"]) == (o["length"], o["correct"], o["finished"])
     stability = pq.read_table(out / "stability.parquet").to_pylist()
     assert {r["comparison"] for r in stability} == {"seeds", "support subsets"}
     run = json.loads((out / "run.json").read_text())
@@ -92,8 +99,12 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     assert "| ipg |" in report.split("## Headline")[1] and "| mean_baseline |" in report.split("## Table 1")[1]
     assert "| component |" in report.split("## Headline")[1] and "beyond random" in report
     cards = pq.read_table(out / "cards.parquet").to_pylist()
-    assert [c["rank"] for c in cards] == [0, 1, 2, 3] and all(json.loads(c["contexts"]) for c in cards)
-    assert "## Component cards" in report and "Share of |contribution| by line of the trace" in report
+    assert [(c["signal"], c["rank"]) for c in cards] == [(s, r) for s in ("accuracy", "length") for r in range(4)]
+    assert all(json.loads(c["contexts"]) for c in cards)
+    assert "## Component cards: accuracy signal" in report and "## Component cards: length signal" in report
+    assert "Share of |contribution| by line of the trace" in report and "Acts **" in report
+    assert report.index("## Summary") < report.index("## Headline") and "**Reasoning strength**" in report.split("## Headline")[0]
+    assert "## Headline: reasoning strength" in report and "| 22 |" not in report
     plots = sorted(p.name for p in (out / "plots").iterdir())
     assert {"accuracy_vs_gamma.png", "accuracy_vs_p.png", "length_vs_gamma.png", "top_components.png", "dice.png"} <= set(plots)
     (out / "report.md").unlink()
@@ -146,7 +157,7 @@ def test_pg_as_the_runs_method_with_the_papers_ipg_as_a_baseline(tmp_path):
     assert main(["run", f"--out={out}", "--seeds=[0]", "--data.n_support=4", "--data.n_eval=6", "--attribution.layers=[2]",
                  "--attribution.q=2", "--attribution.n_samples=2", "--evaluation.p=[4]", "--attribution.method=pg",
                  "--baselines.methods=[ipg, random]", "--evaluation.random_draws=1", "--length.layers=[2]",
-                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4", "--cards.components=2",
+                 "--length.gammas=[0, 1, 2]", "--length.methods=[random, activation, sae]", "--reflection.enabled=false", "--stability.p=4", "--cards.components=2",
                  "--model.saes={}"]) == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
     assert {r["method"] for r in evals if r["experiment"] == "accuracy"} == {"original", "pg", "ipg", "random"}

@@ -1,0 +1,58 @@
+"""The reasoning-strength report from per-prompt outcomes: length ranges against random's, the verdict,
+the trade-off table (tokens and accuracy against the unsteered model, cut-offs, answers)."""
+
+import numpy as np
+import pytest
+
+from ipg.driver.strength import detail_lines, length_ranges, summary_lines, tradeoff_lines, verdict
+
+pytestmark = pytest.mark.unit
+GAMMAS = (0.0, 0.5, 1.0, 2.0)
+
+
+def _items(slope: dict, n=40, seeds=(0, 1), limit=192):
+    """Length = 100 + slope * (gamma - 1) * 50 + per-prompt noise; the unsteered model at gamma 1."""
+    rng = np.random.default_rng(0)
+    base = rng.integers(60, 140, n)
+    out = []
+    for method, k in slope.items():
+        for seed in seeds:
+            for g in GAMMAS:
+                noise = rng.normal(0, 5, n) if g != 1.0 else np.zeros(n)
+                lengths = np.clip(base + k * (g - 1) * 50 + noise, 1, limit).astype(int)
+                for i, length in enumerate(lengths):
+                    out.append({"experiment": "length", "method": method, "layer": 22, "p": 8, "gamma": g, "seed": seed,
+                                "draw": 0, "example_id": f"e{i}", "correct": bool(i % 5 == 0 and length < 150),
+                                "answered": bool(length < limit), "length": int(length), "finished": bool(length < limit)})
+    return out
+
+
+def test_a_selection_that_moves_length_beats_random_and_one_that_does_not_is_named_closest():
+    items = _items({"component": 1.0, "random": 0.0, "ipg": 0.0})
+    records = length_ranges(items)
+    by = {r["method"]: r for r in records}
+    assert by["component"]["vs_random"].low > 40 and by["random"]["vs_random"] is None
+    assert abs(by["component"]["range"].estimate - by["component"]["vs_random"].estimate - by["random"]["range"].estimate) < 1e-9
+    assert "its 95% paired interval lies above random's" in verdict(records, "component")[0]
+    weak = verdict(records, "ipg")[0]
+    assert "not above random's" in weak and "Closest: component" in weak
+
+
+def test_tradeoff_against_the_unsteered_model_with_cut_offs_and_answers():
+    items = _items({"component": 1.0, "random": 0.0}, limit=160)
+    lines = tradeoff_lines(items, "length", "component")
+    rows = {line.split(" | ")[0].strip("| "): line for line in lines if line.startswith("| ") and line[2].isdigit()}
+    assert set(rows) == {"0", "0.5", "1", "2"}
+    assert rows["0"].split(" | ")[2].startswith("-")  # shorter than unsteered
+    assert rows["2"].split(" | ")[2].startswith("+") and rows["1"].split(" | ")[2] == "-"
+    cut_at_2 = float(rows["2"].split(" | ")[5].split(" ")[0])
+    assert cut_at_2 > float(rows["0"].split(" | ")[5].split(" ")[0])  # longer traces reach the limit more often
+    summary = summary_lines(items, "component")
+    assert summary[0].startswith("**Reasoning strength**") and any("unsteered" in line for line in summary)
+
+
+def test_runs_without_a_cut_off_column_still_report():
+    items = [{k: v for k, v in r.items() if k != "finished"} for r in _items({"component": 1.0, "random": 0.0})]
+    lines = detail_lines(items, "length")
+    assert any(line.startswith("| component | 2 |") and " - | " in line for line in lines)
+    assert summary_lines([], "component") == []
