@@ -3,7 +3,7 @@
     python deploy/data/word-problems/measure.py [--model smollm2-135m-instruct] [--n 24] [--max-new-tokens 192]
 
 For each level, greedy decoding on the first N eval problems of that level (chat template, answers read
-with hash, boxed, answer_is, last_number): accuracy with a 95% interval, the length distribution of the
+with hash, boxed, answer_is, last_number): accuracy with its exact (Clopper-Pearson) 95% interval, the length distribution of the
 traces (generated tokens: quartiles and max), the share cut off at the token limit, lines per trace, and
 how many traces contain each candidate reflection word. Prints a Markdown table and the word counts;
 --json writes every figure.
@@ -27,7 +27,8 @@ def measure(model_name: str, n: int, max_new_tokens: int, levels: list[str], thr
     from ipg.answers import Extractor
     from ipg.evaluation import score_items
     from ipg.generation import SamplingParams, generate
-    from ipg.intervals import mean_interval
+    from scipy.stats import binomtest
+
     from ipg.models import load_model
     from ipg.prompts import format_examples
     from ipg.word_problems import splits
@@ -45,9 +46,11 @@ def measure(model_name: str, n: int, max_new_tokens: int, levels: list[str], thr
         items = score_items(examples, samples, (), extractor)
         texts = [g[0].text for g in samples]
         lengths = np.array([it.length for it in items])
-        acc = mean_interval(np.array([[float(it.correct) for it in items]]))
+        correct = sum(it.correct for it in items)
+        ci = binomtest(correct, len(items)).proportion_ci(0.95)  # exact: a bootstrap of 0/24 would say [0, 0]
+        acc = {"correct": correct, "estimate": correct / len(items), "low": ci.low, "high": ci.high}
         out[level] = {
-            "n": n, "accuracy": acc.as_dict(), "answered": float(np.mean([it.answered for it in items])),
+            "n": n, "accuracy": acc, "answered": float(np.mean([it.answered for it in items])),
             "tokens": {"mean": float(lengths.mean()), "q25": float(np.quantile(lengths, 0.25)),
                        "median": float(np.median(lengths)), "q75": float(np.quantile(lengths, 0.75)), "max": int(lengths.max())},
             "cut_off": float(np.mean([not it.finished for it in items])),
@@ -72,7 +75,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|---|")
     for level, r in res.items():
         a, t = r["accuracy"], r["tokens"]
-        print(f"| {level} | {100 * a['estimate']:.1f}% [{100 * a['low']:.1f}, {100 * a['high']:.1f}] | {100 * r['answered']:.0f}% | "
+        print(f"| {level} | {a['correct']}/{r['n']}: {100 * a['estimate']:.1f}% [{100 * a['low']:.1f}, {100 * a['high']:.1f}] | {100 * r['answered']:.0f}% | "
               f"{t['mean']:.1f} | {t['q25']:.0f} / {t['median']:.0f} / {t['q75']:.0f} | {t['max']} | {100 * r['cut_off']:.1f}% | "
               f"{r['lines']:.1f} |")
     total = sum(r["n"] for r in res.values())
