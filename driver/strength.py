@@ -79,12 +79,13 @@ def verdict(records: list[dict], main: str) -> list[str]:
     return out
 
 
-def tradeoff_lines(items: list[dict], experiment: str, main: str) -> list[str]:
-    """The first-screen table: per gamma, the run's selection against the unsteered model and random."""
+def tradeoff_lines(items: list[dict], experiment: str, main: str, layers: set | None = None) -> list[str]:
+    """The first-screen table: per gamma, the ``main`` selection against the unsteered model and random
+    (at ``layers``, default all)."""
     m = _matrices(items, experiment)
     lengths = m["length"]
     out = []
-    for layer, p in sorted({(k[1], k[2]) for k in lengths}):
+    for layer, p in sorted({(k[1], k[2]) for k in lengths if layers is None or k[1] in layers}):
         gammas = sorted({k[3] for k in lengths if k[1] == layer and k[0] == main})
         base = {name: m[name].get((main, layer, p, 1.0)) for name in m}
         if not gammas or base["length"] is None:
@@ -147,8 +148,17 @@ def summary_lines(items: list[dict], main: str) -> list[str]:
     """For the report's first screen: the length verdict and the run's selection's trade-off per gamma."""
     if not any(r["experiment"] == "length" for r in items):
         return []
-    return ["**Reasoning strength** (trace length; length range = mean tokens at the largest gamma minus at gamma 0, "
-            "same prompts):", *verdict(length_ranges(items), main), *tradeoff_lines(items, "length", main)]
+    records = length_ranges(items)
+    lines = ["**Reasoning strength** (trace length; length range = mean tokens at the largest gamma minus at gamma 0, "
+             "same prompts):", *verdict(records, main), *tradeoff_lines(items, "length", main)]
+    for r in records:  # where the run's selection is not above random, the strongest one that is, beside it
+        if r["method"] != main or r["vs_random"] is None or r["vs_random"].low > 0:
+            continue
+        better = [o for o in records if o["layer"] == r["layer"] and o["vs_random"] is not None and o["vs_random"].low > 0]
+        if better:
+            best = max(better, key=lambda o: o["vs_random"].estimate)["method"]
+            lines += tradeoff_lines(items, "length", best, {r["layer"]})
+    return lines
 
 
 def strength_section(items: list[dict]) -> list[str]:

@@ -56,3 +56,11 @@ def test_runs_without_a_cut_off_column_still_report():
     lines = detail_lines(items, "length")
     assert any(line.startswith("| component | 2 |") and " - | " in line for line in lines)
     assert summary_lines([], "component") == []
+
+
+def test_the_summary_adds_the_selection_that_beats_random_when_the_runs_does_not():
+    items = _items({"component": 0.0, "random": 0.0, "component_sae": 1.0})
+    summary = "\n".join(summary_lines(items, "component"))
+    assert "not above random's" in summary and "Closest: component_sae" in summary
+    assert "Length steering of component's top 8" in summary and "Length steering of component_sae's top 8" in summary
+    assert "component_sae's top" not in "\n".join(summary_lines(_items({"component": 1.0, "random": 0.0, "component_sae": 1.0}), "component"))
