@@ -185,13 +185,15 @@ class Experiment:
 
     # -- helpers ---------------------------------------------------------------------------------------
 
-    def _rollouts(self, res, examples):
-        """The support rollouts of an attribution; a Ray run keeps them in the cluster, so they are drawn
-        again there (sampling is seeded per example and sample: the same trajectories)."""
+    def _rollouts(self, res, examples, signal: str | None = None, signal_params: dict | None = None):
+        """The support rollouts of an attribution of ``signal`` (default: the run's); a Ray run keeps them in
+        the cluster, so they are drawn again there (sampling is seeded per example and sample: the same
+        trajectories) and scored by that signal."""
         if res.rollouts:
             return res.rollouts
+        signal = signal or self.cfg.signal
         with self.timers("baseline_rollouts"):
-            return self.lm.rollouts(examples, res.config, self.cfg.signal, signal_params_of(self.cfg))
+            return self.lm.rollouts(examples, res.config, signal, signal_params_of(self.cfg, signal, signal_params))
 
     def _random(self, site: Site, p: int, seed: int, draw: int = 0):
         return random_components(self.width(site), site, p, seed, draw=draw)
@@ -373,7 +375,8 @@ class Experiment:
         sae_layers = sorted(set(self.saes) & set(c.layers)) if "sae" in c.methods else []
         sae_res = (self.attribute(support, signal=name, layers=sae_layers, seed=seed, signal_params=params, method=main,
                                   kind="sae") if sae_layers else None)
-        rollouts = self._rollouts(results[main], support) if cfg.cards.enabled and seed == cfg.seeds[0] or "activation" in c.methods else None
+        need_rollouts = cfg.cards.enabled and seed == cfg.seeds[0] or "activation" in c.methods
+        rollouts = self._rollouts(results[main], support, name, params) if need_rollouts else None
         sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts or [] for s in r.samples]
         for layer in c.layers:
             site = Site(layer, cfg.attribution.kind)

@@ -29,10 +29,13 @@ def keyed_scores(path) -> dict:
 
 
 def assert_same_keyed(a: dict, b: dict):
-    """``keyed_scores`` of two runs equal to float rounding (1e-5 relative, 1e-7 of the largest)."""
+    """``keyed_scores`` of two runs equal to float32 rounding (1e-4 relative, 1e-6 of the largest): shards
+    of other sizes sum the same terms in another order, and an IPG of the length signal (rewards of ~100
+    tokens, q terms per score) differs by up to 5e-5 relative between a 6-prompt batch and 3-prompt shards."""
     assert a.keys() == b.keys()
     scale = max(abs(v) for v in b.values())
-    assert all(abs(a[k] - b[k]) <= 1e-5 * abs(b[k]) + 1e-7 * scale for k in b)
+    bad = [k for k in b if not abs(a[k] - b[k]) <= 1e-4 * abs(b[k]) + 1e-6 * scale]
+    assert not bad, [(k, a[k], b[k]) for k in bad[:5]]
 
 
 def small_ray(workers: int, **kw) -> RayConfig:

@@ -157,7 +157,7 @@ def test_pg_as_the_runs_method_with_the_papers_ipg_as_a_baseline(tmp_path):
     assert main(["run", f"--out={out}", "--seeds=[0]", "--data.n_support=4", "--data.n_eval=6", "--attribution.layers=[2]",
                  "--attribution.q=2", "--attribution.n_samples=2", "--evaluation.p=[4]", "--attribution.method=pg",
                  "--baselines.methods=[ipg, random]", "--evaluation.random_draws=1", "--length.layers=[2]",
-                 "--length.gammas=[0, 1, 2]", "--length.methods=[random, activation, sae]", "--reflection.enabled=false", "--stability.p=4", "--cards.components=2",
+                 "--length.gammas=[0, 2]", "--reflection.enabled=false", "--stability.p=4", "--cards.components=2",
                  "--model.saes={}"]) == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
     assert {r["method"] for r in evals if r["experiment"] == "accuracy"} == {"original", "pg", "ipg", "random"}
@@ -168,4 +168,5 @@ def test_pg_as_the_runs_method_with_the_papers_ipg_as_a_baseline(tmp_path):
     assert {c["method"] for c in pq.read_table(out / "cards.parquet").to_pylist()} == {"pg"}
     report = (out / "report.md").read_text()
     assert report.startswith("# IPG experiment report\n\nSelection: PG (the policy gradient times the activation")
-    assert "| gamma | pg length | pg accuracy |" in report and "| gamma | pg | random | pg - random (paired) |" in report
+    assert "| gamma | pg length | pg accuracy |" in report and "| selection | gamma | tokens | vs random (paired) |" in report
+    assert "pg's length range (gamma 2 minus gamma 0)" in report.split("## Headline")[0]  # the run's method, on the first screen

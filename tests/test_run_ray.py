@@ -30,7 +30,9 @@ def test_run_on_ray_writes_what_the_in_process_run_writes_and_its_driver_loads_n
     import ipg.driver.experiment
     import ipg.models
 
-    overrides = ["--baselines.methods=[ipg,random,activation,concept_tokens,control_vector]", "--cards.components=2"]
+    overrides = ["--baselines.methods=[ipg,random,activation,concept_tokens,control_vector]", "--cards.components=2",
+                 # the length experiment with its baselines: its cards read the length signal's rollouts
+                 "--length.enabled=true", "--length.layers=[2]", "--length.gammas=[0, 1, 2]", "--length.methods=[random, activation, ipg]"]
     local = run_experiment(load_config(SMOKE, overrides + [f"--out={tmp_path / 'local'}", "--ray.enabled=false"]), log=lambda m: None)
 
     def refuse(*args, **kwargs):
@@ -44,7 +46,8 @@ def test_run_on_ray_writes_what_the_in_process_run_writes_and_its_driver_loads_n
     for name in ("eval", "eval_items", "selections", "massive", "cards", "card_terms"):  # same selections, same steering
         assert pq.read_table(on_ray / f"{name}.parquet").equals(pq.read_table(local / f"{name}.parquet")), name
     units = sorted(p.name for p in (on_ray / "attributions").iterdir())
-    assert units == ["accuracy-component-residual-seed0", "accuracy-ipg-residual-seed0", "accuracy-pg-residual-seed0"]
+    assert units == ["accuracy-component-residual-seed0", "accuracy-ipg-residual-seed0", "accuracy-pg-residual-seed0",
+                     "length-component-residual-seed0", "length-ipg-residual-seed0", "length-pg-residual-seed0"]
     assert (on_ray / "attributions" / "accuracy-component-residual-seed0" / "attribution.json").is_file()
     assert json.loads((on_ray / "run.json").read_text())["ray"]["address"] == local_ray["address"]  # the test's cluster
 
