@@ -183,13 +183,14 @@ def _sae_train(args) -> None:
                                max_new_tokens=args.max_new_tokens, skip_first=args.model != "organism", log=print)
     sae, stats = train_sae(acts, args.features, args.k, steps=args.steps, seed=args.seed, layer=args.layer,
                            model=model_fingerprint(model))
+    fit = {"layer": args.layer, "model": model_fingerprint(model), **stats}
     if args.format == "sae_lens":
         from ipg.sae_lens import export
 
         path = export(sae, args.out)
-        atomic_write_json(Path(args.out) / "ipg_fit.json", {"layer": args.layer, "model": model_fingerprint(model), **stats})
+        atomic_write_json(Path(args.out) / "ipg_fit.json", fit)
     else:
-        atomic_write_json(fit_path(args.out), {"layer": args.layer, "model": model_fingerprint(model), **stats})
+        atomic_write_json(fit_path(args.out), fit)
         path = sae.save(args.out)
     print(f"wrote {path}: {stats}")
 

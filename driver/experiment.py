@@ -185,6 +185,15 @@ class Experiment:
 
     # -- helpers ---------------------------------------------------------------------------------------
 
+    def _attribute_methods(self, examples, methods: set, **kw) -> dict:
+        """Attributions of ``methods`` (of ipg / pg / component) on the same prompts, by method. PG runs once,
+        before the component path, which re-scores PG's top candidates from its table."""
+        needed = set(methods) | ({"pg"} if "component" in methods else set())
+        results = {}
+        for m in [m for m in METHODS if m in needed and m != "component"] + ["component"] * ("component" in needed):
+            results[m] = self.attribute(examples, method=m, pg_table=results["pg"].table if m == "component" else None, **kw)
+        return results
+
     def _rollouts(self, res, examples, signal: str | None = None, signal_params: dict | None = None):
         """The support rollouts of an attribution of ``signal`` (default: the run's); a Ray run keeps them in
         the cluster, so they are drawn again there (sampling is seeded per example and sample: the same
@@ -232,13 +241,13 @@ class Experiment:
             baseline = self.lm.site_baseline(rollouts, site, cfg)  # the path's, over all the support rollouts
             contexts, terms = self.lm.cards(site, sequences, top, c.contexts, mixed, cfg, baseline)
         ratio = self.magnitudes.get((site.layer, cfg.seed))
+        signal = signal or self.cfg.signal
         for rank, i in enumerate(top):
             self.tables.cards.append({"layer": site.layer, "kind": site.kind, "rank": rank, "index": i, "method": cfg.method,
-                                      "signal": signal or self.cfg.signal,
+                                      "signal": signal,
                                       "median_ratio": float(ratio[i]) if ratio is not None else None,
                                       "contexts": json.dumps(contexts[i])})
-        self.tables.card_terms += [{"layer": site.layer, "kind": site.kind, "signal": signal or self.cfg.signal, **t}
-                                   for t in terms]
+        self.tables.card_terms += [{"layer": site.layer, "kind": site.kind, "signal": signal, **t} for t in terms]
 
     def _note_massive(self, site: Site, seed: int, magnitude) -> None:
         """The layer's massive-activation coordinates on this seed's support trajectories (residual sites)."""
@@ -297,13 +306,8 @@ class Experiment:
         support = self.support(seed)
         methods = set(cfg.baselines.methods)
         main = a.method  # the run's own selection method; the others of ipg / pg / component run when listed
-        needed = {main} | {m for m in METHODS if m in methods}
-        if "component" in needed:
-            needed.add("pg")  # the component path re-scores PG's top candidates: PG runs once, for both
-        results = {}
-        for m in sorted(needed, key=lambda m: m == "component"):  # component last: it reads PG's table
-            pg_table = results["pg"].table if m == "component" else None
-            results[m] = self.attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, method=m, pg_table=pg_table)
+        results = self._attribute_methods(support, {main} | (set(METHODS) & methods), signal=cfg.signal, layers=a.layers,
+                                          seed=seed)
         self.main_tables[seed] = results[main].table
         variants = {name: self.attribute(support, signal=cfg.signal, layers=a.layers, seed=seed, tag=f"-{name}",
                                          overrides=overrides) for name, overrides in cfg.variants.items()}
@@ -364,14 +368,8 @@ class Experiment:
         if name == "reflection" and "keywords" not in params:
             params["keywords"] = list(cfg.baselines.reflection_words)
         main, support = cfg.attribution.method, self.support(seed)
-        needed = [main] + [m for m in ("pg", "ipg", "component") if m in c.methods and m != main]
-        if "component" in needed:  # the component path re-scores PG's candidates: PG runs once, first
-            needed = ["pg"] + [m for m in needed if m != "pg"]
-        results = {}
-        for m in needed:
-            pg_table = results["pg"].table if m == "component" and "pg" in results else None
-            results[m] = self.attribute(support, signal=name, layers=c.layers, seed=seed, signal_params=params, method=m,
-                                        pg_table=pg_table)
+        results = self._attribute_methods(support, {main} | (set(METHODS) & set(c.methods)), signal=name, layers=c.layers,
+                                          seed=seed, signal_params=params)
         sae_layers = sorted(set(self.saes) & set(c.layers)) if "sae" in c.methods else []
         sae_res = (self.attribute(support, signal=name, layers=sae_layers, seed=seed, signal_params=params, method=main,
                                   kind="sae") if sae_layers else None)

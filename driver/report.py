@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ipg.driver.headline import headline, method_order, verdict
-from ipg.driver.strength import detail_lines, strength_section, summary_lines
+from ipg.driver.strength import detail_lines, length_ranges, strength_section, summary_lines
 from ipg.driver.plots import group as _group
 from ipg.driver.plots import mean as _mean
 from ipg.driver.plots import plots
@@ -154,8 +154,11 @@ def _cards(cards: list[dict], terms: list[dict]) -> list[str]:
     if not cards:
         return []
     lines = []
-    for signal in sorted({c.get("signal") or "accuracy" for c in cards}, key=lambda s: (s != "accuracy", s)):
-        mine = [c for c in cards if (c.get("signal") or "accuracy") == signal]
+    def signal_of(row):  # runs from before cards had a signal hold the accuracy signal's
+        return row.get("signal") or "accuracy"
+
+    for signal in sorted({signal_of(c) for c in cards}, key=lambda s: (s != "accuracy", s)):
+        mine = [c for c in cards if signal_of(c) == signal]
         lines += [f"\n## Component cards: {signal} signal\n",
                   f"The top {max(c['rank'] for c in mine) + 1} components of the selection method per layer for the {signal} "
                   "signal (first seed). Contexts: the support positions where the component is most active. Contributions: "
@@ -163,7 +166,7 @@ def _cards(cards: list[dict], terms: list[dict]) -> list[str]:
                   "of it (early: the first two fifths; late: the last two).\n"]
         for c in sorted(mine, key=lambda c: (c["layer"], c["rank"])):
             site_terms = [t for t in terms if t["layer"] == c["layer"] and t["kind"] == c["kind"]
-                          and (t.get("signal") or "accuracy") == signal]
+                          and signal_of(t) == signal]
             lines += card_lines(ComponentId(c["layer"], c["kind"], c["index"]), json.loads(c["contexts"]), site_terms,
                                 c["median_ratio"]) + [""]
     return lines
@@ -280,9 +283,10 @@ def _evidence(findings, evals, main: str = "ipg") -> list[str]:
     return out
 
 
-def _summary(items: list[dict], records: list[dict], main: str) -> list[str]:
-    """The first screen: whether any selection controls accuracy, and reasoning strength's trade-off."""
-    strength = summary_lines(items, main) if items else []
+def _summary(items: list[dict], records: list[dict], lengths: list[dict], main: str) -> list[str]:
+    """The first screen: whether any selection controls accuracy (``records``: the headline's), and reasoning
+    strength's verdict and trade-off (``lengths``: ``length_ranges``)."""
+    strength = summary_lines(items, main, lengths) if items else []
     if not records and not strength:
         return []
     return ["\n## Summary\n", *([f"**Accuracy**: {' '.join(verdict(records))}", ""] if records else []), *strength]
@@ -295,15 +299,16 @@ def write_report(run_dir: str | Path) -> Path:
     main = setup.get("attribution", {}).get("method", "ipg")  # the run's own selection method
     table1, findings = _table1(evals)
     head, records = headline(items, massive_shares(selections)) if items else ([], [])
+    lengths = length_ranges(items) if items else []
     lines = ["# IPG experiment report", "",
              *_selection(setup),
              f"Run directory `{run_dir}`; rebuilt from its Parquet files by `ipg report`.",
              f"Seeds: {sorted({r['seed'] for r in evals})}; eval prompts per evaluation: {evals[0]['n'] if evals else 0}; "
              "greedy decoding; steering edits the decision positions of the selected components.",
-             *_summary(items, records, main),
+             *_summary(items, records, lengths, main),
              "\n## Headline: control of accuracy against random\n",
              *(head if items else ["(this run has no per-prompt outcomes, eval_items.parquet: rerun it for intervals)"]),
-             *(strength_section(items) if items else []),
+             *strength_section(lengths),
              *_massive(massive, selections),
              *_cards(optional["cards"], optional["card_terms"]),
              *_setup(setup),

@@ -22,11 +22,10 @@ from ipg.intervals import Interval, difference_interval, mean_interval
 
 
 def _fmt(i: Interval | None, scale: float = 1.0, signed: bool = False) -> str:
+    """``Interval.fmt`` in tokens by default; ``signed``: a + before a non-negative estimate; None: '-'."""
     if i is None:
         return "-"
-    d = 1
-    sign = "+" if signed and i.estimate >= 0 else ""
-    return f"{sign}{scale * i.estimate:.{d}f} [{scale * i.low:.{d}f}, {scale * i.high:.{d}f}]"
+    return ("+" if signed and i.estimate >= 0 else "") + i.fmt(scale)
 
 
 def _matrices(items: list[dict], experiment: str) -> dict[str, dict]:
@@ -144,11 +143,12 @@ def range_table(records: list[dict]) -> list[str]:
     return out
 
 
-def summary_lines(items: list[dict], main: str) -> list[str]:
-    """For the report's first screen: the length verdict and the run's selection's trade-off per gamma."""
+def summary_lines(items: list[dict], main: str, records: list[dict] | None = None) -> list[str]:
+    """For the report's first screen: the length verdict and the run's selection's trade-off per gamma.
+    ``records``: ``length_ranges(items)`` when the caller has them already."""
     if not any(r["experiment"] == "length" for r in items):
         return []
-    records = length_ranges(items)
+    records = length_ranges(items) if records is None else records
     lines = ["**Reasoning strength** (trace length; length range = mean tokens at the largest gamma minus at gamma 0, "
              "same prompts):", *verdict(records, main), *tradeoff_lines(items, "length", main)]
     for r in records:  # where the run's selection is not above random, the strongest one that is, beside it
@@ -161,9 +161,8 @@ def summary_lines(items: list[dict], main: str) -> list[str]:
     return lines
 
 
-def strength_section(items: list[dict]) -> list[str]:
-    """Every selection's length range against random's."""
-    records = length_ranges(items)
+def strength_section(records: list[dict]) -> list[str]:
+    """Every selection's length range against random's (``length_ranges``)."""
     if not records:
         return []
     return ["\n## Headline: reasoning strength (trace length) against random\n",
