@@ -99,33 +99,46 @@ def generate(
     ``n``): every rank runs as many batches and decode steps as the busiest one, with a one-token dummy
     batch where it has none left. The samples do not change.
     """
-    eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id
-    device = next(model.parameters()).device
     ids = [ex["id"] for ex in examples]
     if len(set(ids)) != len(ids):
         dup = next(i for i in ids if ids.count(i) > 1)
         raise InputError(f"examples: duplicate id '{dup}'; samples are keyed and seeded by id, so ids must be unique")
     rows = [(ex, j) for ex in examples for j in range(params.n)]
-    prompt_ids = {ex["id"]: encoded_prompt(tokenizer, ex) for ex in examples}
+    batches = [rows[start : start + batch_size] for start in range(0, len(rows), batch_size)]
+    idle_batches(model, tokenizer, params, len(batches), agree)
     out: dict[tuple[str, int], Sample] = {}
-    starts = list(range(0, len(rows), batch_size))
-    if agree is not None:
-        for _ in range(agree(len(starts)) - len(starts)):
-            _decode_loop(model, torch.tensor([[0 if pad is None else pad]], device=device), torch.ones(1, 1, dtype=torch.long, device=device),
-                         SamplingParams(max_new_tokens=params.max_new_tokens), [torch.Generator()], eos, agree)
-    for start in starts:
-        chunk = rows[start : start + batch_size]
-        prompts = [prompt_ids[ex["id"]] for ex, _ in chunk]
-        width = max(len(p) for p in prompts)
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, L)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, L)
-        generators = [torch.Generator().manual_seed(sample_seed(params.seed, ex["id"], j)) for ex, j in chunk]
-        completions = _decode_loop(model, ids, mask, params, generators, eos, agree)
-        for (ex, j), p, (toks, lps, done) in zip(chunk, prompts, completions):
-            text = tokenizer.decode([t for t in toks if t != eos], skip_special_tokens=True)
-            out[(ex["id"], j)] = Sample(ex["id"], j, p, toks, text, lps, done)
+    for chunk in batches:
+        for (ex, j), sample in zip(chunk, generate_batch(model, tokenizer, chunk, params, agree=agree)):
+            out[(ex["id"], j)] = sample
     return [[out[(ex["id"], j)] for j in range(params.n)] for ex in examples]
+
+
+def idle_batches(model, tokenizer, params: SamplingParams, n_batches: int, agree=None) -> None:
+    """On a rank of a ZeRO-3 group (``agree``): as many one-token dummy batches as the group's busiest
+    rank has batches more than this one's ``n_batches``, so that every rank makes the same forward calls."""
+    if agree is None:
+        return
+    pad = tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    for _ in range(agree(n_batches) - n_batches):
+        _decode_loop(model, torch.tensor([[0 if pad is None else pad]], device=device), torch.ones(1, 1, dtype=torch.long, device=device),
+                     SamplingParams(max_new_tokens=params.max_new_tokens), [torch.Generator()], tokenizer.eos_token_id, agree)
+
+
+def generate_batch(model, tokenizer, rows: list[tuple[dict, int]], params: SamplingParams, *, agree=None,
+                   on_rows=None) -> list[Sample]:
+    """One left-padded batch: sample ``j`` of example ``ex`` for each ``(ex, j)`` of ``rows``, in order.
+    ``on_rows``: told which rows each forward holds (see ``_decode_loop``; per-row steering uses it)."""
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    device = next(model.parameters()).device
+    prompts = [encoded_prompt(tokenizer, ex) for ex, _ in rows]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, L)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, L)
+    generators = [torch.Generator().manual_seed(sample_seed(params.seed, ex["id"], j)) for ex, j in rows]
+    completions = _decode_loop(model, ids, mask, params, generators, eos, agree, on_rows)
+    return [Sample(ex["id"], j, p, toks, tokenizer.decode([t for t in toks if t != eos], skip_special_tokens=True), lps, done)
+            for (ex, j), p, (toks, lps, done) in zip(rows, prompts, completions)]
 
 
 def _keeps_last_logits(model) -> bool:
@@ -136,30 +149,47 @@ def _keeps_last_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def _decode_loop(model, ids, mask, params, generators, eos, agree=None):
+def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=None):
     """KV-cached decode of a left-padded batch; returns (token ids, logprobs, finished) per row.
-    ``agree``: a ZeRO-3 rank keeps stepping (its rows finished, their tokens no longer kept) until every
-    rank's batch is finished."""
+
+    Finished rows leave the batch (their keys and values are dropped from the cache) once they are an
+    eighth of it, so a long row does not keep the finished ones computing. ``on_rows(rows)`` is told,
+    before the prefill and whenever rows leave, which of the batch's rows the next forward holds (a
+    (live,) tensor of row numbers): per-row steering follows it. ``agree``: a ZeRO-3 rank keeps stepping
+    (with at least one row, its tokens no longer kept) until every rank's batch is finished."""
     batch = ids.shape[0]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): left padding does not shift positions
     last_only = {"logits_to_keep": 1} if _keeps_last_logits(model) else {}  # not (B, L, vocabulary) for the prompts
+    rows = torch.arange(batch, device=ids.device)  # the batch row of each row the forward holds
+    if on_rows is not None:
+        on_rows(rows)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
     cache = out.past_key_values
-    logits = out.logits[:, -1].float()  # (B, V)
+    compactable = hasattr(cache, "batch_select_indices")
+    logits = out.logits[:, -1].float()  # (b, V)
     tokens: list[list[int]] = [[] for _ in range(batch)]
     logprobs: list[list[float]] = [[] for _ in range(batch)]
     done = torch.zeros(batch, dtype=torch.bool, device=ids.device)
-    next_pos = positions[:, -1:] + 1  # (B, 1)
+    next_pos = positions[:, -1:] + 1  # (b, 1)
     for _ in range(params.max_new_tokens):
-        nxt = _pick(logits, params, generators)  # (B,)
-        lp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]  # (B,)
-        for i in torch.nonzero(~done).flatten().tolist():
-            tokens[i].append(int(nxt[i]))
-            logprobs[i].append(float(lp[i]))
-        done |= nxt == eos
-        running = int(not bool(done.all()))
+        nxt = _pick(logits, params, [generators[i] for i in rows.tolist()])  # (b,)
+        lp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]  # (b,)
+        live = ~done[rows]  # (b,)
+        for k in torch.nonzero(live).flatten().tolist():
+            tokens[int(rows[k])].append(int(nxt[k]))
+            logprobs[int(rows[k])].append(float(lp[k]))
+        done[rows] |= nxt == eos
+        live &= nxt != eos
+        running = int(bool(live.any()))
         if (agree(running) if agree is not None else running) == 0:
             break
+        n_live = int(live.sum())
+        if compactable and n_live and len(rows) - n_live >= max(1, len(rows) // 8):
+            keep = torch.nonzero(live).flatten()
+            cache.batch_select_indices(keep)
+            rows, mask, next_pos, nxt = rows[keep], mask[keep], next_pos[keep], nxt[keep]
+            if on_rows is not None:
+                on_rows(rows)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
         cache, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), next_pos + 1

@@ -162,3 +162,34 @@ def test_auto_reads_the_installed_vllm_and_takes_it_for_the_organism():
 
     assert {"Qwen2ForCausalLM", "LlamaForCausalLM"} <= _vllm_architectures()  # the registry is read, not skipped
     assert choose_rollout_backend(str(ORGANISM_PATH), dtype="float32", device="cpu")[0] == "vllm"
+
+
+def _variants():
+    """Steering variants of every kind the runner evaluates, and none."""
+    vector = torch.randn(128, generator=torch.Generator().manual_seed(2))
+    return [None, {"scale": _components("residual", 2, 24, 128), "gamma": 0.0},
+            {"scale": _components("mlp", 1, 384, 512, seed=1), "gamma": 0.0},
+            {"scale": _components("sae", 2, 24, 256), "gamma": 3.0},
+            {"add": 1, "vector": vector, "coefficient": 2.0},
+            {"scale": _components("residual", 1, 24, 128, seed=3), "gamma": 1.5}]
+
+
+@pytest.mark.parametrize("params", [GREEDY, SamplingParams(n=2, greedy=False, max_new_tokens=64, seed=5)], ids=["greedy", "sampled"])
+def test_requests_of_one_engine_run_steered_by_their_own_variants_equal_separate_runs(engine, organism, params):
+    """Per-request steering: every variant's requests in one engine run (sharing its steps) give what a run
+    per variant gives: greedy token for token, sampled draws identical under their per-sample seeds."""
+    from ipg.packing import Job
+    from ipg.workers.model_ops import steering_context
+    from ipg.workers.rollout import load_saes
+
+    saes = load_saes({2: "ipg/organism/saes/layer2.safetensors"})
+    examples = EVAL[:12]
+    variants = [{**v, "positions": "generated"} if v else None for v in _variants()]
+    separate = []
+    for v in variants:
+        with steering_context(None, v, saes, engine=engine):
+            separate.append(_ids(engine.generate(examples, params)))
+    packed = [_ids(g) for g in engine.generate_packed([Job(examples, v) for v in variants], params, "generated", saes)]
+    assert packed == separate
+    assert sum(s != separate[0] for s in separate[1:]) >= 4  # the variants really steer
+    assert _ids(engine.generate(examples, params)) == separate[0]  # hooks removed

@@ -32,10 +32,12 @@ from contextlib import contextmanager
 
 import torch
 
-from ipg.components import Site
+from ipg.components import ComponentId, Site
 from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, sample_seed
 from ipg.prompts import prompt_ids
+
+VARIANT_KEY = "ipg_variant"  # a request's steering variant, in its SamplingParams.extra_args
 
 
 class VLLMEngine:
@@ -48,6 +50,8 @@ class VLLMEngine:
                  gpu_memory_utilization: float | None = None, gpu_share: float | None = None,
                  enforce_eager: bool = True, enable_prefix_caching: bool = False, trust_remote_code: bool = False):
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
+        # per-request steering reads the V1 model runner's input batch (install_row_hooks); V1 is what CPU builds run
+        os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
         from transformers import AutoTokenizer
         from vllm import LLM
 
@@ -77,38 +81,64 @@ class VLLMEngine:
 
     def generate(self, examples: list[dict], params: SamplingParams) -> list[list[Sample]]:
         """``params.n`` samples per example, in input order (the HF backend's records)."""
+        return self._run([examples], params)[0]
+
+    def generate_packed(self, jobs: list, params: SamplingParams, positions: str = "generated",
+                        saes: dict | None = None) -> list[list[list[Sample]]]:
+        """Every job's samples (``ipg.packing.Job``: examples under a steering variant) from one engine
+        run: each request carries its job's number, and the hooks steer every request of a step by its
+        own variant (``install_row_hooks``). Sampled draws are seeded per (seed, example id, sample
+        index), so a job's samples are those of a pass of its own."""
+        from ipg.packing import check_jobs
+
+        check_jobs(jobs)
+        variants = [row_variant(job.steering, saes) for job in jobs]
+        if not any(v is not None for v in variants):
+            return self._run([job.examples for job in jobs], params)
+        if not self.enforce_eager:
+            raise InputError("vllm.enforce_eager: steering hooks need eager mode; set it to true")
+        self.llm.collective_rpc("ipg_install_row_hooks", args=(variants, positions))
+        try:
+            return self._run([job.examples for job in jobs], params)
+        finally:
+            self.llm.collective_rpc("ipg_remove_hooks")
+
+    def _run(self, groups: list[list[dict]], params: SamplingParams) -> list[list[list[Sample]]]:
+        """One engine run over every group's examples, requests tagged with their group's number."""
         from vllm import SamplingParams as VSamplingParams
         from vllm.inputs import TokensPrompt
 
         tok = self.tokenizer
         eos = tok.eos_token_id
-        ids = [ex["id"] for ex in examples]
-        if len(set(ids)) != len(ids):
-            raise InputError("examples: duplicate ids; samples are keyed and seeded by id, so ids must be unique")
         prompts, sampling, keys = [], [], []
-        for ex in examples:
-            pid = prompt_ids(tok, ex)  # the ids the HF backend and the gradient pass see
-            if len(pid) + params.max_new_tokens > self.max_model_len:
-                raise InputError(f"ray.vllm.max_model_len: example '{ex['id']}' has {len(pid)} prompt tokens, and with "
-                                 f"{params.max_new_tokens} new tokens needs {len(pid) + params.max_new_tokens}; the engine "
-                                 f"holds {self.max_model_len}. Raise ray.vllm.max_model_len or leave it unset (sized from the run)")
-            for j in range(params.n):
-                prompts.append(TokensPrompt(prompt_token_ids=pid))
-                sampling.append(VSamplingParams(
-                    n=1, temperature=0.0 if params.greedy else params.temperature,
-                    top_p=1.0 if params.greedy else params.top_p, max_tokens=params.max_new_tokens,
-                    seed=None if params.greedy else sample_seed(params.seed, ex["id"], j), logprobs=0,
-                    stop_token_ids=[eos] if eos is not None else None, detokenize=False))
-                keys.append((ex["id"], j, pid))
+        for g, examples in enumerate(groups):
+            ids = [ex["id"] for ex in examples]
+            if len(set(ids)) != len(ids):
+                raise InputError("examples: duplicate ids; samples are keyed and seeded by id, so ids must be unique")
+            for ex in examples:
+                pid = prompt_ids(tok, ex)  # the ids the HF backend and the gradient pass see
+                if len(pid) + params.max_new_tokens > self.max_model_len:
+                    raise InputError(f"ray.vllm.max_model_len: example '{ex['id']}' has {len(pid)} prompt tokens, and with "
+                                     f"{params.max_new_tokens} new tokens needs {len(pid) + params.max_new_tokens}; the engine "
+                                     f"holds {self.max_model_len}. Raise ray.vllm.max_model_len or leave it unset (sized from the run)")
+                for j in range(params.n):
+                    prompts.append(TokensPrompt(prompt_token_ids=pid))
+                    sampling.append(VSamplingParams(
+                        n=1, temperature=0.0 if params.greedy else params.temperature,
+                        top_p=1.0 if params.greedy else params.top_p, max_tokens=params.max_new_tokens,
+                        seed=None if params.greedy else sample_seed(params.seed, ex["id"], j), logprobs=0,
+                        stop_token_ids=[eos] if eos is not None else None, detokenize=False,
+                        extra_args={VARIANT_KEY: g}))
+                    keys.append((g, ex["id"], j, pid))
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         by_key = {}
-        for (eid, j, pid), out in zip(keys, outputs):
+        for (g, eid, j, pid), out in zip(keys, outputs):
             c = out.outputs[0]
             toks = list(c.token_ids)
             lps = [float(step[t].logprob) for t, step in zip(toks, c.logprobs or [])]
             text = tok.decode([t for t in toks if t != eos], skip_special_tokens=True)
-            by_key[(eid, j)] = Sample(eid, j, list(pid), toks, text, lps, bool(toks) and toks[-1] == eos)
-        return [[by_key[(ex["id"], j)] for j in range(params.n)] for ex in examples]
+            by_key[(g, eid, j)] = Sample(eid, j, list(pid), toks, text, lps, bool(toks) and toks[-1] == eos)
+        return [[[by_key[(g, ex["id"], j)] for j in range(params.n)] for ex in examples] for g, examples in enumerate(groups)]
 
     @contextmanager
     def edits(self, specs: list[dict]):
@@ -146,6 +176,21 @@ def steering_specs(components, gamma: float, positions: str, saes: dict | None =
                  sae=_sae_state(saes, site)) for site, idx in _by_site(components).items()]
 
 
+def row_variant(steering: dict | None, saes: dict | None = None) -> dict | None:
+    """A steering variant (None, {"scale": components, "gamma"}, {"add": layer, "vector", "coefficient"}) as
+    plain data for the engine: component ids as strings, the vector as a list, and the SAE file of every
+    SAE site it scales (``saes``: layer -> path)."""
+    if steering is None:
+        return None
+    if "scale" in steering:
+        comps = [ComponentId.parse(c) if isinstance(c, str) else c for c in steering["scale"]]
+        files = {str(c.layer): _sae_state(saes, c.site) for c in comps if c.kind == "sae"}
+        return {"scale": [str(c) for c in comps], "gamma": float(steering["gamma"]), "saes": files}
+    vector = steering["vector"]
+    return {"add": int(steering["add"]), "vector": vector.tolist() if isinstance(vector, torch.Tensor) else list(vector),
+            "coefficient": float(steering["coefficient"])}
+
+
 def interpolation_spec(site: Site, alpha: float, baseline: torch.Tensor, positions: str, saes: dict | None = None) -> dict:
     return dict(layer=site.layer, kind=site.kind, positions=positions, op="interpolate", alpha=float(alpha),
                 baseline=baseline.detach().float().cpu(), sae=_sae_state(saes, site))
@@ -175,6 +220,9 @@ class SteeringExtension:
     def ipg_install_hooks(self, specs: list[dict]) -> int:
         return install_hooks(self.get_model(), [_tensors(s) for s in specs])
 
+    def ipg_install_row_hooks(self, variants: list[dict | None], positions: str) -> int:
+        return install_row_hooks(self.get_model(), self.model_runner, variants, positions)
+
     def ipg_remove_hooks(self) -> int:
         return remove_hooks(self.get_model())
 
@@ -186,11 +234,7 @@ def _tensors(spec: dict) -> dict:
     """Inside the worker: the spec's lists as float32 tensors, its SAE loaded (once per file)."""
     out = {k: torch.tensor(spec[k], dtype=torch.float32) if k in ("baseline", "vector") else v for k, v in spec.items()}
     if out.get("sae") is not None:
-        from ipg.sae import SAE
-
-        if out["sae"] not in _SAES:
-            _SAES[out["sae"]] = SAE.load(out["sae"])
-        out["sae"] = _SAES[out["sae"]]
+        out["sae"] = _load_sae(out["sae"])
     return out
 
 
@@ -287,6 +331,118 @@ def install_hooks(model, specs: list[dict]) -> int:
             else:
                 f = sae.encode(h.float())
                 new = h + sae.decode_delta(fn(f) - f).to(h.dtype)
+            edited = full.clone()
+            edited[rows] = new.to(full.dtype)
+            return edited, torch.zeros_like(full)
+
+        handles.append(block.register_forward_hook(hook))
+    model._ipg_hooks = handles
+    return len(handles)
+
+
+def _load_sae(path: str):
+    from ipg.sae import SAE
+
+    if path not in _SAES:
+        _SAES[path] = SAE.load(path)
+    return _SAES[path]
+
+
+def _step_variants(runner, n_requests: int, device) -> torch.Tensor:
+    """The variant of each request of this step, in the step's request order (the model runner's input
+    batch, which orders the flattened tokens and ``query_start_loc``); -1 for an untagged request."""
+    req_ids = getattr(getattr(runner, "input_batch", None), "req_ids", None)
+    if req_ids is None:
+        raise RuntimeError("per-request steering reads vLLM's V1 model runner (input_batch.req_ids); this engine runs "
+                           "another one: set VLLM_USE_V2_MODEL_RUNNER=0")
+    tags = []
+    for rid in req_ids[:n_requests]:
+        extra = runner.requests[rid].sampling_params.extra_args or {}
+        tags.append(int(extra.get(VARIANT_KEY, -1)))
+    return torch.tensor(tags, dtype=torch.long, device=device)
+
+
+def _step_rows(n_tokens: int, positions: str, runner, device):
+    """(rows of the flattened token batch to edit, each row's variant); None in steps without requests."""
+    from vllm.forward_context import get_forward_context, is_forward_context_available
+
+    if not is_forward_context_available():
+        return None
+    md = get_forward_context().attn_metadata
+    if isinstance(md, list):
+        md = md[0] if md else None
+    if not md:
+        return None
+    qsl = getattr(next(iter(md.values())), "query_start_loc", None)
+    if qsl is None:
+        return None
+    qsl = qsl.to(device=device, dtype=torch.long)
+    variants = _step_variants(runner, qsl.shape[0] - 1, device)
+    if positions == "all":
+        return torch.arange(n_tokens, device=device), variants.repeat_interleave(qsl[1:] - qsl[:-1])
+    return qsl[1:] - 1, variants
+
+
+def install_row_hooks(model, runner, variants: list[dict | None], positions: str) -> int:
+    """Hooks steering each request by its variant: per site, the variants' tables (``ipg.steering``), with a
+    last identity row for untagged requests, gathered by each edited row's variant."""
+    from ipg.steering import apply_rows, variant_sites, variant_tables
+
+    remove_hooks(model)
+    variants = list(variants) + [None]  # index -1: untagged
+    layers = model.model.layers
+    saes = {}
+    for v in variants:
+        for layer, path in ((v or {}).get("saes") or {}).items():
+            saes[int(layer)] = _load_sae(path)
+    widths, slices = {}, {}
+    for site in variant_sites(variants):
+        if site.kind == "residual":
+            widths[site] = runner.model_config.get_hidden_size()
+        elif site.kind == "sae":
+            widths[site] = saes[site.layer].n_features
+        else:
+            from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+            down = layers[site.layer].mlp.down_proj
+            width = down.input_size_per_partition if hasattr(down, "input_size_per_partition") else down.weight.shape[1]
+            tp = get_tensor_model_parallel_world_size()
+            rank = get_tensor_model_parallel_rank() if tp > 1 else 0
+            widths[site], slices[site] = width * tp, slice(rank * width, (rank + 1) * width)
+    handles = []
+    for site, table in variant_tables(variants, widths).items():
+        block = layers[site.layer]
+        param = next(block.parameters())
+        table = {k: t[:, slices[site]] if site in slices else t for k, t in table.items()}
+        table = {k: t.to(param.device) for k, t in table.items()}
+        if site.kind == "mlp":
+            def pre_hook(module, args, table=table):
+                x = args[0]
+                found = _step_rows(x.shape[0], positions, runner, x.device)
+                if found is None:
+                    return None
+                rows, variant = found
+                out = x.clone()
+                out[rows] = apply_rows(x[rows], table, variant)
+                return (out, *args[1:])
+
+            handles.append(block.mlp.down_proj.register_forward_pre_hook(pre_hook))
+            continue
+        sae = saes[site.layer].to(param.device) if site.kind == "sae" else None
+
+        def hook(module, args, output, table=table, sae=sae):
+            hidden, residual = output
+            full = hidden + residual if residual is not None else hidden
+            found = _step_rows(full.shape[0], positions, runner, full.device)
+            if found is None:
+                return None
+            rows, variant = found
+            h = full[rows]
+            if sae is None:
+                new = apply_rows(h, table, variant)
+            else:
+                f = sae.encode(h.float())
+                new = h + sae.decode_delta(apply_rows(f, table, variant) - f).to(h.dtype)
             edited = full.clone()
             edited[rows] = new.to(full.dtype)
             return edited, torch.zeros_like(full)
