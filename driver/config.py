@@ -108,10 +108,17 @@ class EvaluationConfig:
     positions: str = "generated"
     batch_size: int = 128
     random_draws: int = 5  # random selections per seed and p: random's spread is part of every comparison
+    # the evaluations of a seed run together, each row steered by its own variant: batches of the same prompts
+    # stacked up to this many tokens (rows x (longest prompt + max_new_tokens)); 0: one pass per evaluation
+    pack_tokens: int = 65536
 
     def __post_init__(self):
         if self.random_draws < 1:
             raise InputError(f"random_draws: must be >= 1, got {self.random_draws}")
+        if self.batch_size < 1:
+            raise InputError(f"batch_size: must be >= 1, got {self.batch_size}")
+        if self.pack_tokens < 0:
+            raise InputError(f"pack_tokens: must be >= 0 (0: one generation pass per evaluation), got {self.pack_tokens}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ massive.parquet, cards.parquet, card_terms.parquet, stability.parquet, run.json,
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass, field
+from typing import Callable
 import importlib.util
 import itertools
 import json
@@ -42,11 +44,25 @@ from ipg.files import atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams
 from ipg.massive import RATIO as MASSIVE_RATIO
 from ipg.massive import massive_components, median_ratio
+from ipg.packing import Job
 from ipg.models import load_model, load_tokenizer, model_context
 from ipg.paths import METHODS
 from ipg.prompts import format_examples, longest_prompt
 from ipg.provenance import versions
 from ipg.scores import dice, select
+
+
+@dataclass
+class _Pending:
+    """A queued evaluation; ``copy``: a gamma-1 cell, the original evaluation's outcomes filed again."""
+
+    row: dict
+    steering: dict | None
+    examples: list[dict]
+    line: Callable[[dict], str] | None = None
+    copy: bool = False
+    result: dict | None = None
+    items: list[dict] = field(default_factory=list)
 
 
 class Experiment:
@@ -102,6 +118,7 @@ class Experiment:
         if rendered:
             log(rendered)
         self.tables = RunTables()
+        self.pending: list[_Pending] = []  # queued evaluations (queue, flush)
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
         if on_ray:
@@ -113,9 +130,9 @@ class Experiment:
                                       run=run_name or Path(cfg.out).name)
             self.log(f"ray: {cfg.ray.rollout_workers} rollout ({self.session.cfg.rollout_backend}) + {cfg.ray.gradient_workers} gradient workers on "
                      f"{self.session.info['address']} (dashboard {self.session.info['dashboard_url']})")
-            self.lm = RayModel(self.session)
+            self.lm = RayModel(self.session, cfg.evaluation.batch_size)
         else:
-            self.lm = LocalModel(self.model, self.tokenizer, self.saes, cfg.evaluation.batch_size)
+            self.lm = LocalModel(self.model, self.tokenizer, self.saes, cfg.evaluation.batch_size, log)
             log("rollouts and evaluation: the HF loop in this process" + (
                 "; vLLM is installed: --ray.enabled=true --ray.rollout_backend=auto runs them in vLLM engines"
                 if importlib.util.find_spec("vllm") else ""))
@@ -165,22 +182,52 @@ class Experiment:
     def evaluate(self, steering: dict | None, examples: list[dict] | None = None, **row) -> dict:
         """Greedy accuracy and length on the eval split (or ``examples``) under ``steering`` (None,
         {"scale": components, "gamma"} or {"add": layer, "vector", "coefficient"}), generated where the
-        model lives (on Ray: split across the rollout actors)."""
+        model lives (on Ray: split across the rollout actors), with any queued evaluations."""
+        self.queue(steering, examples, **row)
+        return self.flush()[-1]
+
+    def queue(self, steering: dict | None, examples: list[dict] | None = None, *, line=None, **row) -> None:
+        """Queue an evaluation for the next ``flush``, which generates every queued one together (packed
+        into shared batches, each row steered by its own evaluation's variant) and files their rows in the
+        order queued. ``line(result)``: its progress line, logged as it completes."""
         row.setdefault("draw", 0)
-        examples = self.eval_examples if examples is None else examples
+        self.pending.append(_Pending(row, steering, self.eval_examples if examples is None else examples, line))
+
+    def flush(self) -> list[dict]:
+        """Generate and score the queued evaluations; file their rows (eval.parquet, eval_items.parquet) in
+        the order they were queued, and return their eval rows."""
+        pending, self.pending = self.pending, []
+        todo = [p for p in pending if not p.copy]
         e = self.cfg.evaluation
         params = SamplingParams(n=1, greedy=True, max_new_tokens=e.max_new_tokens)
-        spec = {**steering, "positions": e.positions} if steering else None
-        with self.timers("evaluate"):
-            samples = self.lm.generate(examples, params, spec)
-        items = score_items(examples, samples, tuple(self.cfg.baselines.reflection_words), self.extractor)
-        s = summary_of(items, len(examples))
-        out = {**row, "accuracy": s.accuracy, "mean_length": s.mean_length, "n": s.n_examples,
-               "reflection_share": s.keyword_share}
-        self.tables.evals.append(out)
-        # per prompt: intervals and paired comparisons are computed from these
-        self.tables.items += [{**row, "example_id": it.example_id, "correct": it.correct, "answered": it.answered,
-                               "length": it.length, "reflection": it.keyword, "finished": it.finished} for it in items]
+        words = tuple(self.cfg.baselines.reflection_words)
+
+        def done(k: int, samples) -> None:
+            p = todo[k]
+            items = score_items(p.examples, samples, words, self.extractor)
+            s = summary_of(items, len(p.examples))
+            p.result = {**p.row, "accuracy": s.accuracy, "mean_length": s.mean_length, "n": s.n_examples,
+                        "reflection_share": s.keyword_share}
+            # per prompt: intervals and paired comparisons are computed from these
+            p.items = [{**p.row, "example_id": it.example_id, "correct": it.correct, "answered": it.answered,
+                        "length": it.length, "reflection": it.keyword, "finished": it.finished} for it in items]
+            if p.line is not None:
+                self.log(p.line(p.result))
+
+        if todo:
+            if len(todo) > 1 and e.pack_tokens > 0:
+                self.log(f"  evaluating {len(todo)} steerings together (packed up to {e.pack_tokens} tokens per batch)")
+            with self.timers("evaluate"):
+                self.lm.generate_many([Job(p.examples, p.steering) for p in todo], params, e.positions, e.pack_tokens, done)
+        out = []
+        for p in pending:
+            if p.copy:
+                self._copy_original(p)
+                if p.line is not None:
+                    self.log(p.line(p.result))
+            self.tables.evals.append(p.result)
+            self.tables.items += p.items
+            out.append(p.result)
         return out
 
     # -- helpers ---------------------------------------------------------------------------------------
@@ -211,25 +258,26 @@ class Experiment:
         self._note_selection(experiment, method, layer, p, seed, draw, components)
         for gamma in gammas:
             row = dict(experiment=experiment, method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
-            if gamma == 1.0:  # scaling by exactly 1 is the identity: the unsteered evaluation, not generated again
-                r = self._unsteered(**row)
-            else:
-                r = self.evaluate({"scale": components, "gamma": gamma}, **row)
-            self.log(f"    {experiment:10s} {method:15s} layer {layer} p {p:3d} gamma {gamma:4.2f}: "
-                     f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}" + (f"  (draw {draw})" if draw else ""))
-            if experiment == "accuracy" and gamma > 1 and self.validation_examples:
-                self.evaluate({"scale": components, "gamma": gamma}, self.validation_examples, experiment="validation",
-                              method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
 
-    def _unsteered(self, **row) -> dict:
-        """The original evaluation's outcomes filed under ``row`` (a gamma-1 cell of a sweep): greedy decoding
+            def line(r, experiment=experiment, method=method, gamma=gamma):
+                return (f"    {experiment:10s} {method:15s} layer {layer} p {p:3d} gamma {gamma:4.2f}: "
+                        f"acc {100 * r['accuracy']:5.1f}%  len {r['mean_length']:5.1f}" + (f"  (draw {draw})" if draw else ""))
+
+            if gamma == 1.0:  # scaling by exactly 1 is the identity: the unsteered evaluation, not generated again
+                self.pending.append(_Pending(row, None, [], line, copy=True))
+            else:
+                self.queue({"scale": components, "gamma": gamma}, line=line, **row)
+            if experiment == "accuracy" and gamma > 1 and self.validation_examples:
+                self.queue({"scale": components, "gamma": gamma}, self.validation_examples, experiment="validation",
+                           method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
+
+    def _copy_original(self, p: "_Pending") -> None:
+        """The original evaluation's outcomes filed under ``p.row`` (a gamma-1 cell of a sweep): greedy decoding
         of an unedited model gives the same tokens, so they are copied, not generated again."""
         original = [r for r in self.tables.items if r["method"] == "original" and r["seed"] == self.cfg.seeds[0]]
-        self.tables.items += [{**r, **row} for r in original]
+        p.items = [{**r, **p.row} for r in original]
         summary = next(r for r in self.tables.evals if r["method"] == "original" and r["seed"] == self.cfg.seeds[0])
-        out = {**summary, **row}
-        self.tables.evals.append(out)
-        return out
+        p.result = {**summary, **p.row}
 
     def _cards(self, res, rollouts, site: Site, sequences, signal: str | None = None) -> None:
         """Cards of the method's top components at this layer (ipg.cards): contexts and per-position terms."""
@@ -295,6 +343,7 @@ class Experiment:
             for name in ("length", "reflection"):
                 if getattr(cfg, name).enabled:
                     self._control_experiment(name, seed)
+            self.flush()  # the seed's evaluations, generated together
         if cfg.stability.enabled:
             with self.timers("stability"):
                 self._stability()
@@ -355,9 +404,10 @@ class Experiment:
                 with self.timers("baselines"):
                     vector, separation = self.lm.control_vector(correct[:64], layer, seed)
                 for gamma in cfg.evaluation.enhance_gammas:  # enhance only, as in the paper
-                    r = self.evaluate({"add": layer, "vector": vector, "coefficient": (gamma - 1.0) * separation},
-                                      experiment="accuracy", method="control_vector", layer=layer, p=0, gamma=gamma, seed=seed)
-                    self.log(f"    accuracy   control_vector  layer {layer}       gamma {gamma:4.2f}: acc {100 * r['accuracy']:5.1f}%")
+                    self.queue({"add": layer, "vector": vector, "coefficient": (gamma - 1.0) * separation},
+                               experiment="accuracy", method="control_vector", layer=layer, p=0, gamma=gamma, seed=seed,
+                               line=lambda r, layer=layer, gamma=gamma: f"    accuracy   control_vector  layer {layer}       "
+                                                                        f"gamma {gamma:4.2f}: acc {100 * r['accuracy']:5.1f}%")
 
     def _control_experiment(self, name: str, seed: int) -> None:
         """Attribute the ``name`` signal (length, reflection) and steer its top components over the gammas,

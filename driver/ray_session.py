@@ -173,6 +173,23 @@ class RaySession(AttributionUnits):
         by_id = {g[0].example_id: g for res in get(refs, "steered generation") for g in res}
         return [by_id[ex["id"]] for ex in examples]
 
+    def steered_generate_many(self, jobs: list, params, positions: str, batch_size: int, pack_tokens: int) -> list:
+        """Many evaluations (``ipg.packing.Job``s) in the samplers: each sampler takes its share of every
+        evaluation's prompts (the same share ``steered_generate`` gives it) and runs them all together, packed;
+        rows are independent of which sampler holds them, so no packing changes an output. Per evaluation,
+        the samples come back in input order."""
+        from ipg.packing import Job
+
+        n = len(self.sampler)
+        shares = [[Job(job.examples[i::n], job.steering) for job in jobs] for i in range(n)]
+        refs = [self.sampler.call(i, "steered_generate_many", share, params, positions, batch_size, pack_tokens)
+                for i, share in enumerate(shares) if any(job.examples for job in share)]
+        by_id: list[dict] = [{} for _ in jobs]
+        for res in get(refs, "steered generation"):
+            for k, groups in enumerate(res):
+                by_id[k].update({g[0].example_id: g for g in groups})
+        return [[by_id[k][ex["id"]] for ex in job.examples] for k, job in enumerate(jobs)]
+
     def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list:
         """An attribution's support rollouts, drawn again in the samplers shard by shard (sampling is
         seeded per example and sample: the trajectories the attribution scored), in input order."""

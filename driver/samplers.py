@@ -35,6 +35,9 @@ class RankGroups:
         """Every rank of group k runs ``method`` on its share (``generate`` for ``generate_costed``: the
         cost is the merged shards'), in the same order on every rank, which the group's lockstep needs."""
         ranks = self.groups[k % len(self.groups)]
-        examples = args[0] if method == "steered_generate" else args[1]
+        if method == "steered_generate_many":
+            ids = [[ex["id"] for ex in job.examples] for job in args[0]]
+        else:
+            ids = [ex["id"] for ex in (args[0] if method == "steered_generate" else args[1])]
         parts = [getattr(r, "generate" if method == "generate_costed" else method).remote(*args) for r in ranks]
-        return _merge.options(num_returns=num_returns).remote(method, [ex["id"] for ex in examples], *parts)
+        return _merge.options(num_returns=num_returns).remote(method, ids, *parts)

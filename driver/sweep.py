@@ -300,9 +300,10 @@ class Sweep:
             p = min(self.spec.steering["p"], res.table.num_rows)
             components = select(res.table, p, layer=cell.layer, kind=cell.kind)
             metric = METRIC.get(cell.signal, "accuracy")  # a user's signal: steering is judged by accuracy
-            for gamma in self.spec.steering["gammas"]:
-                r = exp.evaluate({"scale": components, "gamma": gamma}, experiment="sweep", method=cell.method,
-                                  layer=cell.layer, p=p, gamma=gamma, seed=cfg.seeds[0])
+            for gamma in self.spec.steering["gammas"]:  # the cell's gammas generated together
+                exp.queue({"scale": components, "gamma": gamma}, experiment="sweep", method=cell.method,
+                          layer=cell.layer, p=p, gamma=gamma, seed=cfg.seeds[0])
+            for gamma, r in zip(self.spec.steering["gammas"], exp.flush()):
                 steering_rows.append({"cell": cell.id, "kind": cell.kind, "method": cell.method, "p": p, "gamma": gamma,
                                       "metric": metric, "value": float(r[metric]), "original": float(original[metric]),
                                       "effect": float(r[metric] - original[metric]), "n_eval": r["n"]})

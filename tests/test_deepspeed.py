@@ -68,6 +68,7 @@ def test_a_zero3_group_that_samples_too_equals_the_in_process_run(local_ray, org
     lockstep with the other rank (unequal shares, samples that end at different steps), and the run gives
     the in-process rollouts, scores, completeness points and steered generations."""
     from ipg.generation import SamplingParams, generate
+    from ipg.packing import Job
     from ipg.workers.model_ops import ModelOps
 
     model, tok = organism
@@ -83,6 +84,9 @@ def test_a_zero3_group_that_samples_too_equals_the_in_process_run(local_ray, org
         res = session.attribute(examples, a, out_dir=tmp_path)
         support = session.rollouts(examples, a, "accuracy", {})
         steered = session.steered_generate(examples, params, steering)
+        # packed evaluations: shares of 4 and 3 prompts in batches of 3 rows, so one rank idles a batch
+        unsteered_too = [Job(examples, None), Job(examples, {k: v for k, v in steering.items() if k != "positions"})]
+        packed = session.steered_generate_many(unsteered_too, params, "all", 3, 10**5)
     assert_same_scores(res.table, reference.table, scale_rtol=1e-5)
     for k in ("J_alpha0", "J_alpha_min", "J_alpha1"):
         assert res.diagnostics["sites"]["layers.2.residual"][k] == pytest.approx(reference.diagnostics["sites"]["layers.2.residual"][k], abs=1e-12)
@@ -92,6 +96,8 @@ def test_a_zero3_group_that_samples_too_equals_the_in_process_run(local_ray, org
     assert [[s.completion_ids for s in g] for g in steered] == \
         [[s.completion_ids for s in g] for g in ops.generate(examples, params, steering)]
     assert steered != generate(model, tok, examples, params)  # the steering took effect
+    assert [[[s.completion_ids for s in g] for g in job] for job in packed] == \
+        [[[s.completion_ids for s in g] for g in groups] for groups in (generate(model, tok, examples, params), steered)]
 
 
 def test_deepspeed_sampling_needs_the_deepspeed_gradient_backend():

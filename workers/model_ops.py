@@ -23,6 +23,7 @@ from ipg.cards import position_terms, top_contexts
 from ipg.components import ComponentId, Site, check_site
 from ipg.generation import Sample, SamplingParams, generate
 from ipg.models import model_fingerprint
+from ipg.packing import Job, generate_packed
 from ipg.signals import make_signal
 from ipg.steering import add_vector, scale
 
@@ -45,6 +46,10 @@ def steering_context(model, steering: dict | None, saes: dict | None = None, eng
     return add_vector(model, steering["add"], steering["vector"], steering["coefficient"], positions=steering["positions"])
 
 
+def with_positions(steering: dict | None, positions: str) -> dict | None:
+    return {**steering, "positions": positions} if steering else None
+
+
 class ModelOps:
     def __init__(self, model, tokenizer, saes: dict | None = None):
         self.model, self.tokenizer, self.saes = model, tokenizer, saes or {}
@@ -58,6 +63,20 @@ class ModelOps:
                  batch_size: int = 64, agree=None) -> list[list[Sample]]:
         with steering_context(self.model, steering, self.saes):
             return generate(self.model, self.tokenizer, examples, params, batch_size=batch_size, agree=agree)
+
+    def generate_many(self, jobs: list[Job], params: SamplingParams, positions: str, batch_size: int, pack_tokens: int,
+                      agree=None, log=None, done=None) -> list[list[list[Sample]]]:
+        """Every evaluation's samples: packed into shared batches under ``pack_tokens`` (``ipg.packing``), or
+        with ``pack_tokens`` 0 one pass per evaluation. ``done(k, samples)``: told as each one completes."""
+        if pack_tokens > 0:
+            return generate_packed(self.model, self.tokenizer, jobs, params, batch_size=batch_size, pack_tokens=pack_tokens,
+                                   positions=positions, saes=self.saes, agree=agree, log=log, done=done)
+        out = []
+        for k, job in enumerate(jobs):
+            out.append(self.generate(job.examples, params, with_positions(job.steering, positions), batch_size, agree))
+            if done is not None:
+                done(k, out[-1])
+        return out
 
     def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list[Rollout]:
         """The support rollouts of an attribution (sampling is seeded per example and sample: the

@@ -97,9 +97,34 @@ class Sampling:
             return self.engine.generate(examples, params)
 
 
-def merge_rank_samples(method: str, ids: list[str], *parts):
+    def steered_generate_many(self, jobs: list, params: SamplingParams, positions: str, batch_size: int,
+                              pack_tokens: int) -> list[list[list[Sample]]]:
+        """Many evaluations (``ipg.packing.Job``s) at once: the HF loop packs them into shared batches
+        (``pack_tokens`` 0: one pass each), a vLLM engine runs them as one set of requests, each steered
+        by its own variant."""
+        from ipg.packing import Job
+        from ipg.workers.model_ops import ModelOps, steering_context, with_positions
+
+        with self.timer("evaluate"):
+            if self.engine is None:
+                mine = [Job(self.part(job.examples), job.steering) for job in jobs]
+                return ModelOps(self.model, self.tokenizer, self.saes).generate_many(
+                    mine, params, positions, batch_size, pack_tokens, agree=self.lockstep, log=print)
+            if pack_tokens > 0:
+                return self.engine.generate_packed(jobs, params, positions, self.saes)
+            out = []
+            for job in jobs:
+                with steering_context(None, with_positions(job.steering, positions), self.saes, engine=self.engine):
+                    out.append(self.engine.generate(job.examples, params))
+            return out
+
+
+def merge_rank_samples(method: str, ids: list, *parts):
     """One answer from the ranks' answers to a sampling ``method`` (each rank sampled its share of the
-    examples whose ids are ``ids``), in the order of ``ids``: what one rollout actor would have returned."""
+    examples whose ids are ``ids``; for ``steered_generate_many`` one list of ids per evaluation), in the
+    order of ``ids``: what one rollout actor would have returned."""
+    if method == "steered_generate_many":  # ids: per evaluation
+        return [merge_rank_samples("steered_generate", job_ids, *(p[k] for p in parts)) for k, job_ids in enumerate(ids)]
     order = {i: k for k, i in enumerate(ids)}
     if method == "mean_reward":
         return float(sum(p[0] for p in parts)), sum(p[1] for p in parts)
