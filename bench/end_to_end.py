@@ -142,14 +142,9 @@ def unit_costs(model, tokens: int = 128, rows: int = 8, repeat: int = 3) -> dict
             "head_forward": best(head) / n, "head_forward_backward": best(head_bwd) / n, "batch": f"{rows} x {tokens}"}
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", default=str(ROOT / "deploy" / "configs" / "smollm2-135m-instruct.yaml"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as ipg run's --key=value")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out")
-    args = ap.parse_args()
-
+def measure(config: str, overrides: list[str], threads: int, log=print) -> dict:
+    """One run of ``config`` with ``overrides`` (``key=value``) in this process: its stages (run.json) and each
+    stage's counted tokens and bound."""
     import ipg.attribution
     import ipg.cards
     import ipg.component_path
@@ -157,26 +152,35 @@ def main() -> int:
     import ipg.generation
     import ipg.gradient_pass
     from ipg.driver.config import load_config
-    from ipg.files import atomic_write_json
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(threads)
     counter = Counter()
-    wrap(ipg.generation, "_decode_loop", counter, lambda model, ids, mask, params, *a, **k: "evaluation" if params.greedy else "rollout")
-    for module in (ipg.gradient_pass, ipg.attribution):
-        wrap(module, "site_scores", counter, lambda *a, **k: "gradient")
-    wrap(ipg.component_path, "component_partial", counter, lambda *a, **k: "gradient")
-    wrap(ipg.attribution, "site_baselines", counter, lambda *a, **k: "baseline_statistics")
-    wrap(experiment.Experiment, "_cards", counter, lambda *a, **k: "other")
+    patched = []
 
-    with tempfile.TemporaryDirectory() as tmp:
-        cfg = load_config(args.config, [f"--{s}" for s in args.set] + [f"--out={tmp}/run"])
-        exp = experiment.Experiment(cfg, log=lambda m: print(m, flush=True))
-        counter.install(exp.model)
-        exp.timers = StagedTimers(exp.timers, counter)
-        start = time.perf_counter()
-        out = exp.run()
-        total = time.perf_counter() - start
-        run = json.loads((out / "run.json").read_text())
+    def patch(module, name, stage_of):
+        patched.append((module, name, getattr(module, name)))
+        wrap(module, name, counter, stage_of)
+
+    patch(ipg.generation, "_decode_loop", lambda model, ids, mask, params, *a, **k: "evaluation" if params.greedy else "rollout")
+    for module in (ipg.gradient_pass, ipg.attribution):
+        patch(module, "site_scores", lambda *a, **k: "gradient")
+    patch(ipg.component_path, "component_partial", lambda *a, **k: "gradient")
+    patch(ipg.attribution, "site_baselines", lambda *a, **k: "baseline_statistics")
+    patch(experiment.Experiment, "_cards", lambda *a, **k: "other")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            cfg = load_config(config, [f"--{s}" for s in overrides] + [f"--out={tmp}/run"])
+            exp = experiment.Experiment(cfg, log=log)
+            counter.install(exp.model)
+            exp.timers = StagedTimers(exp.timers, counter)
+            start = time.perf_counter()
+            out = exp.run()
+            total = time.perf_counter() - start
+            run = json.loads((out / "run.json").read_text())
+            evals = (out / "eval.parquet").read_bytes()
+    finally:
+        for module, name, fn in reversed(patched):
+            setattr(module, name, fn)
     costs = unit_costs(exp.model)
     stages = run["stages"]
     rows = []
@@ -186,19 +190,40 @@ def main() -> int:
         blocks = {("grad" if g else "no_grad"): n for (s, g), n in counter.blocks.items() if s == stage}
         rows.append({"stage": stage, "seconds": stages[stage], "bound_seconds": round(bound, 2), "block_tokens": blocks,
                      "ratio": round(stages[stage] / bound, 2) if bound else None})
-    timed = sum(r["seconds"] for r in rows if r["stage"] != "other")
     bounds = sum(r["bound_seconds"] for r in rows)
-    print(f"\n{cfg.model.name}: wall {stages['wall']:.0f} s ({total:.0f} s with model set-up); {args.threads} threads, {platform.machine()}")
+    return {"model": cfg.model.name, "stages": stages, "unit_costs": costs, "rows": rows,
+            "timed_stages_seconds": round(sum(r["seconds"] for r in rows if r["stage"] != "other"), 2),
+            "sum_of_bounds": round(bounds, 2), "wall_over_bounds": round(stages["wall"] / bounds, 2),
+            "seconds_with_setup": round(total, 1), "eval_parquet": evals}
+
+
+def print_stages(result: dict, threads: int) -> None:
+    stages = result["stages"]
+    print(f"\n{result['model']}: wall {stages['wall']:.0f} s ({result['seconds_with_setup']:.0f} s with model set-up); "
+          f"{threads} threads, {platform.machine()}")
     print(f"  {'stage':20s} {'seconds':>8s} {'bound s':>8s} {'ratio':>6s}")
-    for r in rows:
+    for r in result["rows"]:
         print(f"  {r['stage']:20s} {r['seconds']:8.1f} {r['bound_seconds']:8.1f} {r['ratio'] if r['ratio'] is not None else '-':>6}")
-    print(f"  {'wall vs sum of bounds':20s} {stages['wall']:8.1f} {bounds:8.1f} {stages['wall'] / bounds:6.2f}")
-    result = {"bench": "end_to_end", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-              "threads": args.threads, "config": os.path.relpath(args.config, ROOT), "overrides": args.set, "stages": stages,
-              "unit_costs": costs, "rows": rows, "timed_stages_seconds": round(timed, 2), "sum_of_bounds": round(bounds, 2),
-              "wall_over_bounds": round(stages["wall"] / bounds, 2), "seconds_with_setup": round(total, 1)}
+    print(f"  {'wall vs sum of bounds':20s} {stages['wall']:8.1f} {result['sum_of_bounds']:8.1f} {result['wall_over_bounds']:6.2f}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", default=str(ROOT / "deploy" / "configs" / "smollm2-135m-instruct.yaml"))
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as ipg run's --key=value")
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--out")
+    args = ap.parse_args()
+
+    from ipg.files import atomic_write_json
+
+    result = measure(args.config, args.set, args.threads, log=lambda m: print(m, flush=True))
+    result.pop("eval_parquet")
+    print_stages(result, args.threads)
     if args.out:
-        atomic_write_json(args.out, result)
+        atomic_write_json(args.out, {"bench": "end_to_end", "date": time.strftime("%Y-%m-%d"),
+                                     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "threads": args.threads,
+                                     "config": os.path.relpath(args.config, ROOT), "overrides": args.set, **result})
     return 0
 
 

@@ -4,7 +4,8 @@
 # Figures go to $IPG_BENCH_OUT (default bench/results/gpu/), one JSON file per benchmark, with the device.
 # 1. the paper's settings on Qwen2.5-1.5B's shapes (random weights, bf16, N 5, q 10, T 512, layers 20-26);
 # 2. the same with T 2048;
-# 3. a real model, when given: the arithmetic questions in its chat template, bf16, T 512.
+# 3. a real model, when given: the arithmetic questions in its chat template, bf16, T 512;
+# 4. packed evaluation against one pass per evaluation: the organism's whole run on the GPU.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${IPG_BENCH_OUT:-bench/results/gpu}
@@ -25,3 +26,5 @@ if [ -n "${1:-}" ]; then
 else
   echo "== 3. no real model given (bash bench/gpu_all.sh MODEL_DIR): skipped"
 fi
+echo "== 4. packed evaluation vs one pass per evaluation, the organism's run"
+"$py" bench/packing.py --set model.device=cuda --modes one_pass packed --out "$out/packing-organism.json"

@@ -59,6 +59,7 @@ def sample_seed(seed: int, example_id: str, sample_index: int) -> int:
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
 
+LEAVE_SHARE = 8  # finished rows leave a decode batch once they are 1/LEAVE_SHARE of it (0: they never leave)
 NUCLEUS_SCAN = 256  # candidates searched for the top-p nucleus before a full sort
 
 
@@ -152,8 +153,8 @@ def _keeps_last_logits(model) -> bool:
 def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=None):
     """KV-cached decode of a left-padded batch; returns (token ids, logprobs, finished) per row.
 
-    Finished rows leave the batch (their keys and values are dropped from the cache) once they are an
-    eighth of it, so a long row does not keep the finished ones computing. ``on_rows(rows)`` is told,
+    Finished rows leave the batch (their keys and values are dropped from the cache) once they are
+    ``1/LEAVE_SHARE`` of it, so a long row does not keep the finished ones computing. ``on_rows(rows)`` is told,
     before the prefill and whenever rows leave, which of the batch's rows the next forward holds (a
     (live,) tensor of row numbers): per-row steering follows it. ``agree``: a ZeRO-3 rank keeps stepping
     (with at least one row, its tokens no longer kept) until every rank's batch is finished."""
@@ -184,7 +185,7 @@ def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=
         if (agree(running) if agree is not None else running) == 0:
             break
         n_live = int(live.sum())
-        if compactable and n_live and len(rows) - n_live >= max(1, len(rows) // 8):
+        if LEAVE_SHARE and compactable and n_live and len(rows) - n_live >= max(1, len(rows) // LEAVE_SHARE):
             keep = torch.nonzero(live).flatten()
             cache.batch_select_indices(keep)
             rows, mask, next_pos, nxt = rows[keep], mask[keep], next_pos[keep], nxt[keep]
