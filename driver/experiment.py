@@ -6,7 +6,8 @@ Stages (each timed under its own name in run.json):
                 reflection signals' attributions too
   baselines     random / activation / concept_tokens / reason_score / control_vector selections
   cards         contexts and per-position score terms of the top components (first seed)
-  evaluate      greedy accuracy and mean length on the held-out eval split under every steering
+  evaluate      greedy accuracy and mean length on the held-out eval split under every steering; a seed's
+                evaluations are queued and generated together, packed (ipg.packing), filed in queue order
   stability     Dice overlap of top-p sets across seeds and across disjoint support subsets
   report        report.md and plots, rebuilt from the Parquet files alone
 Outputs in cfg.out: scores.parquet, eval.parquet, eval_items.parquet (per prompt), selections.parquet,

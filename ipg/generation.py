@@ -176,9 +176,11 @@ def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=
         nxt = _pick(logits, params, [generators[i] for i in rows.tolist()])  # (b,)
         lp = torch.log_softmax(logits, -1).gather(-1, nxt[:, None])[:, 0]  # (b,)
         live = ~done[rows]  # (b,)
-        for k in torch.nonzero(live).flatten().tolist():
-            tokens[int(rows[k])].append(int(nxt[k]))
-            logprobs[int(rows[k])].append(float(lp[k]))
+        # one transfer per step, not one per row: with hundreds of rows, per-element reads cost more than a small model's step
+        for r, keep, t, p in zip(rows.tolist(), live.tolist(), nxt.tolist(), lp.tolist()):
+            if keep:
+                tokens[r].append(t)
+                logprobs[r].append(p)
         done[rows] |= nxt == eos
         live &= nxt != eos
         running = int(bool(live.any()))

@@ -18,6 +18,7 @@ token, and sampled draws are the same since each draw is seeded by (seed, exampl
 
 from __future__ import annotations
 
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 
@@ -88,6 +89,7 @@ def generate_packed(model, tokenizer, jobs: list[Job], params: SamplingParams, *
     idle_batches(model, tokenizer, params, len(batches), agree)
     variants = [job.steering for job in jobs]
     steered = any(v is not None for v in variants)
+    start = time.perf_counter()
     with per_row(model, variants, positions=positions, saes=saes) if steered else nullcontext(None) as rows:
         for b, chunks in enumerate(batches):
             flat = [row for c in chunks for row in c.rows]
@@ -95,7 +97,8 @@ def generate_packed(model, tokenizer, jobs: list[Job], params: SamplingParams, *
             samples = generate_batch(model, tokenizer, flat, params, agree=agree,
                                      on_rows=(lambda live: rows(variant[live.cpu()])) if steered else None)
             if log is not None:
-                log(f"  packed batch {b + 1}/{len(batches)}: {len(flat)} rows of {len(chunks)} evaluations")
+                log(f"  packed batch {b + 1}/{len(batches)}: {len(flat)} rows of {len(chunks)} evaluations, "
+                    f"{time.perf_counter() - start:.1f} s")
             at = 0
             for c in chunks:
                 for (ex, j), s in zip(c.rows, samples[at : at + len(c.rows)]):

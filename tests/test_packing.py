@@ -107,6 +107,10 @@ def test_packing_stacks_batches_of_the_same_prompts_within_the_token_budget(orga
         (k, job.examples[s]["id"]) for k, job in enumerate(jobs) for s in range(0, len(job.examples), 8))
     with pytest.raises(InputError, match="duplicate id"):
         generate_packed(None, tok, [Job(EVAL + EVAL[:1], None)], params, batch_size=8, pack_tokens=1000)
+    from ipg.driver.config import load_config
+
+    with pytest.raises(InputError, match="pack_tokens: must be >= 0"):
+        load_config(None, ["--evaluation.pack_tokens=-1"])
 
 
 def test_a_packed_run_files_the_eval_tables_of_one_pass_per_evaluation(tmp_path):
