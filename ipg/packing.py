@@ -97,7 +97,7 @@ def generate_packed(model, tokenizer, jobs: list[Job], params: SamplingParams, *
             samples = generate_batch(model, tokenizer, flat, params, agree=agree,
                                      on_rows=(lambda live: rows(variant[live.cpu()])) if steered else None)
             if log is not None:
-                log(f"  packed batch {b + 1}/{len(batches)}: {len(flat)} rows of {len(chunks)} evaluations, "
+                log(f"  packed batch {b + 1}/{len(batches)}: {len(flat)} rows of {len(chunks)} evaluation{'s' * (len(chunks) != 1)}, "
                     f"{time.perf_counter() - start:.1f} s")
             at = 0
             for c in chunks:

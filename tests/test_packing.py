@@ -66,7 +66,7 @@ def test_rows_steered_by_their_own_variants_equal_a_pass_per_variant(organism, s
     assert [_ids(g) for g in packed] == separate
     assert sum(s != separate[0] for s in separate[1:]) >= 4  # the variants really steer
     # 20 prompts x n in batches of 8 rows: each group of equal rows is one packed batch of all 6 variants
-    assert len(lines) == len(range(0, 20 * params.n, 8)) and "of 6 evaluations" in lines[0]
+    assert len(lines) == len(range(0, 20 * params.n, 8)) and "rows of 6 evaluations" in lines[0]
     assert sorted(finished) == list(range(6))
     assert _ids(generate(model, tok, EVAL, params, batch_size=8)) == separate[0]  # hooks removed
 
