@@ -241,12 +241,11 @@ def _tensors(spec: dict) -> dict:
 # -- inside the vLLM worker process ----------------------------------------------------------------
 
 
-def _decision_rows(n_tokens: int, positions: str, device) -> torch.Tensor | None:
-    """Rows of this step's flattened token batch to edit; None in steps without requests (profiling)."""
+def _query_starts() -> torch.Tensor | None:
+    """This step's ``query_start_loc`` (each request's first row in the flattened token batch, and the
+    total); None in steps without requests (profiling)."""
     from vllm.forward_context import get_forward_context, is_forward_context_available
 
-    if positions == "all":
-        return torch.arange(n_tokens, device=device)
     if not is_forward_context_available():
         return None
     md = get_forward_context().attn_metadata
@@ -254,8 +253,14 @@ def _decision_rows(n_tokens: int, positions: str, device) -> torch.Tensor | None
         md = md[0] if md else None
     if not md:
         return None
-    meta = next(iter(md.values()))
-    qsl = getattr(meta, "query_start_loc", None)
+    return getattr(next(iter(md.values())), "query_start_loc", None)
+
+
+def _decision_rows(n_tokens: int, positions: str, device) -> torch.Tensor | None:
+    """Rows of this step's flattened token batch to edit; None in steps without requests (profiling)."""
+    if positions == "all":
+        return torch.arange(n_tokens, device=device)
+    qsl = _query_starts()
     if qsl is None:
         return None
     return (qsl[1:] - 1).to(device=device, dtype=torch.long)
@@ -364,16 +369,7 @@ def _step_variants(runner, n_requests: int, device) -> torch.Tensor:
 
 def _step_rows(n_tokens: int, positions: str, runner, device):
     """(rows of the flattened token batch to edit, each row's variant); None in steps without requests."""
-    from vllm.forward_context import get_forward_context, is_forward_context_available
-
-    if not is_forward_context_available():
-        return None
-    md = get_forward_context().attn_metadata
-    if isinstance(md, list):
-        md = md[0] if md else None
-    if not md:
-        return None
-    qsl = getattr(next(iter(md.values())), "query_start_loc", None)
+    qsl = _query_starts()
     if qsl is None:
         return None
     qsl = qsl.to(device=device, dtype=torch.long)
