@@ -20,6 +20,7 @@ Which positions an edit touches during generation (``positions``):
 from __future__ import annotations
 
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Callable
 
 import torch
@@ -64,6 +65,20 @@ def check_site(model, site: Site, saes: dict | None = None) -> int:
     return sae.n_features
 
 
+_PREFIX = ContextVar("ipg_prompt_prefix", default=False)
+
+
+@contextmanager
+def prompt_prefix():
+    """The forwards of the body run a prompt without its last token (generation's shared prefill): they hold
+    no decision position, so ``"generated"`` edits leave them alone."""
+    token = _PREFIX.set(True)
+    try:
+        yield
+    finally:
+        _PREFIX.reset(token)
+
+
 def _select(t: int, positions: str) -> slice:
     """Positions of a (B, T, .) call to edit: see the module docstring."""
     if positions == "all" or t == 1:
@@ -92,6 +107,8 @@ def edit(model, site: Site, fn: Callable[[torch.Tensor], torch.Tensor], *, posit
     if site.kind == "mlp":
 
         def pre_hook(module, args):
+            if positions == "generated" and _PREFIX.get():
+                return None
             (x,) = args[:1]  # (B, T, intermediate)
             return (_apply(x, fn, _select(x.shape[1], positions)),) + tuple(args[1:])
 
@@ -100,6 +117,8 @@ def edit(model, site: Site, fn: Callable[[torch.Tensor], torch.Tensor], *, posit
         sae = saes[site.layer] if site.kind == "sae" else None
 
         def hook(module, args, output):
+            if positions == "generated" and _PREFIX.get():
+                return None
             z = output[0] if isinstance(output, tuple) else output  # (B, T, hidden)
             sel = _select(z.shape[1], positions)
             if sae is None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ipg.components import prompt_prefix
 from ipg.errors import InputError
 from ipg.prompts import prompt_ids as encoded_prompt
 
@@ -127,9 +128,11 @@ def idle_batches(model, tokenizer, params: SamplingParams, n_batches: int, agree
 
 
 def generate_batch(model, tokenizer, rows: list[tuple[dict, int]], params: SamplingParams, *, agree=None,
-                   on_rows=None) -> list[Sample]:
+                   on_rows=None, copies: int = 1) -> list[Sample]:
     """One left-padded batch: sample ``j`` of example ``ex`` for each ``(ex, j)`` of ``rows``, in order.
-    ``on_rows``: told which rows each forward holds (see ``_decode_loop``; per-row steering uses it)."""
+    ``on_rows``: told which rows each forward holds (see ``_decode_loop``; per-row steering uses it).
+    ``copies``: the rows are that many stacked copies of the same prompts (a packed batch), which then share
+    one prefill of the prompts up to their last token (only for edits at the ``generated`` positions)."""
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
     device = next(model.parameters()).device
     prompts = [encoded_prompt(tokenizer, ex) for ex, _ in rows]
@@ -137,7 +140,7 @@ def generate_batch(model, tokenizer, rows: list[tuple[dict, int]], params: Sampl
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)  # (B, L)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, L)
     generators = [torch.Generator().manual_seed(sample_seed(params.seed, ex["id"], j)) for ex, j in rows]
-    completions = _decode_loop(model, ids, mask, params, generators, eos, agree, on_rows)
+    completions = _decode_loop(model, ids, mask, params, generators, eos, agree, on_rows, copies)
     return [Sample(ex["id"], j, p, toks, tokenizer.decode([t for t in toks if t != eos], skip_special_tokens=True), lps, done)
             for (ex, j), p, (toks, lps, done) in zip(rows, prompts, completions)]
 
@@ -150,7 +153,7 @@ def _keeps_last_logits(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=None):
+def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=None, copies: int = 1):
     """KV-cached decode of a left-padded batch; returns (token ids, logprobs, finished) per row.
 
     Finished rows leave the batch (their keys and values are dropped from the cache) once they are
@@ -162,9 +165,29 @@ def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=
     positions = (mask.cumsum(-1) - 1).clamp(min=0)  # (B, L): left padding does not shift positions
     last_only = {"logits_to_keep": 1} if _keeps_last_logits(model) else {}  # not (B, L, vocabulary) for the prompts
     rows = torch.arange(batch, device=ids.device)  # the batch row of each row the forward holds
-    if on_rows is not None:
-        on_rows(rows)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
+    if ids.shape[1] > 1:
+        # the prompts without their last token first (no position there predicts a generated token, so no
+        # "generated" edit acts), once for the first batch // copies rows, whose keys and values every copy
+        # shares; then every row's last prompt token, steered. Every prefill is split this way, packed or
+        # not, so that a packed row and the same row generated alone run the same arithmetic
+        unique = batch // copies
+        if on_rows is not None:
+            on_rows(rows[:unique])  # only "all" edits act on the prefix; copies > 1 only comes without them
+        with prompt_prefix():
+            out = model(input_ids=ids[:unique, :-1], attention_mask=mask[:unique, :-1], position_ids=positions[:unique, :-1],
+                        use_cache=True, **last_only)
+        cache = out.past_key_values
+        if copies > 1:
+            cache.batch_select_indices(torch.arange(unique, device=ids.device).repeat(copies))
+        if on_rows is not None:
+            on_rows(rows)
+        out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], past_key_values=cache, use_cache=True)
+    else:
+        if on_rows is not None:
+            on_rows(rows)
+        if agree is not None:  # a ZeRO-3 rank makes the two prefill calls its group's split prefills make
+            model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False, **last_only)
+        out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **last_only)
     cache = out.past_key_values
     compactable = hasattr(cache, "batch_select_indices")
     logits = out.logits[:, -1].float()  # (b, V)

@@ -94,7 +94,8 @@ def generate_packed(model, tokenizer, jobs: list[Job], params: SamplingParams, *
         for b, chunks in enumerate(batches):
             flat = [row for c in chunks for row in c.rows]
             variant = torch.tensor([c.job for c in chunks for _ in c.rows])
-            samples = generate_batch(model, tokenizer, flat, params, agree=agree,
+            # with "generated" edits the stacked copies share one prefill of their prompts (see generate_batch)
+            samples = generate_batch(model, tokenizer, flat, params, agree=agree, copies=len(chunks) if positions == "generated" else 1,
                                      on_rows=(lambda live: rows(variant[live.cpu()])) if steered else None)
             if log is not None:
                 log(f"  packed batch {b + 1}/{len(batches)}: {len(flat)} rows of {len(chunks)} evaluation{'s' * (len(chunks) != 1)}, "
