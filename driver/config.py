@@ -111,6 +111,9 @@ class EvaluationConfig:
     # the evaluations of a seed run together, each row steered by its own variant: batches of the same prompts
     # stacked up to this many tokens (rows x (longest prompt + max_new_tokens)); 0: one pass per evaluation
     pack_tokens: int = 65536
+    # completions kept for the report's side-by-side texts: the first k eval prompts of every evaluation of the
+    # first seed (random: its first draw); the report shows 3 of them; 0 keeps none
+    completions: int = 8
 
     def __post_init__(self):
         if self.random_draws < 1:
@@ -119,6 +122,8 @@ class EvaluationConfig:
             raise InputError(f"batch_size: must be >= 1, got {self.batch_size}")
         if self.pack_tokens < 0:
             raise InputError(f"pack_tokens: must be >= 0 (0: one generation pass per evaluation), got {self.pack_tokens}")
+        if self.completions < 0:
+            raise InputError(f"completions: must be >= 0 (eval prompts whose texts the report shows; 0: none), got {self.completions}")
 
 
 @dataclass(frozen=True)

@@ -64,6 +64,7 @@ class _Pending:
     copy: bool = False
     result: dict | None = None
     items: list[dict] = field(default_factory=list)
+    completions: list[dict] = field(default_factory=list)
 
 
 class Experiment:
@@ -212,6 +213,7 @@ class Experiment:
             # per prompt: intervals and paired comparisons are computed from these
             p.items = [{**p.row, "example_id": it.example_id, "correct": it.correct, "answered": it.answered,
                         "length": it.length, "reflection": it.keyword, "finished": it.finished} for it in items]
+            p.completions = self._kept(p, samples, items)
             if p.line is not None:
                 self.log(p.line(p.result))
 
@@ -228,7 +230,23 @@ class Experiment:
                     self.log(p.line(p.result))
             self.tables.evals.append(p.result)
             self.tables.items += p.items
+            self.tables.completions += p.completions
             out.append(p.result)
+        return out
+
+    def _kept(self, p: _Pending, samples, items) -> list[dict]:
+        """The completions the report shows side by side: the first ``evaluation.completions`` eval prompts of an
+        evaluation of the first seed (random: its first draw), with the stated answer and its verdict."""
+        row = p.row
+        if row["experiment"] == "validation" or row["seed"] != self.cfg.seeds[0] or row["draw"] != 0:
+            return []
+        out = []
+        for position, (ex, group, it) in enumerate(zip(p.examples[: self.cfg.evaluation.completions], samples, items)):
+            s = group[0]
+            prompt = ex.get("prompt") if isinstance(ex.get("prompt"), str) else self.tokenizer.decode(ex["prompt_ids"])
+            out.append({**row, "position": position, "example_id": it.example_id, "prompt": prompt, "completion": s.text,
+                        "answer": self.extractor.extract(s.text), "correct": it.correct, "length": it.length,
+                        "finished": it.finished})
         return out
 
     # -- helpers ---------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ipg.driver.headline import headline, method_order, verdict
+from ipg.driver.report_html import signal_of, write_html
+from ipg.driver.steered_texts import markdown_lines, panels
 from ipg.driver.strength import detail_lines, length_ranges, strength_section, summary_lines
 from ipg.driver.plots import group as _group
 from ipg.driver.plots import mean as _mean
@@ -44,7 +46,7 @@ def _load(run_dir: Path):
     evals = table.to_pylist()
     scores = pq.read_table(run_dir / "scores.parquet").to_pylist()
     optional = {name: pq.read_table(run_dir / f"{name}.parquet").to_pylist() if (run_dir / f"{name}.parquet").is_file() else []
-                for name in ("stability", "eval_items", "selections", "massive", "cards", "card_terms")}
+                for name in ("stability", "eval_items", "selections", "massive", "cards", "card_terms", "completions")}
     setup = json.loads((table.schema.metadata or {}).get(b"ipg.setup", b"{}"))
     return evals, scores, setup, optional
 
@@ -154,9 +156,6 @@ def _cards(cards: list[dict], terms: list[dict]) -> list[str]:
     if not cards:
         return []
     lines = []
-    def signal_of(row):  # runs from before cards had a signal hold the accuracy signal's
-        return row.get("signal") or "accuracy"
-
     for signal in sorted({signal_of(c) for c in cards}, key=lambda s: (s != "accuracy", s)):
         mine = [c for c in cards if signal_of(c) == signal]
         lines += [f"\n## Component cards: {signal} signal\n",
@@ -293,6 +292,8 @@ def _summary(items: list[dict], records: list[dict], lengths: list[dict], main: 
 
 
 def write_report(run_dir: str | Path) -> Path:
+    """report.md (and report.html beside it, the same sections as one self-contained page) from the run's
+    Parquet files; returns report.md's path."""
     run_dir = Path(run_dir)
     evals, scores, setup, optional = _load(run_dir)
     stability, items, selections, massive = (optional[k] for k in ("stability", "eval_items", "selections", "massive"))
@@ -300,31 +301,33 @@ def write_report(run_dir: str | Path) -> Path:
     table1, findings = _table1(evals)
     head, records = headline(items, massive_shares(selections)) if items else ([], [])
     lengths = length_ranges(items) if items else []
-    lines = ["# IPG experiment report", "",
-             *_selection(setup),
-             f"Run directory `{run_dir}`; rebuilt from its Parquet files by `ipg report`.",
-             f"Seeds: {sorted({r['seed'] for r in evals})}; eval prompts per evaluation: {evals[0]['n'] if evals else 0}; "
-             "greedy decoding; steering edits the decision positions of the selected components.",
-             *_summary(items, records, lengths, main),
-             "\n## Headline: control of accuracy against random\n",
-             *(head if items else ["(this run has no per-prompt outcomes, eval_items.parquet: rerun it for intervals)"]),
-             *strength_section(lengths),
-             *_massive(massive, selections),
-             *_cards(optional["cards"], optional["card_terms"]),
-             *_setup(setup),
-             "\n## Table 1: enhance and suppress reasoning (accuracy signal)", *table1,
-             _gamma_note(evals),
-             "\n## Length control", *(_control_table(evals, "length", main) or ["(not run)"]),
-             *(detail_lines(items, "length") if items else []),
-             "\n## Reflection control", *(_control_table(evals, "reflection", main) or ["(not run)"]),
-             *(detail_lines(items, "reflection") if items else []),
-             "\n## Stability (Dice overlap of top-p IPG sets)"]
-    if stability:
-        lines += ["| comparison | layer | p | a | b | Dice |", "|---|---|---|---|---|---|"]
-        lines += [f"| {r['comparison']} | {r['layer']} | {r['p']} | {r['a']} | {r['b']} | {r['dice']:.2f} |" for r in stability]
-    else:
-        lines.append("(not run)")
-    lines += _evidence(findings, evals, main)
+    found = panels(optional["completions"], records, main)
+    stable = (["| comparison | layer | p | a | b | Dice |", "|---|---|---|---|---|---|"]
+              + [f"| {r['comparison']} | {r['layer']} | {r['p']} | {r['a']} | {r['b']} | {r['dice']:.2f} |" for r in stability]
+              if stability else ["(not run)"])
+    sections = [
+        ("intro", ["# IPG experiment report", "", *_selection(setup),
+                   f"Run directory `{run_dir}`; rebuilt from its Parquet files by `ipg report`.",
+                   f"Seeds: {sorted({r['seed'] for r in evals})}; eval prompts per evaluation: {evals[0]['n'] if evals else 0}; "
+                   "greedy decoding; steering edits the decision positions of the selected components."]),
+        ("summary", _summary(items, records, lengths, main)),
+        ("headline", ["\n## Headline: control of accuracy against random\n",
+                      *(head if items else ["(this run has no per-prompt outcomes, eval_items.parquet: rerun it for intervals)"])]),
+        ("strength", strength_section(lengths)),
+        ("massive", _massive(massive, selections)),
+        ("completions", markdown_lines(found)),
+        ("cards", _cards(optional["cards"], optional["card_terms"])),
+        ("setup", _setup(setup)),
+        ("table1", ["\n## Table 1: enhance and suppress reasoning (accuracy signal)", *table1, _gamma_note(evals)]),
+        ("length", ["\n## Length control", *(_control_table(evals, "length", main) or ["(not run)"]),
+                    *(detail_lines(items, "length") if items else [])]),
+        ("reflection", ["\n## Reflection control", *(_control_table(evals, "reflection", main) or ["(not run)"]),
+                        *(detail_lines(items, "reflection") if items else [])]),
+        ("stability", ["\n## Stability (Dice overlap of top-p IPG sets)", *stable]),
+        ("evidence", _evidence(findings, evals, main)),
+    ]
     made = plots(run_dir, evals, scores, stability, items, main)
-    lines += ["\n## Plots", *[f"![{m}](plots/{m})" for m in made]]
-    return atomic_write_text(run_dir / "report.md", "\n".join(lines) + "\n")
+    sections.append(("plots", ["\n## Plots", *[f"![{m}](plots/{m})" for m in made]]))
+    write_html(run_dir, [(k, v) for k, v in sections if v], made, found, optional["cards"], optional["card_terms"], selections,
+               {r["method"] for r in evals})
+    return atomic_write_text(run_dir / "report.md", "\n".join(line for _, v in sections for line in v) + "\n")

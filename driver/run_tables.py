@@ -8,7 +8,8 @@
 | selections.parquet | component of every evaluated selection |
 | massive.parquet | massive-activation coordinate per layer and seed |
 | cards.parquet | top component of the run's method per signal (accuracy, length, ...), with its top-activating contexts |
-| card_terms.parquet | per-position score term of those components on a few prompts |
+| card_terms.parquet | per-position score term of those components on a few prompts, with the token it lands on |
+| completions.parquet | kept completion: the first few eval prompts of every evaluation of the first seed (the report's side-by-side texts) |
 | stability.parquet | Dice overlap of two top-p sets |
 
 Every file is written atomically; the report is rebuilt from them alone.
@@ -45,7 +46,14 @@ CARD_SCHEMA = pa.schema([("layer", pa.int32()), ("kind", pa.string()), ("rank", 
                          ("signal", pa.string())])
 CARD_TERM_SCHEMA = pa.schema([("layer", pa.int32()), ("kind", pa.string()), ("component", pa.int64()),
                               ("example_id", pa.string()), ("sample", pa.int32()), ("step", pa.int32()), ("line", pa.int32()),
-                              ("fifth", pa.int32()), ("term", pa.float64()), ("signal", pa.string())])
+                              ("fifth", pa.int32()), ("term", pa.float64()), ("signal", pa.string()),
+                              ("token", pa.string())])
+COMPLETION_SCHEMA = pa.schema([
+    ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("p", pa.int32()),
+    ("gamma", pa.float64()), ("seed", pa.int64()), ("draw", pa.int32()), ("position", pa.int32()),
+    ("example_id", pa.string()), ("prompt", pa.string()), ("completion", pa.string()), ("answer", pa.string()),
+    ("correct", pa.bool_()), ("length", pa.int64()), ("finished", pa.bool_()),
+])
 STABILITY_SCHEMA = pa.schema([
     ("comparison", pa.string()), ("layer", pa.int32()), ("p", pa.int32()), ("a", pa.string()), ("b", pa.string()),
     ("dice", pa.float64()),
@@ -61,6 +69,7 @@ class RunTables:
     massive: list[dict] = field(default_factory=list)
     cards: list[dict] = field(default_factory=list)
     card_terms: list[dict] = field(default_factory=list)
+    completions: list[dict] = field(default_factory=list)
     stability: list[dict] = field(default_factory=list)
 
     def write(self, out: Path, setup: dict) -> None:
@@ -72,5 +81,6 @@ class RunTables:
         for name, rows, schema in (("eval_items", self.items, ITEM_SCHEMA), ("selections", self.selections, SELECTION_SCHEMA),
                                    ("massive", self.massive, MASSIVE_SCHEMA), ("cards", self.cards, CARD_SCHEMA),
                                    ("card_terms", self.card_terms, CARD_TERM_SCHEMA),
+                                   ("completions", self.completions, COMPLETION_SCHEMA),
                                    ("stability", self.stability, STABILITY_SCHEMA)):
             write_scores(out / f"{name}.parquet", pa.Table.from_pylist(rows, schema=schema))

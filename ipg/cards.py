@@ -28,20 +28,25 @@ from ipg.components import Site, site_activations
 def top_contexts(model, tokenizer, site: Site, sequences: list[tuple[list[int], int]], components: list[int], *,
                  k: int = 3, window: int = 6, saes: dict | None = None) -> dict[int, list[dict]]:
     """Per component, the ``k`` decision positions with the largest activation: the text before, the
-    token, the text after, and the value."""
-    best: dict[int, list[tuple[float, int, int]]] = {c: [] for c in components}
+    token, the text after, the value, and ``tokens``: each token of that window with the component's
+    activation at its position (``[text, value]``), the chosen one at index ``focus``."""
+    best: dict[int, list[tuple[float, int, int, list[float]]]] = {c: [] for c in components}
     for n, (ids, prompt_len, h) in enumerate(site_activations(model, site, sequences, saes=saes)):
         for c in components:
             values = h[prompt_len - 1 : len(ids) - 1, c]
             for j in torch.topk(values, min(4 * k, len(values))).indices.tolist():  # spare ones for duplicates
-                best[c].append((float(values[j]), n, prompt_len - 1 + j))
+                t = prompt_len - 1 + j
+                best[c].append((float(values[j]), n, t, h[max(0, t - window) : t + 1 + window, c].tolist()))
     out = {}
     for c, found in best.items():
         rows, seen = [], set()
-        for value, n, t in sorted(found, reverse=True):
+        for value, n, t, around in sorted(found, key=lambda f: f[:3], reverse=True):
             ids = sequences[n][0]
-            row = {"before": tokenizer.decode(ids[max(0, t - window) : t]), "token": tokenizer.decode(ids[t : t + 1]),
-                   "after": tokenizer.decode(ids[t + 1 : t + 1 + window]), "value": value}
+            start = max(0, t - window)
+            row = {"before": tokenizer.decode(ids[start:t]), "token": tokenizer.decode(ids[t : t + 1]),
+                   "after": tokenizer.decode(ids[t + 1 : t + 1 + window]), "value": value,
+                   "tokens": [[tokenizer.decode([i]), v] for i, v in zip(ids[start : t + 1 + window], around)],
+                   "focus": t - start}
             key = (row["before"], row["token"], row["after"])
             if key not in seen:  # samples of one prompt often share a context: show distinct ones
                 seen.add(key)
@@ -52,12 +57,12 @@ def top_contexts(model, tokenizer, site: Site, sequences: list[tuple[list[int], 
     return out
 
 
-def _lines_of(tokenizer, completion_ids: list[int]) -> list[int]:
+def _lines_of(token_texts: list[str]) -> list[int]:
     """The line (0-based, by newlines in the decoded tokens) each completion token belongs to."""
     lines, line = [], 0
-    for tok in completion_ids:
+    for text in token_texts:
         lines.append(line)
-        line += tokenizer.decode([tok]).count("\n")
+        line += text.count("\n")
     return lines
 
 
@@ -84,12 +89,13 @@ def position_terms(model, tokenizer, rollouts: list[Rollout], site: Site, compon
                 (adv * logp.float()).sum().backward()
             g = (leaf.grad.float() * weights[:, None, None]).sum(0)  # (T, width): the schedule's weighted sum
             terms = ((h.float() - b.float()) * g)[:, components] * traj.on_path[:, None] / len(r.samples)  # (T, k)
-            lines = _lines_of(tokenizer, s.completion_ids)
+            tokens = [tokenizer.decode([tok]) for tok in s.completion_ids]  # the generated token each term's position chose
+            lines = _lines_of(tokens)
             n_gen = len(s.completion_ids)
             for t in range(L - 1, T - 1):  # decision position t predicts completion token t + 1 - L
                 step = t + 1 - L
                 for j, c in enumerate(components):
                     out.append({"component": c, "example_id": str(r.example["id"]), "sample": s.sample_index,
                                 "step": step, "line": lines[step], "fifth": min(4, 5 * step // n_gen),
-                                "term": float(terms[t, j])})
+                                "term": float(terms[t, j]), "token": tokens[step]})
     return out

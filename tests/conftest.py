@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-TIERS = ("unit", "ray", "engines", "real")
+TIERS = ("unit", "ray", "engines", "real", "browser")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pyarrow.parquet as pq
 import pytest
@@ -105,6 +106,16 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     assert "Share of |contribution| by line of the trace" in report and "Acts **" in report
     assert report.index("## Summary") < report.index("## Headline") and "**Reasoning strength**" in report.split("## Headline")[0]
     assert "## Headline: reasoning strength" in report and "| 22 |" not in report
+    # the side-by-side texts: the first 8 eval prompts of every first-seed evaluation (random: its first draw)
+    kept = pq.read_table(out / "completions.parquet").to_pylist()
+    assert {(r["seed"], r["draw"]) for r in kept} == {(0, 0)} and {r["position"] for r in kept} == set(range(8))
+    assert {(r["experiment"], r["method"]) for r in kept} >= {("accuracy", "original"), ("accuracy", "component"),
+                                                              ("length", "random")}
+    assert report.index("## Steered completions") < report.index("## Component cards")
+    assert "### accuracy signal: layer 2, p = 4, gamma 0 (suppressed) and 1.5 (enhanced)" in report
+    page = (out / "report.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page) and "<script src" not in page  # nothing fetched
+    assert page.count('class="card"') == len(cards) and "data:image/png;base64," in page
     plots = sorted(p.name for p in (out / "plots").iterdir())
     assert {"accuracy_vs_gamma.png", "accuracy_vs_p.png", "length_vs_gamma.png", "top_components.png", "dice.png"} <= set(plots)
     (out / "report.md").unlink()
@@ -112,6 +123,8 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
         p.unlink()
     assert main(["report", str(out)]) == 0
     assert (out / "report.md").read_text() == report
+    inline = re.compile(r"data:image/png;base64,[A-Za-z0-9+/=]+")  # the plots' bytes may differ by build
+    assert inline.sub("", (out / "report.html").read_text()) == inline.sub("", page)
     assert sorted(p.name for p in (out / "plots").iterdir()) == plots
 
 
