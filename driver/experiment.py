@@ -120,6 +120,7 @@ class Experiment:
         if rendered:
             log(rendered)
         self.tables = RunTables()
+        self.said_candidates = False  # the log says once that attribution.candidates was raised
         self.pending: list[_Pending] = []  # queued evaluations (queue, flush)
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
@@ -163,7 +164,12 @@ class Experiment:
                                 method=method or self.cfg.attribution.method, seed=seed)
         a = dataclasses.replace(a, **(overrides or {}))
         if a.method == "component":  # it selects among its candidates: at least as many as the largest p
-            a = dataclasses.replace(a, candidates=max(a.candidates, *self.cfg.evaluation.p, self.cfg.cards.components))
+            needed = max(a.candidates, *self.cfg.evaluation.p, self.cfg.cards.components)
+            if needed > a.candidates and not self.said_candidates:
+                self.said_candidates = True
+                self.log(f"attribution.candidates: raised from {a.candidates} to {needed}, the largest p or card count "
+                         f"the run evaluates (method 'component' selects only among its candidates)")
+            a = dataclasses.replace(a, candidates=needed)
         signal_params = signal_params_of(self.cfg, signal, signal_params)
         run_id = f"{signal}-{a.method}-{a.kind}-seed{seed}{tag}"
         with self.timers("attribute"):

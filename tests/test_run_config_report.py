@@ -139,7 +139,10 @@ def test_best_enhancing_gamma_is_chosen_on_validation_prompts(tmp_path, capsys):
              "--attribution.q=2", "--attribution.n_samples=2", "--evaluation.p=[4]", "--evaluation.enhance_gammas=[1.5, 3.0]",
              "--baselines.methods=[random]", "--evaluation.random_draws=1", "--length.enabled=false",
              "--reflection.enabled=false", "--stability.enabled=false", "--cards.enabled=false"]
-    assert main(["run", *small, "--data.n_validation=5"]) == 0
+    assert main(["run", *small, "--data.n_validation=5", "--attribution.candidates=3"]) == 0
+    said = capsys.readouterr()
+    # method 'component' selects among its candidates: raised to the largest p, and the log says so once
+    assert (said.out + said.err).count("attribution.candidates: raised from 3 to 4") == 1
     evals = pq.read_table(out / "eval.parquet").to_pylist()
     validation = [r for r in evals if r["experiment"] == "validation"]
     assert {(r["method"], r["gamma"]) for r in validation} == {(m, g) for m in ("component", "component_sae", "random") for g in (1.5, 3.0)}
