@@ -58,7 +58,7 @@ def bound_seconds(model, site, rollouts, cfg, repeat: int) -> float:
     inputs_embeds = the site's activations, logits of the generated positions) for every trajectory with
     a non-zero advantage: q rows per trajectory, longest first, in ``cfg.budget`` batches (the
     geometry of the optimised pass, so batching efficiency is the same on both sides)."""
-    from ipg.gradient_pass import _micro_batches, _policy_logprobs, _positions_mask, _Row
+    from ipg.gradient_pass import _micro_batches, _policy_logprobs, positions_mask, _Row
     from ipg.components import capture_sites, decoder_layers
 
     trajs = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids), a) for r in rollouts for s, a in zip(r.samples, r.advantages) if a != 0]
@@ -70,7 +70,7 @@ def bound_seconds(model, site, rollouts, cfg, repeat: int) -> float:
         width = len(trajs[batch[0]][0])
         ids = torch.tensor([trajs[i][0] + [0] * (width - len(trajs[i][0])) for i in batch])
         h = torch.stack([torch.nn.functional.pad(acts[i], (0, 0, 0, width - acts[i].shape[0])) for i in batch])
-        targets = torch.stack([_positions_mask(trajs[i][1], len(trajs[i][0]), width, "generated") for i in batch])
+        targets = torch.stack([positions_mask(trajs[i][1], len(trajs[i][0]), width, "generated") for i in batch])
         inputs.append((ids, h, targets, torch.tensor([trajs[i][2] for i in batch])))
     inner = model.model
     layers = decoder_layers(model)
@@ -108,7 +108,7 @@ def bench_model(name: str, args) -> dict:
 
         model, tok = build(name)
         examples, signal = prompts(n_prompts), make_signal(varied)
-    settings = dict(layers=layers, n_samples=args.n, q=args.q, max_new_tokens=max_new, seed=0, completeness=False)
+    settings = dict(method="ipg", layers=layers, n_samples=args.n, q=args.q, max_new_tokens=max_new, seed=0, completeness=False)
     cfg = AttributionConfig(**settings)
     rollouts = sample_rollouts(model, tok, examples, signal, cfg)
     sites = [Site(layer, "residual") for layer in layers]

@@ -82,7 +82,7 @@ def workload(args):
     examples = format_examples(tok, prepare_examples(raw), PromptFormat("auto"), context=model_context(model),
                                max_new_tokens=args.max_new_tokens)
     signal = make_signal("accuracy", formats=["hash", "boxed", "answer_is", "last_number"])
-    cfg = AttributionConfig(layers=tuple(args.layers), n_samples=args.n, q=args.q, max_new_tokens=args.max_new_tokens,
+    cfg = AttributionConfig(method="ipg", layers=tuple(args.layers), n_samples=args.n, q=args.q, max_new_tokens=args.max_new_tokens,
                             temperature=0.6, top_p=0.8, seed=args.seed, completeness=False)
     return model, tok, sample_rollouts(model, tok, examples, signal, cfg), signal
 
@@ -92,7 +92,7 @@ def captum_scores(model, rollouts, layer: int, q: int, positions: str, group: in
     2) or LayerGradientXActivation (q = 1)."""
     from captum.attr import LayerGradientXActivation, LayerIntegratedGradients
 
-    from ipg.gradient_pass import _positions_mask  # the path's positions: the definition both sides share
+    from ipg.gradient_pass import positions_mask  # the path's positions: the definition both sides share
 
     trajs = [(p, s.prompt_ids + s.completion_ids, len(s.prompt_ids), a, len(r.samples))
              for p, r in enumerate(rollouts) for s, a in zip(r.samples, r.advantages) if a != 0]
@@ -120,8 +120,8 @@ def captum_scores(model, rollouts, layer: int, q: int, positions: str, group: in
             batch = trajs[g : g + group]
             width = len(batch[0][1])
             ids = torch.tensor([t[1] + [0] * (width - len(t[1])) for t in batch])
-            path = torch.stack([_positions_mask(t[2], len(t[1]), width, positions) for t in batch])
-            pred = torch.stack([_positions_mask(t[2], len(t[1]), width, "generated") for t in batch])
+            path = torch.stack([positions_mask(t[2], len(t[1]), width, positions) for t in batch])
+            pred = torch.stack([positions_mask(t[2], len(t[1]), width, "generated") for t in batch])
             adv = torch.tensor([t[3] for t in batch], dtype=torch.promote_types(model.dtype, torch.float32))
             ones = torch.ones(len(batch), width, 1)
             if q == 1:  # PG: the gradient at the activations themselves, times them, on the path
@@ -174,7 +174,7 @@ def main() -> None:
     rows, best_g = [], None
     warm = rollouts[:2]  # one untimed pass of each side first (allocator, kernels)
     sites = [Site(layer, "residual") for layer in args.layers]
-    shard_scores(model, tok, warm, signal, AttributionConfig(layers=tuple(args.layers), q=2, completeness=False), sites,
+    shard_scores(model, tok, warm, signal, AttributionConfig(method="ipg", layers=tuple(args.layers), q=2, completeness=False), sites,
                  {s: torch.zeros(model.config.hidden_size) for s in sites})
     captum_scores(model, warm, args.layers[0], 2, "generated", 2)
     for positions in args.positions:

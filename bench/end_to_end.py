@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from ipg.driver.stages import STAGES  # noqa: E402
+from ipg.driver.report.stages import STAGES  # noqa: E402
 
 
 class Counter:
@@ -95,7 +95,7 @@ class StagedTimers:
     @contextmanager
     def __call__(self, stage: str):
         with self.timers(stage):
-            if stage == "baselines":
+            if stage == "baseline_statistics":
                 with self.counter.during("baseline_statistics"):
                     yield
             else:

@@ -67,7 +67,7 @@ def main() -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    res = attribute(model, tok, examples, signal=signal, layers=layers, n_samples=5, q=10, max_new_tokens=args.max_new_tokens,
+    res = attribute(model, tok, examples, signal=signal, method="ipg", layers=layers, n_samples=5, q=10, max_new_tokens=args.max_new_tokens,
                     batch_tokens=args.batch_tokens, completeness=False, generation_batch_size=64)
     seconds = time.perf_counter() - start
     out = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "dtype": args.dtype,

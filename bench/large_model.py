@@ -136,7 +136,7 @@ def capped(model_dir: Path, layer: int, n: int, out: Path, cap_bytes: int) -> No
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
              object_store_memory=512 * 2**20, runtime_env={"worker_process_setup_hook": cap_worker})
     from ipg.driver.config import DeepSpeedConfig, RayConfig
-    from ipg.driver.pipeline import RaySession
+    from ipg.driver.orchestration.pipeline import RaySession
     from ipg.attribution import AttributionConfig
 
     cfg = RayConfig(enabled=True, gradient_workers=1, shard_size=2, max_in_flight=1, progress="lines",

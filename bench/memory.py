@@ -37,7 +37,7 @@ model, tok = load_model({model!r})
 examples = splits()["support"][:{prompts}]
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter()
-res = attribute(model, tok, examples, layers={layers}, q={q}, n_samples={n}, max_new_tokens={tokens}, seed=0,
+res = attribute(model, tok, examples, method="ipg", layers={layers}, q={q}, n_samples={n}, max_new_tokens={tokens}, seed=0,
                 completeness=False, batch_tokens={budget})
 seconds = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -101,7 +101,7 @@ def zero3(model: str, ranks: int) -> dict:
     import ray
 
     from ipg.driver.config import DeepSpeedConfig, RayConfig
-    from ipg.driver.pipeline import RaySession
+    from ipg.driver.orchestration.pipeline import RaySession
 
     cfg = RayConfig(enabled=True, gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=ranks),
                     cpus_per_actor=0.5, progress="off")

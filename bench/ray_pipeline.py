@@ -48,14 +48,14 @@ def main() -> None:
 
     from ipg.cluster.ray_cluster import connect
     from ipg.driver.config import RayConfig
-    from ipg.driver.pipeline import RaySession, shard
+    from ipg.driver.orchestration.pipeline import RaySession, shard
     from ipg.attribution import AttributionConfig, attribute
     from ipg.files import atomic_write_json
     from ipg.models import load_model
     from ipg.organism.card import splits
 
     examples = splits()["support"][: args.prompts]
-    settings = dict(layers=(1, 2), n_samples=5, q=10, max_new_tokens=128, seed=0, completeness=False)  # ipg run's default
+    settings = dict(method="ipg", layers=(1, 2), n_samples=5, q=10, max_new_tokens=128, seed=0, completeness=False)  # the paper's IPG
     rows = []
 
     torch.set_num_threads(args.cpus)
@@ -139,8 +139,8 @@ def gradient_stage(model, tok, examples, settings, args, tmp: Path, ref: np.ndar
 
     from ipg.cluster.ray_cluster import ActorGroup, ActorSpec
     from ipg.driver.config import RayConfig
-    from ipg.driver.attribution_unit import run_shards
-    from ipg.driver.dispatch import Dispatch, shard
+    from ipg.driver.orchestration.attribution_unit import run_shards
+    from ipg.driver.orchestration.dispatch import Dispatch, shard
     from ipg.attribution import AttributionConfig, sample_rollouts, score_meta, shard_scores
     from ipg.components import Site
     from ipg.scores import PartialScores

@@ -62,7 +62,7 @@ g = torch.Generator().manual_seed({length})
 prompt = torch.randint(3, vocab, ({prompt},), generator=g).tolist()
 completion = torch.randint(3, vocab, ({length},), generator=g).tolist()
 trajs = [gp._Trajectory(prompt + completion, len(prompt), 1.0)]
-cfg = AttributionConfig(layers=({layer},), q={q}, checkpoint={checkpoint}, completeness=False)
+cfg = AttributionConfig(method="ipg", layers=({layer},), q={q}, checkpoint={checkpoint}, completeness=False)
 rows = [gp._Row(0, 0, a, w) for a, w in cfg.alphas]
 site = Site({layer}, "residual")
 open("/proc/self/clear_refs", "w").write("5")  # the peak counter restarts at the current resident set

@@ -9,7 +9,7 @@ Python API on Ray (names resolved lazily: ``import ipg.driver`` imports no Ray):
 
 from importlib import import_module
 
-_EXPORTS = {"attribute_on_ray": "ipg.driver.pipeline", "RaySession": "ipg.driver.pipeline", "RayConfig": "ipg.driver.config",
+_EXPORTS = {"attribute_on_ray": "ipg.driver.orchestration.pipeline", "RaySession": "ipg.driver.orchestration.pipeline", "RayConfig": "ipg.driver.config",
             "load_config": "ipg.driver.config", "run_experiment": "ipg.driver.experiment"}
 
 __all__ = sorted(_EXPORTS)

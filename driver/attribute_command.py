@@ -118,7 +118,7 @@ def _attribute(args, cfg: RunConfig, out: Path, params: dict, examples: list[dic
             atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
 
     if on_ray:
-        from ipg.driver.pipeline import attribute_on_ray
+        from ipg.driver.orchestration.pipeline import attribute_on_ray
         from ipg.models import load_tokenizer, model_context
 
         # formatted here, once: the driver holds the tokenizer, never the weights

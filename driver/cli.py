@@ -261,7 +261,7 @@ def _models(args) -> None:
 
 
 def _report(args) -> None:
-    from ipg.driver.report import write_report
+    from ipg.driver.report.write import write_report
 
     print(f"wrote {write_report(args.run_dir)}")
 
@@ -271,6 +271,24 @@ def _ray_flags(p) -> None:
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster on 127.0.0.1)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed Ray run in RUN_DIR, skipping the shards in its ledger")
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the output directory")
+
+
+def named_choices() -> str:
+    """The named choices of the settings, read from their registries: the help's epilog."""
+    from ipg.advantages import ADVANTAGES
+    from ipg.driver.selections import ACCURACY_BASELINES, CONTROL_METHODS
+    from ipg.methods import DEFAULT, METHODS
+    from ipg.paths import BASELINES, SCHEDULES
+    from ipg.signals import signal_names
+    from ipg.workers.backends import GRADIENT_BACKENDS, ROLLOUT_BACKENDS
+
+    rows = [("--attribution.method", list(METHODS), f"default {DEFAULT}"), ("--attribution.schedule", list(SCHEDULES), "ipg only"),
+            ("--attribution.baseline", list(BASELINES), ""), ("--attribution.advantage", list(ADVANTAGES), ""),
+            ("--baselines.methods", list(ACCURACY_BASELINES), "a list"), ("--length.methods", list(CONTROL_METHODS), "a list"),
+            ("--signal", signal_names(), "or package.module:function"),
+            ("--ray.rollout_backend", list(ROLLOUT_BACKENDS), ""), ("--ray.gradient_backend", list(GRADIENT_BACKENDS), "")]
+    return "named choices:\n" + "\n".join(f"  {flag:24} {' | '.join(names)}" + (f"  ({note})" if note else "")
+                                           for flag, names, note in rows)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -297,12 +315,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_organism_eval)
 
     p = sub.add_parser("attribute", help="one attribution of the support examples: scores.parquet and run.json in --out; "
-                                         "the settings of `ipg run` (--config, --preset, dotted overrides)")
+                                         "the settings of `ipg run` (--config, --preset, dotted overrides)",
+                       epilog=named_choices(), formatter_class=argparse.RawDescriptionHelpFormatter)
     attribute_command.add_arguments(p)
     _ray_flags(p)
     p.set_defaults(run=attribute_command.attribute_command, overrides=[])
 
-    p = sub.add_parser("run", help="attribute, steer and evaluate against baselines; writes a report")
+    p = sub.add_parser("run", help="attribute, steer and evaluate against baselines; writes a report",
+                       epilog=named_choices(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", help="YAML run config (default: the organism experiment)")
     p.add_argument("--preset", help="named settings over the config, under the dotted overrides: paper (the "
                                     "paper's attribution exactly)")

@@ -14,27 +14,22 @@ from pathlib import Path
 import yaml
 
 from ipg.driver.ray_config import DeepSpeedConfig, RayConfig, VLLMConfig
+from ipg.driver.selections import ACCURACY_BASELINES, CONTROL_METHODS
 from ipg.answers import DEFAULT_FORMATS, REFERENCE_FORMATS, Extractor
 from ipg.attribution import AttributionConfig
 from ipg.data import check_fields
 from ipg.errors import InputError
+from ipg.methods import METHODS
 from ipg.prompts import PromptFormat
 
 
 __all__ = ["DeepSpeedConfig", "RayConfig", "VLLMConfig", "RunConfig", "load_config"]  # the Ray sections live in driver.ray_config
 
-# The run's own selection method, chosen by measurement (docs/results/README.md): the per-component path
-# controlled accuracy beyond random at 8 of 9 settings of the organism and SmolLM2 comparisons, PG at 6, the
-# paper's whole-vector IPG at 2. `--preset paper` restores the paper's.
-DEFAULT_METHOD = "component"
-DEFAULT_METHOD_WHY = ("the default, chosen by measurement: beyond random at 8 of 9 settings of the organism and "
-                      "SmolLM2 comparisons, PG at 6, the paper's IPG at 2; docs/results/README.md")
-
-
 def _attribution_defaults() -> AttributionConfig:
     # the organism's defaults for a run; the seed is set by the runner, per entry of 'seeds'; the method is the
-    # run's own selection (the others of ipg / pg / component run as baselines when listed)
-    return AttributionConfig(layers=(1, 2), method=DEFAULT_METHOD, completeness=False)
+    # library's default (ipg.methods.DEFAULT; the others of ipg / pg / component run as baselines when listed;
+    # `--preset paper` restores the paper's)
+    return AttributionConfig(layers=(1, 2), completeness=False)
 
 
 @dataclass(frozen=True)
@@ -143,8 +138,8 @@ class ControlConfig:
     p: int = 8
     gammas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.5, 2.0, 3.0])
     signal_params: dict = field(default_factory=dict)
-    # selections steered beside the run's method: random (its own draws), activation, ipg / pg / component
-    # (each attributed with this signal), sae (the run's method on the layer's SAE features, where one exists)
+    # selections steered beside the run's method (driver.selections.CONTROL_METHODS): random (its own draws),
+    # activation, ipg / pg / component (each attributed with this signal), sae (the run's method on SAE features)
     methods: list[str] = field(default_factory=lambda: ["random"])
     random_draws: int = 1
 
@@ -154,9 +149,6 @@ class ControlConfig:
             raise InputError(f"methods: unknown {unknown[0]!r}; a control experiment steers {', '.join(CONTROL_METHODS)}")
         if self.random_draws < 1:
             raise InputError(f"random_draws: must be >= 1, got {self.random_draws}")
-
-
-CONTROL_METHODS = ("random", "activation", "ipg", "pg", "component", "sae")
 
 
 @dataclass(frozen=True)
@@ -203,10 +195,6 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
-# 'ipg', 'pg' and 'component' are baselines when the run's own method (attribution.method) is another one
-KNOWN_BASELINES = ("ipg", "pg", "component", "random", "activation", "concept_tokens", "control_vector", "reason_score")
-
-
 def _check_type(value, tp, key: str):
     """Coerce/validate a YAML value against a field type; raise naming the dotted key."""
     origin = typing.get_origin(tp)
@@ -239,7 +227,7 @@ def _check_type(value, tp, key: str):
     return value
 
 
-def _build(cls, data: dict, prefix: str, base=None):
+def build_section(cls, data: dict, prefix: str, base=None):
     if not isinstance(data, dict):
         raise InputError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
@@ -252,7 +240,7 @@ def _build(cls, data: dict, prefix: str, base=None):
         tp = hints[name]
         if dataclasses.is_dataclass(tp):
             default = fields[name].default_factory()  # a section starts from its own defaults
-            kwargs[name] = _build(tp, value, f"{prefix}{name}.", default)
+            kwargs[name] = build_section(tp, value, f"{prefix}{name}.", default)
         else:
             kwargs[name] = _check_type(value, tp, f"{prefix}{name}")
     try:
@@ -304,9 +292,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.attribution.seed != _attribution_defaults().seed:
         raise InputError("attribution.seed: set by the runner (once per entry of 'seeds'); remove it")
     for m in cfg.baselines.methods:
-        if m not in KNOWN_BASELINES:
-            raise InputError(f"baselines.methods: unknown '{m}'; use any of {list(KNOWN_BASELINES)}")
-    reserved = {"original", "ipg_sae", "pg_sae", *KNOWN_BASELINES}
+        if m not in ACCURACY_BASELINES:
+            raise InputError(f"baselines.methods: unknown '{m}'; use any of {list(ACCURACY_BASELINES)}")
+    reserved = {"original", "ipg_sae", "pg_sae", *ACCURACY_BASELINES}
     for name, overrides in cfg.variants.items():
         if name in reserved or not str(name).replace("_", "").isalnum():
             raise InputError(f"variants.{name}: a variant needs its own name (letters, digits, _), not one of {sorted(reserved)}")
@@ -331,8 +319,10 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise InputError(f"evaluation.p: a non-empty list of integers >= 1, got {cfg.evaluation.p}")
     if not cfg.seeds:
         raise InputError("seeds: give at least one seed")
-    component = ["attribution.method"] * (cfg.attribution.method == "component") + ["baselines.methods"] * (
-        "component" in cfg.baselines.methods) + [f"variants.{n}.method" for n, o in cfg.variants.items() if o.get("method") == "component"]
+    per_component = [n for n in METHODS if METHODS[n].per_component]
+    component = ["attribution.method"] * cfg.attribution.path.per_component + ["baselines.methods"] * bool(
+        set(per_component) & set(cfg.baselines.methods)) + [f"variants.{n}.method" for n, o in cfg.variants.items()
+                                                              if o.get("method") in per_component]
     if component and cfg.ray.gradient_backend == "deepspeed":
         raise InputError(f"{component[0]}: method 'component' needs ray.gradient_backend 'torch' (its forward passes do not "
                          "run on ZeRO-3 groups yet); choose pg or ipg, or the torch backend")
@@ -385,7 +375,7 @@ def load_config(path: str | None = None, overrides: list[str] | None = None, pre
         for key, value in PRESETS[preset].items():
             _set_dotted(tree, key, value)
     set_overrides(tree, overrides or [])
-    return validate(_build(RunConfig, tree, ""))
+    return validate(build_section(RunConfig, tree, ""))
 
 
 def set_overrides(tree: dict, overrides: list[str], prefix: str = "", refusal: str = "") -> dict:

@@ -30,12 +30,12 @@ import pyarrow as pa
 import yaml
 
 from ipg.cluster.metrics import StageTimer
-from ipg.driver.config import DEFAULT_METHOD, DEFAULT_METHOD_WHY, RunConfig, as_dict
-from ipg.driver.model_access import LocalModel, RayModel
+from ipg.driver.config import RunConfig, as_dict
+from ipg.driver.orchestration.model_access import LocalModel, RayModel
 from ipg.driver.run_inputs import load_saes, signal_params_of, splits_of
-from ipg.driver.run_tables import RunTables
-from ipg.driver.stages import describe as describe_stages
-from ipg.driver.stages import stage_split
+from ipg.driver.report.tables import RunTables
+from ipg.driver.report.stages import describe as describe_stages
+from ipg.driver.report.stages import stage_split
 from ipg.attribution import attribute
 from ipg.baselines import random_components, top_components
 from ipg.components import Site
@@ -47,7 +47,9 @@ from ipg.massive import RATIO as MASSIVE_RATIO
 from ipg.massive import massive_components, median_ratio
 from ipg.packing import Job
 from ipg.models import load_model, load_tokenizer, model_context
-from ipg.paths import METHODS
+from ipg.methods import DEFAULT as DEFAULT_METHOD
+from ipg.methods import DEFAULT_WHY as DEFAULT_METHOD_WHY
+from ipg.methods import METHODS
 from ipg.prompts import format_examples, longest_prompt
 from ipg.provenance import versions
 from ipg.scores import dice, select
@@ -125,13 +127,16 @@ class Experiment:
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
         if on_ray:
-            from ipg.driver.pipeline import RaySession
+            from ipg.driver.orchestration.pipeline import RaySession
+            from ipg.driver.orchestration.rollout_choice import resolve
+
+            cfg = self.cfg = dataclasses.replace(cfg, ray=resolve(cfg.ray, cfg.model, log))  # 'auto' decided once, here
 
             longest = longest_prompt(self.tokenizer, self.support_all + self.eval_examples)
             new_tokens = max(cfg.attribution.max_new_tokens, cfg.evaluation.max_new_tokens)
             self.session = RaySession(cfg.model, cfg.ray, log, signals=signals or [cfg.signal], max_tokens=longest + new_tokens,
                                       run=run_name or Path(cfg.out).name)
-            self.log(f"ray: {cfg.ray.rollout_workers} rollout ({self.session.cfg.rollout_backend}) + {cfg.ray.gradient_workers} gradient workers on "
+            self.log(f"ray: {cfg.ray.rollout_workers} rollout ({cfg.ray.rollout_backend}) + {cfg.ray.gradient_workers} gradient workers on "
                      f"{self.session.info['address']} (dashboard {self.session.info['dashboard_url']})")
             self.lm = RayModel(self.session, cfg.evaluation.batch_size)
         else:
@@ -163,7 +168,7 @@ class Experiment:
         a = dataclasses.replace(self.cfg.attribution, layers=tuple(layers), kind=kind or self.cfg.attribution.kind,
                                 method=method or self.cfg.attribution.method, seed=seed)
         a = dataclasses.replace(a, **(overrides or {}))
-        if a.method == "component":  # it selects among its candidates: at least as many as the largest p
+        if a.path.per_component:  # it selects among its candidates: at least as many as the largest p
             needed = max(a.candidates, *self.cfg.evaluation.p, self.cfg.cards.components)
             if needed > a.candidates and not self.said_candidates:
                 self.said_candidates = True
@@ -226,7 +231,7 @@ class Experiment:
         if todo:
             if len(todo) > 1 and e.pack_tokens > 0:
                 self.log(f"  evaluating {len(todo)} steerings together (packed up to {e.pack_tokens} tokens per batch)")
-            with self.timers("evaluate"):
+            with self.timers("evaluation"):
                 self.lm.generate_many([Job(p.examples, p.steering) for p in todo], params, e.positions, e.pack_tokens, done)
         out = []
         for p in pending:
@@ -260,10 +265,11 @@ class Experiment:
     def _attribute_methods(self, examples, methods: set, **kw) -> dict:
         """Attributions of ``methods`` (of ipg / pg / component) on the same prompts, by method. PG runs once,
         before the component path, which re-scores PG's top candidates from its table."""
-        needed = set(methods) | ({"pg"} if "component" in methods else set())
+        later = [m for m in METHODS if m in methods and METHODS[m].per_component]  # they need PG's table
+        first = [m for m in METHODS if (m in methods or m == "pg" and later) and m not in later]
         results = {}
-        for m in [m for m in METHODS if m in needed and m != "component"] + ["component"] * ("component" in needed):
-            results[m] = self.attribute(examples, method=m, pg_table=results["pg"].table if m == "component" else None, **kw)
+        for m in first + later:
+            results[m] = self.attribute(examples, method=m, pg_table=results["pg"].table if m in later else None, **kw)
         return results
 
     def _rollouts(self, res, examples, signal: str | None = None, signal_params: dict | None = None):
@@ -273,7 +279,7 @@ class Experiment:
         if res.rollouts:
             return res.rollouts
         signal = signal or self.cfg.signal
-        with self.timers("baseline_rollouts"):
+        with self.timers("rollout"):
             return self.lm.rollouts(examples, res.config, signal, signal_params_of(self.cfg, signal, signal_params))
 
     def _random(self, site: Site, p: int, seed: int, draw: int = 0):
@@ -393,7 +399,7 @@ class Experiment:
         gammas = cfg.evaluation.enhance_gammas + cfg.evaluation.suppress_gammas
         for layer in a.layers:
             site = Site(layer, a.kind)
-            with self.timers("baselines"):
+            with self.timers("baseline_statistics"):
                 scores = {}
                 magnitude = self.lm.activation_scores(sequences, site)  # flags, and the activation baseline
                 self._note_massive(site, seed, magnitude)
@@ -426,7 +432,7 @@ class Experiment:
                 eos = self.tokenizer.eos_token_id
                 correct = [s.prompt_ids + [t for t in s.completion_ids if t != eos] for r in rollouts
                            for s, reward in zip(r.samples, r.rewards) if reward > 0]
-                with self.timers("baselines"):
+                with self.timers("baseline_statistics"):
                     vector, separation = self.lm.control_vector(correct[:64], layer, seed)
                 for gamma in cfg.evaluation.enhance_gammas:  # enhance only, as in the paper
                     self.queue({"add": layer, "vector": vector, "coefficient": (gamma - 1.0) * separation},
@@ -458,7 +464,7 @@ class Experiment:
             chosen = {m: select(res.table, c.p, layer=layer, kind=site.kind) for m, res in results.items()
                       if m == main or m in c.methods}
             if "activation" in c.methods:
-                with self.timers("baselines"):
+                with self.timers("baseline_statistics"):
                     chosen["activation"] = top_components(self.lm.activation_scores(sequences, site), site, c.p)
             if sae_res is not None and layer in sae_layers:
                 chosen[f"{main}_sae"] = select(sae_res.table, c.p, layer=layer, kind="sae")
@@ -502,7 +508,7 @@ class Experiment:
                          "fields": d.fields, "reference": d.reference}}
 
     def _write(self, out: Path, seconds: float) -> None:
-        from ipg.driver.report import write_report
+        from ipg.driver.report.write import write_report
 
         setup = self.setup()
         self.tables.write(out, setup)
@@ -514,8 +520,8 @@ class Experiment:
             "n_support_pool": len(self.support_all), "n_eval": len(self.eval_examples), "refused_examples": self.refused,
             "timings": {k: round(v, 2) for k, v in self.timers.seconds.items()}, "seconds": round(seconds, 1), "stages": stages,
             "ray": self.session.info if self.session is not None else None,
-            "rollout_backend": self.session.cfg.rollout_backend if self.session is not None else "hf",  # auto: as resolved
-            "evaluation_engine": self.session.cfg.rollout_backend if self.session is not None else "hf",
+            "rollout_backend": self.cfg.ray.rollout_backend if self.session is not None else "hf",  # auto: as resolved
+            "evaluation_engine": self.cfg.ray.rollout_backend if self.session is not None else "hf",
             "versions": versions(),
         })
         self.log(describe_stages(stages))

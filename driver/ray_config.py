@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ipg.errors import InputError
+from ipg.workers.backends import GRADIENT_BACKENDS, ROLLOUT_BACKENDS
 
 
 @dataclass(frozen=True)
@@ -79,10 +80,10 @@ class RayConfig:
     # (KubeRay worker groups: rayStartParams.resources, e.g. '{"ipg_rollout": 1000}'); empty: any node
     rollout_resources: dict[str, float] = field(default_factory=dict)
     gradient_resources: dict[str, float] = field(default_factory=dict)
-    # hf | vllm: rollout actors; auto: vllm when installed and able to run the model, else hf (the log says
-    # which); deepspeed: the ZeRO-3 gradient groups sample (no process holds the model)
+    # one of workers.backends.ROLLOUT_BACKENDS: hf | vllm (rollout actors), auto (vllm when installed and able
+    # to run the model, else hf; resolved when the run starts), deepspeed (the ZeRO-3 gradient groups sample)
     rollout_backend: str = "hf"
-    gradient_backend: str = "torch"
+    gradient_backend: str = "torch"  # workers.backends.GRADIENT_BACKENDS: torch | deepspeed
     progress: str = "auto"  # auto (bar on a terminal, lines in a job log) | bar | lines | off
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
@@ -96,14 +97,11 @@ class RayConfig:
             raise InputError(f"placement_timeout_s: must be > 0 seconds, got {self.placement_timeout_s}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise InputError("cpus_per_actor / gpus_per_actor: must be >= 0")
-        if self.rollout_backend not in ("hf", "vllm", "auto", "deepspeed"):
-            raise InputError(f"rollout_backend: '{self.rollout_backend}'; use 'hf', 'vllm' (install the vllm extra), 'auto' "
-                             "(vllm when installed and able to run the model, else hf) or 'deepspeed' (the ZeRO-3 groups sample)")
-        if self.gradient_backend not in ("torch", "deepspeed"):
-            raise InputError(f"gradient_backend: '{self.gradient_backend}'; use 'torch' or 'deepspeed'")
-        if self.rollout_backend == "deepspeed" and self.gradient_backend != "deepspeed":
-            raise InputError("rollout_backend: 'deepspeed' samples in the ZeRO-3 gradient groups; set gradient_backend: "
-                             "deepspeed too, or use rollout_backend 'hf' or 'vllm'")
+        rollout = ROLLOUT_BACKENDS.get(self.rollout_backend, "rollout_backend")
+        GRADIENT_BACKENDS.get(self.gradient_backend, "gradient_backend")
+        if rollout.needs_gradient and self.gradient_backend != rollout.needs_gradient:
+            raise InputError(f"rollout_backend: '{self.rollout_backend}' samples in the ZeRO-3 gradient groups; set gradient_backend: "
+                             f"{rollout.needs_gradient} too, or use rollout_backend 'hf' or 'vllm'")
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise InputError(f"progress: '{self.progress}'; use auto, bar, lines or off")
         for name in ("rollout_resources", "gradient_resources"):
@@ -116,7 +114,7 @@ class RayConfig:
 
     def gpus_needed(self) -> float:
         ranks = self.deepspeed.ranks if self.gradient_backend == "deepspeed" else 1
-        rollout = 0 if self.rollout_backend == "deepspeed" else self.rollout_workers
+        rollout = 0 if ROLLOUT_BACKENDS[self.rollout_backend].needs_gradient else self.rollout_workers  # ranks sample
         return (rollout + self.gradient_workers * ranks) * self.gpus_per_actor
 
     def active(self) -> bool:

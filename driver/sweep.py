@@ -40,13 +40,14 @@ from pathlib import Path
 import pyarrow as pa
 import yaml
 
-from ipg.driver.config import RunConfig, _build, read_yaml, set_overrides, validate
+from ipg.driver.config import RunConfig, build_section, read_yaml, set_overrides, validate
 from ipg.driver.storage import Store
 from ipg.driver.sweep_push import STATUSES as PUSHED_STATUSES
 from ipg.driver.sweep_push import Pushgateway
 from ipg.components import KINDS
 from ipg.errors import InputError
-from ipg.paths import METHODS
+from ipg.methods import DEFAULT as DEFAULT_METHOD
+from ipg.methods import METHODS
 from ipg.scores import select
 from ipg.signals import make_signal, signal_names
 
@@ -106,7 +107,7 @@ class SweepSpec:
     def run_config(self, model: dict, out: str) -> RunConfig:
         tree = _merge(self.tree, {"model": model, "out": out})
         try:
-            return validate(_build(RunConfig, tree, ""))
+            return validate(build_section(RunConfig, tree, ""))
         except InputError as e:
             raise InputError(f"{self.path}: {e}") from None
 
@@ -190,7 +191,7 @@ def load_spec(path: str, out: str | None = None) -> SweepSpec:
     out = out or spec.get("out") or f"runs/sweeps/{name}"
     s = SweepSpec(name=name, path=str(path), models=models, signals=signals, layers=layers,
                   kinds=_list(spec, "kinds", path, str, KINDS) if "kinds" in spec else ["residual"],
-                  methods=_list(spec, "methods", path, str, METHODS) if "methods" in spec else ["ipg"],
+                  methods=_list(spec, "methods", path, str, METHODS) if "methods" in spec else [DEFAULT_METHOD],
                   steering=steering, out=str(out), tree=tree,
                   pushgateway=Pushgateway.from_spec(spec.get("pushgateway"), str(path)))
     for m in s.models:  # every model's config must validate before any cell runs

@@ -12,30 +12,35 @@ the prompt still counts in the dataset mean.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from ipg.errors import InputError
+from ipg.registry import Registry
 
-ADVANTAGES = ("grpo", "mean", "rloo", "none")
 EPS = 1e-6
+
+# name -> (rewards of one group, at least two and not all equal -> advantages); "none" takes every group as is
+ADVANTAGES: Registry[Callable[[list[float]], list[float]]] = Registry("advantage")
+ADVANTAGES.add("grpo", lambda r: _grpo(r))
+ADVANTAGES.add("mean", lambda r: [x - sum(r) / len(r) for x in r])
+ADVANTAGES.add("rloo", lambda r: [x - (sum(r) - x) / (len(r) - 1) for x in r])
+ADVANTAGES.add("none", lambda r: [float(x) for x in r])
+
+
+def _grpo(rewards: list[float]) -> list[float]:
+    mean = sum(rewards) / len(rewards)
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (len(rewards) - 1))
+    return [(r - mean) / (std + EPS) for r in rewards]
 
 
 def advantages(rewards: list[float], kind: str = "grpo") -> list[float]:
     """Advantages for one prompt's group of rewards."""
-    if kind not in ADVANTAGES:
-        raise InputError(f"advantage: unknown '{kind}'; use one of {list(ADVANTAGES)}")
+    fn = ADVANTAGES.get(kind, "advantage")
     bad = [r for r in rewards if not math.isfinite(r)]
     if bad:
         raise InputError(f"signal: reward {bad[0]} is not finite; a signal must return finite floats")
-    n = len(rewards)
     if kind == "none":
-        return [float(r) for r in rewards]
-    if n < 2 or max(rewards) == min(rewards):
-        return [0.0] * n
-    mean = sum(rewards) / n
-    if kind == "mean":
-        return [r - mean for r in rewards]
-    if kind == "rloo":
-        total = sum(rewards)
-        return [r - (total - r) / (n - 1) for r in rewards]
-    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / (n - 1))
-    return [(r - mean) / (std + EPS) for r in rewards]
+        return fn(rewards)
+    if len(rewards) < 2 or max(rewards) == min(rewards):
+        return [0.0] * len(rewards)
+    return fn(rewards)

@@ -28,10 +28,11 @@ import torch
 
 from ipg.attribution_config import AttributionConfig
 from ipg.completeness import completeness_record, points_to_sample
+from ipg.component_path import component_candidates, component_partial
 from ipg.components import Site, check_site, site_activations
 from ipg.errors import InputError
 from ipg.models import model_context
-from ipg.gradient_pass import TrajectoryAtSite, _positions_mask, from_site, policy_logprobs, rows_for, site_scores
+from ipg.gradient_pass import TrajectoryAtSite, positions_mask, from_site, policy_logprobs, rows_for, site_scores
 from ipg.prompts import PromptFormat, format_examples
 from ipg.rollouts import Rollout, prepare_examples, sample_rollouts
 from ipg.scores import PartialScores
@@ -105,7 +106,7 @@ def activation_sums(model, rollouts: list[Rollout], site: Site, cfg: Attribution
     else:
         pieces = site_activations(model, site, sequences, saes=saes, batch_tokens=cfg.budget(next(model.parameters()).device))
     for ids, prompt_len, h in pieces:
-        mask = _positions_mask(prompt_len, len(ids), len(ids), cfg.positions)
+        mask = positions_mask(prompt_len, len(ids), len(ids), cfg.positions)
         total += h[mask].double().sum(0)
         count += int(mask.sum())
     return total, count
@@ -133,9 +134,7 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
 
     Method 'component' scores the components named in ``candidates`` (per site, chosen from a PG pass
     over all the prompts, ``component_candidates``) on the per-component path."""
-    if cfg.method == "component":
-        from ipg.component_path import component_partial
-
+    if cfg.path.per_component:
         if agree is not None:
             raise InputError("attribution.method: 'component' is not available with the deepspeed gradient backend yet "
                              "(its forward passes would need the group's lockstep); use the torch backend or method 'pg'")
@@ -147,13 +146,13 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
         (log or (lambda msg: None))(f"component path: {sum(map(len, candidates.values()))} candidates in {time.perf_counter() - t:.1f}s")
         return ShardScores(partial, {site: [(1.0, 1.0, rollouts)] for site in sites},
                            {"path_rollouts": 0.0, "gradient": time.perf_counter() - t}, {}, rollouts)
-    if agree is not None and cfg.resample and cfg.method == "ipg":
+    if agree is not None and cfg.resamples:
         raise InputError("attribution.resample: not available with the deepspeed gradient backend yet (path sampling "
                          "would need lockstep generation); use the torch backend for resample mode")
     log = log or (lambda msg: None)
     timings = {"path_rollouts": 0.0, "gradient": 0.0}
     paths, skipped = {}, {}
-    if cfg.resample and cfg.method == "ipg":
+    if cfg.resamples:
         t = time.perf_counter()
         while True:  # path rollouts of all sites first, so a prompt skipped at one site is dropped from all
             examples = [r.example for r in rollouts]
@@ -170,7 +169,7 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
     partial = PartialScores()
     # outside resample mode every site's path holds the same rollouts: one group shares captures and
     # micro-batches; resample mode drew other trajectories per site
-    groups = [[site] for site in sites] if cfg.resample and cfg.method == "ipg" else [sites]
+    groups = [[site] for site in sites] if cfg.resamples else [sites]
     for group in groups:
         t = time.perf_counter()
         trajectories, rows = rows_for(paths[group[0]])
@@ -231,9 +230,7 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     baselines = site_baselines(model, base, sites, cfg, saes)
     timings["baseline_statistics"] = time.perf_counter() - t
     candidates = None
-    if cfg.method == "component":
-        from ipg.component_path import component_candidates
-
+    if cfg.path.per_component:
         if pg_table is None:
             pg_cfg = dataclasses.replace(cfg, method="pg")
             pg_table = shard_scores(model, tokenizer, base, sig, pg_cfg, sites, baselines, saes, log).partial.table(
@@ -273,14 +270,14 @@ def score_meta(model, signal_name: str, cfg: AttributionConfig, run_id: str = ""
     from ipg.models import model_fingerprint
 
     return {"run_id": run_id, "model": model if isinstance(model, str) else model_fingerprint(model), "signal": signal_name, "method": cfg.method,
-            "q": cfg.q if cfg.method == "ipg" else 1, "schedule": cfg.schedule, "baseline": cfg.baseline,
+            "q": cfg.q if cfg.path.integrates else 1, "schedule": cfg.schedule, "baseline": cfg.baseline,
             "advantage": cfg.advantage, "positions": cfg.positions, "seed": cfg.seed}
 
 
 def _completeness(model, tokenizer, examples, sig, cfg, site, baseline, saes, path, j1: float, sum_scores: float) -> dict:
     """The site's completeness record (ipg.completeness), its J values sampled here."""
     measured = {}
-    if cfg.resample and cfg.method == "ipg":
+    if cfg.resamples:
         measured["J_path"] = [[a, float(np.mean([np.mean(r.rewards) for r in rolls]))] for a, _, rolls in path]
     for name, alpha in points_to_sample(cfg, measured.get("J_path")):
         rolls = sample_rollouts(model, tokenizer, examples, sig, cfg, site=site, alpha=alpha, baseline=baseline, saes=saes)

@@ -11,9 +11,11 @@ from ipg.advantages import ADVANTAGES
 from ipg.components import KINDS, POSITIONS
 from ipg.errors import InputError
 from ipg.generation import SamplingParams
-from ipg.paths import BASELINES, METHODS, SCHEDULES, schedule
+from ipg.methods import DEFAULT as DEFAULT_METHOD
+from ipg.methods import METHODS, Method
+from ipg.paths import BASELINES, SCHEDULES, schedule
 
-_AUTOCAST = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AUTOCAST_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,14 @@ class AttributionConfig:
     schedule: str = "uniform"
     baseline: str = "zero"
     advantage: str = "grpo"
-    method: str = "ipg"  # ipg (the path integral), pg (its alpha = 1 term), component (the per-component path)
+    method: str = DEFAULT_METHOD  # one of ipg.methods.METHODS: component (the default), ipg (the paper's), pg
     candidates: int = 32  # method 'component': PG's top this-many components per site are re-scored
     resample: bool = False
     positions: str = "generated"
-    temperature: float = 0.6
-    top_p: float = 0.8
-    max_new_tokens: int = 128
+    # the rollouts' sampling: the sampler's own defaults (ipg.generation.SamplingParams)
+    temperature: float = SamplingParams.temperature
+    top_p: float = SamplingParams.top_p
+    max_new_tokens: int = SamplingParams.max_new_tokens
     seed: int = 0
     policy_temperature: float = 1.0  # log pi of the gradient: the model's own policy (the paper's)
     batch_tokens: int = 0  # micro-batch budget: rows x padded length per forward/backward; 0: by device (see budget)
@@ -60,7 +63,7 @@ class AttributionConfig:
             ("batch_tokens", isinstance(self.batch_tokens, int) and self.batch_tokens >= 0,
              "an integer >= 1, or 0 to size it by device (CPU 2048, GPU 8192)"),
             ("on_error", self.on_error in ("fail", "skip"), "'fail' or 'skip'"),
-            ("autocast", self.autocast in _AUTOCAST, f"one of {list(_AUTOCAST)}"),
+            ("autocast", self.autocast in AUTOCAST_DTYPES, f"one of {list(AUTOCAST_DTYPES)}"),
             ("checkpoint", isinstance(self.checkpoint, bool), "true or false"),
             ("share_prefix", isinstance(self.share_prefix, bool), "true or false"),
         ]
@@ -81,6 +84,16 @@ class AttributionConfig:
         if self.batch_tokens:
             return self.batch_tokens
         return 2048 if torch.device(device).type == "cpu" else 8192
+
+    @property
+    def path(self) -> Method:
+        """The attribution method's traits (``ipg.methods``)."""
+        return METHODS[self.method]
+
+    @property
+    def resamples(self) -> bool:
+        """Fresh rollouts at each alpha: ``resample`` on a method that walks the path."""
+        return self.resample and self.path.integrates
 
     @property
     def alphas(self) -> list[tuple[float, float]]:

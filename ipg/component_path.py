@@ -40,7 +40,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ipg.attribution import AttributionConfig, Rollout, TrajectoryAtSite
+from ipg.attribution_config import AttributionConfig
+from ipg.gradient_pass import TrajectoryAtSite
+from ipg.rollouts import Rollout
 from ipg.components import Site
 from ipg.scores import PartialScores, select
 

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from ipg.attribution_config import _AUTOCAST, AttributionConfig
+from ipg.attribution_config import AUTOCAST_DTYPES, AttributionConfig
 from ipg.components import Site, capture_sites, check_site, decoder_layers, edit
 from ipg.generation import Sample
 from ipg.rollouts import Rollout
@@ -80,7 +80,7 @@ def _checkpointed(model, start: int, enabled: bool):
     return _swapped_blocks(model, {i: _Checkpointed for i in range(start, len(decoder_layers(model)))} if enabled else {})
 
 
-def _positions_mask(prompt_len: int, total_len: int, width: int, positions: str) -> torch.Tensor:
+def positions_mask(prompt_len: int, total_len: int, width: int, positions: str) -> torch.Tensor:
     """(width,) bool: the positions on the path. generated: L-1 .. L+T-2 (decision positions)."""
     mask = torch.zeros(width, dtype=torch.bool)
     if positions == "all":
@@ -227,7 +227,7 @@ def _micro_batches(rows: list[_Row], lengths: list[int], budget: int, prefix_len
 
 
 def _autocast(cfg: AttributionConfig, device: torch.device):
-    dtype = _AUTOCAST[cfg.autocast]
+    dtype = AUTOCAST_DTYPES[cfg.autocast]
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
@@ -326,8 +326,8 @@ class TrajectoryAtSite:
         T, L = len(ids), len(sample.prompt_ids)
         device = next(model.parameters()).device
         acts = {k: v[0] for k, v in capture_sites(model, [site], [ids], saes)[site].items()}
-        return cls(ids, acts, _positions_mask(L, T, T, cfg.positions).to(device),
-                   _positions_mask(L, T, T, "generated").to(device))
+        return cls(ids, acts, positions_mask(L, T, T, cfg.positions).to(device),
+                   positions_mask(L, T, T, "generated").to(device))
 
     @property
     def h(self) -> torch.Tensor:
@@ -359,9 +359,9 @@ def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, act
         return torch.stack([acts[r.traj][key][start:width] for r in batch]) if key in acts[batch[0].traj] else None
 
     ids = torch.tensor([trajectories[r.traj].ids + [0] * (width - len(trajectories[r.traj].ids)) for r in batch], device=device)[:, start:]
-    on_path = torch.stack([_positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, cfg.positions)
+    on_path = torch.stack([positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, cfg.positions)
                            for r in batch]).to(device)[:, start:]  # (R, T)
-    targets = torch.stack([_positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, "generated")
+    targets = torch.stack([positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, "generated")
                            for r in batch]).to(device)[:, start:]  # (R, T): states that predict generated tokens
     h = padded("h")  # residual: block output (R, T, hidden); mlp: down_proj input (R, T, inter); sae: features
     b = b.to(h.dtype)  # a bf16 model's path stays bf16 (the baseline is kept in float32)

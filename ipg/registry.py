@@ -1,5 +1,8 @@
-"""Named choices (signals, answer formats) in registries that refuse silent overrides: registering a name
-twice is an error unless the caller says ``replace=True``."""
+"""Named choices in registries that refuse silent overrides: registering a name twice is an error unless the
+caller says ``replace=True``. Every family of choices lives in one: signals (``ipg.signals``), answer formats
+(``ipg.answers``), attribution methods (``ipg.methods``), alpha schedules and activation baselines
+(``ipg.paths``), advantages (``ipg.advantages``), selection baselines (``ipg.driver.selections``) and backends
+(``ipg.workers.backends``). Config validation, the CLI's help and the docs read the names from them."""
 
 from __future__ import annotations
 
@@ -23,6 +26,25 @@ class Registry(Generic[T]):
             return item
 
         return wrap
+
+    def add(self, name: str, item: T, *, replace: bool = False) -> T:
+        """Register ``item`` under ``name`` (the non-decorator form)."""
+        return self.register(name, replace=replace)(item)
+
+    def get(self, name: str, field: str) -> T:
+        """The item named ``name``, or an ``InputError`` naming ``field`` and the choices."""
+        from ipg.errors import InputError
+
+        if name not in self._items:
+            raise InputError(f"{field}: unknown {name!r}; use one of {list(self._items)}")
+        return self._items[name]
+
+    def __iter__(self):
+        """The names, in the order they were registered."""
+        return iter(list(self._items))
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def __contains__(self, name: object) -> bool:
         return name in self._items

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from ipg import sae_lens
 from ipg.errors import InputError
 from ipg.files import atomic_write_bytes
 
@@ -84,9 +85,7 @@ class SAE(torch.nn.Module):
         InputError."""
         path = Path(path)
         if path.is_dir():
-            from ipg.sae_lens import header
-
-            return header(path)
+            return sae_lens.header(path)
         if not path.is_file():
             raise InputError(f"sae: file '{path}' not found; train one with `ipg sae train`, or give a SAELens "
                              "directory (cfg.json, sae_weights.safetensors)")
@@ -103,9 +102,9 @@ class SAE(torch.nn.Module):
     def load(cls, path: str | Path) -> "SAE":
         path = Path(path)
         if path.is_dir():
-            from ipg.sae_lens import load
-
-            sae = load(path)
+            args, state = sae_lens.read(path)
+            sae = cls(*args)
+            sae.load_state_dict(state)
         else:
             meta = cls.header(path)
             sae = cls(int(meta["d_model"]), int(meta["n_features"]), int(meta["k"]), int(meta["layer"]),

@@ -32,7 +32,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ipg.errors import InputError
-from ipg.sae import SAE
 
 CFG = "cfg.json"
 WEIGHTS = "sae_weights.safetensors"
@@ -92,8 +91,9 @@ def header(path: str | Path) -> dict:
             "model": str(c["meta"].get("model_name") or ""), "architecture": c["architecture"], "format": "sae_lens"}
 
 
-def load(path: str | Path) -> SAE:
-    """A SAELens SAE directory as an ipg SAE (float32, on the CPU)."""
+def read(path: str | Path) -> tuple[tuple, dict]:
+    """A SAELens SAE directory as an ipg SAE's constructor arguments and state dict (float32, on the CPU);
+    ``ipg.sae.SAE.load`` builds the SAE from them."""
     path = Path(path)
     c = _config(path)
     w = {k: v.to(torch.float32) for k, v in load_file(str(path / WEIGHTS)).items()}
@@ -109,17 +109,16 @@ def load(path: str | Path) -> SAE:
     if c["architecture"] == "topk" and c["cfg"].get("rescale_acts_by_decoder_norm"):
         norm = w["W_dec"].norm(dim=-1).clamp(min=1e-12)  # (d_sae,): fold it, as SAELens's own fold does
         w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norm, w["b_enc"] * norm, w["W_dec"] / norm[:, None]
-    sae = SAE(c["d_in"], c["d_sae"], c["k"], c["layer"], str(c["meta"].get("model_name") or ""), c["architecture"],
-              bool(c["cfg"].get("apply_b_dec_to_input", True)))
+    args = (c["d_in"], c["d_sae"], c["k"], c["layer"], str(c["meta"].get("model_name") or ""), c["architecture"],
+            bool(c["cfg"].get("apply_b_dec_to_input", True)))
     state = {"W_enc": w["W_enc"].T, "b_enc": w["b_enc"], "W_dec": w["W_dec"].T, "b_pre": w["b_dec"]}
     if c["architecture"] == "jumprelu":
         state["threshold"] = w["threshold"]
-    sae.load_state_dict({k: v.contiguous() for k, v in state.items()})
-    return sae
+    return args, {k: v.contiguous() for k, v in state.items()}
 
 
-def export(sae: SAE, path: str | Path) -> Path:
-    """Write ``sae`` as a SAELens SAE directory at ``path`` (replaced whole, never half-written)."""
+def export(sae, path: str | Path) -> Path:
+    """Write ``sae`` (an ``ipg.sae.SAE``) as a SAELens SAE directory at ``path`` (replaced whole, never half-written)."""
     path = Path(path)
     architecture = {v: k for k, v in _ARCH.items()}[sae.architecture]
     cfg = {"architecture": architecture, "d_in": sae.d_model, "d_sae": sae.n_features, "dtype": "float32",

@@ -32,7 +32,7 @@ from ipg.components import ComponentId, Site, check_site, edit
 from ipg.errors import InputError
 
 
-def _by_site(components: list[ComponentId]) -> dict[Site, list[int]]:
+def by_site(components: list[ComponentId]) -> dict[Site, list[int]]:
     sites: dict[Site, list[int]] = defaultdict(list)
     for c in components:
         sites[c.site].append(c.index)
@@ -47,7 +47,7 @@ def scale(model, components: list[ComponentId], gamma: float, *, positions: str 
     if not gamma >= 0:
         raise InputError(f"steering.gamma: must be >= 0, got {gamma}")
     with ExitStack() as stack:
-        for site, indices in _by_site(components).items():
+        for site, indices in by_site(components).items():
             idx = torch.tensor(sorted(set(indices)))
 
             def fn(h, idx=idx):  # h: (B, T_sel, width)
@@ -100,7 +100,7 @@ def variant_tables(variants: list[dict | None], widths: dict[Site, int]) -> dict
         if "scale" in variant:
             if not variant["gamma"] >= 0:
                 raise InputError(f"steering.gamma: must be >= 0, got {variant['gamma']}")
-            for site, indices in _by_site(_variant_components(variant)).items():
+            for site, indices in by_site(_variant_components(variant)).items():
                 t = tables.setdefault(site, {})
                 if "scale" not in t:
                     t["scale"] = torch.ones(len(variants), widths[site])

@@ -6,7 +6,7 @@ import numpy as np
 
 from ipg.driver.config import RayConfig
 
-SETTINGS = dict(layers=(1, 2), q=3, n_samples=4, max_new_tokens=96, seed=7, completeness=False)
+SETTINGS = dict(method="ipg", layers=(1, 2), q=3, n_samples=4, max_new_tokens=96, seed=7, completeness=False)
 
 
 def assert_same_scores(table, reference, scale_rtol=5e-6):

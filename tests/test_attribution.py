@@ -15,7 +15,7 @@ from ipg.scores import SCHEMA, dice, select, write_scores
 pytestmark = pytest.mark.unit
 
 EXAMPLES = [{"id": f"e{i}", "prompt": f"{10 + 7 * i}+{21 + 3 * i}\n", "answer": "1"} for i in range(4)]
-FAST = dict(q=3, n_samples=4, max_new_tokens=8, temperature=1.0, top_p=1.0, completeness=False)
+FAST = dict(method="ipg", q=3, n_samples=4, max_new_tokens=8, temperature=1.0, top_p=1.0, completeness=False)
 
 
 def checksum(completion, example):
@@ -202,7 +202,7 @@ def test_lockstep_padding_changes_no_score(organism, kind):
     from ipg.signals import make_signal
 
     model, tok = organism
-    cfg = AttributionConfig(layers=(1,), kind=kind, q=2, n_samples=4, max_new_tokens=64, batch_tokens=600, completeness=False)
+    cfg = AttributionConfig(method="ipg", layers=(1,), kind=kind, q=2, n_samples=4, max_new_tokens=64, batch_tokens=600, completeness=False)
     sig = make_signal("accuracy")
     rollouts = sample_rollouts(model, tok, splits()["support"][:5], sig, cfg)
     width = 128 if kind == "residual" else 512

@@ -9,7 +9,7 @@ ray = pytest.importorskip("ray")
 pytestmark = pytest.mark.engines
 
 from ipg.driver.config import DeepSpeedConfig  # noqa: E402
-from ipg.driver.pipeline import RaySession  # noqa: E402
+from ipg.driver.orchestration.pipeline import RaySession  # noqa: E402
 from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402
 from raytools import assert_same_scores, small_ray  # noqa: E402
@@ -23,7 +23,7 @@ def test_zero3_group_of_two_ranks_equals_the_torch_backend(local_ray, organism, 
     with RaySession("organism", cfg, log=logs.append) as session:
         memory = session.info["zero3"]
         for settings in (dict(layers=(1, 2), kind="residual"), dict(layers=(1,), kind="mlp", baseline="mean")):
-            a = AttributionConfig(q=3, n_samples=4, max_new_tokens=96, seed=11, completeness=False, **settings)
+            a = AttributionConfig(method="ipg", q=3, n_samples=4, max_new_tokens=96, seed=11, completeness=False, **settings)
             reference = attribute(model, tok, examples, signal="accuracy", **{**a.__dict__, "layers": list(a.layers)})
             res = session.attribute(examples, a, out_dir=tmp_path / a.kind)
             # other micro-batch shapes than in-process (a rank's share, padded calls): float rounding differs;
@@ -44,7 +44,7 @@ def test_resample_is_refused_on_a_zero3_group(local_ray, tmp_path):
     cfg = small_ray(1, gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=2))
     with RaySession("organism", cfg) as session:
         with pytest.raises(InputError, match="attribution.resample: not available with the deepspeed gradient backend"):
-            session.attribute(splits()["support"][:3], AttributionConfig(layers=(1,), q=2, n_samples=2, resample=True,
+            session.attribute(splits()["support"][:3], AttributionConfig(method="ipg", layers=(1,), q=2, n_samples=2, resample=True,
                                                                          completeness=False), out_dir=tmp_path)
 
 
@@ -56,7 +56,7 @@ def test_vllm_rollouts_with_a_zero3_group_measure_the_log_prob_gap(local_ray, tm
     cfg = small_ray(1, gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=2), rollout_backend="vllm",
                     vllm=VLLMConfig(max_model_len=256))
     with RaySession("organism", cfg) as session:
-        res = session.attribute(splits()["support"][50:55], AttributionConfig(layers=(2,), q=2, n_samples=3, max_new_tokens=64,
+        res = session.attribute(splits()["support"][50:55], AttributionConfig(method="ipg", layers=(2,), q=2, n_samples=3, max_new_tokens=64,
                                                                               completeness=False), out_dir=tmp_path)
     gap = res.diagnostics["logprob_gap"]
     assert res.diagnostics["n_prompts"] == 5 and gap["n_tokens"] == round(res.diagnostics["mean_generated_tokens"] * 15)
@@ -75,7 +75,7 @@ def test_a_zero3_group_that_samples_too_equals_the_in_process_run(local_ray, org
     examples = splits()["support"][60:67]
     cfg = small_ray(1, gradient_backend="deepspeed", rollout_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=2))
     # 64 new tokens: most samples end before the cap, at different steps (96 cost half again, for no coverage)
-    a = AttributionConfig(layers=(2,), q=3, n_samples=3, max_new_tokens=64, seed=4, generation_batch_size=2)
+    a = AttributionConfig(method="ipg", layers=(2,), q=3, n_samples=3, max_new_tokens=64, seed=4, generation_batch_size=2)
     reference = attribute(model, tok, examples, signal="accuracy", **{**a.__dict__, "layers": list(a.layers)})
     steering = {"scale": ["layers.2.residual:5", "layers.2.residual:9"], "gamma": 0.0, "positions": "all"}
     params = SamplingParams(max_new_tokens=48, seed=3)

@@ -1,8 +1,8 @@
-"""The order of a Ray attribution's work (driver.dispatch): pure logic, no Ray needed."""
+"""The order of a Ray attribution's work (driver.orchestration.dispatch): pure logic, no Ray needed."""
 
 import pytest
 
-from ipg.driver.dispatch import Dispatch, shard
+from ipg.driver.orchestration.dispatch import Dispatch, shard
 from ipg.errors import InputError
 
 pytestmark = pytest.mark.unit

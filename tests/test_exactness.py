@@ -11,7 +11,7 @@ from ipg.paths import schedule
 pytestmark = pytest.mark.unit
 
 EXAMPLE = [{"id": "p", "prompt": PROMPT}]
-ON_POLICY = dict(temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW, batch_tokens=60000)
+ON_POLICY = dict(method="ipg", temperature=1.0, top_p=1.0, max_new_tokens=MAX_NEW, batch_tokens=60000)
 
 
 def signal(completion, example):
@@ -55,7 +55,7 @@ def _exact_scores(model, tok, layer, kind, width, baseline=None, center=0.0, **s
     from ipg.components import Site
     from ipg.signals import make_signal
 
-    cfg = AttributionConfig(layers=(layer,), kind=kind, advantage="none", completeness=False, **settings)
+    cfg = AttributionConfig(**{"method": "ipg", **settings}, layers=(layer,), kind=kind, advantage="none", completeness=False)
     site = Site(layer, kind)
     b = torch.zeros(width, dtype=torch.float64) if baseline is None else baseline
     original = attribution.sample_rollouts
@@ -180,7 +180,7 @@ def test_component_path_is_the_single_component_ablation_and_pg_its_first_order_
     assert _rel_err(exact_cp, pg) > 0.05  # yet on the whole path they differ: curvature along the coordinate
     j1 = exact_J(model, tok, layer, "residual", ones).item()
     rollouts = weighted_rollouts(model, tok, layer, "residual", 1.0, width, center=j1)  # f centres R at J(1)
-    cfg = AttributionConfig(layers=(layer,), completeness=False)
+    cfg = AttributionConfig(method="ipg", layers=(layer,), completeness=False)
     site = Site(layer, "residual")
     est = component_path_scores(model, rollouts, site, list(range(width)), cfg, torch.zeros(width, dtype=torch.float64))
     assert est.shape == (1, width) and _rel_err(est[0], exact_cp) < EXACT, _rel_err(est[0], exact_cp)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy.stats import bootstrap
 
-from ipg.driver.headline import control_gammas, headline, outcome_matrices, verdict
+from ipg.driver.report.headline import control_gammas, headline, outcome_matrices, verdict
 from ipg.intervals import CONFIDENCE, RESAMPLES, SEED, difference_interval, mean_interval
 
 pytestmark = pytest.mark.unit

@@ -10,7 +10,7 @@ pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
 from ipg.driver.config import RayConfig  # noqa: E402
-from ipg.driver.pipeline import RESULT_RECORD, RaySession, attribute_on_ray  # noqa: E402
+from ipg.driver.orchestration.pipeline import RESULT_RECORD, RaySession, attribute_on_ray  # noqa: E402
 from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.errors import InputError  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402
@@ -69,13 +69,13 @@ def test_component_method_on_ray_equals_in_process(local_ray, organism, tmp_path
 def test_bad_layer_and_missing_resources_fail_before_any_work(local_ray, tmp_path):
     with RaySession("organism", small_ray(1)) as session:
         with pytest.raises(InputError, match=r"layers: 9 is out of range for this 4-layer model"):
-            session.attribute(splits()["support"][:2], AttributionConfig(layers=(9,)), out_dir=tmp_path)
+            session.attribute(splits()["support"][:2], AttributionConfig(method="ipg", layers=(9,)), out_dir=tmp_path)
     with pytest.raises(InputError, match=r"ray: the cluster lacks resources for the actors: CPU needs 8, has 2.*node"):
-        attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(layers=(1,)), out_dir=tmp_path,
+        attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(method="ipg", layers=(1,)), out_dir=tmp_path,
                          ray_cfg=RayConfig(rollout_workers=4, gradient_workers=4))
     # a custom resource no node declares (a KubeRay worker group missing its rayStartParams.resources)
     with pytest.raises(InputError, match=r"ipg_rollout needs 1, has 0.*ray.rollout_resources"):
-        attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(layers=(1,)), out_dir=tmp_path,
+        attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(method="ipg", layers=(1,)), out_dir=tmp_path,
                          ray_cfg=small_ray(1, rollout_resources={"ipg_rollout": 1}))
     with pytest.raises(InputError, match=r"gradient_resources.GPU: set CPUs and GPUs with cpus_per_actor"):
         small_ray(1, gradient_resources={"GPU": 1})

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.ray
 ray = pytest.importorskip("ray")
 
 from ipg.cluster.ray_cluster import metrics_endpoints  # noqa: E402
-from ipg.driver.pipeline import RaySession, shard  # noqa: E402
+from ipg.driver.orchestration.pipeline import RaySession, shard  # noqa: E402
 from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.errors import InputError  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402

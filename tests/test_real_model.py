@@ -30,7 +30,7 @@ NAME = "smollm2-135m-instruct"
 DATA = Path(__file__).resolve().parents[1] / "deploy" / "data" / "arithmetic"
 LAST_NUMBER = Extractor(("hash", "boxed", "answer_is", "last_number"))
 # 6 support prompts x 4 samples: several groups mix right and wrong answers (checked below)
-SETTINGS = dict(layers=(22,), q=3, n_samples=4, max_new_tokens=40, temperature=0.6, top_p=0.8, seed=1, completeness=False)
+SETTINGS = dict(method="ipg", layers=(22,), q=3, n_samples=4, max_new_tokens=40, temperature=0.6, top_p=0.8, seed=1, completeness=False)
 
 
 def _examples(split: str, n: int) -> list[dict]:
@@ -140,7 +140,7 @@ def in_process(real, support):
 
 
 def test_attribution_in_process_equals_ray(in_process, support, local_ray, tmp_path):
-    from ipg.driver.pipeline import RaySession
+    from ipg.driver.orchestration.pipeline import RaySession
     from ipg.attribution import AttributionConfig
     from raytools import assert_same_scores, small_ray
 

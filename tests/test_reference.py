@@ -21,7 +21,7 @@ from ipg.signals import make_signal
 
 pytestmark = pytest.mark.unit
 
-SETTINGS = dict(q=3, n_samples=4, max_new_tokens=48, completeness=False, batch_tokens=700)
+SETTINGS = dict(method="ipg", q=3, n_samples=4, max_new_tokens=48, completeness=False, batch_tokens=700)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 from page import chromium, opened
 
 from ipg.driver.cli import main
-from ipg.driver.report_html import shade
+from ipg.driver.report.html import shade
 
 pytestmark = pytest.mark.browser
 
@@ -54,7 +54,7 @@ def test_page_loads_offline_and_holds_the_reports_numbers(run, tmp_path):
     assert wanted and all(row in shown for row in wanted), [r for r in wanted if r not in shown][:3]
     # the headline table's numbers are the run's: component's control range, from its eval items
     items = pq.read_table(run / "eval_items.parquet").to_pylist()
-    from ipg.driver.headline import headline as compute
+    from ipg.driver.report.headline import headline as compute
 
     _, records = compute(items)
     first = next(r for r in records if r["method"] == "component")

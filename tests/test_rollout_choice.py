@@ -7,7 +7,7 @@ import shutil
 
 import pytest
 
-import ipg.driver.rollout_choice as choice
+import ipg.driver.orchestration.rollout_choice as choice
 from ipg.driver.ray_config import RayConfig
 from ipg.models import ORGANISM_PATH
 
@@ -46,7 +46,17 @@ def test_auto_falls_back_to_hf_naming_the_reason(vllm_present, tmp_path, monkeyp
     assert backend == "hf" and why.startswith("vLLM is not installed")
 
 
-def test_the_config_takes_auto():
-    assert RayConfig(rollout_backend="auto").rollout_backend == "auto"
-    with pytest.raises(Exception, match="'auto' \\(vllm when installed"):
+def test_the_config_takes_auto_and_a_run_resolves_it_once():
+    from ipg.driver.config import ModelConfig
+    from ipg.workers.backends import ROLLOUT_BACKENDS
+
+    auto = RayConfig(rollout_backend="auto")
+    assert auto.rollout_backend == "auto"
+    with pytest.raises(Exception, match=r"rollout_backend: unknown 'fast'; use one of \['hf', 'vllm', 'auto', 'deepspeed'\]"):
         RayConfig(rollout_backend="fast")
+    assert list(ROLLOUT_BACKENDS) == ["hf", "vllm", "auto", "deepspeed"]  # the names the message lists come from here
+    said = []
+    resolved = choice.resolve(auto, ModelConfig(), said.append)
+    assert resolved.rollout_backend in ("hf", "vllm") and said == [f"rollout backend: {resolved.rollout_backend} (auto: " + said[0].split("(auto: ")[1]]
+    hf = RayConfig(rollout_backend="hf")
+    assert choice.resolve(hf, ModelConfig(), said.append) is hf and len(said) == 1  # only auto is decided

@@ -87,12 +87,12 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     stability = pq.read_table(out / "stability.parquet").to_pylist()
     assert {r["comparison"] for r in stability} == {"seeds", "support subsets"}
     run = json.loads((out / "run.json").read_text())
-    assert run["config"]["seeds"] == [0, 1] and {"attribute", "evaluate", "report"} <= set(run["timings"])
+    assert run["config"]["seeds"] == [0, 1] and {"attribute", "evaluation", "report"} <= set(run["timings"])
     stages = run["stages"]  # in one process the stages are in sequence: they and the rest sum to the wall
     assert all(stages[k] > 0 for k in ("rollout", "gradient", "baseline_statistics", "evaluation"))
     assert abs(sum(stages[k] for k in ("rollout", "gradient", "baseline_statistics", "evaluation", "other")) - stages["wall"]) < 0.1
     # run.json's seconds are rounded to 0.1 and the stages to 0.01: they may differ by 0.055, plus float error
-    assert stages["evaluation"] == run["timings"]["evaluate"] and abs(stages["wall"] - run["seconds"]) <= 0.06
+    assert stages["evaluation"] == run["timings"]["evaluation"] and abs(stages["wall"] - run["seconds"]) <= 0.06
     report = (out / "report.md").read_text()
     assert "## Table 1" in report and "| reason_score |" in report and "## Evidence" in report
     assert report.index("## Headline") < report.index("## Table 1") and report.startswith("# IPG experiment report\n\nSelection: the per-component path")

@@ -14,7 +14,7 @@ pytest.importorskip("ray")
 
 from ipg.driver.config import load_config  # noqa: E402
 from ipg.driver.experiment import run_experiment  # noqa: E402
-from ipg.driver.pipeline import shard  # noqa: E402
+from ipg.driver.orchestration.pipeline import shard  # noqa: E402
 from raytools import assert_same_keyed, keyed_scores  # noqa: E402
 
 pytestmark = pytest.mark.ray

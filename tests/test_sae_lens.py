@@ -11,7 +11,9 @@ from safetensors.torch import save_file
 from ipg.errors import InputError
 from ipg.models import ORGANISM_PATH
 from ipg.sae import SAE
-from ipg.sae_lens import export, load
+from ipg.sae_lens import export
+
+load = SAE.load
 
 pytestmark = pytest.mark.unit
 

@@ -4,7 +4,7 @@ the trade-off table (tokens and accuracy against the unsteered model, cut-offs, 
 import numpy as np
 import pytest
 
-from ipg.driver.strength import detail_lines, length_ranges, summary_lines, tradeoff_lines, verdict
+from ipg.driver.report.strength import detail_lines, length_ranges, summary_lines, tradeoff_lines, verdict
 
 pytestmark = pytest.mark.unit
 GAMMAS = (0.0, 0.5, 1.0, 2.0)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from ipg.driver.run_inputs import splits_of
-from ipg.driver.dispatch import shard
+from ipg.driver.orchestration.dispatch import shard
 from ipg.driver.storage import Store
 from ipg.driver.sweep import load_spec, run_sweep
 from ipg.errors import InputError

@@ -110,12 +110,12 @@ def test_ray_pipeline_with_vllm_rollouts_finds_the_same_components(local_ray, tm
     from dataclasses import replace
 
     from ipg.driver.config import RayConfig, VLLMConfig
-    from ipg.driver.pipeline import RaySession
+    from ipg.driver.orchestration.pipeline import RaySession
     from ipg.attribution import AttributionConfig
     from ipg.scores import dice, select
 
     examples = splits()["support"][:48]
-    cfg = AttributionConfig(layers=(2,), kind="sae", n_samples=5, q=5, max_new_tokens=96, seed=0, completeness=False)
+    cfg = AttributionConfig(method="ipg", layers=(2,), kind="sae", n_samples=5, q=5, max_new_tokens=96, seed=0, completeness=False)
     base = RayConfig(enabled=True, cpus_per_actor=0.5, shard_size=12, progress="off",
                      vllm=VLLMConfig(max_model_len=256))
     from ipg.driver.config import ModelConfig
@@ -157,7 +157,7 @@ def test_ipg_run_evaluates_inside_vllm_with_the_same_numbers(local_ray, tmp_path
 
 
 def test_auto_reads_the_installed_vllm_and_takes_it_for_the_organism():
-    from ipg.driver.rollout_choice import _vllm_architectures, choose_rollout_backend
+    from ipg.driver.orchestration.rollout_choice import _vllm_architectures, choose_rollout_backend
     from ipg.models import ORGANISM_PATH
 
     assert {"Qwen2ForCausalLM", "LlamaForCausalLM"} <= _vllm_architectures()  # the registry is read, not skipped

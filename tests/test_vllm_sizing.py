@@ -99,7 +99,7 @@ def test_config_checks_values(field, value, message):
 
 
 def test_a_session_refuses_engine_settings_before_starting_anything():
-    from ipg.driver.pipeline import RaySession
+    from ipg.driver.orchestration.pipeline import RaySession
 
     cfg = RayConfig(enabled=True, rollout_backend="vllm", vllm=VLLMConfig(max_model_len=1000))
     with pytest.raises(InputError, match=r"^ray\.vllm\.max_model_len: 1000 tokens exceeds the model's context of 256"):

@@ -16,14 +16,15 @@ import pyarrow as pa
 import torch
 
 from ipg.cluster.metrics import StageTimer, metrics
-from ipg.attribution import AttributionConfig, activation_sums, shard_scores
+from ipg.attribution import AttributionConfig, Rollout, activation_sums, shard_scores
 from ipg.components import Site, check_site
 from ipg.models import load_model
 from ipg.scores import STATS_KEY, partial_to_arrow
 from ipg.signals import make_signal
 from ipg.workers.faults import maybe_crash
+from ipg.workers.model_ops import ModelOps, Sequence
 from ipg.workers.rollout import load_saes, quiet_loading
-from ipg.workers.sampling import Sampling, ShardRollouts, _item_errors
+from ipg.workers.sampling import Sampling, ShardRollouts, item_errors
 
 
 class GradientWorker(Sampling):
@@ -47,20 +48,37 @@ class GradientWorker(Sampling):
     def ready(self) -> bool:
         return True
 
-    def model_op(self, name: str, *args):
-        """One of ModelOps' computations on this actor's model: under Ray the driver holds no weights, so
-        the experiment's baselines, cards and statistics run here (on every rank of a ZeRO-3 group alike,
-        in lockstep)."""
-        from ipg.workers.model_ops import ModelOps
+    # What the experiment computes with the weights besides attribution (workers.model_ops.ModelOps): under
+    # Ray the driver holds no weights, so its baselines, cards and statistics run here (on every rank of a
+    # ZeRO-3 group alike, in lockstep).
 
-        with self.timer(f"model_op.{name}"):
-            return getattr(ModelOps(self.model, self.tokenizer, self.saes), name)(*args)
+    def _ops(self) -> ModelOps:
+        return ModelOps(self.model, self.tokenizer, self.saes)
 
     def describe(self, sites: list[Site]) -> dict:
         """The model's fingerprint and each site's width (``ModelOps.describe``), from this actor alone."""
-        from ipg.workers.model_ops import ModelOps
+        return self._ops().describe(sites)
 
-        return ModelOps(self.model, self.tokenizer, self.saes).describe(sites)
+    def activation_scores(self, sequences: list[Sequence], site: Site) -> np.ndarray:
+        with self.timer("baseline_statistics"):
+            return self._ops().activation_scores(sequences, site)
+
+    def contrast_scores(self, sequences: list[Sequence], site: Site, words: tuple[str, ...]) -> np.ndarray:
+        with self.timer("baseline_statistics"):
+            return self._ops().contrast_scores(sequences, site, words)
+
+    def control_vector(self, cots: list[list[int]], layer: int, seed: int) -> tuple[torch.Tensor, float]:
+        with self.timer("baseline_statistics"):
+            return self._ops().control_vector(cots, layer, seed)
+
+    def site_baseline(self, rollouts: list[Rollout], site: Site, cfg: AttributionConfig) -> torch.Tensor:
+        with self.timer("baseline_statistics"):
+            return self._ops().site_baseline(rollouts, site, cfg)
+
+    def cards(self, site: Site, sequences: list[Sequence], components: list[int], k: int, rollouts: list[Rollout],
+              cfg: AttributionConfig, baseline: torch.Tensor) -> tuple[dict, list[dict]]:
+        with self.timer("cards"):
+            return self._ops().cards(site, sequences, components, k, rollouts, cfg, baseline)
 
     def _rescore(self, samples, cfg):
         from ipg.generation import rescore
@@ -90,7 +108,7 @@ class GradientWorker(Sampling):
         start = time.perf_counter()
         mine = self.part(shard.rollouts)
         if mine or self.lockstep:  # a rank with no prompts still makes the group's calls
-            with self.timer("gradient"), _item_errors(shard_id, "gradient"):
+            with self.timer("gradient"), item_errors(shard_id, "gradient"):
                 res = shard_scores(self.model, self.tokenizer, mine, sig, cfg, sites, baselines, self.saes, agree=self.lockstep,
                                    candidates=candidates)
             partial, rollouts, skipped, paths = res.partial, res.rollouts, {**shard.skipped, **res.skipped}, res.paths
@@ -117,7 +135,7 @@ class GradientWorker(Sampling):
             m = metrics()
             if m is not None:
                 m.logprob_gap.set(stats["logprob_gap"]["max_abs"])
-        if cfg.resample and cfg.method == "ipg" and paths:  # J along the path, per site: sums over prompts
+        if cfg.resamples and paths:  # J along the path, per site: sums over prompts
             stats["J_path"] = {str(site): [[a, float(sum(np.mean(r.rewards) for r in rolls))] for a, _, rolls in path]
                                for site, path in paths.items()}
         m = metrics()

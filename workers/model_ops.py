@@ -4,7 +4,7 @@
 steered greedy generation, support rollouts, the activation statistics of the baselines, the control
 vector, the path baseline and the component cards. ``ipg run`` without Ray calls it on the model it
 loaded; on Ray the driver loads no weights and the same methods run in the actors that hold them
-(``driver.model_access``), so both runs compute the same numbers with the same code.
+(``driver.orchestration.model_access``), so both runs compute the same numbers with the same code.
 
 Every argument and result is plain data (token ids, numpy arrays, tensors, dataclasses of them), so it
 can travel through Ray's object store.

@@ -7,6 +7,7 @@ from ipg.cluster.metrics import StageTimer
 from ipg.errors import InputError
 from ipg.models import load_model
 from ipg.sae import SAE
+from ipg.workers.backends import ROLLOUT_BACKENDS
 from ipg.workers.sampling import Sampling
 
 
@@ -42,8 +43,8 @@ class RolloutWorker(Sampling):
             import torch
 
             torch.set_num_threads(threads)  # one actor per core: no oversubscription
-        if backend not in ("hf", "vllm"):
-            raise InputError(f"ray.rollout_backend: '{backend}'; use 'hf' or 'vllm'")
+        if not ROLLOUT_BACKENDS.get(backend, "ray.rollout_backend").actor_engine:
+            raise InputError(f"ray.rollout_backend: '{backend}' is not run by a rollout actor; use 'hf' or 'vllm'")
         quiet_loading()
         self.backend, self.engine, self.model = backend, None, None
         if backend == "vllm":

@@ -1,7 +1,7 @@
 """Sampling in an actor that holds the weights: a shard's scored rollouts, the completeness points,
 generation under steering. A rollout actor samples whole shards with its engine (HF loop or vLLM); a
 rank of a ZeRO-3 group samples its share of a shard (``part``) in lockstep with the other ranks
-(``lockstep``), and ``merge_rank_samples`` joins the ranks' shares. Sampling is seeded per (seed,
+(``lockstep``), and the ``merge_*`` functions join the ranks' shares. Sampling is seeded per (seed,
 example id, sample index), so the samples do not depend on which actor or rank drew them.
 """
 
@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from ipg.cluster.errors import ItemError
-from ipg.cluster.metrics import metrics
+from ipg.cluster.metrics import StageTimer, metrics
 from ipg.attribution import AttributionConfig, Rollout, sample_rollouts
 from ipg.components import Site
 from ipg.errors import ExampleError
@@ -40,9 +41,15 @@ class ShardRollouts:
 
 
 class Sampling:
-    """Mixed into an actor with ``model``, ``tokenizer``, ``saes``, ``engine`` (None: the HF loop),
-    ``backend`` and ``timer``. A ZeRO-3 rank overrides ``part`` and ``lockstep``."""
+    """Mixed into an actor (``RolloutWorker``, ``GradientWorker``) whose ``__init__`` sets the attributes
+    declared here. A ZeRO-3 rank overrides ``part`` and ``lockstep``."""
 
+    model: Any  # the torch model (None where a vLLM engine samples)
+    tokenizer: Any
+    saes: dict  # layer -> ipg.sae.SAE
+    engine: Any  # a workers.vllm_backend.VLLMEngine, or None: the HF loop
+    backend: str  # which engine samples: 'hf' or 'vllm' (workers.backends)
+    timer: StageTimer
     lockstep = None  # a ZeRO-3 rank: its all-reduce max (see workers/deepspeed_backend.py)
 
     def part(self, items: list) -> list:
@@ -57,7 +64,7 @@ class Sampling:
         sig = make_signal(signal, **(signal_params or {}))
         skipped: dict[str, str] = {}
         start = time.perf_counter()
-        with self.timer("rollout"), _item_errors(shard_id, "rollout"):
+        with self.timer("rollout"), item_errors(shard_id, "rollout"):
             rollouts = sample_rollouts(self.model, self.tokenizer, self.part(examples), sig, cfg, saes=self.saes,
                                        skipped=skipped, engine=self.engine, agree=self.lockstep)
         m = metrics()
@@ -68,10 +75,11 @@ class Sampling:
                 m.error("item", "rollout")
         return ShardRollouts(shard_id, rollouts, skipped, time.perf_counter() - start, self.backend)
 
-    def generate_costed(self, *args, **kwargs) -> tuple[ShardRollouts, int]:
+    def generate_costed(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
+                        signal_params: dict | None = None) -> tuple[ShardRollouts, int]:
         """``generate``, and its cost apart (call with ``num_returns=2``), so the driver can order the
         gradient work by size without fetching the rollouts."""
-        out = self.generate(*args, **kwargs)
+        out = self.generate(shard_id, examples, cfg, signal, signal_params)
         return out, out.cost
 
     def mean_reward(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
@@ -79,7 +87,7 @@ class Sampling:
         """Sum over the shard's prompts of the mean reward with ``site`` at ``alpha`` on the path, and the
         prompt count (completeness: J(0), J(alpha_min))."""
         sig = make_signal(signal, **(signal_params or {}))
-        with self.timer("completeness"), _item_errors(shard_id, "completeness"):
+        with self.timer("completeness"), item_errors(shard_id, "completeness"):
             rolls = sample_rollouts(self.model, self.tokenizer, self.part(examples), sig, cfg, site=site, alpha=alpha,
                                     baseline=baseline, saes=self.saes, skipped={}, engine=self.engine, agree=self.lockstep)
         return float(sum(np.mean(r.rewards) for r in rolls)), len(rolls)
@@ -90,10 +98,10 @@ class Sampling:
         from ipg.workers.model_ops import ModelOps, steering_context
 
         if self.engine is None:
-            with self.timer("evaluate"):
+            with self.timer("evaluation"):
                 return ModelOps(self.model, self.tokenizer, self.saes).generate(self.part(examples), params, steering,
                                                                                 agree=self.lockstep)
-        with self.timer("evaluate"), steering_context(None, steering, self.saes, engine=self.engine):
+        with self.timer("evaluation"), steering_context(None, steering, self.saes, engine=self.engine):
             return self.engine.generate(examples, params)
 
 
@@ -105,7 +113,7 @@ class Sampling:
         from ipg.packing import Job
         from ipg.workers.model_ops import ModelOps, steering_context, with_positions
 
-        with self.timer("evaluate"):
+        with self.timer("evaluation"):
             if self.engine is None:
                 mine = [Job(self.part(job.examples), job.steering) for job in jobs]
                 return ModelOps(self.model, self.tokenizer, self.saes).generate_many(
@@ -119,23 +127,37 @@ class Sampling:
             return out
 
 
-def merge_rank_samples(method: str, ids: list, *parts):
-    """One answer from the ranks' answers to a sampling ``method`` (each rank sampled its share of the
-    examples whose ids are ``ids``; for ``steered_generate_many`` one list of ids per evaluation), in the
-    order of ``ids``: what one rollout actor would have returned."""
-    if method == "steered_generate_many":  # ids: per evaluation
-        return [merge_rank_samples("steered_generate", job_ids, *(p[k] for p in parts)) for k, job_ids in enumerate(ids)]
+def merge_shards(ids: list, *parts: ShardRollouts) -> ShardRollouts:
+    """One shard's rollouts from its ranks' shares (``generate``), in the order of the examples' ``ids``:
+    what one rollout actor would have returned."""
     order = {i: k for k, i in enumerate(ids)}
-    if method == "mean_reward":
-        return float(sum(p[0] for p in parts)), sum(p[1] for p in parts)
-    if method == "steered_generate":
-        return sorted((g for p in parts for g in p), key=lambda g: order[g[0].example_id])
-    merged = ShardRollouts(parts[0].shard_id, sorted((r for p in parts for r in p.rollouts), key=lambda r: order[r.example["id"]]),
-                           {k: v for p in parts for k, v in p.skipped.items()}, max(p.seconds for p in parts), parts[0].backend)
-    return (merged, merged.cost) if method == "generate_costed" else merged
+    return ShardRollouts(parts[0].shard_id, sorted((r for p in parts for r in p.rollouts), key=lambda r: order[r.example["id"]]),
+                         {k: v for p in parts for k, v in p.skipped.items()}, max(p.seconds for p in parts), parts[0].backend)
 
 
-class _item_errors:
+def merge_shards_costed(ids: list, *parts: ShardRollouts) -> tuple[ShardRollouts, int]:
+    """``merge_shards`` and the merged shard's cost (``generate_costed``)."""
+    merged = merge_shards(ids, *parts)
+    return merged, merged.cost
+
+
+def merge_rewards(*parts: tuple[float, int]) -> tuple[float, int]:
+    """The ranks' ``mean_reward`` sums and counts, added."""
+    return float(sum(p[0] for p in parts)), sum(p[1] for p in parts)
+
+
+def merge_steered(ids: list, *parts: list[list[Sample]]) -> list[list[Sample]]:
+    """The ranks' ``steered_generate`` groups, in the order of the examples' ``ids``."""
+    order = {i: k for k, i in enumerate(ids)}
+    return sorted((g for p in parts for g in p), key=lambda g: order[g[0].example_id])
+
+
+def merge_steered_many(ids: list[list], *parts: list[list[list[Sample]]]) -> list[list[list[Sample]]]:
+    """The ranks' ``steered_generate_many`` answers, evaluation by evaluation (``ids``: one list per evaluation)."""
+    return [merge_steered(job_ids, *(p[k] for p in parts)) for k, job_ids in enumerate(ids)]
+
+
+class item_errors:
     """ExampleError -> ItemError naming the shard (counted as an item error); anything else is counted
     as fatal and re-raised."""
 

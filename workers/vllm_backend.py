@@ -170,10 +170,10 @@ class VLLMEngine:
 
 def steering_specs(components, gamma: float, positions: str, saes: dict | None = None) -> list[dict]:
     """Specs scaling ``components`` (ComponentIds) by gamma, one per site."""
-    from ipg.steering import _by_site
+    from ipg.steering import by_site
 
     return [dict(layer=site.layer, kind=site.kind, positions=positions, op="scale", indices=sorted(set(idx)), gamma=float(gamma),
-                 sae=_sae_state(saes, site)) for site, idx in _by_site(components).items()]
+                 sae=_sae_state(saes, site)) for site, idx in by_site(components).items()]
 
 
 def row_variant(steering: dict | None, saes: dict | None = None) -> dict | None:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -30,13 +31,15 @@ import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ipg.cluster.errors import FatalError, error_class, cause
-from ipg.cluster.metrics import RUN_ENV, metrics
+from ipg.cluster.metrics import RUN_ENV, StageTimer, metrics
 from ipg.cluster.ray_cluster import ActorGroup, ActorSpec
-from ipg.driver.dispatch import Dispatch, shard
-from ipg.driver.progress import Progress
-from ipg.driver.ray_errors import get, lost_what, lost_work, worker_error
-from ipg.driver.unit_records import BASELINE, RESULT_RECORD, finished_record, run_key
-from ipg.driver.unit_records import diagnostics as unit_diagnostics
+from ipg.driver.orchestration.dispatch import Dispatch, shard
+from ipg.driver.orchestration.progress import Progress
+from ipg.driver.ray_config import RayConfig
+from ipg.driver.orchestration.ray_errors import get, lost_what, lost_work, worker_error
+from ipg.driver.orchestration.samplers import RankGroups, RolloutActors
+from ipg.driver.orchestration.unit_records import BASELINE, RESULT_RECORD, finished_record, run_key
+from ipg.driver.orchestration.unit_records import diagnostics as unit_diagnostics
 from ipg.attribution import Attribution, AttributionConfig, prepare_examples, score_meta
 from ipg.completeness import points_to_sample
 from ipg.component_path import component_candidates
@@ -52,7 +55,21 @@ _merge_ranks = ray.remote(num_cpus=0)(merge_rank_tables)
 
 
 class AttributionUnits:
-    """Mixed into ``RaySession``: ``attribute`` runs one unit on the session's actors."""
+    """Mixed into ``RaySession``: ``attribute`` runs one unit on the session's actors. The session's
+    ``__init__`` sets the attributes declared here."""
+
+    cfg: RayConfig  # the ray section, rollout_backend resolved (never 'auto')
+    sampler: RolloutActors | RankGroups  # who samples
+    groups: list[list]  # the gradient groups: one actor each, or a ZeRO-3 group's ranks
+    shipped: list[str]  # users' signal modules sent to every actor
+    run: str  # the run's name (metrics tag)
+    timer: StageTimer
+    log: Callable[[str], None]
+
+    def _group(self, k: int) -> list:
+        """The gradient actors of shard k: one actor, or every rank of a ZeRO-3 group (each rank gets the same
+        call: the group runs in lockstep)."""
+        return self.groups[k % len(self.groups)]
 
     def attribute(self, examples: list[dict], cfg: AttributionConfig, *, signal: str = "accuracy",
                   signal_params: dict | None = None, out_dir: str | Path, run_id: str = "",
@@ -71,9 +88,9 @@ class AttributionUnits:
                              "signals=[...])), or install it on the cluster")
         sites = [Site(layer, cfg.kind) for layer in cfg.layers]
         # validates layers/kind against the model where it lives (the driver loads no weights)
-        info = get(self._gradient(0, "describe", sites)[0], "gradient worker")
+        info = get([a.describe.remote(sites) for a in self._group(0)][0], "gradient worker")
         candidates = None
-        if cfg.method == "component":
+        if cfg.path.per_component:
             if self.cfg.gradient_backend == "deepspeed":
                 raise InputError("attribution.method: 'component' is not available with ray.gradient_backend 'deepspeed' "
                                  "yet; use the torch backend, or method 'pg'")
@@ -130,11 +147,12 @@ class AttributionUnits:
 
         def generate(sid):
             k, part = parts[sid]
-            rollout_refs[sid], cost = self.sampler.call(k, "generate_costed", sid, part, cfg, signal, params, num_returns=2)
+            rollout_refs[sid], cost = self.sampler.generate_costed(k, sid, part, cfg, signal, params)
             return cost
 
         def attribute(sid, g):
-            ranks = self._gradient(g, "attribute", sid, rollout_refs.pop(sid), cfg, signal, baselines_ref, params, candidates)
+            rollouts = rollout_refs.pop(sid)
+            ranks = [a.attribute.remote(sid, rollouts, cfg, signal, baselines_ref, params, candidates) for a in self._group(g)]
             return ranks[0] if len(ranks) == 1 else _merge_ranks.remote(*ranks)
 
         try:
@@ -210,7 +228,8 @@ class AttributionUnits:
                 raise FatalError(f"shard '{sid}': its work was lost {attempts[sid]} times, the limit of "
                                  f"ray.max_shard_attempts (last: {lost_what(e)}); continue with --resume {out_dir}, "
                                  "which keeps the merged shards") from None
-            raise worker_error(e, f"shard '{sid}'") from None
+            err = worker_error(e, f"shard '{sid}'")
+            raise err from err.original
         progress.advance()
         return sid
 
@@ -240,9 +259,8 @@ class AttributionUnits:
         rollout_refs, cost_refs, sums_refs = {}, {}, []
         with self.timer("mean_baseline"):
             for k, (sid, part) in enumerate(shards):
-                rollout_refs[sid], cost_refs[sid] = self.sampler.call(k, "generate_costed", sid, part, cfg, signal, params,
-                                                                      num_returns=2)
-                sums_refs += self._gradient(k, "activation_sums", sid, rollout_refs[sid], cfg)
+                rollout_refs[sid], cost_refs[sid] = self.sampler.generate_costed(k, sid, part, cfg, signal, params)
+                sums_refs += [a.activation_sums.remote(sid, rollout_refs[sid], cfg) for a in self._group(k)]
             sums = get(sums_refs, "mean baseline")
             costs = dict(zip(cost_refs, get(list(cost_refs.values()), "mean baseline")))
         baselines = {}
@@ -261,7 +279,7 @@ class AttributionUnits:
         from the ledger in resample mode), the same numbers as in-process ``attribute``."""
         out = {str(s): {} for s in sites}
         n = sum(st["prompts"] for st in ledger.values())
-        if cfg.resample and cfg.method == "ipg":
+        if cfg.resamples:
             for s in sites:
                 path = [st["J_path"][str(s)] for st in ledger.values() if st.get("prompts")]
                 out[str(s)]["J_path"] = [[path[0][i][0], sum(p[i][1] for p in path) / n] for i in range(len(path[0]))]
@@ -271,7 +289,7 @@ class AttributionUnits:
         with self.timer("completeness"):
             for s in sites:
                 for name, alpha in points_to_sample(cfg, out[str(s)].get("J_path")):
-                    refs = [self.sampler.call(k, "mean_reward", sid, part, cfg, signal, params, s, alpha, baselines[s])
+                    refs = [self.sampler.mean_reward(k, sid, part, cfg, signal, params, s, alpha, baselines[s])
                             for k, (sid, part) in enumerate(scored)]
                     parts = get(refs, "completeness")
                     out[str(s)][name] = sum(p[0] for p in parts) / sum(p[1] for p in parts)

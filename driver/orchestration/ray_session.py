@@ -11,11 +11,12 @@ import ray
 from ipg.cluster.errors import FatalError
 from ipg.cluster.metrics import RUN_ENV, StageTimer, set_run
 from ipg.cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve, upload_modules
-from ipg.driver.attribution_unit import AttributionUnits
+from ipg.driver.orchestration.attribution_unit import AttributionUnits
 from ipg.driver.config import ModelConfig, RayConfig, sae_path
-from ipg.driver.dispatch import shard
-from ipg.driver.ray_errors import get, worker_error
-from ipg.driver.samplers import RankGroups, RolloutActors
+from ipg.driver.orchestration.dispatch import shard
+from ipg.driver.orchestration.ray_errors import get, worker_error
+from ipg.driver.orchestration.rollout_choice import resolve
+from ipg.driver.orchestration.samplers import RankGroups, RolloutActors
 from ipg.attribution import AttributionConfig, prepare_examples
 from ipg.models import resolve_model_path
 from ipg.signals import signal_source
@@ -41,16 +42,9 @@ class RaySession(AttributionUnits):
         tokens) it will generate; vLLM engines hold that context when ray.vllm.max_model_len is unset.
         ``run``: the run's name, the ``run`` tag of every metric series of this session."""
         self.model = ModelConfig(name=model, saes={}) if isinstance(model, str) else model
-        self.cfg = ray_cfg or RayConfig()
         path = resolve_model_path(self.model.name)  # a missing local path fails here, before any actor starts
+        self.cfg = resolve(ray_cfg or RayConfig(), self.model, log)  # a run passes it resolved already
         self.log = log
-        if self.cfg.rollout_backend == "auto":
-            from ipg.driver.rollout_choice import choose_rollout_backend
-
-            backend, why = choose_rollout_backend(path, dtype=self.model.dtype, device=self.model.device,
-                                                  trust_remote_code=self.model.trust_remote_code)
-            self.cfg = dataclasses.replace(self.cfg, rollout_backend=backend)
-            log(f"rollout backend: {backend} (auto: {why})")
         self.vllm = self._vllm_options(path, max_tokens)
         self.shipped = sorted({str(p) for p in map(signal_source, signals) if p is not None})
         self.info = connect(self.cfg.address)
@@ -128,15 +122,12 @@ class RaySession(AttributionUnits):
                              f"{addr}:{port}); check the rank actors' logs, or raise ray.deepspeed.timeout_s") from None
         except ray.exceptions.RayError as e:
             self.close()
-            raise worker_error(e, "deepspeed group") from None
+            err = worker_error(e, "deepspeed group")
+            raise err from err.original
         for m in memory:
             self.log(f"  zero3 rank {m['rank']}: {m['local_params']:,} of {m['full_params']:,} parameters "
                      f"({m['local_bytes'] / 2**20:.1f} of {m['full_bytes'] / 2**20:.1f} MiB)")
         return memory
-
-    def _gradient(self, k: int, method: str, *args) -> list:
-        """Call a gradient method for shard k on its group: one actor, or every rank of a ZeRO-3 group."""
-        return [getattr(a, method).remote(*args) for a in self.groups[k % len(self.groups)]]
 
     def _ready(self) -> None:
         """Wait until every actor has loaded the model, so a broken model or environment fails here,
@@ -145,7 +136,8 @@ class RaySession(AttributionUnits):
             ray.get([a.ready.remote() for a in self.actors()])
         except ray.exceptions.RayError as e:
             self.close()
-            raise worker_error(e, "workers failed to start", starting=True) from None
+            err = worker_error(e, "workers failed to start", starting=True)
+            raise err from err.original
 
     def actors(self) -> list:
         return (self.rollout.actors if self.rollout is not None else []) + self.gradient.actors
@@ -169,7 +161,7 @@ class RaySession(AttributionUnits):
         prompts split across them; the samples come back in input order."""
         n = len(self.sampler)
         parts = [examples[i::n] for i in range(n)]
-        refs = [self.sampler.call(i, "steered_generate", part, params, steering) for i, part in enumerate(parts) if part]
+        refs = [self.sampler.steered_generate(i, part, params, steering) for i, part in enumerate(parts) if part]
         by_id = {g[0].example_id: g for res in get(refs, "steered generation") for g in res}
         return [by_id[ex["id"]] for ex in examples]
 
@@ -182,7 +174,7 @@ class RaySession(AttributionUnits):
 
         n = len(self.sampler)
         shares = [[Job(job.examples[i::n], job.steering) for job in jobs] for i in range(n)]
-        refs = [self.sampler.call(i, "steered_generate_many", share, params, positions, batch_size, pack_tokens)
+        refs = [self.sampler.steered_generate_many(i, share, params, positions, batch_size, pack_tokens)
                 for i, share in enumerate(shares) if any(job.examples for job in share)]
         by_id: list[dict] = [{} for _ in jobs]
         for res in get(refs, "steered generation"):
@@ -193,11 +185,11 @@ class RaySession(AttributionUnits):
     def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list:
         """An attribution's support rollouts, drawn again in the samplers shard by shard (sampling is
         seeded per example and sample: the trajectories the attribution scored), in input order."""
-        refs = [self.sampler.call(k, "generate", sid, part, cfg, signal, signal_params)
+        refs = [self.sampler.generate(k, sid, part, cfg, signal, signal_params)
                 for k, (sid, part) in enumerate(shard(prepare_examples(examples), self.cfg.shard_size))]
         return [r for part in get(refs, "support rollouts") for r in part.rollouts]
 
-    def model_op(self, name: str, *args):
-        """One of ``workers.model_ops.ModelOps``' computations in a gradient actor, which holds the
-        weights (every rank of a ZeRO-3 group runs it, in lockstep; the first rank's answer is returned)."""
-        return get(self._gradient(0, "model_op", name, *args), name)[0]
+    def on_weights(self, call, what: str):
+        """``call(actor)`` (an actor method's ``.remote``) on the first gradient group, which holds the weights
+        (every rank of a ZeRO-3 group runs it, in lockstep); the first rank's answer."""
+        return get([call(a) for a in self._group(0)], what)[0]

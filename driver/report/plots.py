@@ -8,7 +8,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ipg.driver.headline import METHOD_ORDER, control_gammas, control_range, method_order, outcome_matrices
+from ipg.driver.report.headline import METHOD_ORDER, control_gammas, control_range, method_order, outcome_matrices
 from ipg.intervals import mean_interval
 
 

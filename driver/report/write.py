@@ -1,6 +1,6 @@
 """report.md and plots for a run directory, rebuilt from its Parquet files alone (``ipg report RUN_DIR``).
 
-The headline (``driver.headline``) gives each selection's control range against random with 95%
+The headline (``driver.report.headline``) gives each selection's control range against random with 95%
 bootstrap intervals over eval prompts and seeds; the plots draw the same intervals as error bars. The
 tables after it follow the paper: Table 1 (enhance / suppress accuracy per method, mean and standard
 deviation over seeds), the length-control and the reflection-control tables, and the evidence section,
@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from ipg.driver.headline import headline, method_order, verdict
-from ipg.driver.report_html import signal_of, write_html
-from ipg.driver.steered_texts import markdown_lines, panels
-from ipg.driver.strength import detail_lines, length_ranges, strength_section, summary_lines
-from ipg.driver.plots import group as _group
-from ipg.driver.plots import mean as _mean
-from ipg.driver.plots import plots
-from ipg.driver.plots import sd as _sd
+from ipg.driver.report.headline import headline, method_order, verdict
+from ipg.driver.report.html import signal_of, write_html
+from ipg.driver.report.steered_texts import markdown_lines, panels
+from ipg.driver.report.strength import detail_lines, length_ranges, strength_section, summary_lines
+from ipg.driver.report.plots import group as _group
+from ipg.driver.report.plots import mean as _mean
+from ipg.driver.report.plots import plots
+from ipg.driver.report.plots import sd as _sd
 from ipg.errors import InputError
 from ipg.sites import ComponentId
 from ipg.files import atomic_write_text

@@ -8,11 +8,14 @@ are given beside it (worker seconds: they add up across actors, so they can exce
 
 from __future__ import annotations
 
-STAGES = ("rollout", "gradient", "baseline_statistics", "evaluation", "other")  # in one process; they sum to the wall
+# in one process; they sum to the wall. The experiment's timers and the workers' (their metrics' stage tag) use
+# these names for the same work
+STAGES = ("rollout", "gradient", "baseline_statistics", "evaluation", "other")
 
 
 def stage_split(experiment: dict[str, float], attributions: list[dict[str, float]], wall: float, on_ray: bool) -> dict:
-    """``experiment``: the experiment's timers (``evaluate``, ``baselines``, ``baseline_rollouts``);
+    """``experiment``: the experiment's timers, named as the stages they count (``rollout``: the support
+    rollouts of baselines and cards; ``baseline_statistics``; ``evaluation``);
     ``attributions``: each attribution's ``diagnostics['timings']``; ``wall``: the run's seconds."""
 
     def total(*keys) -> float:
@@ -23,14 +26,14 @@ def stage_split(experiment: dict[str, float], attributions: list[dict[str, float
         out["rollout_and_gradient"] = total("total")
         out["rollout_worker_seconds"] = total("rollout_worker_seconds")
         out["gradient_worker_seconds"] = total("gradient_worker_seconds")
-        out["rollout"] = experiment.get("baseline_rollouts", 0.0)
+        out["rollout"] = experiment.get("rollout", 0.0)
         timed = out["rollout_and_gradient"] + out["rollout"]
     else:
-        out["rollout"] = total("rollout", "path_rollouts", "completeness") + experiment.get("baseline_rollouts", 0.0)
+        out["rollout"] = total("rollout", "path_rollouts", "completeness") + experiment.get("rollout", 0.0)
         out["gradient"] = total("gradient")
         timed = out["rollout"] + out["gradient"]
-    out["baseline_statistics"] = total("baseline_statistics") + experiment.get("baselines", 0.0)
-    out["evaluation"] = experiment.get("evaluate", 0.0)
+    out["baseline_statistics"] = total("baseline_statistics") + experiment.get("baseline_statistics", 0.0)
+    out["evaluation"] = experiment.get("evaluation", 0.0)
     timed += out["baseline_statistics"] + out["evaluation"]
     out["other"] = max(wall - timed, 0.0)  # prompts, selection, cards, tables, report
     out["wall"] = wall

@@ -8,6 +8,7 @@ not."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 
 import torch
@@ -44,3 +45,17 @@ def _vllm_architectures() -> set[str] | None:
         return set(ModelRegistry.get_supported_archs())
     except Exception:  # noqa: BLE001 -- a registry that moved must not stop a run that would work
         return None
+
+
+def resolve(ray_cfg, model, log=print):
+    """``ray_cfg`` with ``rollout_backend`` ``auto`` replaced by the backend chosen for ``model`` (a
+    ``ModelConfig``), the choice and its reason logged; any other backend unchanged. Called once, when a
+    run or session starts: every reader after that sees ``hf``, ``vllm`` or ``deepspeed``."""
+    if ray_cfg.rollout_backend != "auto":
+        return ray_cfg
+    from ipg.models import resolve_model_path
+
+    backend, why = choose_rollout_backend(resolve_model_path(model.name), dtype=model.dtype, device=model.device,
+                                          trust_remote_code=model.trust_remote_code)
+    log(f"rollout backend: {backend} (auto: {why})")
+    return dataclasses.replace(ray_cfg, rollout_backend=backend)

@@ -17,7 +17,7 @@ the unsteered model.
 
 from __future__ import annotations
 
-from ipg.driver.headline import control_range, method_order, outcome_matrices
+from ipg.driver.report.headline import control_range, method_order, outcome_matrices
 from ipg.intervals import Interval, difference_interval, mean_interval
 
 

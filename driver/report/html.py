@@ -6,7 +6,7 @@ markdown-it, with what a page can show that Markdown cannot:
 - every table sortable by a click on its header (numbers sort by their leading value, intervals by their
   estimate);
 - the plots inline as PNG data URIs;
-- the steered completions side by side (``driver.steered_texts``);
+- the steered completions side by side (``driver.report.steered_texts``);
 - component cards with each token shaded: top contexts by the component's activation at that position,
   support traces by the per-position term of its score (``ipg.cards``).
 
@@ -24,9 +24,9 @@ from pathlib import Path
 
 from markdown_it import MarkdownIt
 
-from ipg.driver.headline import METHOD_ORDER
-from ipg.driver.plots import color_of
-from ipg.driver.steered_texts import Panel, verdict
+from ipg.driver.report.headline import METHOD_ORDER
+from ipg.driver.report.plots import color_of
+from ipg.driver.report.steered_texts import Panel, verdict
 from ipg.files import atomic_write_text
 
 # shading: a positive value is orange, a negative one blue, with opacity |value| / the largest |value| of its

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ipg.driver.headline import control_gammas, method_order
+from ipg.driver.report.headline import control_gammas, method_order
 
 
 SHOWN = 3  # prompts per panel
