@@ -20,14 +20,13 @@ second of the gradient pass. Bound, per site: q forward+backward passes of the b
 (plain HF forward with those blocks only, inputs_embeds = the site's activations, logits of the
 generated positions) over the same trajectories, q rows each, in the same budget; ratio = optimised time for
 that site alone / bound, with and without the shared prompt prefix (the bound runs whole sequences:
-the prefix lets the optimised pass do less work than it, so its ratio can fall below 1). Every optimised score is checked against the naive one (max |diff| / max
-|score|). Timings are the best of ``--repeat`` runs.
+the prefix lets the optimised pass do less work than it, so its ratio can fall below 1). Every optimised score
+is checked against the naive one (max |diff| / max |score|). Timings are the best of ``--repeat`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import sys
 import time
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from record import measured_on, run_options  # bench/record.py
 
 MODELS = {  # name -> prompts, layers, max_new_tokens (the default workload of each)
     "organism": (8, (1, 2), 128),
@@ -58,15 +58,23 @@ def bound_seconds(model, site, rollouts, cfg, repeat: int) -> float:
     inputs_embeds = the site's activations, logits of the generated positions) for every trajectory with
     a non-zero advantage: q rows per trajectory, longest first, in ``cfg.budget`` batches (the
     geometry of the optimised pass, so batching efficiency is the same on both sides)."""
-    from ipg.gradient_pass import _micro_batches, _policy_logprobs, positions_mask, _Row
     from ipg.components import capture_sites, decoder_layers
+    from ipg.gradient_pass import _micro_batches, _policy_logprobs, _Row, positions_mask
 
-    trajs = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids), a) for r in rollouts for s, a in zip(r.samples, r.advantages) if a != 0]
+    trajs = [
+        (s.prompt_ids + s.completion_ids, len(s.prompt_ids), a)
+        for r in rollouts
+        for s, a in zip(r.samples, r.advantages)
+        if a != 0
+    ]
     trajs.sort(key=lambda t: -len(t[0]))
     acts = [capture_sites(model, [site], [ids])[site]["h"][0] for ids, _, _ in trajs]  # not timed
     rows = [_Row(i, 0, 1.0, 1.0) for i in range(len(trajs)) for _ in range(cfg.q)]
     inputs = []
-    for batch in ([r.traj for r in b] for b in _micro_batches(rows, [len(t[0]) for t in trajs], cfg.budget(next(model.parameters()).device))):
+    for batch in (
+        [r.traj for r in b]
+        for b in _micro_batches(rows, [len(t[0]) for t in trajs], cfg.budget(next(model.parameters()).device))
+    ):
         width = len(trajs[batch[0]][0])
         ids = torch.tensor([trajs[i][0] + [0] * (width - len(trajs[i][0])) for i in batch])
         h = torch.stack([torch.nn.functional.pad(acts[i], (0, 0, 0, width - acts[i].shape[0])) for i in batch])
@@ -108,7 +116,9 @@ def bench_model(name: str, args) -> dict:
 
         model, tok = build(name)
         examples, signal = prompts(n_prompts), make_signal(varied)
-    settings = dict(method="ipg", layers=layers, n_samples=args.n, q=args.q, max_new_tokens=max_new, seed=0, completeness=False)
+    settings = dict(
+        method="ipg", layers=layers, n_samples=args.n, q=args.q, max_new_tokens=max_new, seed=0, completeness=False
+    )
     cfg = AttributionConfig(**settings)
     rollouts = sample_rollouts(model, tok, examples, signal, cfg)
     sites = [Site(layer, "residual") for layer in layers]
@@ -128,9 +138,14 @@ def bench_model(name: str, args) -> dict:
     ref, t_naive = best(naive, 1 if args.quick_naive else args.repeat)
     scale = max(np.abs(ref[s].mean(0)).max() for s in sites)
     rows = [{"variant": "naive reference", "seconds": t_naive, "max_rel_diff": 0.0}]
-    variants = (("optimised, unbatched (1 row per micro-batch)", dict(batch_tokens=1, share_prefix=False)),
-                (f"optimised, whole sequences (batch_tokens {cfg.budget(next(model.parameters()).device)})", dict(share_prefix=False)),
-                ("optimised (+ prompt prefix once per prompt)", {}))
+    variants = (
+        ("optimised, unbatched (1 row per micro-batch)", dict(batch_tokens=1, share_prefix=False)),
+        (
+            f"optimised, whole sequences (batch_tokens {cfg.budget(next(model.parameters()).device)})",
+            dict(share_prefix=False),
+        ),
+        ("optimised (+ prompt prefix once per prompt)", {}),
+    )
     for label, overrides in variants:
         partial, t = best(optimised(**overrides), args.repeat)
         diff = max(np.abs(partial.means(s) - ref[s].mean(0)).max() for s in sites) / scale
@@ -143,14 +158,34 @@ def bench_model(name: str, args) -> dict:
     for s in sites:
         c = AttributionConfig(**{**settings, "layers": (s.layer,)})
         whole = AttributionConfig(**{**settings, "layers": (s.layer,), "share_prefix": False})
-        _, t_site = best(lambda: shard_scores(model, tok, rollouts, signal, c, [s], zeros), args.repeat)
-        _, t_whole = best(lambda: shard_scores(model, tok, rollouts, signal, whole, [s], zeros), args.repeat)
+        _, t_site = best(lambda c=c, s=s: shard_scores(model, tok, rollouts, signal, c, [s], zeros), args.repeat)
+        _, t_whole = best(lambda w=whole, s=s: shard_scores(model, tok, rollouts, signal, w, [s], zeros), args.repeat)
         t_bound = bound_seconds(model, s, rollouts, c, args.repeat)
-        bounds.append({"site": str(s), "optimised_seconds": t_site, "whole_sequences_seconds": t_whole, "bound_seconds": t_bound,
-                       "ratio": t_site / t_bound, "whole_sequences_ratio": t_whole / t_bound})
-    return {"model": name, "layers": list(layers), "n_layers": model.config.num_hidden_layers, "hidden": model.config.hidden_size,
-            "prompts": n_prompts, "trajectories": n_traj, "active_trajectories": int(active), "trajectory_tokens": tokens,
-            "N": args.n, "q": args.q, "max_new_tokens": max_new, "throughput": rows, "bound": bounds}
+        bounds.append(
+            {
+                "site": str(s),
+                "optimised_seconds": t_site,
+                "whole_sequences_seconds": t_whole,
+                "bound_seconds": t_bound,
+                "ratio": t_site / t_bound,
+                "whole_sequences_ratio": t_whole / t_bound,
+            }
+        )
+    return {
+        "model": name,
+        "layers": list(layers),
+        "n_layers": model.config.num_hidden_layers,
+        "hidden": model.config.hidden_size,
+        "prompts": n_prompts,
+        "trajectories": n_traj,
+        "active_trajectories": int(active),
+        "trajectory_tokens": tokens,
+        "N": args.n,
+        "q": args.q,
+        "max_new_tokens": max_new,
+        "throughput": rows,
+        "bound": bounds,
+    }
 
 
 def main() -> None:
@@ -161,8 +196,7 @@ def main() -> None:
     ap.add_argument("--q", type=int, default=10)
     ap.add_argument("--repeat", type=int, default=2, help="runs per variant; the fastest counts")
     ap.add_argument("--quick-naive", action="store_true", help="time the naive reference once")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out")
+    run_options(ap)
     args = ap.parse_args()
     from ipg.files import atomic_write_json
 
@@ -171,19 +205,33 @@ def main() -> None:
     for name in args.models:
         res = bench_model(name, args)
         results.append(res)
-        print(f"\n{name}: {res['n_layers']} layers, hidden {res['hidden']}; attributing layers {res['layers']}; {res['prompts']} prompts "
-              f"x N {res['N']} = {res['trajectories']} trajectories ({res['active_trajectories']} with advantage != 0), "
-              f"{res['trajectory_tokens']} tokens; q {res['q']}; {args.threads} threads ({platform.machine()})")
+        print(
+            f"\n{name}: {res['n_layers']} layers, hidden {res['hidden']}; attributing layers {res['layers']}; {res['prompts']} prompts "
+            f"x N {res['N']} = {res['trajectories']} trajectories ({res['active_trajectories']} with advantage != 0), "
+            f"{res['trajectory_tokens']} tokens; q {res['q']}; {args.threads} threads ({platform.machine()})"
+        )
         print(f"  {'variant':48s} {'seconds':>8s} {'traj tok/s':>11s} {'vs naive':>9s} {'max|diff|/max|score|':>21s}")
         for r in res["throughput"]:
-            print(f"  {r['variant']:48s} {r['seconds']:8.2f} {r['tokens_per_s']:11.0f} {r['speedup']:8.2f}x {r['max_rel_diff']:21.1e}")
-        print(f"  {'site':20s} {'q x fwd+bwd above site s':>25s} {'optimised s':>11s} {'ratio':>6s} {'whole sequences s':>18s} {'ratio':>6s}")
+            print(
+                f"  {r['variant']:48s} {r['seconds']:8.2f} {r['tokens_per_s']:11.0f} {r['speedup']:8.2f}x {r['max_rel_diff']:21.1e}"
+            )
+        print(
+            f"  {'site':20s} {'q x fwd+bwd above site s':>25s} {'optimised s':>11s} {'ratio':>6s} {'whole sequences s':>18s} {'ratio':>6s}"
+        )
         for b in res["bound"]:
-            print(f"  {b['site']:20s} {b['bound_seconds']:25.2f} {b['optimised_seconds']:11.2f} {b['ratio']:6.2f} "
-                  f"{b['whole_sequences_seconds']:18.2f} {b['whole_sequences_ratio']:6.2f}")
+            print(
+                f"  {b['site']:20s} {b['bound_seconds']:25.2f} {b['optimised_seconds']:11.2f} {b['ratio']:6.2f} "
+                f"{b['whole_sequences_seconds']:18.2f} {b['whole_sequences_ratio']:6.2f}"
+            )
     if args.out:
-        atomic_write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                                     "threads": args.threads, "results": results})
+        atomic_write_json(
+            args.out,
+            {
+                **measured_on(),
+                "threads": args.threads,
+                "results": results,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -33,16 +33,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
-import platform
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from record import measured_on, run_options  # bench/record.py
 
 NAME = "smollm2-135m-instruct"
 DATA = Path(__file__).resolve().parents[1] / "deploy" / "data" / "arithmetic" / "support.jsonl"
@@ -73,17 +71,27 @@ def workload(args):
     from ipg.attribution_config import AttributionConfig
     from ipg.data import load_examples
     from ipg.models import load_model, model_context
-    from ipg.prompts import PromptFormat, format_examples
+    from ipg.prompts import format_examples
     from ipg.rollouts import prepare_examples, sample_rollouts
     from ipg.signals import make_signal
 
     model, tok = load_model(NAME)
     raw = load_examples(DATA, ("prompt", "answer"), fields={"prompt": "question"}, reference="gsm8k")[: args.prompts]
-    examples = format_examples(tok, prepare_examples(raw), PromptFormat("auto"), context=model_context(model),
-                               max_new_tokens=args.max_new_tokens)
+    examples = format_examples(
+        tok, prepare_examples(raw), context=model_context(model), max_new_tokens=args.max_new_tokens
+    )
     signal = make_signal("accuracy", formats=["hash", "boxed", "answer_is", "last_number"])
-    cfg = AttributionConfig(method="ipg", layers=tuple(args.layers), n_samples=args.n, q=args.q, max_new_tokens=args.max_new_tokens,
-                            temperature=0.6, top_p=0.8, seed=args.seed, completeness=False)
+    cfg = AttributionConfig(
+        method="ipg",
+        layers=tuple(args.layers),
+        n_samples=args.n,
+        q=args.q,
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.6,
+        top_p=0.8,
+        seed=args.seed,
+        completeness=False,
+    )
     return model, tok, sample_rollouts(model, tok, examples, signal, cfg), signal
 
 
@@ -94,8 +102,12 @@ def captum_scores(model, rollouts, layer: int, q: int, positions: str, group: in
 
     from ipg.gradient_pass import positions_mask  # the path's positions: the definition both sides share
 
-    trajs = [(p, s.prompt_ids + s.completion_ids, len(s.prompt_ids), a, len(r.samples))
-             for p, r in enumerate(rollouts) for s, a in zip(r.samples, r.advantages) if a != 0]
+    trajs = [
+        (p, s.prompt_ids + s.completion_ids, len(s.prompt_ids), a, len(r.samples))
+        for p, r in enumerate(rollouts)
+        for s, a in zip(r.samples, r.advantages)
+        if a != 0
+    ]
     trajs.sort(key=lambda t: -len(t[1]))
     layers = model.model.layers
     block = layers[layer]
@@ -127,8 +139,14 @@ def captum_scores(model, rollouts, layer: int, q: int, positions: str, group: in
             if q == 1:  # PG: the gradient at the activations themselves, times them, on the path
                 attr = gxa.attribute((ids, ones), additional_forward_args=(pred, adv)) * path[..., None]
             else:
-                attr = lig.attribute((ids, ones), baselines=(ids, (~path).float()[..., None]), additional_forward_args=(pred, adv),
-                                     n_steps=q, method="riemann_right", internal_batch_size=len(batch) * q)
+                attr = lig.attribute(
+                    (ids, ones),
+                    baselines=(ids, (~path).float()[..., None]),
+                    additional_forward_args=(pred, adv),
+                    n_steps=q,
+                    method="riemann_right",
+                    internal_batch_size=len(batch) * q,
+                )
             attr = attr[0] if isinstance(attr, tuple) else attr
             per_traj = attr.detach().double().sum(1).numpy()  # (rows, hidden)
             for t, row in zip(batch, per_traj):
@@ -142,20 +160,20 @@ def captum_scores(model, rollouts, layer: int, q: int, positions: str, group: in
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, nargs="+", default=[22, 26], help="the upper quarter of the 30 blocks")
-    ap.add_argument("--prompts", type=int, default=16)
-    ap.add_argument("--n", type=int, default=5)
-    ap.add_argument("--q", type=int, default=10)
-    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--prompts", type=int, default=16, help="support prompts of the workload")
+    ap.add_argument("--n", type=int, default=5, help="samples per prompt")
+    ap.add_argument("--q", type=int, default=10, help="alpha steps of the path")
+    ap.add_argument("--max-new-tokens", type=int, default=64, help="tokens per sampled trajectory")
     ap.add_argument("--positions", nargs="+", default=["generated"], choices=["generated", "all"])
-    ap.add_argument("--groups", type=int, nargs="+", default=[2, 8, 30], help="captum batchings tried: trajectories per call")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--groups", type=int, nargs="+", default=[2, 8, 30], help="captum batchings tried: trajectories per call"
+    )
+    ap.add_argument("--seed", type=int, default=0, help="sampling seed")
     ap.add_argument("--check-prompts", type=int, default=4, help="prompts of the float64 equality check")
-    ap.add_argument("--repeat", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out")
+    ap.add_argument("--repeat", type=int, default=1, help="timed runs per setting (the fastest is kept)")
+    run_options(ap)
     args = ap.parse_args()
     import captum
-
     from attribution import best as timed  # bench/attribution.py: (result, fastest seconds) of repeated runs
 
     from ipg.attribution import shard_scores
@@ -167,53 +185,118 @@ def main() -> None:
     model, tok, rollouts, signal = workload(args)
     model64 = copy.deepcopy(model).double()
     active = sum(a != 0 for r in rollouts for a in r.advantages)
-    tokens = [len(s.prompt_ids) + len(s.completion_ids) for r in rollouts for s, a in zip(r.samples, r.advantages) if a != 0]
+    tokens = [
+        len(s.prompt_ids) + len(s.completion_ids) for r in rollouts for s, a in zip(r.samples, r.advantages) if a != 0
+    ]
     gen = [len(s.completion_ids) for r in rollouts for s, a in zip(r.samples, r.advantages) if a != 0]
-    print(f"{NAME}: {len(rollouts)} prompts x N {args.n}: {active} trajectories with advantage != 0, mean {np.mean(tokens):.0f} "
-          f"tokens ({np.mean(gen):.0f} generated); captum {captum.__version__}, torch {torch.__version__}, {args.threads} threads", flush=True)
+    print(
+        f"{NAME}: {len(rollouts)} prompts x N {args.n}: {active} trajectories with advantage != 0, mean {np.mean(tokens):.0f} "
+        f"tokens ({np.mean(gen):.0f} generated); captum {captum.__version__}, torch {torch.__version__}, {args.threads} threads",
+        flush=True,
+    )
     rows, best_g = [], None
     warm = rollouts[:2]  # one untimed pass of each side first (allocator, kernels)
     sites = [Site(layer, "residual") for layer in args.layers]
-    shard_scores(model, tok, warm, signal, AttributionConfig(method="ipg", layers=tuple(args.layers), q=2, completeness=False), sites,
-                 {s: torch.zeros(model.config.hidden_size) for s in sites})
+    shard_scores(
+        model,
+        tok,
+        warm,
+        signal,
+        AttributionConfig(method="ipg", layers=tuple(args.layers), q=2, completeness=False),
+        sites,
+        {s: torch.zeros(model.config.hidden_size) for s in sites},
+    )
     captum_scores(model, warm, args.layers[0], 2, "generated", 2)
     for positions in args.positions:
         for method, q in (("ipg", args.q), ("pg", 1)):
             for layers in [[layer] for layer in args.layers] + ([args.layers] if len(args.layers) > 1 else []):
                 sites = [Site(layer, "residual") for layer in layers]
-                cfg = AttributionConfig(layers=tuple(layers), n_samples=args.n, q=q, method=method, positions=positions,
-                                        max_new_tokens=args.max_new_tokens, seed=args.seed, completeness=False)
+                cfg = AttributionConfig(
+                    layers=tuple(layers),
+                    n_samples=args.n,
+                    q=q,
+                    method=method,
+                    positions=positions,
+                    max_new_tokens=args.max_new_tokens,
+                    seed=args.seed,
+                    completeness=False,
+                )
                 zeros = {s: torch.zeros(model.config.hidden_size) for s in sites}
-                partial, t_ipg = timed(lambda: shard_scores(model, tok, rollouts, signal, cfg, sites, zeros).partial, args.repeat)
+                partial, t_ipg = timed(
+                    lambda cfg=cfg, sites=sites, zeros=zeros: (
+                        shard_scores(model, tok, rollouts, signal, cfg, sites, zeros).partial
+                    ),
+                    args.repeat,
+                )
                 best_c, ref = float("inf"), None
                 for g in args.groups if best_g is None else [best_g]:  # the batching is chosen on the first setting
-                    scores, t_c = timed(lambda: {s: captum_scores(model, rollouts, s.layer, q, positions, g) for s in sites}, args.repeat)
+                    scores, t_c = timed(
+                        lambda q=q, positions=positions, g=g, sites=sites: {
+                            s: captum_scores(model, rollouts, s.layer, q, positions, g) for s in sites
+                        },
+                        args.repeat,
+                    )
                     print(f"    captum, groups of {g}: {t_c:.2f} s", flush=True)
                     if t_c < best_c:
                         best_c, chosen, ref = t_c, g, scores
                 best_g = chosen
-                diff = max(float(np.abs(partial.means(s) - ref[s].mean(0)).max() / np.abs(ref[s].mean(0)).max()) for s in sites)
-                row = {"positions": positions, "method": method, "q": q, "layers": layers, "ipg_seconds": t_ipg,
-                       "captum_seconds": best_c, "captum_group": chosen, "ratio": best_c / t_ipg, "max_rel_diff": diff}
+                diff = max(
+                    float(np.abs(partial.means(s) - ref[s].mean(0)).max() / np.abs(ref[s].mean(0)).max()) for s in sites
+                )
+                row = {
+                    "positions": positions,
+                    "method": method,
+                    "q": q,
+                    "layers": layers,
+                    "ipg_seconds": t_ipg,
+                    "captum_seconds": best_c,
+                    "captum_group": chosen,
+                    "ratio": best_c / t_ipg,
+                    "max_rel_diff": diff,
+                }
                 rows.append(row)
-                print(f"  {positions:9s} {method:3s} q {q:2d} layers {str(layers):9s} ipg {t_ipg:7.2f} s  captum {best_c:7.2f} s "
-                      f"(groups of {chosen})  captum/ipg {row['ratio']:5.2f}x  max|diff|/max|score| {diff:.1e}", flush=True)
+                print(
+                    f"  {positions:9s} {method:3s} q {q:2d} layers {str(layers):9s} ipg {t_ipg:7.2f} s  captum {best_c:7.2f} s "
+                    f"(groups of {chosen})  captum/ipg {row['ratio']:5.2f}x  max|diff|/max|score| {diff:.1e}",
+                    flush=True,
+                )
                 # the same quantity? asserted on a float64 copy, where rounding cannot hide a difference (in
                 # float32, sums of advantage-weighted terms that nearly cancel differ by ~1e-4 between two
                 # correct orders of summation)
                 check = rollouts[: args.check_prompts]
-                ipg64 = shard_scores(model64, tok, check, signal, cfg, sites, {s: z.double() for s, z in zeros.items()}).partial
-                diff64 = max(float(np.abs(ipg64.means(s) - captum_scores(model64, check, s.layer, q, positions, chosen).mean(0)).max()
-                                   / np.abs(ipg64.means(s)).max()) for s in sites)
+                ipg64 = shard_scores(
+                    model64, tok, check, signal, cfg, sites, {s: z.double() for s, z in zeros.items()}
+                ).partial
+                diff64 = max(
+                    float(
+                        np.abs(
+                            ipg64.means(s) - captum_scores(model64, check, s.layer, q, positions, chosen).mean(0)
+                        ).max()
+                        / np.abs(ipg64.means(s)).max()
+                    )
+                    for s in sites
+                )
                 row["max_rel_diff_float64"] = diff64
                 print(f"    float64 check on {len(check)} prompts: max|diff|/max|score| {diff64:.1e}", flush=True)
                 assert diff64 <= TOLERANCE, f"captum and ipg disagree: {diff64:.2e} > {TOLERANCE}"
     if args.out:
-        atomic_write_json(args.out, {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-                                     "threads": args.threads, "model": NAME, "captum": captum.__version__, "torch": torch.__version__,
-                                     "prompts": len(rollouts), "N": args.n, "max_new_tokens": args.max_new_tokens,
-                                     "active_trajectories": int(active), "mean_tokens": float(np.mean(tokens)),
-                                     "mean_generated": float(np.mean(gen)), "rows": rows})
+        atomic_write_json(
+            args.out,
+            {
+                **measured_on(),
+                "threads": args.threads,
+                "model": NAME,
+                "captum": captum.__version__,
+                "torch": torch.__version__,
+                "prompts": len(rollouts),
+                "N": args.n,
+                "max_new_tokens": args.max_new_tokens,
+                "active_trajectories": int(active),
+                "mean_tokens": float(np.mean(tokens)),
+                "mean_generated": float(np.mean(gen)),
+                "rows": rows,
+            },
+        )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from record import measured_on, run_options  # noqa: E402  (bench/record.py)
 
 from ipg.driver.report.stages import STAGES  # noqa: E402
 
@@ -138,8 +139,13 @@ def unit_costs(model, tokens: int = 128, rows: int = 8, repeat: int = 3) -> dict
             torch.log_softmax(model.lm_head(leaf).float(), -1)[:, 0].sum().backward()
 
     n = rows * tokens
-    return {"block_forward": best(fwd) / (n * n_layers), "block_forward_backward": best(fwd_bwd) / (n * n_layers),
-            "head_forward": best(head) / n, "head_forward_backward": best(head_bwd) / n, "batch": f"{rows} x {tokens}"}
+    return {
+        "block_forward": best(fwd) / (n * n_layers),
+        "block_forward_backward": best(fwd_bwd) / (n * n_layers),
+        "head_forward": best(head) / n,
+        "head_forward_backward": best(head_bwd) / n,
+        "batch": f"{rows} x {tokens}",
+    }
 
 
 def measure(config: str, overrides: list[str], threads: int, log=print) -> dict:
@@ -161,7 +167,11 @@ def measure(config: str, overrides: list[str], threads: int, log=print) -> dict:
         patched.append((module, name, getattr(module, name)))
         wrap(module, name, counter, stage_of)
 
-    patch(ipg.generation, "_decode_loop", lambda model, ids, mask, params, *a, **k: "evaluation" if params.greedy else "rollout")
+    patch(
+        ipg.generation,
+        "_decode_loop",
+        lambda model, ids, mask, params, *a, **k: "evaluation" if params.greedy else "rollout",
+    )
     for module in (ipg.gradient_pass, ipg.attribution):
         patch(module, "site_scores", lambda *a, **k: "gradient")
     patch(ipg.component_path, "component_partial", lambda *a, **k: "gradient")
@@ -185,34 +195,63 @@ def measure(config: str, overrides: list[str], threads: int, log=print) -> dict:
     stages = run["stages"]
     rows = []
     for stage in STAGES:
-        bound = sum(n * costs["block_forward_backward" if grad else "block_forward"] for (s, grad), n in counter.blocks.items() if s == stage)
-        bound += sum(n * costs["head_forward_backward" if grad else "head_forward"] for (s, grad), n in counter.head.items() if s == stage)
+        bound = sum(
+            n * costs["block_forward_backward" if grad else "block_forward"]
+            for (s, grad), n in counter.blocks.items()
+            if s == stage
+        )
+        bound += sum(
+            n * costs["head_forward_backward" if grad else "head_forward"]
+            for (s, grad), n in counter.head.items()
+            if s == stage
+        )
         blocks = {("grad" if g else "no_grad"): n for (s, g), n in counter.blocks.items() if s == stage}
-        rows.append({"stage": stage, "seconds": stages[stage], "bound_seconds": round(bound, 2), "block_tokens": blocks,
-                     "ratio": round(stages[stage] / bound, 2) if bound else None})
+        rows.append(
+            {
+                "stage": stage,
+                "seconds": stages[stage],
+                "bound_seconds": round(bound, 2),
+                "block_tokens": blocks,
+                "ratio": round(stages[stage] / bound, 2) if bound else None,
+            }
+        )
     bounds = sum(r["bound_seconds"] for r in rows)
-    return {"model": cfg.model.name, "stages": stages, "unit_costs": costs, "rows": rows,
-            "timed_stages_seconds": round(sum(r["seconds"] for r in rows if r["stage"] != "other"), 2),
-            "sum_of_bounds": round(bounds, 2), "wall_over_bounds": round(stages["wall"] / bounds, 2),
-            "seconds_with_setup": round(total, 1), "eval_parquet": evals}
+    return {
+        "model": cfg.model.name,
+        "stages": stages,
+        "unit_costs": costs,
+        "rows": rows,
+        "timed_stages_seconds": round(sum(r["seconds"] for r in rows if r["stage"] != "other"), 2),
+        "sum_of_bounds": round(bounds, 2),
+        "wall_over_bounds": round(stages["wall"] / bounds, 2),
+        "seconds_with_setup": round(total, 1),
+        "eval_parquet": evals,
+    }
 
 
 def print_stages(result: dict, threads: int) -> None:
     stages = result["stages"]
-    print(f"\n{result['model']}: wall {stages['wall']:.0f} s ({result['seconds_with_setup']:.0f} s with model set-up); "
-          f"{threads} threads, {platform.machine()}")
+    print(
+        f"\n{result['model']}: wall {stages['wall']:.0f} s ({result['seconds_with_setup']:.0f} s with model set-up); "
+        f"{threads} threads, {platform.machine()}"
+    )
     print(f"  {'stage':20s} {'seconds':>8s} {'bound s':>8s} {'ratio':>6s}")
     for r in result["rows"]:
-        print(f"  {r['stage']:20s} {r['seconds']:8.1f} {r['bound_seconds']:8.1f} {r['ratio'] if r['ratio'] is not None else '-':>6}")
-    print(f"  {'wall vs sum of bounds':20s} {stages['wall']:8.1f} {result['sum_of_bounds']:8.1f} {result['wall_over_bounds']:6.2f}")
+        print(
+            f"  {r['stage']:20s} {r['seconds']:8.1f} {r['bound_seconds']:8.1f} {r['ratio'] if r['ratio'] is not None else '-':>6}"
+        )
+    print(
+        f"  {'wall vs sum of bounds':20s} {stages['wall']:8.1f} {result['sum_of_bounds']:8.1f} {result['wall_over_bounds']:6.2f}"
+    )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "deploy" / "configs" / "smollm2-135m-instruct.yaml"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as ipg run's --key=value")
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as ipg run's --key=value"
+    )
+    run_options(ap)
     args = ap.parse_args()
 
     from ipg.files import atomic_write_json
@@ -221,9 +260,17 @@ def main() -> int:
     result.pop("eval_parquet")
     print_stages(result, args.threads)
     if args.out:
-        atomic_write_json(args.out, {"bench": "end_to_end", "date": time.strftime("%Y-%m-%d"),
-                                     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "threads": args.threads,
-                                     "config": os.path.relpath(args.config, ROOT), "overrides": args.set, **result})
+        atomic_write_json(
+            args.out,
+            {
+                "bench": "end_to_end",
+                **measured_on(),
+                "threads": args.threads,
+                "config": os.path.relpath(args.config, ROOT),
+                "overrides": args.set,
+                **result,
+            },
+        )
     return 0
 
 

@@ -36,16 +36,23 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--layers", type=int, nargs="+", default=DEFAULT_LAYERS, help="default: the paper's 20-26 (a real model: 3/4 up)")
+    ap.add_argument(
+        "--layers",
+        type=int,
+        nargs="+",
+        default=DEFAULT_LAYERS,
+        help="default: the paper's 20-26 (a real model: 3/4 up)",
+    )
     ap.add_argument("--max-new-tokens", type=int, default=512)
     ap.add_argument("--batch-tokens", type=int, default=16384)
     ap.add_argument("--tiny", action="store_true")
     ap.add_argument("--model", help="a real model (checkpoint directory or catalog name) instead of the random one")
     ap.add_argument("--out")
     args = ap.parse_args()
+    from random_models import build, prompts, varied
+
     from ipg.attribution import attribute
     from ipg.files import atomic_write_json
-    from random_models import build, prompts, varied
 
     dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[args.dtype]
     if args.model:
@@ -55,7 +62,9 @@ def main() -> None:
 
         model, tok = load_model(args.model, dtype=args.dtype, device=args.device)
         data = Path(__file__).resolve().parents[1] / "deploy" / "data" / "arithmetic" / "support.jsonl"
-        examples = load_examples(data, ("prompt", "answer"), fields={"prompt": "question"}, reference="gsm8k")[: args.prompts]
+        examples = load_examples(data, ("prompt", "answer"), fields={"prompt": "question"}, reference="gsm8k")[
+            : args.prompts
+        ]
         signal, shape = make_signal("accuracy", formats=["hash", "boxed", "answer_is", "last_number"]), args.model
         n_layers = model.config.num_hidden_layers
         layers = [l_ for l_ in args.layers if l_ < n_layers] if args.layers != DEFAULT_LAYERS else [3 * n_layers // 4]
@@ -67,14 +76,35 @@ def main() -> None:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    res = attribute(model, tok, examples, signal=signal, method="ipg", layers=layers, n_samples=5, q=10, max_new_tokens=args.max_new_tokens,
-                    batch_tokens=args.batch_tokens, completeness=False, generation_batch_size=64)
+    res = attribute(
+        model,
+        tok,
+        examples,
+        signal=signal,
+        method="ipg",
+        layers=layers,
+        n_samples=5,
+        q=10,
+        max_new_tokens=args.max_new_tokens,
+        batch_tokens=args.batch_tokens,
+        completeness=False,
+        generation_batch_size=64,
+    )
     seconds = time.perf_counter() - start
-    out = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu", "dtype": args.dtype,
-           "shape": shape, "max_new_tokens": args.max_new_tokens, "layers": layers, "prompts": args.prompts, "N": 5, "q": 10,
-           "mean_generated_tokens": res.diagnostics["mean_generated_tokens"], "seconds_per_prompt": seconds / args.prompts,
-           "timings": res.diagnostics["timings"],
-           "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None}
+    out = {
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
+        "dtype": args.dtype,
+        "shape": shape,
+        "max_new_tokens": args.max_new_tokens,
+        "layers": layers,
+        "prompts": args.prompts,
+        "N": 5,
+        "q": 10,
+        "mean_generated_tokens": res.diagnostics["mean_generated_tokens"],
+        "seconds_per_prompt": seconds / args.prompts,
+        "timings": res.diagnostics["timings"],
+        "peak_gpu_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if args.device.startswith("cuda") else None,
+    }
     print(json.dumps(out))
     if args.out:
         atomic_write_json(args.out, out)

@@ -26,13 +26,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+from record import measured_on  # bench/record.py
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # bench.random_models: the prompts and the signal
@@ -42,8 +43,14 @@ SIGNAL = "bench.random_models:varied"
 
 
 def shape(layers: int) -> dict:
-    return dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=layers, num_attention_heads=16,
-                num_key_value_heads=4, vocab_size=8192)
+    return dict(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=layers,
+        num_attention_heads=16,
+        num_key_value_heads=4,
+        vocab_size=8192,
+    )
 
 
 def cgroup(name: str, cap_bytes: int) -> Path:
@@ -74,8 +81,14 @@ def build(model_dir: Path, layers: int) -> None:
     from bench.random_models import tokenizer as word_tokenizer
 
     # Llama, not Qwen2: AutoTokenizer would give a qwen2 model its own tokenizer class instead of this one
-    cfg = LlamaConfig(max_position_embeddings=512, tie_word_embeddings=True, bos_token_id=0, eos_token_id=1, pad_token_id=2,
-                      **shape(layers))
+    cfg = LlamaConfig(
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        **shape(layers),
+    )
     torch.manual_seed(0)
     model = LlamaForCausalLM(cfg).eval()
     n_params = sum(p.numel() for p in model.parameters())
@@ -111,9 +124,8 @@ def reference(model_dir: Path, layer: int, n: int, out: Path, threads: int) -> N
 
 def control(model_dir: Path, cap_bytes: int) -> None:
     enter(cgroup("control", cap_bytes))
-    from transformers import AutoModelForCausalLM
-
     import torch
+    from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
     print("control: loaded under the cap (it should not have)")
@@ -133,22 +145,51 @@ def capped(model_dir: Path, layer: int, n: int, out: Path, cap_bytes: int) -> No
         (group / "memory.limit_in_bytes").write_text(str(cap_bytes))
         (group / "cgroup.procs").write_text(str(os.getpid()))
 
-    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False, num_cpus=2, log_to_driver=False,
-             object_store_memory=512 * 2**20, runtime_env={"worker_process_setup_hook": cap_worker})
+    ray.init(
+        address="local",
+        _node_ip_address="127.0.0.1",
+        include_dashboard=False,
+        num_cpus=2,
+        log_to_driver=False,
+        object_store_memory=512 * 2**20,
+        runtime_env={"worker_process_setup_hook": cap_worker},
+    )
+    from ipg.attribution import AttributionConfig
     from ipg.driver.config import DeepSpeedConfig, RayConfig
     from ipg.driver.orchestration.pipeline import RaySession
-    from ipg.attribution import AttributionConfig
 
-    cfg = RayConfig(enabled=True, gradient_workers=1, shard_size=2, max_in_flight=1, progress="lines",
-                    rollout_backend="deepspeed", gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=2, timeout_s=1800))
+    cfg = RayConfig(
+        enabled=True,
+        gradient_workers=1,
+        shard_size=2,
+        max_in_flight=1,
+        progress="lines",
+        rollout_backend="deepspeed",
+        gradient_backend="deepspeed",
+        deepspeed=DeepSpeedConfig(ranks=2, timeout_s=1800),
+    )
     start = time.perf_counter()
     with RaySession(str(model_dir), cfg, signals=[SIGNAL]) as session:
         joined = time.perf_counter() - start
-        pids = {f"rank {i}": ray.get(a.__ray_call__.remote(lambda self: os.getpid())) for i, a in enumerate(session.gradient.actors)}
-        res = session.attribute(prompts(n), AttributionConfig(layers=(layer,), **SETTINGS), signal=SIGNAL, out_dir=out / "run")
+        pids = {
+            f"rank {i}": ray.get(a.__ray_call__.remote(lambda self: os.getpid()))
+            for i, a in enumerate(session.gradient.actors)
+        }
+        res = session.attribute(
+            prompts(n), AttributionConfig(layers=(layer,), **SETTINGS), signal=SIGNAL, out_dir=out / "run"
+        )
     pq.write_table(res.table, out / "capped.parquet")
-    (out / "capped.json").write_text(json.dumps({"seconds": time.perf_counter() - start, "join_seconds": joined, "pids": pids,
-                                                 "driver_pid": os.getpid(), "zero3": session.info["zero3"]}))
+    (out / "capped.json").write_text(
+        json.dumps(
+            {
+                "seconds": time.perf_counter() - start,
+                "join_seconds": joined,
+                "pids": pids,
+                "driver_pid": os.getpid(),
+                "zero3": session.info["zero3"],
+            }
+        )
+    )
 
 
 class Monitor(threading.Thread):
@@ -163,8 +204,11 @@ class Monitor(threading.Thread):
         while not self.stop.is_set():
             if time.time() - shown >= 10:  # a line every 10 s: the run's memory as it goes
                 shown = time.time()
-                print(f"  memory at {shown - start:.0f} s: " + ", ".join(f"{g} {b / 2**30:.2f} GiB" for g, b in sorted(self.now.items())),
-                      flush=True)
+                print(
+                    f"  memory at {shown - start:.0f} s: "
+                    + ", ".join(f"{g} {b / 2**30:.2f} GiB" for g, b in sorted(self.now.items())),
+                    flush=True,
+                )
             for group in (CGROUPS / "ipg-bench").glob("*"):
                 try:
                     stat = dict(line.split() for line in (group / "memory.stat").read_text().splitlines())
@@ -176,8 +220,21 @@ class Monitor(threading.Thread):
 
 
 def child(stage: str, args, *extra: str, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, __file__, "--stage", stage, "--layers", str(args.layers), "--prompts", str(args.prompts),
-           "--cap", str(args.cap), "--work", str(args.work), *extra]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--stage",
+        stage,
+        "--layers",
+        str(args.layers),
+        "--prompts",
+        str(args.prompts),
+        "--cap",
+        str(args.cap),
+        "--work",
+        str(args.work),
+        *extra,
+    ]
     print(f"[{time.strftime('%H:%M:%S')}] {stage} ...", flush=True)
     return subprocess.run(cmd, check=check, cwd=ROOT)
 
@@ -186,7 +243,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--layers", type=int, default=24)
     ap.add_argument("--prompts", type=int, default=4)
-    ap.add_argument("--cap", type=float, default=0.8, help="each process's memory cap as a fraction of the weights' bytes")
+    ap.add_argument(
+        "--cap", type=float, default=0.8, help="each process's memory cap as a fraction of the weights' bytes"
+    )
     ap.add_argument("--threads", type=int, default=2, help="torch threads of the reference run")
     ap.add_argument("--work", default="/tmp/ipg-large-model")
     ap.add_argument("--stage", choices=["build", "reference", "control", "capped"])
@@ -194,7 +253,11 @@ def main() -> int:
     args = ap.parse_args()
     work = Path(args.work)
     model_dir, layer = work / "model", args.layers - 3
-    weights = json.loads((model_dir / "ipg-bench.json").read_text())["float32_bytes"] if (model_dir / "ipg-bench.json").is_file() else 0
+    weights = (
+        json.loads((model_dir / "ipg-bench.json").read_text())["float32_bytes"]
+        if (model_dir / "ipg-bench.json").is_file()
+        else 0
+    )
     cap_bytes = int(args.cap * weights)
     if args.stage == "build":
         return build(model_dir, args.layers)
@@ -206,8 +269,11 @@ def main() -> int:
         return capped(model_dir, layer, args.prompts, work, cap_bytes)
 
     if not os.access(CGROUPS, os.W_OK):
-        print(f"error: {CGROUPS} is not writable; this benchmark caps each process with a cgroup v1 memory group "
-              "(run it as root on a machine with the cgroup v1 memory controller)", file=sys.stderr)
+        print(
+            f"error: {CGROUPS} is not writable; this benchmark caps each process with a cgroup v1 memory group "
+            "(run it as root on a machine with the cgroup v1 memory controller)",
+            file=sys.stderr,
+        )
         return 2
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
@@ -230,31 +296,48 @@ def main() -> int:
 
     ref, run = pq.read_table(work / "reference.parquet"), pq.read_table(work / "capped.parquet")
     r, c = np.array(ref.column("score").to_pylist()), np.array(run.column("score").to_pylist())
-    same_rows = all(ref.column(k).to_pylist() == run.column(k).to_pylist() for k in ("layer", "kind", "index", "n_prompts"))
+    same_rows = all(
+        ref.column(k).to_pylist() == run.column(k).to_pylist() for k in ("layer", "kind", "index", "n_prompts")
+    )
     info = json.loads((work / "capped.json").read_text())
     names = {f"worker-{pid}": name for name, pid in info["pids"].items()}
     peaks = {"driver (+ the local cluster's raylet, GCS)": monitor.peaks.get("driver", 0)}
     peaks.update({name: monitor.peaks[f"worker-{pid}"] for name, pid in info["pids"].items()})
     peaks["largest other Ray worker (reducer, merge tasks)"] = max(
-        (b for g, b in monitor.peaks.items() if g.startswith("worker-") and g not in names), default=0)
+        (b for g, b in monitor.peaks.items() if g.startswith("worker-") and g not in names), default=0
+    )
     ranks = [peaks[name] for name in info["pids"]]
     result = {
-        "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-        "model": {"shape": shape(args.layers), "params": sum(m["full_params"] for m in info["zero3"][:1]),
-                  "weights_gib": weights / 2**30},
-        "cap_gib": cap_bytes / 2**30, "cap_fraction": args.cap, "layer": layer, "prompts": args.prompts, "settings": SETTINGS,
+        **measured_on(),
+        "model": {
+            "shape": shape(args.layers),
+            "params": sum(m["full_params"] for m in info["zero3"][:1]),
+            "weights_gib": weights / 2**30,
+        },
+        "cap_gib": cap_bytes / 2**30,
+        "cap_fraction": args.cap,
+        "layer": layer,
+        "prompts": args.prompts,
+        "settings": SETTINGS,
         "control_load_under_cap_exit_code": killed,
         "peak_anon_gib": {k: v / 2**30 for k, v in peaks.items()},
         "largest_rank_peak_over_cap": max(ranks) / cap_bytes,
         "rank_params_gib": [m["local_bytes"] / 2**30 for m in info["zero3"]],
-        "same_rows": same_rows, "max_abs_diff_over_max_abs_score": float(np.abs(r - c).max() / np.abs(r).max()),
+        "same_rows": same_rows,
+        "max_abs_diff_over_max_abs_score": float(np.abs(r - c).max() / np.abs(r).max()),
         "reference_seconds": json.loads((work / "reference.json").read_text())["seconds"],
-        "capped_seconds": info["seconds"], "capped_group_start_seconds": info["join_seconds"],
+        "capped_seconds": info["seconds"],
+        "capped_group_start_seconds": info["join_seconds"],
     }
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
-    ok = killed != 0 and same_rows and result["max_abs_diff_over_max_abs_score"] < 1e-5 and max(peaks.values()) < cap_bytes
+    ok = (
+        killed != 0
+        and same_rows
+        and result["max_abs_diff_over_max_abs_score"] < 1e-5
+        and max(peaks.values()) < cap_bytes
+    )
     print("OK" if ok else "FAILED: see above")
     return 0 if ok else 1
 

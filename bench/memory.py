@@ -17,11 +17,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from record import measured_on  # bench/record.py
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,8 +61,17 @@ def main() -> int:
 
     rows, reference = [], None
     for budget in args.budgets:
-        code = CHILD.format(root=str(ROOT), threads=args.threads, model=args.model, prompts=args.prompts,
-                            layers=list(args.layers), q=args.q, n=args.n, tokens=args.max_new_tokens, budget=budget)
+        code = CHILD.format(
+            root=str(ROOT),
+            threads=args.threads,
+            model=args.model,
+            prompts=args.prompts,
+            layers=list(args.layers),
+            q=args.q,
+            n=args.n,
+            tokens=args.max_new_tokens,
+            budget=budget,
+        )
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         if proc.returncode != 0:
             print(proc.stderr[-3000:], file=sys.stderr)
@@ -71,18 +80,32 @@ def main() -> int:
         scores = r.pop("scores")
         reference = reference or scores
         scale = max(abs(s) for s in reference) or 1.0
-        rows.append({"batch_tokens": budget, "peak_mib": round(r["peak_kib"] / 1024, 1),
-                     "loaded_mib": round(r["loaded_kib"] / 1024, 1),
-                     "attribution_mib": round((r["peak_kib"] - r["loaded_kib"]) / 1024, 1),
-                     "seconds": round(r["seconds"], 2),
-                     "max_score_diff_rel": max(abs(a - b) for a, b in zip(scores, reference)) / scale})
+        rows.append(
+            {
+                "batch_tokens": budget,
+                "peak_mib": round(r["peak_kib"] / 1024, 1),
+                "loaded_mib": round(r["loaded_kib"] / 1024, 1),
+                "attribution_mib": round((r["peak_kib"] - r["loaded_kib"]) / 1024, 1),
+                "seconds": round(r["seconds"], 2),
+                "max_score_diff_rel": max(abs(a - b) for a, b in zip(scores, reference)) / scale,
+            }
+        )
     base = rows[0]
     for r in rows:
         r["attribution_mib_vs_smallest"] = round(r["attribution_mib"] / max(base["attribution_mib"], 0.1), 2)
         r["seconds_vs_smallest"] = round(r["seconds"] / base["seconds"], 2)
-    result = {"bench": "memory", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-              "model": args.model, "prompts": args.prompts, "layers": args.layers, "q": args.q, "n": args.n,
-              "max_new_tokens": args.max_new_tokens, "threads": args.threads, "budgets": rows}
+    result = {
+        "bench": "memory",
+        **measured_on(),
+        "model": args.model,
+        "prompts": args.prompts,
+        "layers": args.layers,
+        "q": args.q,
+        "n": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "threads": args.threads,
+        "budgets": rows,
+    }
     if args.zero3:
         result["zero3"] = zero3(args.model, args.zero3)
     line = json.dumps(result)
@@ -103,16 +126,25 @@ def zero3(model: str, ranks: int) -> dict:
     from ipg.driver.config import DeepSpeedConfig, RayConfig
     from ipg.driver.orchestration.pipeline import RaySession
 
-    cfg = RayConfig(enabled=True, gradient_backend="deepspeed", deepspeed=DeepSpeedConfig(ranks=ranks),
-                    cpus_per_actor=0.5, progress="off")
+    cfg = RayConfig(
+        enabled=True,
+        gradient_backend="deepspeed",
+        deepspeed=DeepSpeedConfig(ranks=ranks),
+        cpus_per_actor=0.5,
+        progress="off",
+    )
     try:
         with RaySession(model, cfg, log=lambda m: None) as session:
             per_rank = session.info["zero3"]
     finally:
         ray.shutdown()
     full = per_rank[0]["full_bytes"]
-    return {"ranks": ranks, "full_bytes": full, "per_rank_bytes": [m["local_bytes"] for m in per_rank],
-            "max_rank_vs_full": round(max(m["local_bytes"] for m in per_rank) / full, 4)}
+    return {
+        "ranks": ranks,
+        "full_bytes": full,
+        "per_rank_bytes": [m["local_bytes"] for m in per_rank],
+        "max_rank_vs_full": round(max(m["local_bytes"] for m in per_rank) / full, 4),
+    }
 
 
 if __name__ == "__main__":

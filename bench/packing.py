@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 
+from record import measured_on, run_options  # bench/record.py
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
@@ -35,16 +37,17 @@ MODES = ("one_pass_full", "one_pass", "packed")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "deploy" / "configs" / "organism.yaml"))
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as ipg run's --key=value")
+    ap.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="config overrides, as ipg run's --key=value"
+    )
     ap.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out")
+    run_options(ap)
     args = ap.parse_args()
 
     import pyarrow.parquet as pq
+    from end_to_end import measure, print_stages
 
     import ipg.generation
-    from end_to_end import measure, print_stages
     from ipg.files import atomic_write_json
 
     results, tables = {}, {}
@@ -65,23 +68,40 @@ def main() -> int:
         return next(r for r in results[mode]["rows"] if r["stage"] == name)
 
     print(f"\nvs {first} ({args.threads} threads, {platform.machine()}):")
-    print(f"  {'mode':14s} {'evaluation s':>12s} {'speed-up':>8s} {'vs bound':>8s} {'wall s':>8s} {'speed-up':>8s} "
-          f"{'wall vs bounds':>14s} {'eval.parquet':>12s}")
+    print(
+        f"  {'mode':14s} {'evaluation s':>12s} {'speed-up':>8s} {'vs bound':>8s} {'wall s':>8s} {'speed-up':>8s} "
+        f"{'wall vs bounds':>14s} {'eval.parquet':>12s}"
+    )
     comparison = {}
     for mode in args.modes:
         ev, wall = stage(mode, "evaluation"), results[mode]["stages"]["wall"]
-        comparison[mode] = {"evaluation_seconds": ev["seconds"], "evaluation_speedup": round(stage(first, "evaluation")["seconds"] / ev["seconds"], 2),
-                            "evaluation_vs_bound": ev["ratio"], "wall_seconds": wall,
-                            "wall_speedup": round(results[first]["stages"]["wall"] / wall, 2),
-                            "wall_over_bounds": results[mode]["wall_over_bounds"], "eval_parquet_equal": same[mode]}
+        comparison[mode] = {
+            "evaluation_seconds": ev["seconds"],
+            "evaluation_speedup": round(stage(first, "evaluation")["seconds"] / ev["seconds"], 2),
+            "evaluation_vs_bound": ev["ratio"],
+            "wall_seconds": wall,
+            "wall_speedup": round(results[first]["stages"]["wall"] / wall, 2),
+            "wall_over_bounds": results[mode]["wall_over_bounds"],
+            "eval_parquet_equal": same[mode],
+        }
         c = comparison[mode]
-        print(f"  {mode:14s} {c['evaluation_seconds']:12.1f} {c['evaluation_speedup']:8.2f} {c['evaluation_vs_bound']:8.2f} "
-              f"{wall:8.1f} {c['wall_speedup']:8.2f} {c['wall_over_bounds']:14.2f} {'same' if same[mode] else 'DIFFERS':>12s}")
+        print(
+            f"  {mode:14s} {c['evaluation_seconds']:12.1f} {c['evaluation_speedup']:8.2f} {c['evaluation_vs_bound']:8.2f} "
+            f"{wall:8.1f} {c['wall_speedup']:8.2f} {c['wall_over_bounds']:14.2f} {'same' if same[mode] else 'DIFFERS':>12s}"
+        )
     if args.out:
-        atomic_write_json(args.out, {"bench": "packing", "date": time.strftime("%Y-%m-%d"),
-                                     "machine": f"{platform.machine()}, {os.cpu_count()} CPUs", "threads": args.threads,
-                                     "config": os.path.relpath(args.config, ROOT), "overrides": args.set,
-                                     "comparison": comparison, "runs": results})
+        atomic_write_json(
+            args.out,
+            {
+                "bench": "packing",
+                **measured_on(),
+                "threads": args.threads,
+                "config": os.path.relpath(args.config, ROOT),
+                "overrides": args.set,
+                "comparison": comparison,
+                "runs": results,
+            },
+        )
     if not all(same.values()):
         print("error: eval.parquet differs between modes", file=sys.stderr)
         return 1

@@ -40,8 +40,10 @@ def main() -> None:
     examples = format_examples(tokenizer, splits()["eval"][: args.prompts])
     site = Site(2, "residual")
     width = model.config.hidden_size
-    jobs = [Job(examples, {"scale": random_components(width, site, 8, seed=0, draw=k // 2), "gamma": (0.0, 1.5)[k % 2]})
-            for k in range(args.jobs)]
+    jobs = [
+        Job(examples, {"scale": random_components(width, site, 8, seed=0, draw=k // 2), "gamma": (0.0, 1.5)[k % 2]})
+        for k in range(args.jobs)
+    ]
     params = SamplingParams(n=1, greedy=True, max_new_tokens=128)
 
     def run() -> float:
@@ -52,8 +54,10 @@ def main() -> None:
     wall = run()
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         profiled = run()
-    print(f"{args.jobs} evaluations x {len(examples)} prompts packed: {wall:.1f} s ({profiled:.1f} s profiled); "
-          f"{args.threads} threads")
+    print(
+        f"{args.jobs} evaluations x {len(examples)} prompts packed: {wall:.1f} s ({profiled:.1f} s profiled); "
+        f"{args.threads} threads"
+    )
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.rows))
 
 

@@ -6,15 +6,21 @@ from __future__ import annotations
 
 import torch
 
-SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=2, num_key_value_heads=1, vocab_size=512),
-    "24x512": dict(hidden_size=512, intermediate_size=2048, num_hidden_layers=24, num_attention_heads=8, num_key_value_heads=2, vocab_size=8192),
-    # SmolLM2-135M-Instruct's shape (30 blocks, hidden 576, 3 key/value heads, vocabulary 49,152)
-    "smollm2-135m": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
-                         vocab_size=49152),
-    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2,
-                         vocab_size=151936),
+_DIMS = (
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "vocab_size",
+)
+_ROWS = {  # name: (hidden, intermediate, layers, heads, key/value heads, vocabulary)
+    "tiny": (64, 128, 4, 2, 1, 512),
+    "24x512": (512, 2048, 24, 8, 2, 8192),
+    "smollm2-135m": (576, 1536, 30, 9, 3, 49152),  # SmolLM2-135M-Instruct's shape
+    "qwen2.5-1.5b": (1536, 8960, 28, 12, 2, 151936),
 }
+SHAPES = {name: dict(zip(_DIMS, row)) for name, row in _ROWS.items()}
 
 
 def build(shape: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
@@ -23,8 +29,14 @@ def build(shape: str, dtype: torch.dtype = torch.float32, device: str = "cpu"):
 
     dims = dict(SHAPES[shape])
     vocab = dims["vocab_size"]
-    cfg = Qwen2Config(max_position_embeddings=16384, tie_word_embeddings=shape != "tiny", bos_token_id=0, eos_token_id=1,
-                      pad_token_id=2, **dims)
+    cfg = Qwen2Config(
+        max_position_embeddings=16384,
+        tie_word_embeddings=shape != "tiny",
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=2,
+        **dims,
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).to(device=device, dtype=dtype).eval()
     model.requires_grad_(False)

@@ -25,14 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
+from record import measured_on, run_options  # bench/record.py
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGET_GIB = 24  # these machines' memory: a 2048-token trajectory must attribute within it
@@ -73,13 +71,25 @@ seconds = time.perf_counter() - t
 print(json.dumps({{"before_kib": before, "peak_kib": rss_kib("VmHWM"), "seconds": seconds, "scores": scores[0].tolist()}}))
 """
 
-VARIANTS = {"default": dict(checkpoint=False, unchunked=False), "checkpointing": dict(checkpoint=True, unchunked=False),
-            "unchunked LM head": dict(checkpoint=False, unchunked=True)}
+VARIANTS = {
+    "default": dict(checkpoint=False, unchunked=False),
+    "checkpointing": dict(checkpoint=True, unchunked=False),
+    "unchunked LM head": dict(checkpoint=False, unchunked=True),
+}
 
 
 def run_one(args, length: int, variant: str) -> dict:
-    code = CHILD.format(root=str(ROOT), bench=str(ROOT / "bench"), threads=args.threads, shape=args.shape, length=length,
-                        layer=args.layer, q=args.q, prompt=PROMPT, **VARIANTS[variant])
+    code = CHILD.format(
+        root=str(ROOT),
+        bench=str(ROOT / "bench"),
+        threads=args.threads,
+        shape=args.shape,
+        length=length,
+        layer=args.layer,
+        q=args.q,
+        prompt=PROMPT,
+        **VARIANTS[variant],
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"T {length} {variant}: the child failed:\n{proc.stderr[-3000:]}")
@@ -93,8 +103,7 @@ def main() -> int:
     ap.add_argument("--q", type=int, default=4)
     ap.add_argument("--lengths", type=int, nargs="+", default=[128, 512, 1024, 2048])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--threads", type=int, default=os.cpu_count())
-    ap.add_argument("--out")
+    run_options(ap)
     args = ap.parse_args()
 
     rows, summary = [], []
@@ -109,28 +118,61 @@ def main() -> int:
             mib = (r["peak_kib"] - r["before_kib"]) / 1024
             width = length + PROMPT
             rows_per_batch = max(1, min(args.q, BUDGET // width))  # micro-batches: rows x width <= the budget
-            row = {"variant": variant, "T": length, "seconds": round(r["seconds"], 2), "peak_mib": round(r["peak_kib"] / 1024, 1),
-                   "attribution_mib": round(mib, 1), "mib_per_token": round(mib / length, 3), "rows_per_micro_batch": rows_per_batch,
-                   "mib_per_micro_batch_token": round(mib / (rows_per_batch * width), 3),
-                   "max_rel_diff_vs_first_variant": float(np.abs(scores - ref).max() / np.abs(ref).max())}
+            row = {
+                "variant": variant,
+                "T": length,
+                "seconds": round(r["seconds"], 2),
+                "peak_mib": round(r["peak_kib"] / 1024, 1),
+                "attribution_mib": round(mib, 1),
+                "mib_per_token": round(mib / length, 3),
+                "rows_per_micro_batch": rows_per_batch,
+                "mib_per_micro_batch_token": round(mib / (rows_per_batch * width), 3),
+                "max_rel_diff_vs_first_variant": float(np.abs(scores - ref).max() / np.abs(ref).max()),
+            }
             rows.append(row)
-            print(f"  {variant:18s} T {length:5d}: {row['seconds']:8.2f} s  +{mib:8.1f} MiB ({row['mib_per_token']:.3f} MiB/token, "
-                  f"{rows_per_batch} rows/micro-batch: {row['mib_per_micro_batch_token']:.3f} MiB/micro-batch token)  "
-                  f"peak {row['peak_mib']:8.1f} MiB  max|diff| vs {args.variants[0]} {row['max_rel_diff_vs_first_variant']:.1e}", flush=True)
+            print(
+                f"  {variant:18s} T {length:5d}: {row['seconds']:8.2f} s  +{mib:8.1f} MiB ({row['mib_per_token']:.3f} MiB/token, "
+                f"{rows_per_batch} rows/micro-batch: {row['mib_per_micro_batch_token']:.3f} MiB/micro-batch token)  "
+                f"peak {row['peak_mib']:8.1f} MiB  max|diff| vs {args.variants[0]} {row['max_rel_diff_vs_first_variant']:.1e}",
+                flush=True,
+            )
         mine = [r for r in rows if r["variant"] == variant]
         T = np.array([r["T"] for r in mine], dtype=float)
         exponent = float(np.polyfit(np.log(T), np.log([r["seconds"] for r in mine]), 1)[0])
         long = [r for r in mine if r["rows_per_micro_batch"] == 1]  # one row per micro-batch: memory grows with T alone
-        per_token = float(np.polyfit([r["T"] for r in long], [r["attribution_mib"] for r in long], 1)[0]) if len(long) > 1 else float("nan")
+        per_token = (
+            float(np.polyfit([r["T"] for r in long], [r["attribution_mib"] for r in long], 1)[0])
+            if len(long) > 1
+            else float("nan")
+        )
         fits = max(r["peak_mib"] for r in mine) < BUDGET_GIB * 1024
-        summary.append({"variant": variant, "time_exponent": round(exponent, 3), "mib_per_token_slope": round(per_token, 3),
-                        "longest_within_24_gib": fits})
-        print(f"{variant}: seconds ~ T^{exponent:.2f}; memory {per_token:.3f} MiB per generated token once a row fills a "
-              f"micro-batch (T + {PROMPT} >= {BUDGET // 2}); T {int(T.max())} "
-              f"{'within' if fits else 'ABOVE'} {BUDGET_GIB} GiB", flush=True)
-    result = {"bench": "trace_length", "date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-              "shape": args.shape, "layer": args.layer, "q": args.q, "prompt_tokens": PROMPT, "batch_tokens": BUDGET, "trajectories": 1, "threads": args.threads,
-              "rows": rows, "fits": summary}
+        summary.append(
+            {
+                "variant": variant,
+                "time_exponent": round(exponent, 3),
+                "mib_per_token_slope": round(per_token, 3),
+                "longest_within_24_gib": fits,
+            }
+        )
+        print(
+            f"{variant}: seconds ~ T^{exponent:.2f}; memory {per_token:.3f} MiB per generated token once a row fills a "
+            f"micro-batch (T + {PROMPT} >= {BUDGET // 2}); T {int(T.max())} "
+            f"{'within' if fits else 'ABOVE'} {BUDGET_GIB} GiB",
+            flush=True,
+        )
+    result = {
+        "bench": "trace_length",
+        **measured_on(),
+        "shape": args.shape,
+        "layer": args.layer,
+        "q": args.q,
+        "prompt_tokens": PROMPT,
+        "batch_tokens": BUDGET,
+        "trajectories": 1,
+        "threads": args.threads,
+        "rows": rows,
+        "fits": summary,
+    }
     if args.out:
         sys.path.insert(0, str(ROOT))
         from ipg.files import atomic_write_json

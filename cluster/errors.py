@@ -33,8 +33,17 @@ def cause(exc: BaseException) -> BaseException:
     error, and the errors of tasks whose inputs failed (a chain of refs: rollouts -> gradient -> merge),
     unwrapped to the innermost (or ``exc`` itself)."""
     for _ in range(32):  # chains are as long as the refs a result passed through
-        inner = next((i for i in (getattr(exc, "cause", None), getattr(getattr(exc, "creation_task_error", None), "cause", None))
-                      if isinstance(i, BaseException) and i is not exc), None)
+        inner = next(
+            (
+                i
+                for i in (
+                    getattr(exc, "cause", None),
+                    getattr(getattr(exc, "creation_task_error", None), "cause", None),
+                )
+                if isinstance(i, BaseException) and i is not exc
+            ),
+            None,
+        )
         if inner is None:
             break
         exc = inner

@@ -57,17 +57,27 @@ class Metrics:
         self.trajectories = Counter("ipg_trajectories_total", "trajectories processed", tag_keys=stage)
         self.tokens = Counter("ipg_tokens_total", "tokens processed", tag_keys=stage)
         self.shards = Counter("ipg_shards_total", "shards finished", tag_keys=stage)
-        self.stage_seconds = Histogram("ipg_stage_seconds", "latency of one unit of work", boundaries=_BOUNDARIES,
-                                       tag_keys=stage)
+        self.stage_seconds = Histogram(
+            "ipg_stage_seconds", "latency of one unit of work", boundaries=_BOUNDARIES, tag_keys=stage
+        )
         self.reducer_lag = Gauge("ipg_reducer_lag_seconds", "partial table created -> merged", tag_keys=RUN_TAGS)
         self.errors = Counter("ipg_errors_total", "failures by class", tag_keys=("error_class", "stage", *RUN_TAGS))
-        self.logprob_gap = Gauge("ipg_logprob_gap_max", "max |rollout-engine log-prob - torch log-prob| of the last shard",
-                                 tag_keys=RUN_TAGS)
+        self.logprob_gap = Gauge(
+            "ipg_logprob_gap_max", "max |rollout-engine log-prob - torch log-prob| of the last shard", tag_keys=RUN_TAGS
+        )
         self.tag_all(run_tags())
 
     def tag_all(self, tags: dict[str, str]) -> None:
-        for metric in (self.prompts, self.trajectories, self.tokens, self.shards, self.stage_seconds, self.reducer_lag,
-                       self.errors, self.logprob_gap):
+        for metric in (
+            self.prompts,
+            self.trajectories,
+            self.tokens,
+            self.shards,
+            self.stage_seconds,
+            self.reducer_lag,
+            self.errors,
+            self.logprob_gap,
+        ):
             metric.set_default_tags(tags)
 
     def count(self, stage: str, *, prompts: int = 0, trajectories: int = 0, tokens: int = 0) -> None:

@@ -35,19 +35,30 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, dashboar
                 with on_loopback(loopback_only(address)):
                     ray.init(address=address, log_to_driver=True)
             except ConnectionError as e:
-                raise InputError(f"ray.address: cannot connect to '{address}' ({e}); start a head with "
-                                 "`ray start --head` or unset RAY_ADDRESS to start a local cluster") from None
+                raise InputError(
+                    f"ray.address: cannot connect to '{address}' ({e}); start a head with "
+                    "`ray start --head` or unset RAY_ADDRESS to start a local cluster"
+                ) from None
         else:
             with on_loopback():
-                ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                         num_cpus=num_cpus, log_to_driver=False)
+                ray.init(
+                    address="local",
+                    _node_ip_address="127.0.0.1",
+                    include_dashboard=dashboard,
+                    dashboard_host="127.0.0.1",
+                    num_cpus=num_cpus,
+                    log_to_driver=False,
+                )
             from ipg.cluster import watchdog
 
             watchdog.start(os.getpid())  # the cluster dies with this driver, even a killed one
     from ray._private.worker import get_dashboard_url
 
-    return {"address": ray.get_runtime_context().gcs_address, "dashboard_url": get_dashboard_url() or None,
-            "local": not address}
+    return {
+        "address": ray.get_runtime_context().gcs_address,
+        "dashboard_url": get_dashboard_url() or None,
+        "local": not address,
+    }
 
 
 @contextmanager
@@ -113,9 +124,11 @@ def reachable(address: str, timeout_s: float = 10.0) -> None:
     try:
         socket.create_connection(where, timeout=timeout_s).close()
     except OSError as e:
-        raise InputError(f"ray.address: nothing answers at '{address}' within {timeout_s:g} s ({e.strerror or e}); start "
-                         "the cluster (`ray start --head`), give the address of a running one, or unset ray.address / "
-                         "RAY_ADDRESS to start a local cluster") from None
+        raise InputError(
+            f"ray.address: nothing answers at '{address}' within {timeout_s:g} s ({e.strerror or e}); start "
+            "the cluster (`ray start --head`), give the address of a running one, or unset ray.address / "
+            "RAY_ADDRESS to start a local cluster"
+        ) from None
 
 
 def metrics_endpoints() -> list[str]:
@@ -148,7 +161,9 @@ def upload_modules(paths: list[str]) -> tuple[str, ...]:
 
     from ray._private.runtime_env.py_modules import upload_py_modules_if_needed
 
-    env = upload_py_modules_if_needed({"py_modules": list(paths)}, include_gitignore=True, scratch_dir=tempfile.gettempdir())
+    env = upload_py_modules_if_needed(
+        {"py_modules": list(paths)}, include_gitignore=True, scratch_dir=tempfile.gettempdir()
+    )
     return tuple(env["py_modules"])
 
 
@@ -173,15 +188,22 @@ class ActorSpec:
 
 
 def actor_options(spec: ActorSpec, placement_group=None, bundle_index: int = -1) -> dict:
-    options = dict(num_cpus=spec.num_cpus, num_gpus=spec.num_gpus, max_restarts=spec.max_restarts,
-                   max_task_retries=spec.max_task_retries, runtime_env=runtime_env(spec.threads, spec.py_modules, spec.env), **spec.extra)
+    options = dict(
+        num_cpus=spec.num_cpus,
+        num_gpus=spec.num_gpus,
+        max_restarts=spec.max_restarts,
+        max_task_retries=spec.max_task_retries,
+        runtime_env=runtime_env(spec.threads, spec.py_modules, spec.env),
+        **spec.extra,
+    )
     if spec.resources:
         options["resources"] = {k: float(v) for k, v in spec.resources.items()}
     if placement_group is not None:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-            placement_group=placement_group, placement_group_bundle_index=bundle_index)
+            placement_group=placement_group, placement_group_bundle_index=bundle_index
+        )
     return options
 
 
@@ -211,7 +233,9 @@ def typed_constructor(cls):
             self.__dict__["_constructor_error"] = e
 
     # Ray looks methods up on the class: each public one checks first
-    methods = {name: checked(fn) for name, fn in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_")}
+    methods = {
+        name: checked(fn) for name, fn in inspect.getmembers(cls, inspect.isfunction) if not name.startswith("_")
+    }
     Actor = type(cls.__name__, (cls,), {"__init__": __init__, **methods})
     Actor.__qualname__, Actor.__doc__ = cls.__qualname__, cls.__doc__
     return Actor
@@ -220,14 +244,27 @@ def typed_constructor(cls):
 class ActorGroup:
     """``n`` actors of one plain class, with their options; picked round-robin by shard number."""
 
-    def __init__(self, cls, n: int, spec: ActorSpec, *args, placement_group=None, first_bundle: int = 0,
-                 per_actor: list[dict] | None = None, **kwargs):
+    def __init__(
+        self,
+        cls,
+        n: int,
+        spec: ActorSpec,
+        *args,
+        placement_group=None,
+        first_bundle: int = 0,
+        per_actor: list[dict] | None = None,
+        **kwargs,
+    ):
         if n < 1:
             raise InputError(f"ray: a group of {cls.__name__} needs at least 1 actor, got {n}")
         remote_cls = ray.remote(typed_constructor(cls))
         self.name, self.spec = cls.__name__, spec
-        self.actors = [remote_cls.options(**actor_options(spec, placement_group, first_bundle + i if placement_group else -1))
-                       .remote(*args, **kwargs, **(per_actor[i] if per_actor else {})) for i in range(n)]
+        self.actors = [
+            remote_cls.options(
+                **actor_options(spec, placement_group, first_bundle + i if placement_group else -1)
+            ).remote(*args, **kwargs, **(per_actor[i] if per_actor else {}))
+            for i in range(n)
+        ]
 
     def __len__(self) -> int:
         return len(self.actors)
@@ -251,14 +288,18 @@ def check_resources(groups: dict[str, tuple[int, ActorSpec]]) -> None:
     missing = {k: (v, total.get(k, 0.0)) for k, v in needed.items() if total.get(k, 0.0) < v - 1e-9}
     if missing:
         nodes = [n for n in ray.nodes() if n["Alive"]]
-        per_node = "; ".join(f"node {n['NodeManagerAddress']}: " + ", ".join(f"{k} {n['Resources'].get(k, 0.0):g}" for k in needed)
-                             for n in nodes)
+        per_node = "; ".join(
+            f"node {n['NodeManagerAddress']}: " + ", ".join(f"{k} {n['Resources'].get(k, 0.0):g}" for k in needed)
+            for n in nodes
+        )
         want = ", ".join(f"{name} {n} x {spec.bundle()}" for name, (n, spec) in groups.items())
-        raise InputError("ray: the cluster lacks resources for the actors: " +
-                         ", ".join(f"{k} needs {v:g}, has {h:g}" for k, (v, h) in missing.items()) +
-                         f" (actors: {want}; {per_node}). Lower ray.rollout_workers / ray.gradient_workers or "
-                         "ray.cpus_per_actor / ray.gpus_per_actor, check that the nodes declare the custom resources of "
-                         "ray.rollout_resources / ray.gradient_resources, or add nodes")
+        raise InputError(
+            "ray: the cluster lacks resources for the actors: "
+            + ", ".join(f"{k} needs {v:g}, has {h:g}" for k, (v, h) in missing.items())
+            + f" (actors: {want}; {per_node}). Lower ray.rollout_workers / ray.gradient_workers or "
+            "ray.cpus_per_actor / ray.gpus_per_actor, check that the nodes declare the custom resources of "
+            "ray.rollout_resources / ray.gradient_resources, or add nodes"
+        )
 
 
 def reserve(groups: dict[str, tuple[int, ActorSpec]], strategy: str = "PACK", timeout_s: float = 120.0, log=None):
@@ -287,15 +328,21 @@ def reserve(groups: dict[str, tuple[int, ActorSpec]], strategy: str = "PACK", ti
         if waited >= timeout_s:
             break
         if log is not None:
-            log(f"ray: waiting for the actors' resources ({waited:.0f} of ray.placement_timeout_s={timeout_s:g} s)"
-                + (f": {busy}" if busy else ""))
+            log(
+                f"ray: waiting for the actors' resources ({waited:.0f} of ray.placement_timeout_s={timeout_s:g} s)"
+                + (f": {busy}" if busy else "")
+            )
     remove_placement_group(pg)
     if busy:
-        raise InputError(f"ray.placement_timeout_s: the actors' resources stayed in use by other jobs for {timeout_s:g} s "
-                         f"({busy}); wait for them to end, raise ray.placement_timeout_s to queue behind them, or lower "
-                         "ray.rollout_workers / ray.gradient_workers / ray.cpus_per_actor")
-    raise InputError(f"ray.placement_strategy: {strategy} could not place {len(bundles)} bundles {bundles} within "
-                     f"{timeout_s:.0f} s (the resources exist but not in that shape); use PACK or SPREAD, or add nodes")
+        raise InputError(
+            f"ray.placement_timeout_s: the actors' resources stayed in use by other jobs for {timeout_s:g} s "
+            f"({busy}); wait for them to end, raise ray.placement_timeout_s to queue behind them, or lower "
+            "ray.rollout_workers / ray.gradient_workers / ray.cpus_per_actor"
+        )
+    raise InputError(
+        f"ray.placement_strategy: {strategy} could not place {len(bundles)} bundles {bundles} within "
+        f"{timeout_s:.0f} s (the resources exist but not in that shape); use PACK or SPREAD, or add nodes"
+    )
 
 
 def _held_elsewhere(bundles: list[dict]) -> str:

@@ -61,8 +61,13 @@ def start(driver_pid: int) -> None:
     """Start the watchdog of ``driver_pid`` in a session of its own (no terminal signals reach it)."""
     import subprocess
 
-    subprocess.Popen([sys.executable, "-m", "ipg.cluster.watchdog", str(driver_pid)], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.Popen(
+        [sys.executable, "-m", "ipg.cluster.watchdog", str(driver_pid)],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 if __name__ == "__main__":

@@ -7,15 +7,14 @@ Python API on Ray (names resolved lazily: ``import ipg.driver`` imports no Ray):
     res.table      # the same table as ipg.attribute with the same settings
 """
 
-from importlib import import_module
+from ipg.lazy import lazy_exports
 
-_EXPORTS = {"attribute_on_ray": "ipg.driver.orchestration.pipeline", "RaySession": "ipg.driver.orchestration.pipeline", "RayConfig": "ipg.driver.config",
-            "load_config": "ipg.driver.config", "run_experiment": "ipg.driver.experiment"}
+_EXPORTS = {
+    "attribute_on_ray": "ipg.driver.orchestration.pipeline",
+    "RaySession": "ipg.driver.orchestration.pipeline",
+    "RayConfig": "ipg.driver.config",
+    "load_config": "ipg.driver.config",
+    "run_experiment": "ipg.driver.experiment",
+}
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ipg.driver' has no attribute '{name}'")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

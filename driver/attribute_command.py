@@ -37,8 +37,9 @@ def add_arguments(p) -> None:
     p.add_argument("--data", help="data.support: JSONL, Parquet or a dataset directory (organism: its support split)")
     p.add_argument("--layers", type=int, nargs="+", help="attribution.layers")
     p.add_argument("--limit", type=int, help="data.n_support: the first N support examples")
-    p.add_argument("--sae", action="append", help="an SAE for kind sae, under the layer it was trained on: an ipg file or a "
-                                                    "SAELens directory (cfg.json, sae_weights.safetensors) (repeatable)")
+    p.add_argument(
+        "--sae", action="append", help="an SAE for kind sae (repeatable): an ipg file or a SAELens directory"
+    )
     p.add_argument("--out", help="output directory (required unless --resume)")
     p.add_argument("--run-id", help="the scores' run_id (default: the output directory's name, so --resume keeps it)")
     p.add_argument("--show", type=int, default=8, help="top components to print per layer")
@@ -56,8 +57,10 @@ def _overrides(args) -> list[str]:
 
         saes = {int(SAE.header(path)["layer"]): str(path) for path in args.sae}
         if -1 in saes:
-            raise InputError(f"--sae: '{saes[-1]}' names no hook (cfg.json metadata.hook_name); list it in a config's "
-                             "model.saes under the layer whose output it reads")
+            raise InputError(
+                f"--sae: '{saes[-1]}' names no hook (cfg.json metadata.hook_name); list it in a config's "
+                "model.saes under the layer whose output it reads"
+            )
         out.append(f"--model.saes={json.dumps(saes)}")
     if args.data:
         out.append(f"--data.support={json.dumps(args.data)}")
@@ -77,10 +80,14 @@ def config_of(args) -> tuple[RunConfig, Path]:
     if args.resume:
         saved = Path(args.resume) / "config.yaml"
         if not saved.is_file():
-            raise InputError(f"--resume: '{args.resume}' has no config.yaml; it is not the directory of an `ipg attribute` run")
+            raise InputError(
+                f"--resume: '{args.resume}' has no config.yaml; it is not the directory of an `ipg attribute` run"
+            )
         if args.config or args.preset or args.out:
-            raise InputError("--config / --preset / --out: not with --resume (the attribution continues with the config "
-                             "saved in its directory)")
+            raise InputError(
+                "--config / --preset / --out: not with --resume (the attribution continues with the config "
+                "saved in its directory)"
+            )
         return load_config(str(saved), _overrides(args) + ["--ray.enabled=true"]), Path(args.resume)
     if not args.out:
         raise InputError("--out: required (the output directory), or --resume RUN_DIR")
@@ -88,9 +95,8 @@ def config_of(args) -> tuple[RunConfig, Path]:
 
 
 def attribute_command(args) -> None:
-    from ipg.signals import make_signal
-
     from ipg.driver.run_dir import check_cluster, claim
+    from ipg.signals import make_signal
 
     cfg, out = config_of(args)
     params = signal_params_of(cfg)
@@ -115,7 +121,9 @@ def _attribute(args, cfg: RunConfig, out: Path, params: dict, examples: list[dic
 
     def save_config():  # the resume record (what `--resume OUT` repeats), once the inputs passed their checks
         if not args.resume:
-            atomic_write_text(out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False))
+            atomic_write_text(
+                out / "config.yaml", yaml.safe_dump(json.loads(json.dumps(as_dict(cfg), default=list)), sort_keys=False)
+            )
 
     if on_ray:
         from ipg.driver.orchestration.pipeline import attribute_on_ray
@@ -124,14 +132,31 @@ def _attribute(args, cfg: RunConfig, out: Path, params: dict, examples: list[dic
         # formatted here, once: the driver holds the tokenizer, never the weights
         tokenizer = load_tokenizer(cfg.model.name, trust_remote_code=cfg.model.trust_remote_code)
         skipped: dict[str, str] = {}
-        examples = format_examples(tokenizer, examples, fmt, context=model_context(cfg.model.name, cfg.model.trust_remote_code),
-                                   max_new_tokens=a.max_new_tokens, on_error=a.on_error, skipped=skipped)
+        examples = format_examples(
+            tokenizer,
+            examples,
+            fmt,
+            context=model_context(cfg.model.name, cfg.model.trust_remote_code),
+            max_new_tokens=a.max_new_tokens,
+            on_error=a.on_error,
+            skipped=skipped,
+        )
         save_config()
         note = fmt.note(tokenizer, examples)
         if note:
             log(note)
-        res = attribute_on_ray(cfg.model, examples, a, signal=cfg.signal, signal_params=params, out_dir=out,
-                               ray_cfg=cfg.ray, run_id=run_id, resume=bool(args.resume), log=log)
+        res = attribute_on_ray(
+            cfg.model,
+            examples,
+            a,
+            signal=cfg.signal,
+            signal_params=params,
+            out_dir=out,
+            ray_cfg=cfg.ray,
+            run_id=run_id,
+            resume=bool(args.resume),
+            log=log,
+        )
         res.diagnostics["skipped"] = {**skipped, **res.diagnostics.get("skipped", {})}
         prompt = fmt.describe(tokenizer, examples=examples)
         fingerprint = res.table.column("model")[0].as_py() if res.table.num_rows else cfg.model.name
@@ -141,18 +166,39 @@ def _attribute(args, cfg: RunConfig, out: Path, params: dict, examples: list[dic
 
         m = cfg.model
         model, tokenizer = load_model(m.name, dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code)
-        res = attribute(model, tokenizer, examples, signal=cfg.signal, signal_params=params, saes=load_saes(cfg),
-                        run_id=run_id, log=log, prompt_format=fmt, **dataclasses.asdict(a))
+        res = attribute(
+            model,
+            tokenizer,
+            examples,
+            signal=cfg.signal,
+            signal_params=params,
+            saes=load_saes(cfg),
+            run_id=run_id,
+            log=log,
+            prompt_format=fmt,
+            **dataclasses.asdict(a),
+        )
         prompt = res.diagnostics["prompt_format"]
         save_config()
         write_scores(out / "scores.parquet", res.table)
         fingerprint = model_fingerprint(model)
-    run = {"run_id": run_id, "command": "attribute", "model": fingerprint, "signal": cfg.signal, "signal_params": params,
-           "data": cfg.data.support or "organism support split", "ray": on_ray, "prompt": prompt,
-           "answers": cfg.answers.extractor().describe() if cfg.signal == "accuracy" else None,
-           "n_examples": len(examples), "config": as_dict(cfg),
-           "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(res.config).items()},
-           "saes": dict(cfg.model.saes), "diagnostics": res.diagnostics, "versions": versions()}
+    run = {
+        "run_id": run_id,
+        "command": "attribute",
+        "model": fingerprint,
+        "signal": cfg.signal,
+        "signal_params": params,
+        "data": cfg.data.support or "organism support split",
+        "ray": on_ray,
+        "prompt": prompt,
+        "answers": cfg.answers.extractor().describe() if cfg.signal == "accuracy" else None,
+        "n_examples": len(examples),
+        "config": as_dict(cfg),
+        "settings": {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(res.config).items()},
+        "saes": dict(cfg.model.saes),
+        "diagnostics": res.diagnostics,
+        "versions": versions(),
+    }
     atomic_write_json(out / "run.json", run)
     print_summary(res, out, len(examples), args.show)
 
@@ -162,18 +208,30 @@ def print_summary(res, out: Path, n_examples: int, show: int) -> None:
 
     d = res.diagnostics
     print(f"wrote {out / 'scores.parquet'} ({res.table.num_rows} components) and {out / 'run.json'}")
-    print(f"{d['seconds_per_prompt']:.3f} s per prompt; mean reward {d['mean_reward']:.3f}; "
-          f"{d['mixed_groups']}/{d['n_prompts']} groups with varying rewards")
+    print(
+        f"{d['seconds_per_prompt']:.3f} s per prompt; mean reward {d['mean_reward']:.3f}; "
+        f"{d['mixed_groups']}/{d['n_prompts']} groups with varying rewards"
+    )
     if d.get("skipped"):
-        print(f"skipped {len(d['skipped'])}/{n_examples} examples, refused or their signal failing (on_error skip): "
-              + ", ".join(list(d["skipped"])[:5]))
+        print(
+            f"skipped {len(d['skipped'])}/{n_examples} examples, refused or their signal failing (on_error skip): "
+            + ", ".join(list(d["skipped"])[:5])
+        )
     rows = res.table.to_pydict()
     kind = res.config.kind
     for layer in res.config.layers:
         s = d["sites"][f"layers.{layer}.{kind}"]
         n = sum(1 for l_, k in zip(rows["layer"], rows["kind"]) if l_ == layer and k == kind)
         top = select(res.table, min(show, n), layer=layer, kind=kind)
-        scores = {i: sc for i, sc, l_, k in zip(rows["index"], rows["score"], rows["layer"], rows["kind"]) if l_ == layer and k == kind}
-        gap = f"; J(0) {s['J_alpha0']:.3f} J({s['alpha_min']:.3g}) {s['J_alpha_min']:.3f} J(1) {s['J_alpha1']:.3f}" if "J_alpha0" in s else ""
+        scores = {
+            i: sc
+            for i, sc, l_, k in zip(rows["index"], rows["score"], rows["layer"], rows["kind"])
+            if l_ == layer and k == kind
+        }
+        gap = (
+            f"; J(0) {s['J_alpha0']:.3f} J({s['alpha_min']:.3g}) {s['J_alpha_min']:.3f} J(1) {s['J_alpha1']:.3f}"
+            if "J_alpha0" in s
+            else ""
+        )
         print(f"layers.{layer}.{kind}: sum of scores {s['sum_scores']:.4f}{gap}")
         print("  top: " + ", ".join(f"{c.index} ({scores[c.index]:+.4f})" for c in top))

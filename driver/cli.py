@@ -66,14 +66,24 @@ def _eval(args) -> None:
     from ipg.models import load_model, model_context
     from ipg.prompts import format_examples
 
-    params = SamplingParams(n=args.n, greedy=args.temperature == 0, temperature=args.temperature or 1.0,
-                            top_p=args.top_p, max_new_tokens=args.max_new_tokens, seed=args.seed)
+    params = SamplingParams(
+        n=args.n,
+        greedy=args.temperature == 0,
+        temperature=args.temperature or 1.0,
+        top_p=args.top_p,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+    )
     fmt, extractor = _prompt_format(args), _extractor(args)
-    examples = load_examples(args.data, required=("prompt", "answer"), fields=_fields(args), reference=args.reference,
-                             split=args.split)[: args.limit]
-    model, tokenizer = load_model(args.model, dtype=args.dtype, device=args.device,
-                                  trust_remote_code=args.trust_remote_code)
-    examples = format_examples(tokenizer, examples, fmt, context=model_context(model), max_new_tokens=args.max_new_tokens)
+    examples = load_examples(
+        args.data, required=("prompt", "answer"), fields=_fields(args), reference=args.reference, split=args.split
+    )[: args.limit]
+    model, tokenizer = load_model(
+        args.model, dtype=args.dtype, device=args.device, trust_remote_code=args.trust_remote_code
+    )
+    examples = format_examples(
+        tokenizer, examples, fmt, context=model_context(model), max_new_tokens=args.max_new_tokens
+    )
     note = fmt.note(tokenizer, examples)
     if note:
         print(note, file=sys.stderr)
@@ -83,16 +93,29 @@ def _eval(args) -> None:
     if args.completions:  # every completion with what was read from it: for checking the scoring by hand
         from ipg.answers import answers_match
 
-        rows = [{"id": ex["id"], "sample": s.sample_index, "prompt": ex["prompt"], "answer": ex["answer"],
-                 "completion": s.text, "extracted": a, "correct": answers_match(a, str(ex["answer"]))}
-                for ex, group in zip(examples, samples) for s in group for a in [extractor.extract(s.text)]]
+        rows = [
+            {
+                "id": ex["id"],
+                "sample": s.sample_index,
+                "prompt": ex["prompt"],
+                "answer": ex["answer"],
+                "completion": s.text,
+                "extracted": a,
+                "correct": answers_match(a, str(ex["answer"])),
+            }
+            for ex, group in zip(examples, samples)
+            for s in group
+            for a in [extractor.extract(s.text)]
+        ]
         write_jsonl(args.completions, rows)
     if args.json:
         print(json.dumps({**summary.as_dict(), **setup}, indent=2))
         return
     print(format_table({args.model: summary}))
-    print(f"prompt format '{fmt.format}' (resolved: {setup['prompt']['resolved']}); answers from "
-          f"{', '.join(extractor.formats)}" + (f" after the pattern {extractor.pattern!r}" if extractor.pattern else ""))
+    print(
+        f"prompt format '{fmt.format}' (resolved: {setup['prompt']['resolved']}); answers from "
+        f"{', '.join(extractor.formats)}" + (f" after the pattern {extractor.pattern!r}" if extractor.pattern else "")
+    )
     if args.completions:
         print(f"wrote {args.completions}")
 
@@ -124,18 +147,34 @@ def _extractor(args):
 def _input_flags(p) -> None:
     """How a file's records become the model's inputs and how answers are read (``ipg eval``; ``ipg run`` and
     ``ipg attribute`` set these in the config tree: data.fields, data.reference, prompt.*, answers.*)."""
-    p.add_argument("--field", action="append", metavar="KEY=COLUMN",
-                   help="which column is the example's prompt, answer or id (repeatable): --field prompt=question")
-    p.add_argument("--reference", default="auto", help="how references are read: auto | gsm8k ('#### 72') | math "
-                                                        "(last \\boxed{}) | plain")
+    p.add_argument(
+        "--field",
+        action="append",
+        metavar="KEY=COLUMN",
+        help="which column is the example's prompt, answer or id (repeatable): --field prompt=question",
+    )
+    p.add_argument(
+        "--reference",
+        default="auto",
+        help="how references are read: auto | gsm8k ('#### 72') | math (last \\boxed{}) | plain",
+    )
     p.add_argument("--split", help="the split of a Hugging Face dataset directory (save_to_disk) holding several")
-    p.add_argument("--prompt-format", default="auto",
-                   help="auto (chat when the model has a chat template, else raw) | chat | raw | a template over the "
-                        "example's fields: 'Question: {question}\\nAnswer:'")
+    p.add_argument(
+        "--prompt-format",
+        default="auto",
+        help="auto (chat when the model has a chat template, else raw) | chat | raw | a template over the "
+        "example's fields: 'Question: {question}\\nAnswer:'",
+    )
     p.add_argument("--system-prompt", help="system message of the chat format")
-    p.add_argument("--answer-format", nargs="+", metavar="FORMAT",
-                   help="answer formats in order of precedence: hash boxed answer_is last_number (default: hash boxed answer_is)")
-    p.add_argument("--answer-pattern", metavar="REGEX", help="a regex tried before the formats; its group is the answer")
+    p.add_argument(
+        "--answer-format",
+        nargs="+",
+        metavar="FORMAT",
+        help="answer formats in order of precedence: hash boxed answer_is last_number (default: hash boxed answer_is)",
+    )
+    p.add_argument(
+        "--answer-pattern", metavar="REGEX", help="a regex tried before the formats; its group is the answer"
+    )
 
 
 def _sae_train(args) -> None:
@@ -150,8 +189,10 @@ def _sae_train(args) -> None:
 
     if args.out is None:  # the named SAE of this model and layer, into the cache (as a run's first use does)
         if args.model not in RECIPES:
-            raise InputError(f"--out: required for model '{args.model}' (named SAEs, built into the cache without "
-                             f"--out, exist for {', '.join(RECIPES)})")
+            raise InputError(
+                f"--out: required for model '{args.model}' (named SAEs, built into the cache without "
+                f"--out, exist for {', '.join(RECIPES)})"
+            )
         path = named_sae_path(f"{args.model}:layer{args.layer}", args.model, args.layer)
         print(f"{path}: {json.loads(fit_path(path).read_text())}")
         return
@@ -172,17 +213,32 @@ def _sae_train(args) -> None:
         from ipg.prompts import format_examples
         from ipg.word_problems import fresh
 
-        examples = format_examples(tokenizer, [{"id": f"sae-{i}", "prompt": r["question"]} for i, r in
-                                               enumerate(fresh(RECIPES[args.model].level, args.prompts, args.seed))])
+        examples = format_examples(
+            tokenizer,
+            [
+                {"id": f"sae-{i}", "prompt": r["question"]}
+                for i, r in enumerate(fresh(RECIPES[args.model].level, args.prompts, args.seed))
+            ],
+        )
     else:
         raise InputError("--data: required unless --model is 'organism' or a named model")
     from ipg.components import Site, check_site
 
     check_site(model, Site(args.layer, "residual"))
-    acts = collect_activations(model, tokenizer, examples, args.layer, n_samples=args.samples, seed=args.seed,
-                               max_new_tokens=args.max_new_tokens, skip_first=args.model != "organism", log=print)
-    sae, stats = train_sae(acts, args.features, args.k, steps=args.steps, seed=args.seed, layer=args.layer,
-                           model=model_fingerprint(model))
+    acts = collect_activations(
+        model,
+        tokenizer,
+        examples,
+        args.layer,
+        n_samples=args.samples,
+        seed=args.seed,
+        max_new_tokens=args.max_new_tokens,
+        skip_first=args.model != "organism",
+        log=print,
+    )
+    sae, stats = train_sae(
+        acts, args.features, args.k, steps=args.steps, seed=args.seed, layer=args.layer, model=model_fingerprint(model)
+    )
     fit = {"layer": args.layer, "model": model_fingerprint(model), **stats}
     if args.format == "sae_lens":
         from ipg.sae_lens import export
@@ -222,8 +278,10 @@ def _run(args) -> None:
         if not saved.is_file():
             raise InputError(f"--resume: '{args.resume}' has no config.yaml; it is not the directory of an `ipg run`")
         if args.config or args.preset:
-            raise InputError(f"--{'config' if args.config else 'preset'}: not with --resume (the run continues with the "
-                             "config saved in its directory)")
+            raise InputError(
+                f"--{'config' if args.config else 'preset'}: not with --resume (the run continues with the "
+                "config saved in its directory)"
+            )
         cfg = load_config(str(saved), overrides + [f"--out={json.dumps(args.resume)}"])
     else:
         cfg = load_config(args.config, overrides, preset=args.preset)
@@ -237,8 +295,15 @@ def _sweep(args) -> None:
     from ipg.driver.sweep import SweepFailed, run_sweep
 
     try:
-        run_sweep(args.spec, out=args.out, ray=args.ray, address=args.address, work=args.work, overrides=args.overrides,
-                  pushgateway=args.pushgateway)
+        run_sweep(
+            args.spec,
+            out=args.out,
+            ray=args.ray,
+            address=args.address,
+            work=args.work,
+            overrides=args.overrides,
+            pushgateway=args.pushgateway,
+        )
     except SweepFailed as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -267,9 +332,13 @@ def _report(args) -> None:
 
 
 def _ray_flags(p) -> None:
-    p.add_argument("--ray", action="store_true", help="run attribution on Ray (default when RAY_ADDRESS or --address is set)")
+    p.add_argument(
+        "--ray", action="store_true", help="run attribution on Ray (default when RAY_ADDRESS or --address is set)"
+    )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster on 127.0.0.1)")
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a killed Ray run in RUN_DIR, skipping the shards in its ledger")
+    p.add_argument(
+        "--resume", metavar="RUN_DIR", help="continue a killed Ray run in RUN_DIR, skipping the shards in its ledger"
+    )
     p.add_argument("--overwrite", action="store_true", help="replace the run already in the output directory")
 
 
@@ -282,21 +351,33 @@ def named_choices() -> str:
     from ipg.signals import signal_names
     from ipg.workers.backends import GRADIENT_BACKENDS, ROLLOUT_BACKENDS
 
-    rows = [("--attribution.method", list(METHODS), f"default {DEFAULT}"), ("--attribution.schedule", list(SCHEDULES), "ipg only"),
-            ("--attribution.baseline", list(BASELINES), ""), ("--attribution.advantage", list(ADVANTAGES), ""),
-            ("--baselines.methods", list(ACCURACY_BASELINES), "a list"), ("--length.methods", list(CONTROL_METHODS), "a list"),
-            ("--signal", signal_names(), "or package.module:function"),
-            ("--ray.rollout_backend", list(ROLLOUT_BACKENDS), ""), ("--ray.gradient_backend", list(GRADIENT_BACKENDS), "")]
-    return "named choices:\n" + "\n".join(f"  {flag:24} {' | '.join(names)}" + (f"  ({note})" if note else "")
-                                           for flag, names, note in rows)
+    rows = [
+        ("--attribution.method", list(METHODS), f"default {DEFAULT}"),
+        ("--attribution.schedule", list(SCHEDULES), "ipg only"),
+        ("--attribution.baseline", list(BASELINES), ""),
+        ("--attribution.advantage", list(ADVANTAGES), ""),
+        ("--baselines.methods", list(ACCURACY_BASELINES), "a list"),
+        ("--length.methods", list(CONTROL_METHODS), "a list"),
+        ("--signal", signal_names(), "or package.module:function"),
+        ("--ray.rollout_backend", list(ROLLOUT_BACKENDS), ""),
+        ("--ray.gradient_backend", list(GRADIENT_BACKENDS), ""),
+    ]
+    return "named choices:\n" + "\n".join(
+        f"  {flag:24} {' | '.join(names)}" + (f"  ({note})" if note else "") for flag, names, note in rows
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ipg", description="Integrated Policy Gradient: attribute and steer LLM reasoning. "
-                                     "A failure ends in one `error:` line; --debug (anywhere) prints its traceback.")
+    parser = argparse.ArgumentParser(
+        prog="ipg",
+        description="Integrated Policy Gradient: attribute and steer LLM reasoning. "
+        "A failure ends in one `error:` line; --debug (anywhere) prints its traceback.",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    organism = sub.add_parser("organism", help="the bundled model organism").add_subparsers(dest="action", required=True)
+    organism = sub.add_parser("organism", help="the bundled model organism").add_subparsers(
+        dest="action", required=True
+    )
     p = organism.add_parser("data", help="write support.jsonl and eval.jsonl")
     p.add_argument("--out", default="data/organism")
     p.add_argument("--seed", type=int, default=0)
@@ -314,31 +395,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(run=_organism_eval)
 
-    p = sub.add_parser("attribute", help="one attribution of the support examples: scores.parquet and run.json in --out; "
-                                         "the settings of `ipg run` (--config, --preset, dotted overrides)",
-                       epilog=named_choices(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "attribute",
+        help="one attribution of the support examples: scores.parquet and run.json in --out; "
+        "the settings of `ipg run` (--config, --preset, dotted overrides)",
+        epilog=named_choices(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     attribute_command.add_arguments(p)
     _ray_flags(p)
     p.set_defaults(run=attribute_command.attribute_command, overrides=[])
 
-    p = sub.add_parser("run", help="attribute, steer and evaluate against baselines; writes a report",
-                       epilog=named_choices(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "run",
+        help="attribute, steer and evaluate against baselines; writes a report",
+        epilog=named_choices(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--config", help="YAML run config (default: the organism experiment)")
-    p.add_argument("--preset", help="named settings over the config, under the dotted overrides: paper (the "
-                                    "paper's attribution exactly)")
+    p.add_argument(
+        "--preset",
+        help="named settings over the config, under the dotted overrides: paper (the paper's attribution exactly)",
+    )
     p.add_argument("--out", help="output directory (the config's 'out' otherwise)")
     _ray_flags(p)
     p.set_defaults(run=_run, overrides=[])
-    p = sub.add_parser("sweep", help="models x signals x layers x kinds x methods: one attribution (and steering "
-                                     "evaluation) a cell, into a Parquet dataset; a rerun skips finished cells")
+    p = sub.add_parser(
+        "sweep",
+        help="models x signals x layers x kinds x methods: one attribution (and steering "
+        "evaluation) a cell, into a Parquet dataset; a rerun skips finished cells",
+    )
     p.add_argument("--spec", required=True, help="sweep spec YAML (deploy/sweeps/*.yaml)")
     p.add_argument("--out", help="local path or URI (s3://, gs://, ...) for the results (the spec's 'out' otherwise)")
-    p.add_argument("--ray", action="store_true", help="run the cells on Ray (default when RAY_ADDRESS or --address is set)")
+    p.add_argument(
+        "--ray", action="store_true", help="run the cells on Ray (default when RAY_ADDRESS or --address is set)"
+    )
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local cluster on 127.0.0.1)")
-    p.add_argument("--work", help="local directory for the cells' resumable state (default: OUT/work, or "
-                                  "~/.cache/ipg/sweeps/NAME when OUT is a URI)")
-    p.add_argument("--pushgateway", metavar="HOST:PORT", help="push the sweep's outcome to this Prometheus Pushgateway "
-                                                              "when it ends (replaces the spec's pushgateway.address)")
+    work = "local directory for the cells' resumable state (default: OUT/work, or ~/.cache/ipg/sweeps/NAME for a URI)"
+    p.add_argument("--work", help=work)
+    p.add_argument(
+        "--pushgateway",
+        metavar="HOST:PORT",
+        help="push the sweep's outcome to this Prometheus Pushgateway "
+        "when it ends (replaces the spec's pushgateway.address)",
+    )
     p.set_defaults(run=_sweep, overrides=[])
     p = sub.add_parser("models", help="the named models (organism, smollm2-135m-instruct) and where they are cached")
     p.add_argument("action", nargs="?", choices=["list", "build"], default="list")
@@ -361,22 +461,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-new-tokens", type=int, default=128, help="tokens sampled per completion")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="the SAE file (or directory, --format sae_lens); without it, a named model's SAE of "
-                                 "this layer is built into the cache by its fixed recipe, as a run's first use does")
-    p.add_argument("--format", choices=["ipg", "sae_lens"], default="ipg",
-                   help="ipg: one safetensors file; sae_lens: a SAELens directory (cfg.json, sae_weights.safetensors)")
+    p.add_argument(
+        "--out",
+        help="the SAE file (or directory, --format sae_lens); without it, a named model's SAE of "
+        "this layer is built into the cache by its fixed recipe, as a run's first use does",
+    )
+    p.add_argument(
+        "--format",
+        choices=["ipg", "sae_lens"],
+        default="ipg",
+        help="ipg: one safetensors file; sae_lens: a SAELens directory (cfg.json, sae_weights.safetensors)",
+    )
     p.set_defaults(run=_sae_train)
     p = sae.add_parser("export", help="write an SAE (ipg file or SAELens directory) as a SAELens directory")
     p.add_argument("sae", help="an ipg SAE file (or a SAELens directory)")
     p.add_argument("out", help="the directory to write: cfg.json and sae_weights.safetensors")
     p.set_defaults(run=_sae_export)
 
-    p = sub.add_parser("eval", help="accuracy@1 and mean length of a causal LM on a JSONL/Parquet file or dataset directory")
-    p.add_argument("--model", required=True, help="local path, .gguf file, Hugging Face hub id, or a named model "
-                                                  "(organism, smollm2-135m-instruct)")
+    p = sub.add_parser(
+        "eval", help="accuracy@1 and mean length of a causal LM on a JSONL/Parquet file or dataset directory"
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        help="local path, .gguf file, Hugging Face hub id, or a named model (organism, smollm2-135m-instruct)",
+    )
     p.add_argument("--data", required=True, help="examples with a prompt and an answer (see --field)")
     p.add_argument("--limit", type=int, help="only the first N examples")
-    p.add_argument("--completions", metavar="FILE", help="write every completion, its extracted answer and verdict (JSONL)")
+    p.add_argument(
+        "--completions", metavar="FILE", help="write every completion, its extracted answer and verdict (JSONL)"
+    )
     _input_flags(p)
     p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

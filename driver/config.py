@@ -13,17 +13,23 @@ from pathlib import Path
 
 import yaml
 
-from ipg.driver.ray_config import DeepSpeedConfig, RayConfig, VLLMConfig
-from ipg.driver.selections import ACCURACY_BASELINES, CONTROL_METHODS
 from ipg.answers import DEFAULT_FORMATS, REFERENCE_FORMATS, Extractor
 from ipg.attribution import AttributionConfig
 from ipg.data import check_fields
+from ipg.driver.ray_config import DeepSpeedConfig, RayConfig, VLLMConfig
+from ipg.driver.selections import ACCURACY_BASELINES, CONTROL_METHODS
 from ipg.errors import InputError
 from ipg.methods import METHODS
 from ipg.prompts import PromptFormat
 
+__all__ = [
+    "DeepSpeedConfig",
+    "RayConfig",
+    "VLLMConfig",
+    "RunConfig",
+    "load_config",
+]  # the Ray sections live in driver.ray_config
 
-__all__ = ["DeepSpeedConfig", "RayConfig", "VLLMConfig", "RunConfig", "load_config"]  # the Ray sections live in driver.ray_config
 
 def _attribution_defaults() -> AttributionConfig:
     # the organism's defaults for a run; the seed is set by the runner, per entry of 'seeds'; the method is the
@@ -63,7 +69,9 @@ class DataConfig:
 class PromptConfig:
     """How an example becomes the model's input (``ipg.prompts``)."""
 
-    format: str = "auto"  # auto (chat when the tokenizer has a template, else raw) | chat | raw | a template over fields
+    format: str = (
+        "auto"  # auto (chat when the tokenizer has a template, else raw) | chat | raw | a template over fields
+    )
     system: str | None = None  # the chat format's system message
     user: str | None = None  # the chat format's user message, a template over fields; None: the example's prompt
 
@@ -81,7 +89,9 @@ class PromptConfig:
 class AnswersConfig:
     """Which text of a completion is its final answer, for the accuracy signal and every evaluation."""
 
-    formats: list[str] = field(default_factory=lambda: list(DEFAULT_FORMATS))  # in order: hash, boxed, answer_is, last_number
+    formats: list[str] = field(
+        default_factory=lambda: list(DEFAULT_FORMATS)
+    )  # in order: hash, boxed, answer_is, last_number
     pattern: str | None = None  # a regex tried before the formats; its group (or the whole match) is the answer
 
     def __post_init__(self):
@@ -116,15 +126,28 @@ class EvaluationConfig:
         if self.batch_size < 1:
             raise InputError(f"batch_size: must be >= 1, got {self.batch_size}")
         if self.pack_tokens < 0:
-            raise InputError(f"pack_tokens: must be >= 0 (0: one generation pass per evaluation), got {self.pack_tokens}")
+            raise InputError(
+                f"pack_tokens: must be >= 0 (0: one generation pass per evaluation), got {self.pack_tokens}"
+            )
         if self.completions < 0:
-            raise InputError(f"completions: must be >= 0 (eval prompts whose texts the report shows; 0: none), got {self.completions}")
+            raise InputError(
+                f"completions: must be >= 0 (eval prompts whose texts the report shows; 0: none), got {self.completions}"
+            )
 
 
 @dataclass(frozen=True)
 class BaselinesConfig:
-    methods: list[str] = field(default_factory=lambda: ["ipg", "pg", "random", "activation", "concept_tokens",
-                                                        "control_vector", "reason_score"])
+    methods: list[str] = field(
+        default_factory=lambda: [
+            "ipg",
+            "pg",
+            "random",
+            "activation",
+            "concept_tokens",
+            "control_vector",
+            "reason_score",
+        ]
+    )
     concept_tokens: list[str] = field(default_factory=lambda: ["+", "="])
     reflection_words: list[str] = field(default_factory=lambda: ["wait", "check"])
 
@@ -146,7 +169,9 @@ class ControlConfig:
     def __post_init__(self):
         unknown = sorted(set(self.methods) - set(CONTROL_METHODS))
         if unknown:
-            raise InputError(f"methods: unknown {unknown[0]!r}; a control experiment steers {', '.join(CONTROL_METHODS)}")
+            raise InputError(
+                f"methods: unknown {unknown[0]!r}; a control experiment steers {', '.join(CONTROL_METHODS)}"
+            )
         if self.random_draws < 1:
             raise InputError(f"random_draws: must be >= 1, got {self.random_draws}")
 
@@ -297,7 +322,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     reserved = {"original", "ipg_sae", "pg_sae", *ACCURACY_BASELINES}
     for name, overrides in cfg.variants.items():
         if name in reserved or not str(name).replace("_", "").isalnum():
-            raise InputError(f"variants.{name}: a variant needs its own name (letters, digits, _), not one of {sorted(reserved)}")
+            raise InputError(
+                f"variants.{name}: a variant needs its own name (letters, digits, _), not one of {sorted(reserved)}"
+            )
         if not isinstance(overrides, dict):
             raise InputError(f"variants.{name}: expected a mapping of attribution settings, got {overrides!r}")
         allowed = {"baseline", "schedule", "q", "resample", "advantage", "method", "positions", "n_samples"}
@@ -308,9 +335,12 @@ def validate(cfg: RunConfig) -> RunConfig:
             dataclasses.replace(cfg.attribution, **overrides)
         except InputError as e:
             raise InputError(f"variants.{name}.{e}") from None
-    for key, values in (("evaluation.enhance_gammas", cfg.evaluation.enhance_gammas),
-                        ("evaluation.suppress_gammas", cfg.evaluation.suppress_gammas),
-                        ("length.gammas", cfg.length.gammas), ("reflection.gammas", cfg.reflection.gammas)):
+    for key, values in (
+        ("evaluation.enhance_gammas", cfg.evaluation.enhance_gammas),
+        ("evaluation.suppress_gammas", cfg.evaluation.suppress_gammas),
+        ("length.gammas", cfg.length.gammas),
+        ("reflection.gammas", cfg.reflection.gammas),
+    ):
         if any(g < 0 for g in values):
             raise InputError(f"{key}: gammas must be >= 0, got {values}")
     if any(g < 1 for g in cfg.evaluation.enhance_gammas) or any(g > 1 for g in cfg.evaluation.suppress_gammas):
@@ -320,12 +350,16 @@ def validate(cfg: RunConfig) -> RunConfig:
     if not cfg.seeds:
         raise InputError("seeds: give at least one seed")
     per_component = [n for n in METHODS if METHODS[n].per_component]
-    component = ["attribution.method"] * cfg.attribution.path.per_component + ["baselines.methods"] * bool(
-        set(per_component) & set(cfg.baselines.methods)) + [f"variants.{n}.method" for n, o in cfg.variants.items()
-                                                              if o.get("method") in per_component]
+    component = (
+        ["attribution.method"] * cfg.attribution.path.per_component
+        + ["baselines.methods"] * bool(set(per_component) & set(cfg.baselines.methods))
+        + [f"variants.{n}.method" for n, o in cfg.variants.items() if o.get("method") in per_component]
+    )
     if component and cfg.ray.gradient_backend == "deepspeed":
-        raise InputError(f"{component[0]}: method 'component' needs ray.gradient_backend 'torch' (its forward passes do not "
-                         "run on ZeRO-3 groups yet); choose pg or ipg, or the torch backend")
+        raise InputError(
+            f"{component[0]}: method 'component' needs ray.gradient_backend 'torch' (its forward passes do not "
+            "run on ZeRO-3 groups yet); choose pg or ipg, or the torch backend"
+        )
     from ipg.signals import make_signal, signal_names
 
     if cfg.signal in signal_names():
@@ -333,7 +367,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     elif ":" in cfg.signal:
         make_signal(cfg.signal, **cfg.signal_params)  # importable and constructible, before anything runs
     else:
-        raise InputError(f"signal: unknown '{cfg.signal}'; use one of {signal_names()} or an import path 'package.module:function'")
+        raise InputError(
+            f"signal: unknown '{cfg.signal}'; use one of {signal_names()} or an import path 'package.module:function'"
+        )
     for key, n in (("data.n_support", cfg.data.n_support), ("data.n_eval", cfg.data.n_eval)):
         if n < 1:
             raise InputError(f"{key}: must be >= 1, got {n}")
@@ -358,10 +394,19 @@ def read_yaml(path: str | Path, field: str):
 PRESETS = {
     # the paper's attribution exactly: whole-vector IPG, zero baseline, right Riemann sum of q = 10, N = 5
     # samples at temperature 0.6 and top-p 0.8 scored once at alpha = 1, GRPO advantages
-    "paper": {"attribution.method": "ipg", "attribution.baseline": "zero", "attribution.schedule": "uniform",
-              "attribution.q": 10, "attribution.n_samples": 5, "attribution.temperature": 0.6, "attribution.top_p": 0.8,
-              "attribution.resample": False, "attribution.advantage": "grpo", "attribution.positions": "generated",
-              "attribution.policy_temperature": 1.0},
+    "paper": {
+        "attribution.method": "ipg",
+        "attribution.baseline": "zero",
+        "attribution.schedule": "uniform",
+        "attribution.q": 10,
+        "attribution.n_samples": 5,
+        "attribution.temperature": 0.6,
+        "attribution.top_p": 0.8,
+        "attribution.resample": False,
+        "attribution.advantage": "grpo",
+        "attribution.positions": "generated",
+        "attribution.policy_temperature": 1.0,
+    },
 }
 
 
@@ -403,11 +448,15 @@ def sae_path(path: str, model: str, layer: int) -> str:
 
     if path.startswith("organism:"):
         if model != ORGANISM:
-            raise InputError(f"model.saes.{layer}: '{path}' belongs to the organism; give SAE files for this model or {{}}")
+            raise InputError(
+                f"model.saes.{layer}: '{path}' belongs to the organism; give SAE files for this model or {{}}"
+            )
         return str(ORGANISM_PATH.parent / "saes" / f"{path.split(':', 1)[1]}.safetensors")
     if is_named(path):
         return str(named_sae_path(path, model, layer))
     if not Path(path).exists():
-        raise InputError(f"model.saes.{layer}: SAE '{path}' not found (an ipg SAE file, a SAELens directory with "
-                         "cfg.json and sae_weights.safetensors, or a named SAE such as 'smollm2-135m-instruct:layer22')")
+        raise InputError(
+            f"model.saes.{layer}: SAE '{path}' not found (an ipg SAE file, a SAELens directory with "
+            "cfg.json and sae_weights.safetensors, or a named SAE such as 'smollm2-135m-instruct:layer22')"
+        )
     return str(Path(path).resolve())

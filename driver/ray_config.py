@@ -68,7 +68,9 @@ class RayConfig:
     gpus_per_actor: float = 0.0
     threads_per_actor: int = 1  # torch threads in each actor (OMP/MKL pinned to it too)
     shard_size: int = 8  # prompts per shard: the unit of work, retry and resume
-    max_in_flight: int = 4  # rollout look-ahead: shards generated ahead of the gradient workers (merges pending: this + workers)
+    max_in_flight: int = (
+        4  # rollout look-ahead: shards generated ahead of the gradient workers (merges pending: this + workers)
+    )
     snapshot_every: int = 4  # reducer snapshot every K merged shards (and at the end)
     # a shard whose work is lost (an actor, worker or node died) is done again whole, with backoff, up to
     # this many attempts in all; a per-example error is never retried
@@ -89,8 +91,15 @@ class RayConfig:
     deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
 
     def __post_init__(self):
-        for name in ("rollout_workers", "gradient_workers", "threads_per_actor", "shard_size", "max_in_flight", "snapshot_every",
-                     "max_shard_attempts"):
+        for name in (
+            "rollout_workers",
+            "gradient_workers",
+            "threads_per_actor",
+            "shard_size",
+            "max_in_flight",
+            "snapshot_every",
+            "max_shard_attempts",
+        ):
             if getattr(self, name) < 1:
                 raise InputError(f"{name}: must be >= 1, got {getattr(self, name)}")
         if not self.placement_timeout_s > 0:
@@ -100,15 +109,19 @@ class RayConfig:
         rollout = ROLLOUT_BACKENDS.get(self.rollout_backend, "rollout_backend")
         GRADIENT_BACKENDS.get(self.gradient_backend, "gradient_backend")
         if rollout.needs_gradient and self.gradient_backend != rollout.needs_gradient:
-            raise InputError(f"rollout_backend: '{self.rollout_backend}' samples in the ZeRO-3 gradient groups; set gradient_backend: "
-                             f"{rollout.needs_gradient} too, or use rollout_backend 'hf' or 'vllm'")
+            raise InputError(
+                f"rollout_backend: '{self.rollout_backend}' samples in the ZeRO-3 gradient groups; set gradient_backend: "
+                f"{rollout.needs_gradient} too, or use rollout_backend 'hf' or 'vllm'"
+            )
         if self.progress not in ("auto", "bar", "lines", "off"):
             raise InputError(f"progress: '{self.progress}'; use auto, bar, lines or off")
         for name in ("rollout_resources", "gradient_resources"):
             for k, v in getattr(self, name).items():
                 if k in ("CPU", "GPU", "memory", "object_store_memory"):
-                    raise InputError(f"{name}.{k}: set CPUs and GPUs with cpus_per_actor / gpus_per_actor; "
-                                     "this map is for custom resources such as ipg_rollout")
+                    raise InputError(
+                        f"{name}.{k}: set CPUs and GPUs with cpus_per_actor / gpus_per_actor; "
+                        "this map is for custom resources such as ipg_rollout"
+                    )
                 if not v > 0:
                     raise InputError(f"{name}.{k}: must be > 0, got {v}")
 

@@ -67,8 +67,10 @@ def claim(out: str | Path, command: str, *, resume: bool = False, overwrite: boo
         _refuse_or_clear(path, lock)
     found = [name for name in RUN_FILES if (path / name).exists()] if path.is_dir() and not resume else []
     if found and not overwrite:
-        raise InputError(f"--out: '{path}' holds another run ({found[0]}); continue it with --resume {path}, "
-                         "replace it with --overwrite, or choose another directory")
+        raise InputError(
+            f"--out: '{path}' holds another run ({found[0]}); continue it with --resume {path}, "
+            "replace it with --overwrite, or choose another directory"
+        )
     if found:
         _remove_run(path)
     try:
@@ -113,8 +115,10 @@ def _remove_run(path: Path) -> None:
     except (OSError, yaml.YAMLError):
         saved = None
     if not (isinstance(saved, dict) and {"model", "attribution"} <= set(saved)):
-        raise InputError(f"--overwrite: '{path}' holds results but no config.yaml of a run, so it is not removed; "
-                         "remove it yourself or choose another directory")
+        raise InputError(
+            f"--overwrite: '{path}' holds results but no config.yaml of a run, so it is not removed; "
+            "remove it yourself or choose another directory"
+        )
     shutil.rmtree(path)
 
 
@@ -128,5 +132,7 @@ def _refuse_or_clear(path: Path, lock: Path) -> None:
         lock.unlink(missing_ok=True)  # stale: its run is gone
         return
     since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(held["started"])) if "started" in held else "?"
-    raise InputError(f"--out: '{path}' is held by another run ({held.get('command', '?')}, pid {pid} on host {host}, "
-                     f"since {since}); wait for it to end, or if that run is gone, remove {lock}")
+    raise InputError(
+        f"--out: '{path}' is held by another run ({held.get('command', '?')}, pid {pid} on host {host}, "
+        f"since {since}); wait for it to end, or if that run is gone, remove {lock}"
+    )

@@ -3,8 +3,8 @@ signal's parameters; shared by ``ipg run``, ``ipg attribute`` and ``ipg sweep``.
 
 from __future__ import annotations
 
-from ipg.driver.config import RunConfig, sae_path
 from ipg.data import load_examples
+from ipg.driver.config import RunConfig, sae_path
 from ipg.errors import InputError
 from ipg.models import ORGANISM
 from ipg.sae import SAE
@@ -39,14 +39,22 @@ def splits_of(cfg: RunConfig, with_validation: bool = False) -> tuple[list[dict]
         raise InputError("data.support / data.eval: required unless model.name is 'organism'")
     need = example_fields(cfg.signal, cfg.signal_params)
     d = cfg.data
-    support = (load_examples(d.support, need, fields=d.fields, reference=d.reference, split=d.support_split)
-               if d.support else default["support"])
-    evaluation = (load_examples(d.eval, ("prompt", "answer"), fields=d.fields, reference=d.reference, split=d.eval_split)
-                  if d.eval else default["eval"])
+    support = (
+        load_examples(d.support, need, fields=d.fields, reference=d.reference, split=d.support_split)
+        if d.support
+        else default["support"]
+    )
+    evaluation = (
+        load_examples(d.eval, ("prompt", "answer"), fields=d.fields, reference=d.reference, split=d.eval_split)
+        if d.eval
+        else default["eval"]
+    )
     held_out = evaluation[: cfg.data.n_eval + (cfg.data.n_validation if with_validation else 0)]
     overlap = {e["prompt"] for e in support} & {e["prompt"] for e in held_out}
     if overlap:
-        raise InputError(f"data: {len(overlap)} eval prompts also occur in the support set; the eval split must be held out")
+        raise InputError(
+            f"data: {len(overlap)} eval prompts also occur in the support set; the eval split must be held out"
+        )
     if with_validation:
         return support, held_out[: cfg.data.n_eval], held_out[cfg.data.n_eval :]
     return support, held_out
@@ -56,15 +64,22 @@ def support_examples(cfg: RunConfig) -> list[dict]:
     """The first ``data.n_support`` examples of the support data (the organism's support split by default)."""
     d = cfg.data
     if d.support:
-        examples = load_examples(d.support, example_fields(cfg.signal, signal_params_of(cfg)), fields=d.fields,
-                                 reference=d.reference, split=d.support_split)
+        examples = load_examples(
+            d.support,
+            example_fields(cfg.signal, signal_params_of(cfg)),
+            fields=d.fields,
+            reference=d.reference,
+            split=d.support_split,
+        )
     elif cfg.model.name == ORGANISM:
         from ipg.organism.card import splits
 
         examples = splits()["support"]
     else:
-        raise InputError("data.support: required unless model.name is 'organism' (whose support split is the default); "
-                         "give --data FILE")
+        raise InputError(
+            "data.support: required unless model.name is 'organism' (whose support split is the default); "
+            "give --data FILE"
+        )
     return examples[: d.n_support]
 
 

@@ -26,12 +26,15 @@ for _name in METHODS:
     SELECTIONS.add(_name, Selection(f"the top components by the {_name} attribution of the same signal"))
 SELECTIONS.add("random", Selection("components drawn at random, several draws per seed"))
 SELECTIONS.add("activation", Selection("the components of largest mean |activation| over the layer's median"))
-SELECTIONS.add("concept_tokens", Selection("components that separate the concept tokens' positions from the rest",
-                                           control=False))
-SELECTIONS.add("control_vector", Selection("an added direction: mean activation of correct minus incorrect traces",
-                                           control=False))
-SELECTIONS.add("reason_score", Selection("SAE features that separate reflection words' positions from the rest",
-                                         control=False))
+SELECTIONS.add(
+    "concept_tokens", Selection("components that separate the concept tokens' positions from the rest", control=False)
+)
+SELECTIONS.add(
+    "control_vector", Selection("an added direction: mean activation of correct minus incorrect traces", control=False)
+)
+SELECTIONS.add(
+    "reason_score", Selection("SAE features that separate reflection words' positions from the rest", control=False)
+)
 SELECTIONS.add("sae", Selection("the run's method on the layer's SAE features, where one exists", accuracy=False))
 
 ACCURACY_BASELINES = tuple(n for n in SELECTIONS if SELECTIONS[n].accuracy)

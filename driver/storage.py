@@ -33,13 +33,17 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         try:
             import fsspec
         except ImportError:
-            raise InputError(f"out: pyarrow cannot open '{uri}' ({arrow_error}); install fsspec and the package for "
-                             f"its scheme (e.g. s3fs, gcsfs), or give a local path") from None
+            raise InputError(
+                f"out: pyarrow cannot open '{uri}' ({arrow_error}); install fsspec and the package for "
+                f"its scheme (e.g. s3fs, gcsfs), or give a local path"
+            ) from None
         protocol, path = uri.split("://", 1)
         try:
             fs = fsspec.filesystem(protocol)
         except (ImportError, ValueError) as e:
-            raise InputError(f"out: no filesystem for '{protocol}://' ({e}); install its fsspec package or give a local path") from None
+            raise InputError(
+                f"out: no filesystem for '{protocol}://' ({e}); install its fsspec package or give a local path"
+            ) from None
         return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
 
 
@@ -103,5 +107,8 @@ class Store:
         """Relative names of the files under ``prefix`` (none when it does not exist); temporaries skipped."""
         info = self.fs.get_file_info(pafs.FileSelector(self.path(prefix), recursive=True, allow_not_found=True))
         root = self.root.strip("/") + "/"  # some filesystems answer with a leading '/', some without
-        return sorted(i.path.lstrip("/")[len(root):] for i in info
-                      if i.type == pafs.FileType.File and not i.base_name.startswith("."))
+        return sorted(
+            i.path.lstrip("/")[len(root) :]
+            for i in info
+            if i.type == pafs.FileType.File and not i.base_name.startswith(".")
+        )

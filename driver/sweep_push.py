@@ -47,8 +47,9 @@ class Pushgateway:
         if isinstance(value, str):
             value = {"address": value}
         if not isinstance(value, dict) or set(value) - KEYS or not value.get("address"):
-            raise InputError(f"{where}: pushgateway: expected {{address: host:port, job: name, timeout_s: seconds}}, "
-                             f"got {value!r}")
+            raise InputError(
+                f"{where}: pushgateway: expected {{address: host:port, job: name, timeout_s: seconds}}, got {value!r}"
+            )
         address, job, timeout = value["address"], value.get("job", "ipg_sweep"), value.get("timeout_s", 10.0)
         if not isinstance(address, str) or not isinstance(job, str) or not job:
             raise InputError(f"{where}: pushgateway: address and job must be strings, got {address!r} and {job!r}")
@@ -63,21 +64,33 @@ class Pushgateway:
         registry = CollectorRegistry()
         now = time.time()
         if succeeded:
-            Gauge("ipg_sweep_last_success_timestamp_seconds", "end of the last sweep whose cells all finished",
-                  registry=registry).set(now)
-        Gauge("ipg_sweep_last_run_timestamp_seconds", "end of the last sweep, whatever its outcome", registry=registry).set(now)
-        Gauge("ipg_sweep_success", "1 when every cell of the last sweep finished, else 0", registry=registry).set(int(succeeded))
+            Gauge(
+                "ipg_sweep_last_success_timestamp_seconds",
+                "end of the last sweep whose cells all finished",
+                registry=registry,
+            ).set(now)
+        Gauge(
+            "ipg_sweep_last_run_timestamp_seconds", "end of the last sweep, whatever its outcome", registry=registry
+        ).set(now)
+        Gauge("ipg_sweep_success", "1 when every cell of the last sweep finished, else 0", registry=registry).set(
+            int(succeeded)
+        )
         Gauge("ipg_sweep_duration_seconds", "wall time of the last sweep", registry=registry).set(seconds)
         cells = Gauge("ipg_sweep_cells", "cells of the last sweep by status at its end", ["status"], registry=registry)
         for status in STATUSES:
             cells.labels(status=status).set(counts.get(status, 0))
         try:
-            pushadd_to_gateway(self.address, job=self.job, registry=registry, grouping_key={"sweep": sweep},
-                               timeout=self.timeout_s)
+            pushadd_to_gateway(
+                self.address, job=self.job, registry=registry, grouping_key={"sweep": sweep}, timeout=self.timeout_s
+            )
         except Exception as e:  # noqa: BLE001 - a monitoring outage must not fail a finished sweep
-            log(f"warning: pushgateway: could not push sweep {sweep}'s outcome to {self.address} "
-                f"({type(e).__name__}: {e}); its results are written, and the alert on its last success will fire")
+            log(
+                f"warning: pushgateway: could not push sweep {sweep}'s outcome to {self.address} "
+                f"({type(e).__name__}: {e}); its results are written, and the alert on its last success will fire"
+            )
             return False
-        log(f"pushgateway: pushed sweep {sweep}'s outcome to {self.address} (job {self.job}; "
-            f"{'success' if succeeded else 'failure'}, {counts.get('done', 0)} done, {counts.get('failed', 0)} failed)")
+        log(
+            f"pushgateway: pushed sweep {sweep}'s outcome to {self.address} (job {self.job}; "
+            f"{'success' if succeeded else 'failure'}, {counts.get('done', 0)} done, {counts.get('failed', 0)} failed)"
+        )
         return True

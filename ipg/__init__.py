@@ -8,7 +8,7 @@
 Names are resolved lazily so that ``import ipg`` stays cheap; nothing here imports Ray, vLLM or DeepSpeed.
 """
 
-from importlib import import_module
+from ipg.lazy import lazy_exports
 
 _EXPORTS = {
     "attribute": "ipg.attribution",
@@ -26,10 +26,4 @@ _EXPORTS = {
     "InputError": "ipg.errors",
 }
 
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'ipg' has no attribute '{name}'")
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -78,7 +78,9 @@ class Extractor:
         object.__setattr__(self, "formats", tuple(self.formats))
         unknown = [f for f in self.formats if f not in FORMATS]
         if unknown:
-            raise InputError(f"answers.formats: unknown '{unknown[0]}'; use any of {FORMATS.names()} in order of precedence")
+            raise InputError(
+                f"answers.formats: unknown '{unknown[0]}'; use any of {FORMATS.names()} in order of precedence"
+            )
         if not self.formats and self.pattern is None:
             raise InputError("answers.formats: give at least one format, or answers.pattern")
         if self.pattern is not None:
@@ -87,14 +89,18 @@ class Extractor:
             except re.error as e:
                 raise InputError(f"answers.pattern: {self.pattern!r} is not a valid regular expression ({e})") from None
             if compiled.groups > 1:
-                raise InputError(f"answers.pattern: {self.pattern!r} has {compiled.groups} groups; use at most one "
-                                 "(the answer), and (?:...) for the others")
+                raise InputError(
+                    f"answers.pattern: {self.pattern!r} has {compiled.groups} groups; use at most one "
+                    "(the answer), and (?:...) for the others"
+                )
 
     def extract(self, completion: str) -> str | None:
         """The final answer's raw text, or None when the completion states none."""
         candidates = []
         if self.pattern is not None:
-            candidates.append([m.group(1) if m.re.groups else m.group(0) for m in re.finditer(self.pattern, completion)])
+            candidates.append(
+                [m.group(1) if m.re.groups else m.group(0) for m in re.finditer(self.pattern, completion)]
+            )
         candidates += [FORMATS[f](completion) for f in self.formats]
         for found in candidates:
             found = [f.strip() for f in found if f and f.strip()]

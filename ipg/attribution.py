@@ -31,16 +31,28 @@ from ipg.completeness import completeness_record, points_to_sample
 from ipg.component_path import component_candidates, component_partial
 from ipg.components import Site, check_site, site_activations
 from ipg.errors import InputError
+from ipg.gradient_pass import TrajectoryAtSite, from_site, policy_logprobs, positions_mask, rows_for, site_scores
 from ipg.models import model_context
-from ipg.gradient_pass import TrajectoryAtSite, positions_mask, from_site, policy_logprobs, rows_for, site_scores
 from ipg.prompts import PromptFormat, format_examples
 from ipg.rollouts import Rollout, prepare_examples, sample_rollouts
 from ipg.scores import PartialScores
 from ipg.signals import Signal, make_signal
 
-__all__ = ["AttributionConfig", "Attribution", "Rollout", "TrajectoryAtSite", "attribute", "activation_sums",
-           "from_site", "policy_logprobs", "prepare_examples", "sample_rollouts", "score_meta", "shard_scores",
-           "site_baselines"]
+__all__ = [
+    "AttributionConfig",
+    "Attribution",
+    "Rollout",
+    "TrajectoryAtSite",
+    "attribute",
+    "activation_sums",
+    "from_site",
+    "policy_logprobs",
+    "prepare_examples",
+    "sample_rollouts",
+    "score_meta",
+    "shard_scores",
+    "site_baselines",
+]
 
 # ---------------------------------------------------------------------------------------------------
 # the public entry point
@@ -71,15 +83,20 @@ class Attribution:
         site = Site(layer, kind or self.config.kind)
         if self.partial is not None:
             return self.partial.means(site, self.widths.get(site))
-        rows = [(i, sc) for i, sc, l_, k in zip(*(self.table.column(c).to_pylist() for c in ("index", "score", "layer", "kind")))
-                if l_ == site.layer and k == site.kind]
+        rows = [
+            (i, sc)
+            for i, sc, l_, k in zip(*(self.table.column(c).to_pylist() for c in ("index", "score", "layer", "kind")))
+            if l_ == site.layer and k == site.kind
+        ]
         out = np.full(self.widths.get(site, max(i for i, _ in rows) + 1), np.nan)
         for i, sc in rows:
             out[i] = sc
         return out
 
 
-def site_baselines(model, rollouts: list[Rollout], sites: list[Site], cfg: AttributionConfig, saes=None) -> dict[Site, torch.Tensor]:
+def site_baselines(
+    model, rollouts: list[Rollout], sites: list[Site], cfg: AttributionConfig, saes=None
+) -> dict[Site, torch.Tensor]:
     """Baseline vector per site: zeros, or the mean activation over the path positions of the rollouts."""
     out = {}
     for site in sites:
@@ -91,8 +108,9 @@ def site_baselines(model, rollouts: list[Rollout], sites: list[Site], cfg: Attri
     return out
 
 
-def activation_sums(model, rollouts: list[Rollout], site: Site, cfg: AttributionConfig, saes=None,
-                    agree=None) -> tuple[torch.Tensor, int]:
+def activation_sums(
+    model, rollouts: list[Rollout], site: Site, cfg: AttributionConfig, saes=None, agree=None
+) -> tuple[torch.Tensor, int]:
     """Sum (float64) and count of a site's activations over the path positions of the rollouts: the
     mergeable pieces of the mean baseline (a distributed run adds them over shards). ``agree``: a ZeRO-3
     rank's lockstep (one sequence per forward, padded to the group's largest count with a dummy)."""
@@ -104,13 +122,14 @@ def activation_sums(model, rollouts: list[Rollout], site: Site, cfg: Attribution
         pieces = (x for seq in sequences for x in site_activations(model, site, [seq], saes=saes, stop_early=False))
         pieces = (x for i, x in enumerate(pieces) if i < n)
     else:
-        pieces = site_activations(model, site, sequences, saes=saes, batch_tokens=cfg.budget(next(model.parameters()).device))
+        pieces = site_activations(
+            model, site, sequences, saes=saes, batch_tokens=cfg.budget(next(model.parameters()).device)
+        )
     for ids, prompt_len, h in pieces:
         mask = positions_mask(prompt_len, len(ids), len(ids), cfg.positions)
         total += h[mask].double().sum(0)
         count += int(mask.sum())
     return total, count
-
 
 
 class ShardScores(NamedTuple):
@@ -121,9 +140,19 @@ class ShardScores(NamedTuple):
     rollouts: list[Rollout]  # the alpha = 1 rollouts of the prompts that were scored
 
 
-def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg: AttributionConfig, sites: list[Site],
-                 baselines: dict[Site, torch.Tensor], saes: dict | None = None, log=None, agree=None,
-                 candidates: dict[Site, list[int]] | None = None) -> ShardScores:
+def shard_scores(
+    model,
+    tokenizer,
+    rollouts: list[Rollout],
+    signal: Signal,
+    cfg: AttributionConfig,
+    sites: list[Site],
+    baselines: dict[Site, torch.Tensor],
+    saes: dict | None = None,
+    log=None,
+    agree=None,
+    candidates: dict[Site, list[int]] | None = None,
+) -> ShardScores:
     """Partial scores of one shard of prompts from its alpha = 1 rollouts: the unit of work of a
     gradient worker. Every prompt is scored independently, so merging the partials of any sharding
     gives the in-process result. Resample mode draws the shard's path rollouts here; with on_error
@@ -136,19 +165,32 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
     over all the prompts, ``component_candidates``) on the per-component path."""
     if cfg.path.per_component:
         if agree is not None:
-            raise InputError("attribution.method: 'component' is not available with the deepspeed gradient backend yet "
-                             "(its forward passes would need the group's lockstep); use the torch backend or method 'pg'")
+            raise InputError(
+                "attribution.method: 'component' is not available with the deepspeed gradient backend yet "
+                "(its forward passes would need the group's lockstep); use the torch backend or method 'pg'"
+            )
         if candidates is None or set(candidates) != set(sites):
-            raise InputError("attribution.method 'component': needs the candidates of every site, chosen from PG scores "
-                             "(ipg.component_path.component_candidates)")
+            raise InputError(
+                "attribution.method 'component': needs the candidates of every site, chosen from PG scores "
+                "(ipg.component_path.component_candidates)"
+            )
         t = time.perf_counter()
         partial = component_partial(model, rollouts, sites, candidates, cfg, baselines, saes)
-        (log or (lambda msg: None))(f"component path: {sum(map(len, candidates.values()))} candidates in {time.perf_counter() - t:.1f}s")
-        return ShardScores(partial, {site: [(1.0, 1.0, rollouts)] for site in sites},
-                           {"path_rollouts": 0.0, "gradient": time.perf_counter() - t}, {}, rollouts)
+        (log or (lambda msg: None))(
+            f"component path: {sum(map(len, candidates.values()))} candidates in {time.perf_counter() - t:.1f}s"
+        )
+        return ShardScores(
+            partial,
+            {site: [(1.0, 1.0, rollouts)] for site in sites},
+            {"path_rollouts": 0.0, "gradient": time.perf_counter() - t},
+            {},
+            rollouts,
+        )
     if agree is not None and cfg.resamples:
-        raise InputError("attribution.resample: not available with the deepspeed gradient backend yet (path sampling "
-                         "would need lockstep generation); use the torch backend for resample mode")
+        raise InputError(
+            "attribution.resample: not available with the deepspeed gradient backend yet (path sampling "
+            "would need lockstep generation); use the torch backend for resample mode"
+        )
     log = log or (lambda msg: None)
     timings = {"path_rollouts": 0.0, "gradient": 0.0}
     paths, skipped = {}, {}
@@ -157,9 +199,30 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
         while True:  # path rollouts of all sites first, so a prompt skipped at one site is dropped from all
             examples = [r.example for r in rollouts]
             before = len(skipped)
-            paths = {site: [(a, w, rollouts if a == 1.0 else sample_rollouts(
-                model, tokenizer, examples, signal, cfg, site=site, alpha=a, baseline=baselines[site], saes=saes,
-                skipped=skipped)) for a, w in cfg.alphas] for site in sites}
+            paths = {
+                site: [
+                    (
+                        a,
+                        w,
+                        rollouts
+                        if a == 1.0
+                        else sample_rollouts(
+                            model,
+                            tokenizer,
+                            examples,
+                            signal,
+                            cfg,
+                            site=site,
+                            alpha=a,
+                            baseline=baselines[site],
+                            saes=saes,
+                            skipped=skipped,
+                        ),
+                    )
+                    for a, w in cfg.alphas
+                ]
+                for site in sites
+            }
             if len(skipped) == before:
                 break
             rollouts = [r for r in rollouts if r.example["id"] not in skipped]  # per-example seeds: others unchanged
@@ -182,11 +245,22 @@ def shard_scores(model, tokenizer, rollouts: list[Rollout], signal: Signal, cfg:
     return ShardScores(partial, paths, timings, skipped, rollouts)
 
 
-
-def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", signal_params: dict | None = None,
-              saes: dict | None = None, run_id: str = "", log=None, prompt_format: PromptFormat | str = "auto",
-              pg_table=None, config: AttributionConfig | None = None, rollout_cache: dict | None = None,
-              **settings) -> Attribution:
+def attribute(
+    model,
+    tokenizer,
+    examples: list[dict],
+    *,
+    signal="accuracy",
+    signal_params: dict | None = None,
+    saes: dict | None = None,
+    run_id: str = "",
+    log=None,
+    prompt_format: PromptFormat | str = "auto",
+    pg_table=None,
+    config: AttributionConfig | None = None,
+    rollout_cache: dict | None = None,
+    **settings,
+) -> Attribution:
     """Attribute ``signal`` to the components of ``layers`` (see AttributionConfig for settings).
 
     ``examples`` are dicts with ``prompt`` (and ``answer`` for accuracy); ``id`` is derived when absent.
@@ -204,12 +278,21 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     settings to take them from instead (an experiment that ran PG already).
     """
     if config is not None and settings:
-        raise InputError(f"attribute: give the settings as config= or as keyword arguments, not both (got {sorted(settings)})")
+        raise InputError(
+            f"attribute: give the settings as config= or as keyword arguments, not both (got {sorted(settings)})"
+        )
     cfg = config or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
     fmt = prompt_format if isinstance(prompt_format, PromptFormat) else PromptFormat(prompt_format)
     skipped: dict[str, str] = {}
-    examples = format_examples(tokenizer, prepare_examples(examples), fmt, context=model_context(model),
-                               max_new_tokens=cfg.max_new_tokens, on_error=cfg.on_error, skipped=skipped)
+    examples = format_examples(
+        tokenizer,
+        prepare_examples(examples),
+        fmt,
+        context=model_context(model),
+        max_new_tokens=cfg.max_new_tokens,
+        on_error=cfg.on_error,
+        skipped=skipped,
+    )
     sig = make_signal(signal, **(signal_params or {}))
     sig.check(examples)
     sites = [Site(layer, cfg.kind) for layer in cfg.layers]
@@ -225,7 +308,9 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     timings["rollout"] = time.perf_counter() - t0
     log(f"rollouts: {len(examples)} prompts x {cfg.n_samples} samples in {timings['rollout']:.1f}s")
     if not base:
-        raise InputError(f"examples: the signal failed on every example (on_error 'skip'); first: {next(iter(skipped.values()))}")
+        raise InputError(
+            f"examples: the signal failed on every example (on_error 'skip'); first: {next(iter(skipped.values()))}"
+        )
     t = time.perf_counter()
     baselines = site_baselines(model, base, sites, cfg, saes)
     timings["baseline_statistics"] = time.perf_counter() - t
@@ -234,7 +319,8 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         if pg_table is None:
             pg_cfg = dataclasses.replace(cfg, method="pg")
             pg_table = shard_scores(model, tokenizer, base, sig, pg_cfg, sites, baselines, saes, log).partial.table(
-                score_meta(model, sig.name, pg_cfg, run_id))
+                score_meta(model, sig.name, pg_cfg, run_id)
+            )
         candidates = component_candidates(pg_table, sites, cfg.candidates)
     shard = shard_scores(model, tokenizer, base, sig, cfg, sites, baselines, saes, log, candidates=candidates)
     partial, paths, base = shard.partial, shard.paths, shard.rollouts
@@ -245,8 +331,19 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
     j1 = float(np.mean([np.mean(r.rewards) for r in base]))
     t = time.perf_counter()
     for site in sites:
-        diagnostics["sites"][str(site)] = _completeness(model, tokenizer, examples, sig, cfg, site, baselines[site],
-                                                        saes, paths[site], j1, float(partial.means(site).sum()))
+        diagnostics["sites"][str(site)] = _completeness(
+            model,
+            tokenizer,
+            examples,
+            sig,
+            cfg,
+            site,
+            baselines[site],
+            saes,
+            paths[site],
+            j1,
+            float(partial.means(site).sum()),
+        )
     timings["completeness"] = time.perf_counter() - t
     timings["total"] = time.perf_counter() - t0
     diagnostics.update(
@@ -261,25 +358,45 @@ def attribute(model, tokenizer, examples: list[dict], *, signal="accuracy", sign
         mean_generated_tokens=float(np.mean([s.n_tokens for r in base for s in r.samples])),
     )
     widths = {site: check_site(model, site, saes) for site in sites}
-    return Attribution(partial.table(score_meta(model, sig.name, cfg, run_id)), diagnostics, cfg, partial=partial,
-                       baselines=baselines, rollouts=base, widths=widths)
+    return Attribution(
+        partial.table(score_meta(model, sig.name, cfg, run_id)),
+        diagnostics,
+        cfg,
+        partial=partial,
+        baselines=baselines,
+        rollouts=base,
+        widths=widths,
+    )
 
 
 def score_meta(model, signal_name: str, cfg: AttributionConfig, run_id: str = "") -> dict:
     """The settings columns of a score table (``model``: the model, or its fingerprint string)."""
     from ipg.models import model_fingerprint
 
-    return {"run_id": run_id, "model": model if isinstance(model, str) else model_fingerprint(model), "signal": signal_name, "method": cfg.method,
-            "q": cfg.q if cfg.path.integrates else 1, "schedule": cfg.schedule, "baseline": cfg.baseline,
-            "advantage": cfg.advantage, "positions": cfg.positions, "seed": cfg.seed}
+    return {
+        "run_id": run_id,
+        "model": model if isinstance(model, str) else model_fingerprint(model),
+        "signal": signal_name,
+        "method": cfg.method,
+        "q": cfg.q if cfg.path.integrates else 1,
+        "schedule": cfg.schedule,
+        "baseline": cfg.baseline,
+        "advantage": cfg.advantage,
+        "positions": cfg.positions,
+        "seed": cfg.seed,
+    }
 
 
-def _completeness(model, tokenizer, examples, sig, cfg, site, baseline, saes, path, j1: float, sum_scores: float) -> dict:
+def _completeness(
+    model, tokenizer, examples, sig, cfg, site, baseline, saes, path, j1: float, sum_scores: float
+) -> dict:
     """The site's completeness record (ipg.completeness), its J values sampled here."""
     measured = {}
     if cfg.resamples:
         measured["J_path"] = [[a, float(np.mean([np.mean(r.rewards) for r in rolls]))] for a, _, rolls in path]
     for name, alpha in points_to_sample(cfg, measured.get("J_path")):
-        rolls = sample_rollouts(model, tokenizer, examples, sig, cfg, site=site, alpha=alpha, baseline=baseline, saes=saes)
+        rolls = sample_rollouts(
+            model, tokenizer, examples, sig, cfg, site=site, alpha=alpha, baseline=baseline, saes=saes
+        )
         measured[name] = float(np.mean([np.mean(r.rewards) for r in rolls]))
     return completeness_record(cfg, sum_scores, j1, measured)

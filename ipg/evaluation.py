@@ -42,8 +42,9 @@ class ItemScore:
     keyword: bool  # contains any of the configured keywords
 
 
-def score_items(examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = (),
-                extractor: Extractor = DEFAULT) -> list[ItemScore]:
+def score_items(
+    examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = (), extractor: Extractor = DEFAULT
+) -> list[ItemScore]:
     """Score every sample against its example's ``answer`` with ``extractor``."""
     for ex in examples:
         if "answer" not in ex:
@@ -52,8 +53,17 @@ def score_items(examples: list[dict], samples: list[list[Sample]], keywords: tup
     for ex, group in zip(examples, samples):
         for s in group:
             answer = extractor.extract(s.text)
-            items.append(ItemScore(str(ex["id"]), s.sample_index, answers_match(answer, str(ex["answer"])),
-                                   answer is not None, s.n_tokens, s.finished, any(k in s.text for k in keywords)))
+            items.append(
+                ItemScore(
+                    str(ex["id"]),
+                    s.sample_index,
+                    answers_match(answer, str(ex["answer"])),
+                    answer is not None,
+                    s.n_tokens,
+                    s.finished,
+                    any(k in s.text for k in keywords),
+                )
+            )
     return items
 
 
@@ -75,16 +85,26 @@ def summary_of(items: list[ItemScore], n_examples: int) -> EvalSummary:
     )
 
 
-def summarise(examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = (),
-              extractor: Extractor = DEFAULT) -> EvalSummary:
+def summarise(
+    examples: list[dict], samples: list[list[Sample]], keywords: tuple[str, ...] = (), extractor: Extractor = DEFAULT
+) -> EvalSummary:
     """Score generated samples against each example's ``answer`` with ``extractor``."""
     return summary_of(score_items(examples, samples, keywords, extractor), len(examples))
 
 
-def evaluate(model, tokenizer, examples: list[dict], params: SamplingParams = SamplingParams(), *,
-             keywords: tuple[str, ...] = (), batch_size: int = 64, extractor: Extractor = DEFAULT) -> EvalSummary:
+def evaluate(
+    model,
+    tokenizer,
+    examples: list[dict],
+    params: SamplingParams | None = None,
+    *,
+    keywords: tuple[str, ...] = (),
+    batch_size: int = 64,
+    extractor: Extractor = DEFAULT,
+) -> EvalSummary:
     if not examples:
         raise InputError("examples: empty; evaluation needs at least one example")
+    params = params or SamplingParams()  # greedy, the sampler's defaults
     return summarise(examples, generate(model, tokenizer, examples, params, batch_size=batch_size), keywords, extractor)
 
 

@@ -123,12 +123,20 @@ def idle_batches(model, tokenizer, params: SamplingParams, n_batches: int, agree
     pad = tokenizer.pad_token_id
     device = next(model.parameters()).device
     for _ in range(agree(n_batches) - n_batches):
-        _decode_loop(model, torch.tensor([[0 if pad is None else pad]], device=device), torch.ones(1, 1, dtype=torch.long, device=device),
-                     SamplingParams(max_new_tokens=params.max_new_tokens), [torch.Generator()], tokenizer.eos_token_id, agree)
+        _decode_loop(
+            model,
+            torch.tensor([[0 if pad is None else pad]], device=device),
+            torch.ones(1, 1, dtype=torch.long, device=device),
+            SamplingParams(max_new_tokens=params.max_new_tokens),
+            [torch.Generator()],
+            tokenizer.eos_token_id,
+            agree,
+        )
 
 
-def generate_batch(model, tokenizer, rows: list[tuple[dict, int]], params: SamplingParams, *, agree=None,
-                   on_rows=None, copies: int = 1) -> list[Sample]:
+def generate_batch(
+    model, tokenizer, rows: list[tuple[dict, int]], params: SamplingParams, *, agree=None, on_rows=None, copies: int = 1
+) -> list[Sample]:
     """One left-padded batch: sample ``j`` of example ``ex`` for each ``(ex, j)`` of ``rows``, in order.
     ``on_rows``: told which rows each forward holds (see ``_decode_loop``; per-row steering uses it).
     ``copies``: the rows are that many stacked copies of the same prompts (a packed batch), which then share
@@ -141,8 +149,12 @@ def generate_batch(model, tokenizer, rows: list[tuple[dict, int]], params: Sampl
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)  # (B, L)
     generators = [torch.Generator().manual_seed(sample_seed(params.seed, ex["id"], j)) for ex, j in rows]
     completions = _decode_loop(model, ids, mask, params, generators, eos, agree, on_rows, copies)
-    return [Sample(ex["id"], j, p, toks, tokenizer.decode([t for t in toks if t != eos], skip_special_tokens=True), lps, done)
-            for (ex, j), p, (toks, lps, done) in zip(rows, prompts, completions)]
+    return [
+        Sample(
+            ex["id"], j, p, toks, tokenizer.decode([t for t in toks if t != eos], skip_special_tokens=True), lps, done
+        )
+        for (ex, j), p, (toks, lps, done) in zip(rows, prompts, completions)
+    ]
 
 
 def _keeps_last_logits(model) -> bool:
@@ -174,14 +186,25 @@ def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=
         if on_rows is not None:
             on_rows(rows[:unique])  # only "all" edits act on the prefix; copies > 1 only comes without them
         with prompt_prefix():
-            out = model(input_ids=ids[:unique, :-1], attention_mask=mask[:unique, :-1], position_ids=positions[:unique, :-1],
-                        use_cache=True, **last_only)
+            out = model(
+                input_ids=ids[:unique, :-1],
+                attention_mask=mask[:unique, :-1],
+                position_ids=positions[:unique, :-1],
+                use_cache=True,
+                **last_only,
+            )
         cache = out.past_key_values
         if copies > 1:
             cache.batch_select_indices(torch.arange(unique, device=ids.device).repeat(copies))
         if on_rows is not None:
             on_rows(rows)
-        out = model(input_ids=ids[:, -1:], attention_mask=mask, position_ids=positions[:, -1:], past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=ids[:, -1:],
+            attention_mask=mask,
+            position_ids=positions[:, -1:],
+            past_key_values=cache,
+            use_cache=True,
+        )
     else:
         if on_rows is not None:
             on_rows(rows)
@@ -217,7 +240,9 @@ def _decode_loop(model, ids, mask, params, generators, eos, agree=None, on_rows=
             if on_rows is not None:
                 on_rows(rows)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=-1)
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True)
+        out = model(
+            input_ids=nxt[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
+        )
         cache, logits, next_pos = out.past_key_values, out.logits[:, -1].float(), next_pos + 1
     return [(tokens[i], logprobs[i], bool(done[i])) for i in range(batch)]
 

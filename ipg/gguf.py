@@ -37,8 +37,10 @@ def require_gguf_support(what: str) -> None:
 
     missing = [p for p in ("gguf", "accelerate") if importlib.util.find_spec(p) is None]
     if missing:
-        raise InputError(f"{what}: converting a GGUF file needs the package(s) {', '.join(missing)}; "
-                         "install them with `pip install 'ipg[gguf]'` (or `pip install gguf accelerate`)")
+        raise InputError(
+            f"{what}: converting a GGUF file needs the package(s) {', '.join(missing)}; "
+            "install them with `pip install 'ipg[gguf]'` (or `pip install gguf accelerate`)"
+        )
 
 
 def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, sha256: str | None = None, what: str = "model") -> Path:
@@ -52,8 +54,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, sha256: str | No
     require_gguf_support(what)
     digest = sha256_of(gguf_path)
     if sha256 is not None and digest != sha256:
-        raise InputError(f"{what}: '{gguf_path}' has sha256 {digest}, expected {sha256}; the download is corrupt or "
-                         "not the published file; delete it and try again")
+        raise InputError(
+            f"{what}: '{gguf_path}' has sha256 {digest}, expected {sha256}; the download is corrupt or "
+            "not the published file; delete it and try again"
+        )
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
     from transformers.utils import logging as hf_logging
@@ -64,8 +68,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, sha256: str | No
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
         loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except Exception as e:  # the reader fails in many ways on a broken file (struct.error, ValueError, KeyError, ...)
-        raise InputError(f"{what}: transformers could not read '{gguf_path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                         "its architecture or quantization may not be supported by this transformers version") from e
+        raise InputError(
+            f"{what}: transformers could not read '{gguf_path}' ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            "its architecture or quantization may not be supported by this transformers version"
+        ) from e
     config_dict = loaded.config.to_dict()
     config_dict.pop("quantization_config", None)
     config_dict.pop("_name_or_path", None)
@@ -73,8 +79,10 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, sha256: str | No
     model = type(loaded)(config)
     missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
     if missing or unexpected:
-        raise InputError(f"{what}: the GGUF's tensors do not match a {type(loaded).__name__} "
-                         f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+        raise InputError(
+            f"{what}: the GGUF's tensors do not match a {type(loaded).__name__} "
+            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})"
+        )
     model.tie_weights()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.{uuid.uuid4().hex}"
@@ -84,8 +92,18 @@ def convert_gguf(gguf_path: str | Path, out_dir: str | Path, *, sha256: str | No
         tokenizer.save_pretrained(tmp)
         generation = getattr(loaded, "generation_config", None) or GenerationConfig.from_model_config(config)
         generation.save_pretrained(tmp)
-        (tmp / SOURCE).write_text(json.dumps({"gguf": name, "sha256": digest, "architecture": type(loaded).__name__,
-                                              "parameters": sum(p.numel() for p in model.parameters())}, indent=2) + "\n")
+        (tmp / SOURCE).write_text(
+            json.dumps(
+                {
+                    "gguf": name,
+                    "sha256": digest,
+                    "architecture": type(loaded).__name__,
+                    "parameters": sum(p.numel() for p in model.parameters()),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
         if out_dir.exists():  # an older or broken conversion: replaced whole
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)

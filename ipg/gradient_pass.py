@@ -22,6 +22,7 @@ from ipg.components import Site, capture_sites, check_site, decoder_layers, edit
 from ipg.generation import Sample
 from ipg.rollouts import Rollout
 
+
 class _BlockWrapper(torch.nn.Module):
     """Takes a decoder block's place in ``model.model.layers`` (keeping its ``attention_type``, which
     the model reads to pick each block's attention mask)."""
@@ -72,12 +73,16 @@ def _swapped_blocks(model, make: dict[int, Callable[[torch.nn.Module], torch.nn.
 
 def _skip_blocks(model, upto: int, value: torch.Tensor):
     """Skip blocks 0..upto-1; block upto-1 emits ``value`` (B, T, hidden). Restored on exit."""
-    return _swapped_blocks(model, {i: (lambda b, i=i: _StandIn(b, value if i == upto - 1 else None)) for i in range(upto)})
+    return _swapped_blocks(
+        model, {i: (lambda b, i=i: _StandIn(b, value if i == upto - 1 else None)) for i in range(upto)}
+    )
 
 
 def _checkpointed(model, start: int, enabled: bool):
     """Blocks ``start``.. recompute their activations in the backward pass instead of storing them."""
-    return _swapped_blocks(model, {i: _Checkpointed for i in range(start, len(decoder_layers(model)))} if enabled else {})
+    return _swapped_blocks(
+        model, {i: _Checkpointed for i in range(start, len(decoder_layers(model)))} if enabled else {}
+    )
 
 
 def positions_mask(prompt_len: int, total_len: int, width: int, positions: str) -> torch.Tensor:
@@ -161,9 +166,14 @@ def _token_logprobs(model, states: torch.Tensor, targets: torch.Tensor, temperat
     step = _chunk_positions(model.config.vocab_size)
     grad = torch.is_grad_enabled() and states.requires_grad
     fn = lambda s, t: _head_logprobs(head, s, t, temperature, cap)  # noqa: E731
-    return torch.cat([checkpoint(fn, states[i : i + step], targets[i : i + step], use_reentrant=False)
-                      if grad and states.shape[0] > step else fn(states[i : i + step], targets[i : i + step])
-                      for i in range(0, max(states.shape[0], 1), step)])
+    return torch.cat(
+        [
+            checkpoint(fn, states[i : i + step], targets[i : i + step], use_reentrant=False)
+            if grad and states.shape[0] > step
+            else fn(states[i : i + step], targets[i : i + step])
+            for i in range(0, max(states.shape[0], 1), step)
+        ]
+    )
 
 
 def _head_logprobs(head, states, targets, temperature: float, cap) -> torch.Tensor:
@@ -217,7 +227,9 @@ def _micro_batches(rows: list[_Row], lengths: list[int], budget: int, prefix_len
     width = 0
     for r in rows:
         w = max(width, lengths[r.traj])
-        if batch and ((len(batch) + 1) * w > budget or (prefix_lens and prefix_lens[r.traj] != prefix_lens[batch[0].traj])):
+        if batch and (
+            (len(batch) + 1) * w > budget or (prefix_lens and prefix_lens[r.traj] != prefix_lens[batch[0].traj])
+        ):
             yield batch
             batch, w = [], lengths[r.traj]
         batch.append(r)
@@ -231,9 +243,17 @@ def _autocast(cfg: AttributionConfig, device: torch.device):
     return torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
 
 
-def site_scores(model, sites: list[Site], trajectories: list[_Trajectory], rows: list[_Row], n_prompts: int,
-                baselines: dict[Site, torch.Tensor], cfg: AttributionConfig, saes: dict | None = None,
-                agree=None) -> dict[Site, np.ndarray]:
+def site_scores(
+    model,
+    sites: list[Site],
+    trajectories: list[_Trajectory],
+    rows: list[_Row],
+    n_prompts: int,
+    baselines: dict[Site, torch.Tensor],
+    cfg: AttributionConfig,
+    saes: dict | None = None,
+    agree=None,
+) -> dict[Site, np.ndarray]:
     """Per-prompt IPG scores ``{site: (n_prompts, width)}`` of sites that share the same (trajectory,
     alpha) rows.
 
@@ -300,7 +320,12 @@ def from_site(model, site: Site, sae, x: torch.Tensor, h: torch.Tensor, padded, 
         emitted = x if sae is None else padded("residual") + sae.decode_delta(x - h).to(h.dtype)
         ctx_skip, ctx_edit = _skip_blocks(model, site.layer + 1, emitted), nullcontext()
         first_run = site.layer + 1
-    with ctx_skip, ctx_edit, _checkpointed(model, first_run, cfg.checkpoint and torch.is_grad_enabled()), _autocast(cfg, x.device):
+    with (
+        ctx_skip,
+        ctx_edit,
+        _checkpointed(model, first_run, cfg.checkpoint and torch.is_grad_enabled()),
+        _autocast(cfg, x.device),
+    ):
         yield
 
 
@@ -326,8 +351,12 @@ class TrajectoryAtSite:
         T, L = len(ids), len(sample.prompt_ids)
         device = next(model.parameters()).device
         acts = {k: v[0] for k, v in capture_sites(model, [site], [ids], saes)[site].items()}
-        return cls(ids, acts, positions_mask(L, T, T, cfg.positions).to(device),
-                   positions_mask(L, T, T, "generated").to(device))
+        return cls(
+            ids,
+            acts,
+            positions_mask(L, T, T, cfg.positions).to(device),
+            positions_mask(L, T, T, "generated").to(device),
+        )
 
     @property
     def h(self) -> torch.Tensor:
@@ -348,7 +377,9 @@ class TrajectoryAtSite:
             yield policy_logprobs(model, ids, self.targets[None].expand(R, -1), cfg)
 
 
-def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, acts, b, cfg, device, past=None) -> np.ndarray:
+def _batch_contributions(
+    model, site, saes, batch: list[_Row], trajectories, acts, b, cfg, device, past=None
+) -> np.ndarray:
     """(R, width): sum over path positions of (h - h') * grad for each row. ``past``: the rows' shared
     prompt prefix (keys/values of positions 0..P-1 in every block); the rows then run positions P.. only."""
     sae = (saes or {}).get(site.layer) if site.kind == "sae" else None
@@ -358,11 +389,21 @@ def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, act
     def padded(key):  # (R, T, d) from per-trajectory (T_full, d) tensors, cropped/padded to width, from start
         return torch.stack([acts[r.traj][key][start:width] for r in batch]) if key in acts[batch[0].traj] else None
 
-    ids = torch.tensor([trajectories[r.traj].ids + [0] * (width - len(trajectories[r.traj].ids)) for r in batch], device=device)[:, start:]
-    on_path = torch.stack([positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, cfg.positions)
-                           for r in batch]).to(device)[:, start:]  # (R, T)
-    targets = torch.stack([positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, "generated")
-                           for r in batch]).to(device)[:, start:]  # (R, T): states that predict generated tokens
+    ids = torch.tensor(
+        [trajectories[r.traj].ids + [0] * (width - len(trajectories[r.traj].ids)) for r in batch], device=device
+    )[:, start:]
+    on_path = torch.stack(
+        [
+            positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, cfg.positions)
+            for r in batch
+        ]
+    ).to(device)[:, start:]  # (R, T)
+    targets = torch.stack(
+        [
+            positions_mask(trajectories[r.traj].prompt_len, len(trajectories[r.traj].ids), width, "generated")
+            for r in batch
+        ]
+    ).to(device)[:, start:]  # (R, T): states that predict generated tokens
     h = padded("h")  # residual: block output (R, T, hidden); mlp: down_proj input (R, T, inter); sae: features
     b = b.to(h.dtype)  # a bf16 model's path stays bf16 (the baseline is kept in float32)
     alpha = torch.tensor([r.alpha for r in batch], device=device, dtype=h.dtype)[:, None, None]
@@ -378,7 +419,6 @@ def _batch_contributions(model, site, saes, batch: list[_Row], trajectories, act
     return (delta * _at_least_float32(grad)).sum(1).double().cpu().numpy()  # summed over positions in float32 at least
 
 
-
 def rows_for(rollouts_by_alpha: list[tuple[float, float, list[Rollout]]]) -> tuple[list[_Trajectory], list[_Row]]:
     """Trajectories and (trajectory, alpha, weight) rows: each schedule point's rollouts at that alpha."""
     trajectories, rows, index = [], [], {}
@@ -391,4 +431,3 @@ def rows_for(rollouts_by_alpha: list[tuple[float, float, list[Rollout]]]) -> tup
                     trajectories.append(_Trajectory(s.prompt_ids + s.completion_ids, len(s.prompt_ids), a))
                 rows.append(_Row(index[key], p, alpha, weight / len(r.samples)))
     return trajectories, rows
-

@@ -42,8 +42,13 @@ class Interval:
         return f"{k * self.estimate:.{digits}f} [{k * self.low:.{digits}f}, {k * self.high:.{digits}f}]"
 
     def as_dict(self) -> dict:
-        return {"estimate": self.estimate, "low": self.low, "high": self.high, "n_prompts": self.n_prompts,
-                "n_seeds": self.n_seeds}
+        return {
+            "estimate": self.estimate,
+            "low": self.low,
+            "high": self.high,
+            "n_prompts": self.n_prompts,
+            "n_seeds": self.n_seeds,
+        }
 
 
 def _matrix(y) -> np.ndarray:
@@ -61,15 +66,17 @@ def _scipy_interval(stat, samples: tuple[np.ndarray, ...], paired: bool) -> tupl
     if all(np.ptp(s) == 0 for s in samples):  # no spread at all: the interval is the point
         v = float(stat(*samples))
         return v, v
+
+    def run(method: str) -> tuple[float, float]:
+        res = bootstrap(samples, stat, paired=paired, vectorized=False, confidence_level=CONFIDENCE,
+                        n_resamples=RESAMPLES, method=method, random_state=np.random.default_rng(SEED))  # fmt: skip
+        return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
     with warnings.catch_warnings():  # BCa undefined on nearly degenerate data warns; handled below
         warnings.simplefilter("ignore")
-        res = bootstrap(samples, stat, paired=paired, vectorized=False, confidence_level=CONFIDENCE,
-                        n_resamples=RESAMPLES, method="BCa", random_state=np.random.default_rng(SEED))
-    low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        low, high = run("BCa")
     if not (np.isfinite(low) and np.isfinite(high)):  # BCa undefined (nearly degenerate): percentile
-        res = bootstrap(samples, stat, paired=paired, vectorized=False, confidence_level=CONFIDENCE,
-                        n_resamples=RESAMPLES, method="percentile", random_state=np.random.default_rng(SEED))
-        low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        low, high = run("percentile")
     return low, high
 
 
@@ -103,8 +110,10 @@ def difference_interval(a, b) -> Interval:
     """mean(a) - mean(b) for two arms evaluated on the same prompts (columns in the same order)."""
     ma, mb = _matrix(a), _matrix(b)
     if ma.shape[1] != mb.shape[1]:
-        raise ValueError(f"outcomes: the arms were evaluated on {ma.shape[1]} and {mb.shape[1]} prompts; a paired "
-                         "difference needs the same prompts")
+        raise ValueError(
+            f"outcomes: the arms were evaluated on {ma.shape[1]} and {mb.shape[1]} prompts; a paired "
+            "difference needs the same prompts"
+        )
     est = float(ma.mean() - mb.mean())
     if ma.shape[0] == 1 and mb.shape[0] == 1:
         low, high = _scipy_interval(lambda x, y: np.mean(x) - np.mean(y), (ma[0], mb[0]), paired=True)

@@ -27,14 +27,37 @@ class Method:
 
 
 METHODS: Registry[Method] = Registry("attribution method")
-METHODS.add("ipg", Method("ipg", integrates=True, per_component=False,
-                          label="IPG (the paper's path integral of the policy gradient, whole activation vector)"))
-METHODS.add("pg", Method("pg", integrates=False, per_component=False,
-                         label="PG (the policy gradient times the activation, the alpha = 1 term of IPG)"))
-METHODS.add("component", Method("component", integrates=False, per_component=True,
-                                label="the per-component path (PG's top candidates, each re-scored exactly along its own path)"))
+METHODS.add(
+    "ipg",
+    Method(
+        "ipg",
+        integrates=True,
+        per_component=False,
+        label="IPG (the paper's path integral of the policy gradient, whole activation vector)",
+    ),
+)
+METHODS.add(
+    "pg",
+    Method(
+        "pg",
+        integrates=False,
+        per_component=False,
+        label="PG (the policy gradient times the activation, the alpha = 1 term of IPG)",
+    ),
+)
+METHODS.add(
+    "component",
+    Method(
+        "component",
+        integrates=False,
+        per_component=True,
+        label="the per-component path (PG's top candidates, each re-scored exactly along its own path)",
+    ),
+)
 
 # One default for ``ipg.attribute`` and ``ipg run`` alike, chosen by measurement (docs/results/README.md).
 DEFAULT = "component"
-DEFAULT_WHY = ("the default, chosen by measurement: beyond random at 8 of 9 settings of the organism and "
-               "SmolLM2 comparisons, PG at 6, the paper's IPG at 2; docs/results/README.md")
+DEFAULT_WHY = (
+    "the default, chosen by measurement: beyond random at 8 of 9 settings of the organism and "
+    "SmolLM2 comparisons, PG at 6, the paper's IPG at 2; docs/results/README.md"
+)

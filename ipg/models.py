@@ -15,8 +15,16 @@ import torch
 from ipg.catalog import NAMED, ORGANISM, ORGANISM_PATH, describe, gguf_model_path, model_names, named_model_path
 from ipg.errors import InputError
 
-__all__ = ["ORGANISM", "ORGANISM_PATH", "DTYPES", "resolve_model_path", "load_model", "load_tokenizer", "model_context",
-           "model_fingerprint"]
+__all__ = [
+    "ORGANISM",
+    "ORGANISM_PATH",
+    "DTYPES",
+    "resolve_model_path",
+    "load_model",
+    "load_tokenizer",
+    "model_context",
+    "model_fingerprint",
+]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 

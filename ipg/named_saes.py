@@ -54,9 +54,11 @@ def named_sae_path(spec: str, model: str, layer: int, log=None) -> Path:
     name, _, rest = spec.partition(":")
     where = f"model.saes.{layer}"
     if name != model:
-        raise InputError(f"{where}: '{spec}' belongs to model '{name}', not '{model}'; give an SAE of this model or {{}}")
+        raise InputError(
+            f"{where}: '{spec}' belongs to model '{name}', not '{model}'; give an SAE of this model or {{}}"
+        )
     try:
-        trained_on = int(rest[len("layer"):])
+        trained_on = int(rest[len("layer") :])
     except ValueError:
         raise InputError(f"{where}: '{spec}': expected '{name}:layerL' with L a block index") from None
     if trained_on != layer:
@@ -86,19 +88,47 @@ def build(model_name: str, layer: int, recipe: SAERecipe, target: Path, log) -> 
     log(f"SAE '{model_name}:layer{layer}' is not in {target.parent}; training it (once) by its recipe {recipe}")
     model, tokenizer = load_model(model_name, dtype="float32", device="cpu")
     check_site(model, Site(layer, "residual"))
-    examples = [{"id": f"sae-{i}", "prompt": r["question"], "answer": r["answer"]}
-                for i, r in enumerate(fresh(recipe.level, recipe.prompts, recipe.seed))]
+    examples = [
+        {"id": f"sae-{i}", "prompt": r["question"], "answer": r["answer"]}
+        for i, r in enumerate(fresh(recipe.level, recipe.prompts, recipe.seed))
+    ]
     examples = format_examples(tokenizer, examples, PromptFormat(), max_new_tokens=recipe.max_new_tokens)
-    acts = collect_activations(model, tokenizer, examples, layer, n_samples=recipe.samples,
-                               max_new_tokens=recipe.max_new_tokens, seed=recipe.seed, skip_first=recipe.skip_first, log=log)
-    sae, stats = train_sae(acts, recipe.features, recipe.k, steps=recipe.steps, batch_size=recipe.batch_size, lr=recipe.lr,
-                           seed=recipe.seed, layer=layer, model=model_fingerprint(model), log=log)
-    stats = {"name": f"{model_name}:layer{layer}", "layer": layer, "model": model_fingerprint(model),
-             "recipe": dataclasses.asdict(recipe), **stats}
+    acts = collect_activations(
+        model,
+        tokenizer,
+        examples,
+        layer,
+        n_samples=recipe.samples,
+        max_new_tokens=recipe.max_new_tokens,
+        seed=recipe.seed,
+        skip_first=recipe.skip_first,
+        log=log,
+    )
+    sae, stats = train_sae(
+        acts,
+        recipe.features,
+        recipe.k,
+        steps=recipe.steps,
+        batch_size=recipe.batch_size,
+        lr=recipe.lr,
+        seed=recipe.seed,
+        layer=layer,
+        model=model_fingerprint(model),
+        log=log,
+    )
+    stats = {
+        "name": f"{model_name}:layer{layer}",
+        "layer": layer,
+        "model": model_fingerprint(model),
+        "recipe": dataclasses.asdict(recipe),
+        **stats,
+    }
     atomic_write_json(fit_path(target), stats)  # first: a file without its statistics is never there
     sae.save(target)
-    log(f"wrote {target}: fraction of variance unexplained {stats['fvu']:.3f}, "
-        f"{stats['dead_features']} of {recipe.features} features dead")
+    log(
+        f"wrote {target}: fraction of variance unexplained {stats['fvu']:.3f}, "
+        f"{stats['dead_features']} of {recipe.features} features dead"
+    )
     return stats
 
 

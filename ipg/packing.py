@@ -50,7 +50,9 @@ def check_jobs(jobs: list[Job]) -> None:
         ids = [ex["id"] for ex in job.examples]
         if len(set(ids)) != len(ids):
             dup = next(i for i in ids if ids.count(i) > 1)
-            raise InputError(f"examples: duplicate id '{dup}' in evaluation {k}; samples are keyed and seeded by id, so ids must be unique")
+            raise InputError(
+                f"examples: duplicate id '{dup}' in evaluation {k}; samples are keyed and seeded by id, so ids must be unique"
+            )
 
 
 def pack(jobs: list[Job], params: SamplingParams, tokenizer, *, batch_size: int, pack_tokens: int) -> list[list[Chunk]]:
@@ -73,9 +75,20 @@ def pack(jobs: list[Job], params: SamplingParams, tokenizer, *, batch_size: int,
 
 
 @torch.no_grad()
-def generate_packed(model, tokenizer, jobs: list[Job], params: SamplingParams, *, batch_size: int, pack_tokens: int,
-                    positions: str = "generated", saes: dict | None = None, agree=None, log=None,
-                    done=None) -> list[list[list[Sample]]]:
+def generate_packed(
+    model,
+    tokenizer,
+    jobs: list[Job],
+    params: SamplingParams,
+    *,
+    batch_size: int,
+    pack_tokens: int,
+    positions: str = "generated",
+    saes: dict | None = None,
+    agree=None,
+    log=None,
+    done=None,
+) -> list[list[list[Sample]]]:
     """Every job's samples (per example, ``params.n`` each, in input order), generated in packed batches.
     ``log(line)``: a line per packed batch; ``done(k, samples)``: called once job k is complete. ``agree``:
     a rank of a ZeRO-3 group (see ``ipg.generation.generate``)."""
@@ -95,11 +108,20 @@ def generate_packed(model, tokenizer, jobs: list[Job], params: SamplingParams, *
             flat = [row for c in chunks for row in c.rows]
             variant = torch.tensor([c.job for c in chunks for _ in c.rows])
             # with "generated" edits the stacked copies share one prefill of their prompts (see generate_batch)
-            samples = generate_batch(model, tokenizer, flat, params, agree=agree, copies=len(chunks) if positions == "generated" else 1,
-                                     on_rows=(lambda live: rows(variant[live.cpu()])) if steered else None)
+            samples = generate_batch(
+                model,
+                tokenizer,
+                flat,
+                params,
+                agree=agree,
+                copies=len(chunks) if positions == "generated" else 1,
+                on_rows=(lambda live, variant=variant: rows(variant[live.cpu()])) if steered else None,
+            )
             if log is not None:
-                log(f"  packed batch {b + 1}/{len(batches)}: {len(flat)} rows of {len(chunks)} evaluation{'s' * (len(chunks) != 1)}, "
-                    f"{time.perf_counter() - start:.1f} s")
+                log(
+                    f"  packed batch {b + 1}/{len(batches)}: {len(flat)} rows of {len(chunks)} evaluation{'s' * (len(chunks) != 1)}, "
+                    f"{time.perf_counter() - start:.1f} s"
+                )
             at = 0
             for c in chunks:
                 for (ex, j), s in zip(c.rows, samples[at : at + len(c.rows)]):

@@ -58,7 +58,9 @@ class SharedPrefixes:
         if prefix not in self.store:
             device = next(self.model.parameters()).device
             with torch.no_grad():  # in the model's dtype even under autocast: the captured activations are, too
-                cache = self.model.model(input_ids=torch.tensor([prefix], device=device), use_cache=True).past_key_values
+                cache = self.model.model(
+                    input_ids=torch.tensor([prefix], device=device), use_cache=True
+                ).past_key_values
             self.store[prefix] = [(layer.keys, layer.values) for layer in cache.layers]
         return self.store[prefix]
 
@@ -72,5 +74,8 @@ class SharedPrefixes:
             layers = self._states(prefixes[0])
         else:
             per_row = [self._states(p) for p in prefixes]
-            layers = [(torch.cat([r[i][0] for r in per_row]), torch.cat([r[i][1] for r in per_row])) for i in range(len(per_row[0]))]
+            layers = [
+                (torch.cat([r[i][0] for r in per_row]), torch.cat([r[i][1] for r in per_row]))
+                for i in range(len(per_row[0]))
+            ]
         return Cache(layers=[PrefixLayer(k, v) for k, v in layers])

@@ -39,8 +39,10 @@ def _fields(template: str) -> list[str]:
     try:
         return [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
     except ValueError as e:
-        raise InputError(f"prompt.format: template {template!r} is not a valid format string ({e}); "
-                         "write fields as {question} and literal braces as {{ }}") from None
+        raise InputError(
+            f"prompt.format: template {template!r} is not a valid format string ({e}); "
+            "write fields as {question} and literal braces as {{ }}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -54,17 +56,23 @@ class PromptFormat:
 
     def __post_init__(self):
         if not isinstance(self.format, str) or not self.format:
-            raise InputError(f"prompt.format: got {self.format!r}; use auto, chat, raw or a template such as "
-                             "'Question: {question}\\nAnswer:'")
+            raise InputError(
+                f"prompt.format: got {self.format!r}; use auto, chat, raw or a template such as "
+                "'Question: {question}\\nAnswer:'"
+            )
         if self.format not in FORMATS:
             fields = _fields(self.format)
             if not fields or any(not f or not f.isidentifier() for f in fields):
-                raise InputError(f"prompt.format: '{self.format}' is neither auto, chat, raw nor a template naming "
-                                 "the example's fields ('Question: {question}\\nAnswer:')")
+                raise InputError(
+                    f"prompt.format: '{self.format}' is neither auto, chat, raw nor a template naming "
+                    "the example's fields ('Question: {question}\\nAnswer:')"
+                )
         for name in ("system", "user"):
             if getattr(self, name) is not None and self.format not in ("auto", "chat"):
-                raise InputError(f"prompt.{name}: only the chat format has a {name} message; with a raw or template "
-                                 "format write it into the template")
+                raise InputError(
+                    f"prompt.{name}: only the chat format has a {name} message; with a raw or template "
+                    "format write it into the template"
+                )
         if self.user is not None and any(not f or not f.isidentifier() for f in _fields(self.user)):
             raise InputError(f"prompt.user: {self.user!r} must name the example's fields as {{prompt}} or {{question}}")
 
@@ -74,8 +82,9 @@ class PromptFormat:
         if self.format == "auto":
             return "chat" if has_template else "raw"
         if self.format == "chat" and not has_template:
-            raise InputError("prompt.format: 'chat', but this model's tokenizer has no chat template; "
-                             "use raw or a template string")
+            raise InputError(
+                "prompt.format: 'chat', but this model's tokenizer has no chat template; use raw or a template string"
+            )
         return self.format if self.format in FORMATS else "template"
 
     def user_message(self, example: dict) -> str:
@@ -89,9 +98,11 @@ class PromptFormat:
         if kind != "chat" or not is_rendered(tokenizer, self.user_message(example)):
             return kind
         if self.system is not None:
-            raise InputError(f"prompt.system: example '{example.get('id', '?')}' is already rendered with the model's chat "
-                             "template, so no system message can be added to it; drop prompt.system, or give the prompt "
-                             "unrendered")
+            raise InputError(
+                f"prompt.system: example '{example.get('id', '?')}' is already rendered with the model's chat "
+                "template, so no system message can be added to it; drop prompt.system, or give the prompt "
+                "unrendered"
+            )
         return "rendered"
 
     def text(self, tokenizer, example: dict, kind: str | None = None) -> str:
@@ -106,13 +117,16 @@ class PromptFormat:
         if kind == "rendered":
             return user
         messages = ([{"role": "system", "content": self.system}] if self.system is not None else []) + [
-            {"role": "user", "content": user}]
+            {"role": "user", "content": user}
+        ]
         try:
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         except Exception as e:  # jinja's TemplateError: e.g. a template that refuses a system message
             what = "prompt.system" if self.system is not None else "prompt.format"
-            raise InputError(f"{what}: this model's chat template failed on example '{example.get('id', '?')}' "
-                             f"({type(e).__name__}: {e})") from None
+            raise InputError(
+                f"{what}: this model's chat template failed on example '{example.get('id', '?')}' "
+                f"({type(e).__name__}: {e})"
+            ) from None
 
     def encode(self, tokenizer, example: dict) -> list[int]:
         """The model input of ``example`` as token ids (BOS once; see the module note)."""
@@ -142,16 +156,20 @@ class PromptFormat:
         n = self.rendered_count(tokenizer, examples)
         if not n:
             return None
-        return (f"prompts: {n} of {len(examples)} already rendered with the model's chat template (its markers are in "
-                f"them): used as they are, not templated again")
+        return (
+            f"prompts: {n} of {len(examples)} already rendered with the model's chat template (its markers are in "
+            f"them): used as they are, not templated again"
+        )
 
 
 def _render(template: str, example: dict, key: str) -> str:
     try:
         return template.format_map(example)
     except KeyError as e:
-        raise InputError(f"example '{example.get('id', '?')}': {key} uses field {e}, which the example lacks "
-                         f"(it has {sorted(k for k in example if k != 'prompt_ids')})") from None
+        raise InputError(
+            f"example '{example.get('id', '?')}': {key} uses field {e}, which the example lacks "
+            f"(it has {sorted(k for k in example if k != 'prompt_ids')})"
+        ) from None
 
 
 def leading_special_ids(tokenizer) -> list[int]:
@@ -164,8 +182,16 @@ def leading_special_ids(tokenizer) -> list[int]:
     return []
 
 
-def format_examples(tokenizer, examples: list[dict], fmt: PromptFormat | str = "auto", *, context: int | None = None,
-                    max_new_tokens: int = 0, on_error: str = "fail", skipped: dict | None = None) -> list[dict]:
+def format_examples(
+    tokenizer,
+    examples: list[dict],
+    fmt: PromptFormat | str = "auto",
+    *,
+    context: int | None = None,
+    max_new_tokens: int = 0,
+    on_error: str = "fail",
+    skipped: dict | None = None,
+) -> list[dict]:
     """Copies of ``examples`` with ``prompt_ids`` (an example that already has them keeps them), each checked
     against the model before anything is sampled (``check_prompt``): a prompt that encodes to nothing, one
     whose characters the tokenizer drops, or one that with ``max_new_tokens`` does not fit the model's
@@ -187,7 +213,9 @@ def format_examples(tokenizer, examples: list[dict], fmt: PromptFormat | str = "
             continue
         out.append({**ex, "prompt_ids": list(ids)})
     if not out and examples:
-        raise InputError(f"examples: every example was refused (on_error 'skip'); first: {next(iter(skipped.values()))}")
+        raise InputError(
+            f"examples: every example was refused (on_error 'skip'); first: {next(iter(skipped.values()))}"
+        )
     return out
 
 
@@ -195,17 +223,23 @@ def check_prompt(tokenizer, example: dict, ids: list[int], context: int | None, 
     """Why this prompt cannot be used (one line naming the example and the fix), or None."""
     name = f"example '{example.get('id', '?')}'"
     if not ids:
-        return (f"{name}: its prompt encodes to no tokens under this model's tokenizer (characters it does not know?); "
-                "check the prompt and prompt.format")
+        return (
+            f"{name}: its prompt encodes to no tokens under this model's tokenizer (characters it does not know?); "
+            "check the prompt and prompt.format"
+        )
     if context and len(ids) + max_new_tokens > context:
-        return (f"{name}: its prompt is {len(ids)} tokens, and with max_new_tokens {max_new_tokens} that is beyond the "
-                f"model's context of {context} tokens; shorten the prompt or lower max_new_tokens")
+        return (
+            f"{name}: its prompt is {len(ids)} tokens, and with max_new_tokens {max_new_tokens} that is beyond the "
+            f"model's context of {context} tokens; shorten the prompt or lower max_new_tokens"
+        )
     text = example.get("prompt")
     if isinstance(text, str) and "prompt_ids" not in example:
         lost = dropped_characters(tokenizer, text)
         if lost:
-            return (f"{name}: this model's tokenizer drops characters of its prompt ({lost}), so the model would not "
-                    "see them; remove them or use a model whose tokenizer knows them")
+            return (
+                f"{name}: this model's tokenizer drops characters of its prompt ({lost}), so the model would not "
+                "see them; remove them or use a model whose tokenizer knows them"
+            )
     return None
 
 

@@ -36,7 +36,9 @@ def _hook(model, site: Site, saes, state: dict):
         return torch.where(state["mask"][None, :, None], leaf, h)
 
     if site.kind == "mlp":
-        return block.mlp.down_proj.register_forward_pre_hook(lambda m, args: (swapped(args[0].detach()),) + tuple(args[1:]))
+        return block.mlp.down_proj.register_forward_pre_hook(
+            lambda m, args: (swapped(args[0].detach()),) + tuple(args[1:])
+        )
     sae = saes[site.layer] if site.kind == "sae" else None
 
     def hook(module, args, output):
@@ -51,8 +53,15 @@ def _hook(model, site: Site, saes, state: dict):
     return block.register_forward_hook(hook)
 
 
-def reference_scores(model, rollouts_by_alpha: list[tuple[float, float, list]], site: Site, baseline: torch.Tensor,
-                     positions: str = "generated", policy_temperature: float = 1.0, saes: dict | None = None) -> np.ndarray:
+def reference_scores(
+    model,
+    rollouts_by_alpha: list[tuple[float, float, list]],
+    site: Site,
+    baseline: torch.Tensor,
+    positions: str = "generated",
+    policy_temperature: float = 1.0,
+    saes: dict | None = None,
+) -> np.ndarray:
     """Per-prompt IPG scores (n_prompts, width) of one site; ``rollouts_by_alpha`` as in
     ``ipg.attribution.rows_for``: ``[(alpha, weight, rollouts)]`` with the same prompts in each."""
     width = check_site(model, site, saes)

@@ -69,8 +69,9 @@ def template_markers(tokenizer) -> tuple[str, ...]:
 
     def compute() -> tuple[str, ...]:
         try:
-            rendered = tokenizer.apply_chat_template([{"role": "user", "content": _PROBE}], tokenize=False,
-                                                     add_generation_prompt=True)
+            rendered = tokenizer.apply_chat_template(
+                [{"role": "user", "content": _PROBE}], tokenize=False, add_generation_prompt=True
+            )
         except Exception:  # a template that needs more than one user message renders nothing to learn from
             return ()
         if not isinstance(rendered, str) or _PROBE not in rendered:

@@ -18,6 +18,7 @@ from ipg.generation import Sample, generate
 from ipg.prompts import prompt_ids as encoded_prompt
 from ipg.signals import Signal
 
+
 @dataclass
 class Rollout:
     """One prompt's group of trajectories, scored."""
@@ -39,10 +40,22 @@ def _interpolation(baseline: torch.Tensor, alpha: float):
     return lambda h: baseline.to(h.dtype) + alpha * (h - baseline.to(h.dtype))
 
 
-def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg: AttributionConfig, *,
-                    site: Site | None = None, alpha: float = 1.0, baseline: torch.Tensor | None = None,
-                    saes: dict | None = None, skipped: dict[str, str] | None = None, engine=None, agree=None,
-                    cache: dict | None = None) -> list[Rollout]:
+def sample_rollouts(
+    model,
+    tokenizer,
+    examples: list[dict],
+    signal: Signal,
+    cfg: AttributionConfig,
+    *,
+    site: Site | None = None,
+    alpha: float = 1.0,
+    baseline: torch.Tensor | None = None,
+    saes: dict | None = None,
+    skipped: dict[str, str] | None = None,
+    engine=None,
+    agree=None,
+    cache: dict | None = None,
+) -> list[Rollout]:
     """N trajectories per example from the model with the site on the path at ``alpha`` (alpha = 1:
     the unmodified model), scored by the signal, with per-group advantages.
 
@@ -56,8 +69,11 @@ def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg:
     params = cfg.sampling(_alpha_seed(cfg.seed, alpha))
     ctx = nullcontext()
     if site is not None and alpha != 1.0:
-        ctx = (engine.interpolate(site, alpha, baseline, cfg.positions, saes) if engine is not None else
-               edit(model, site, _interpolation(baseline, alpha), positions=cfg.positions, saes=saes))
+        ctx = (
+            engine.interpolate(site, alpha, baseline, cfg.positions, saes)
+            if engine is not None
+            else edit(model, site, _interpolation(baseline, alpha), positions=cfg.positions, saes=saes)
+        )
     key = None
     if cache is not None and engine is None and agree is None and (site is None or alpha == 1.0):
         key = (params, tuple((ex["id"], tuple(encoded_prompt(tokenizer, ex))) for ex in examples))
@@ -65,8 +81,11 @@ def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg:
         groups = cache[key]
     else:
         with ctx:
-            groups = (engine.generate(examples, params) if engine is not None else
-                      generate(model, tokenizer, examples, params, batch_size=cfg.generation_batch_size, agree=agree))
+            groups = (
+                engine.generate(examples, params)
+                if engine is not None
+                else generate(model, tokenizer, examples, params, batch_size=cfg.generation_batch_size, agree=agree)
+            )
         if key is not None:
             cache[key] = groups
     out = []
@@ -84,12 +103,19 @@ def sample_rollouts(model, tokenizer, examples: list[dict], signal: Signal, cfg:
 
 def _rewards(signal: Signal, ex: dict, samples: list[Sample]) -> list[float]:
     try:
-        rewards = [float(r) for r in signal([s.text for s in samples], [ex] * len(samples), [s.n_tokens for s in samples])]
+        rewards = [
+            float(r) for r in signal([s.text for s in samples], [ex] * len(samples), [s.n_tokens for s in samples])
+        ]
     except Exception as e:  # a user signal or reward model failing on one example: name it
-        raise ExampleError(ex["id"], f"signal '{signal.name}' failed on example '{ex['id']}': {type(e).__name__}: {e}") from e
+        raise ExampleError(
+            ex["id"], f"signal '{signal.name}' failed on example '{ex['id']}': {type(e).__name__}: {e}"
+        ) from e
     for j, r in enumerate(rewards):
         if not np.isfinite(r):
-            raise ExampleError(ex["id"], f"signal '{signal.name}': reward {r} for example '{ex['id']}' sample {j} is not finite; a signal must return finite floats")
+            raise ExampleError(
+                ex["id"],
+                f"signal '{signal.name}': reward {r} for example '{ex['id']}' sample {j} is not finite; a signal must return finite floats",
+            )
     return rewards
 
 
@@ -102,4 +128,3 @@ def prepare_examples(examples: list[dict]) -> list[dict]:
         if not isinstance(ex.get("prompt"), str) or not ex["prompt"]:
             raise InputError(f"example '{ex['id']}': field 'prompt' is missing or empty")
     return examples
-

@@ -30,8 +30,16 @@ ARCHITECTURES = ("topk", "relu", "jumprelu")
 
 
 class SAE(torch.nn.Module):
-    def __init__(self, d_model: int, n_features: int, k: int = 0, layer: int = -1, model: str = "",
-                 architecture: str = "topk", subtract_b_pre: bool = True):
+    def __init__(
+        self,
+        d_model: int,
+        n_features: int,
+        k: int = 0,
+        layer: int = -1,
+        model: str = "",
+        architecture: str = "topk",
+        subtract_b_pre: bool = True,
+    ):
         super().__init__()
         if architecture not in ARCHITECTURES:
             raise InputError(f"sae.architecture: one of {', '.join(ARCHITECTURES)}, got {architecture!r}")
@@ -68,9 +76,16 @@ class SAE(torch.nn.Module):
         return self.decode(self.encode(z))
 
     def save(self, path: str | Path) -> Path:
-        meta = {"d_model": str(self.d_model), "n_features": str(self.n_features), "k": str(self.k),
-                "layer": str(self.layer), "model": self.model, "format": "ipg.topk_sae.v1",
-                "architecture": self.architecture, "subtract_b_pre": str(self.subtract_b_pre).lower()}
+        meta = {
+            "d_model": str(self.d_model),
+            "n_features": str(self.n_features),
+            "k": str(self.k),
+            "layer": str(self.layer),
+            "model": self.model,
+            "format": "ipg.topk_sae.v1",
+            "architecture": self.architecture,
+            "subtract_b_pre": str(self.subtract_b_pre).lower(),
+        }
         tensors = {n: p.detach().contiguous().cpu() for n, p in self.named_parameters()}
         tmp = Path(path).with_suffix(".safetensors.partial")
         save_file(tensors, str(tmp), metadata=meta)
@@ -87,15 +102,19 @@ class SAE(torch.nn.Module):
         if path.is_dir():
             return sae_lens.header(path)
         if not path.is_file():
-            raise InputError(f"sae: file '{path}' not found; train one with `ipg sae train`, or give a SAELens "
-                             "directory (cfg.json, sae_weights.safetensors)")
+            raise InputError(
+                f"sae: file '{path}' not found; train one with `ipg sae train`, or give a SAELens "
+                "directory (cfg.json, sae_weights.safetensors)"
+            )
         from safetensors import safe_open
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
         if meta.get("format") != "ipg.topk_sae.v1":
-            raise InputError(f"sae: '{path}' is not an ipg SAE file (metadata format {meta.get('format')!r}); "
-                             "SAELens SAEs load from their directory")
+            raise InputError(
+                f"sae: '{path}' is not an ipg SAE file (metadata format {meta.get('format')!r}); "
+                "SAELens SAEs load from their directory"
+            )
         return {"architecture": "topk", "subtract_b_pre": "true", **meta}
 
     @classmethod
@@ -107,8 +126,15 @@ class SAE(torch.nn.Module):
             sae.load_state_dict(state)
         else:
             meta = cls.header(path)
-            sae = cls(int(meta["d_model"]), int(meta["n_features"]), int(meta["k"]), int(meta["layer"]),
-                      meta.get("model", ""), meta["architecture"], meta["subtract_b_pre"] == "true")
+            sae = cls(
+                int(meta["d_model"]),
+                int(meta["n_features"]),
+                int(meta["k"]),
+                int(meta["layer"]),
+                meta.get("model", ""),
+                meta["architecture"],
+                meta["subtract_b_pre"] == "true",
+            )
             sae.load_state_dict(load_file(str(path)))
         sae.requires_grad_(False)
         sae.source = str(path.resolve())  # where it came from: another process loads it from there
@@ -118,8 +144,19 @@ class SAE(torch.nn.Module):
 TopKSAE = SAE  # the name under which 0.x releases exported it
 
 
-def train_sae(activations: torch.Tensor, n_features: int, k: int, *, steps: int = 3000, batch_size: int = 1024,
-              lr: float = 1e-3, seed: int = 0, layer: int = -1, model: str = "", log=print) -> tuple[SAE, dict]:
+def train_sae(
+    activations: torch.Tensor,
+    n_features: int,
+    k: int,
+    *,
+    steps: int = 3000,
+    batch_size: int = 1024,
+    lr: float = 1e-3,
+    seed: int = 0,
+    layer: int = -1,
+    model: str = "",
+    log=print,
+) -> tuple[SAE, dict]:
     """Fit a TopK SAE to ``activations`` (N, d_model). Returns the SAE and its fit statistics
     (fraction of variance unexplained, dead features) on a held-out 10%."""
     torch.manual_seed(seed)
@@ -148,17 +185,35 @@ def train_sae(activations: torch.Tensor, n_features: int, k: int, *, steps: int 
     with torch.no_grad():
         f = sae.encode(held)
         fvu = ((sae.decode(f) - held).pow(2).sum() / (held - held.mean(0)).pow(2).sum()).item()
-        alive = (sae.encode(train[: 20000]) > 0).any(0)
-    stats = {"fvu": round(fvu, 5), "dead_features": int((~alive).sum()), "n_activations": n,
-             "train_seconds": round(time.perf_counter() - start, 1), "steps": steps, "k": k, "n_features": n_features}
+        alive = (sae.encode(train[:20000]) > 0).any(0)
+    stats = {
+        "fvu": round(fvu, 5),
+        "dead_features": int((~alive).sum()),
+        "n_activations": n,
+        "train_seconds": round(time.perf_counter() - start, 1),
+        "steps": steps,
+        "k": k,
+        "n_features": n_features,
+    }
     if not math.isfinite(fvu):
         raise RuntimeError(f"SAE training diverged (fvu {fvu}); lower sae.lr")
     return sae, stats
 
 
-def collect_activations(model, tokenizer, examples: list[dict], layer: int, *, n_samples: int = 4,
-                        max_new_tokens: int = 128, temperature: float = 1.0, seed: int = 0, chunk: int = 32,
-                        skip_first: bool = False, log=None) -> torch.Tensor:
+def collect_activations(
+    model,
+    tokenizer,
+    examples: list[dict],
+    layer: int,
+    *,
+    n_samples: int = 4,
+    max_new_tokens: int = 128,
+    temperature: float = 1.0,
+    seed: int = 0,
+    chunk: int = 32,
+    skip_first: bool = False,
+    log=None,
+) -> torch.Tensor:
     """Block-``layer`` outputs (N, d_model) at the positions of sampled completions of the prompts;
     ``log`` gets a line per ``chunk`` prompts sampled.
 
@@ -169,8 +224,9 @@ def collect_activations(model, tokenizer, examples: list[dict], layer: int, *, n
     from ipg.components import Site, site_activations
     from ipg.generation import SamplingParams, generate
 
-    params = SamplingParams(n=n_samples, greedy=False, temperature=temperature, top_p=1.0,
-                            max_new_tokens=max_new_tokens, seed=seed)
+    params = SamplingParams(
+        n=n_samples, greedy=False, temperature=temperature, top_p=1.0, max_new_tokens=max_new_tokens, seed=seed
+    )
     sequences, start = [], time.perf_counter()
     for c in range(0, len(examples), chunk):
         groups = generate(model, tokenizer, examples[c : c + chunk], params)
@@ -178,5 +234,7 @@ def collect_activations(model, tokenizer, examples: list[dict], layer: int, *, n
         if log is not None:
             done = min(c + chunk, len(examples))
             log(f"sae data: sampled {done}/{len(examples)} prompts x {n_samples}, {time.perf_counter() - start:.0f} s")
-    acts = torch.cat([h[1:] if skip_first else h for _, _, h in site_activations(model, Site(layer, "residual"), sequences)])
+    acts = torch.cat(
+        [h[1:] if skip_first else h for _, _, h in site_activations(model, Site(layer, "residual"), sequences)]
+    )
     return torch.unique(acts, dim=0) if skip_first else acts  # (N, d_model)

@@ -44,8 +44,9 @@ def _config(path: Path) -> dict:
     cfg_path, weights = path / CFG, path / WEIGHTS
     for f in (cfg_path, weights):
         if not f.is_file():
-            raise InputError(f"sae: '{path}' is not a SAELens SAE directory: {f.name} is missing "
-                             f"(the layout is {CFG} and {WEIGHTS})")
+            raise InputError(
+                f"sae: '{path}' is not a SAELens SAE directory: {f.name} is missing (the layout is {CFG} and {WEIGHTS})"
+            )
     try:
         cfg = json.loads(cfg_path.read_text())
     except json.JSONDecodeError as e:
@@ -57,19 +58,32 @@ def _config(path: Path) -> dict:
     activation = cfg.get("activation_fn", cfg.get("activation_fn_str", "relu"))
     architecture = cfg.get("architecture") or ("topk" if activation == "topk" else "standard")
     if architecture not in _ARCH:
-        raise InputError(f"sae: {cfg_path} architecture {architecture!r}: ipg loads {', '.join(_ARCH)} "
-                         "(SAELens saves BatchTopK SAEs as jumprelu)")
+        raise InputError(
+            f"sae: {cfg_path} architecture {architecture!r}: ipg loads {', '.join(_ARCH)} "
+            "(SAELens saves BatchTopK SAEs as jumprelu)"
+        )
     k = cfg.get("k", (cfg.get("activation_fn_kwargs") or {}).get("k"))
     if architecture == "topk" and not k:
         raise InputError(f"sae: {cfg_path} is a topk SAE without 'k'")
     normalize = cfg.get("normalize_activations", "none")
     if normalize not in (None, False, "none"):
-        raise InputError(f"sae: {cfg_path} normalize_activations {normalize!r}: ipg edits raw activations; fold the "
-                         "normalisation into the weights first (SAELens: fold_activation_norm_scaling_factor) and set it to 'none'")
+        raise InputError(
+            f"sae: {cfg_path} normalize_activations {normalize!r}: ipg edits raw activations; fold the "
+            "normalisation into the weights first (SAELens: fold_activation_norm_scaling_factor) and set it to 'none'"
+        )
     if cfg.get("reshape_activations", "none") != "none" or cfg.get("finetuning_scaling_factor"):
-        raise InputError(f"sae: {cfg_path}: reshaped (hook_z) or finetuning-scaled SAEs are not residual-stream SAEs ipg can edit")
-    return {"cfg": cfg, "meta": meta, "architecture": _ARCH[architecture], "k": int(k or 0),
-            "d_in": int(cfg["d_in"]), "d_sae": int(cfg["d_sae"]), "layer": layer_of(meta.get("hook_name"), cfg_path, cfg.get("hook_layer"))}
+        raise InputError(
+            f"sae: {cfg_path}: reshaped (hook_z) or finetuning-scaled SAEs are not residual-stream SAEs ipg can edit"
+        )
+    return {
+        "cfg": cfg,
+        "meta": meta,
+        "architecture": _ARCH[architecture],
+        "k": int(k or 0),
+        "d_in": int(cfg["d_in"]),
+        "d_sae": int(cfg["d_sae"]),
+        "layer": layer_of(meta.get("hook_name"), cfg_path, cfg.get("hook_layer")),
+    }
 
 
 def layer_of(hook_name: str | None, where: Path | str = CFG, hook_layer=None) -> int:
@@ -79,16 +93,25 @@ def layer_of(hook_name: str | None, where: Path | str = CFG, hook_layer=None) ->
         return int(hook_layer) if hook_layer is not None else -1
     m = _HOOK.match(hook_name)
     if not m or (m.group(2) == "pre" and m.group(1) == "0"):
-        raise InputError(f"sae: {where} hook_name {hook_name!r}: ipg's SAEs read a block's residual output "
-                         "(blocks.L.hook_resid_post, or blocks.{L+1}.hook_resid_pre)")
+        raise InputError(
+            f"sae: {where} hook_name {hook_name!r}: ipg's SAEs read a block's residual output "
+            "(blocks.L.hook_resid_post, or blocks.{L+1}.hook_resid_pre)"
+        )
     return int(m.group(1)) - (m.group(2) == "pre")
 
 
 def header(path: str | Path) -> dict:
     """The SAE's shape and layer, as ``SAE.header`` gives them, without reading its weights."""
     c = _config(Path(path))
-    return {"d_model": str(c["d_in"]), "n_features": str(c["d_sae"]), "k": str(c["k"]), "layer": str(c["layer"]),
-            "model": str(c["meta"].get("model_name") or ""), "architecture": c["architecture"], "format": "sae_lens"}
+    return {
+        "d_model": str(c["d_in"]),
+        "n_features": str(c["d_sae"]),
+        "k": str(c["k"]),
+        "layer": str(c["layer"]),
+        "model": str(c["meta"].get("model_name") or ""),
+        "architecture": c["architecture"],
+        "format": "sae_lens",
+    }
 
 
 def read(path: str | Path) -> tuple[tuple, dict]:
@@ -97,20 +120,34 @@ def read(path: str | Path) -> tuple[tuple, dict]:
     path = Path(path)
     c = _config(path)
     w = {k: v.to(torch.float32) for k, v in load_file(str(path / WEIGHTS)).items()}
-    need = {"W_enc": (c["d_in"], c["d_sae"]), "b_enc": (c["d_sae"],), "W_dec": (c["d_sae"], c["d_in"]), "b_dec": (c["d_in"],)}
+    need = {
+        "W_enc": (c["d_in"], c["d_sae"]),
+        "b_enc": (c["d_sae"],),
+        "W_dec": (c["d_sae"], c["d_in"]),
+        "b_dec": (c["d_in"],),
+    }
     if c["architecture"] == "jumprelu":
         need["threshold"] = (c["d_sae"],)
     for name, shape in need.items():
         if name not in w:
             raise InputError(f"sae: {path / WEIGHTS} has no tensor '{name}' (it has {', '.join(sorted(w))})")
         if tuple(w[name].shape) != shape:
-            raise InputError(f"sae: {path / WEIGHTS} '{name}' has shape {tuple(w[name].shape)}; cfg.json's d_in "
-                             f"{c['d_in']} and d_sae {c['d_sae']} make it {shape}")
+            raise InputError(
+                f"sae: {path / WEIGHTS} '{name}' has shape {tuple(w[name].shape)}; cfg.json's d_in "
+                f"{c['d_in']} and d_sae {c['d_sae']} make it {shape}"
+            )
     if c["architecture"] == "topk" and c["cfg"].get("rescale_acts_by_decoder_norm"):
         norm = w["W_dec"].norm(dim=-1).clamp(min=1e-12)  # (d_sae,): fold it, as SAELens's own fold does
         w["W_enc"], w["b_enc"], w["W_dec"] = w["W_enc"] * norm, w["b_enc"] * norm, w["W_dec"] / norm[:, None]
-    args = (c["d_in"], c["d_sae"], c["k"], c["layer"], str(c["meta"].get("model_name") or ""), c["architecture"],
-            bool(c["cfg"].get("apply_b_dec_to_input", True)))
+    args = (
+        c["d_in"],
+        c["d_sae"],
+        c["k"],
+        c["layer"],
+        str(c["meta"].get("model_name") or ""),
+        c["architecture"],
+        bool(c["cfg"].get("apply_b_dec_to_input", True)),
+    )
     state = {"W_enc": w["W_enc"].T, "b_enc": w["b_enc"], "W_dec": w["W_dec"].T, "b_pre": w["b_dec"]}
     if c["architecture"] == "jumprelu":
         state["threshold"] = w["threshold"]
@@ -121,11 +158,23 @@ def export(sae, path: str | Path) -> Path:
     """Write ``sae`` (an ``ipg.sae.SAE``) as a SAELens SAE directory at ``path`` (replaced whole, never half-written)."""
     path = Path(path)
     architecture = {v: k for k, v in _ARCH.items()}[sae.architecture]
-    cfg = {"architecture": architecture, "d_in": sae.d_model, "d_sae": sae.n_features, "dtype": "float32",
-           "device": "cpu", "apply_b_dec_to_input": sae.subtract_b_pre, "normalize_activations": "none",
-           "reshape_activations": "none",
-           "metadata": {"sae_lens_version": LAYOUT_VERSION, "model_name": sae.model,
-                        "hook_name": f"blocks.{sae.layer}.hook_resid_post", "hook_layer": sae.layer, "exported_by": "ipg"}}
+    cfg = {
+        "architecture": architecture,
+        "d_in": sae.d_model,
+        "d_sae": sae.n_features,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": sae.subtract_b_pre,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "sae_lens_version": LAYOUT_VERSION,
+            "model_name": sae.model,
+            "hook_name": f"blocks.{sae.layer}.hook_resid_post",
+            "hook_layer": sae.layer,
+            "exported_by": "ipg",
+        },
+    }
     if sae.architecture == "topk":
         cfg.update(k=sae.k, rescale_acts_by_decoder_norm=False)
     weights = {"W_enc": sae.W_enc.T, "b_enc": sae.b_enc, "W_dec": sae.W_dec.T, "b_dec": sae.b_pre}

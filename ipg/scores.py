@@ -17,12 +17,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ipg.sites import ComponentId, Site
 from ipg.errors import InputError
 from ipg.files import atomic_write_bytes
+from ipg.sites import ComponentId, Site
 
 STATS_KEY = b"ipg.shard"  # a shard partial's statistics in its Arrow schema metadata (gradient worker -> reducer)
 
+# fmt: off
 SCHEMA = pa.schema([
     ("run_id", pa.string()), ("model", pa.string()), ("layer", pa.int32()), ("kind", pa.string()),
     ("index", pa.int32()), ("component", pa.string()), ("score", pa.float64()), ("stderr", pa.float64()),
@@ -30,6 +31,7 @@ SCHEMA = pa.schema([
     ("method", pa.string()), ("q", pa.int32()), ("schedule", pa.string()), ("baseline", pa.string()),
     ("advantage", pa.string()), ("positions", pa.string()), ("seed", pa.int64()),
 ])
+# fmt: on
 
 
 @dataclass
@@ -43,8 +45,13 @@ class SiteSums:
     def add(self, other: "SiteSums") -> "SiteSums":
         if self.indices != other.indices:
             raise ValueError("scores: partials of one site score different components; they cannot be merged")
-        return SiteSums(self.total + other.total, self.total_sq + other.total_sq,
-                        self.n_prompts + other.n_prompts, self.n_trajectories + other.n_trajectories, self.indices)
+        return SiteSums(
+            self.total + other.total,
+            self.total_sq + other.total_sq,
+            self.n_prompts + other.n_prompts,
+            self.n_trajectories + other.n_trajectories,
+            self.indices,
+        )
 
     def components(self) -> list[int]:
         return list(range(len(self.total))) if self.indices is None else list(self.indices)
@@ -99,7 +106,18 @@ class PartialScores:
             cols["n_prompts"] += [s.n_prompts] * n
             cols["n_trajectories"] += [s.n_trajectories] * n
             cols["rank"] += rank.tolist()
-            for key in ("run_id", "model", "signal", "method", "q", "schedule", "baseline", "advantage", "positions", "seed"):
+            for key in (
+                "run_id",
+                "model",
+                "signal",
+                "method",
+                "q",
+                "schedule",
+                "baseline",
+                "advantage",
+                "positions",
+                "seed",
+            ):
                 cols[key] += [meta.get(key)] * n
         return pa.table(cols, schema=SCHEMA)
 
@@ -111,7 +129,9 @@ def write_scores(path: str | Path, table: pa.Table) -> Path:
     return atomic_write_bytes(path, sink.getvalue().to_pybytes())
 
 
-def select(table: pa.Table, p: int, *, by: str = "top", layer: int | None = None, kind: str | None = None) -> list[ComponentId]:
+def select(
+    table: pa.Table, p: int, *, by: str = "top", layer: int | None = None, kind: str | None = None
+) -> list[ComponentId]:
     """The p selected components of one site: ``top`` (highest signed score, the paper), ``abs``
     (largest |score|), ``bottom`` (lowest). Ties break by index."""
     if by not in ("top", "abs", "bottom"):
@@ -125,8 +145,11 @@ def select(table: pa.Table, p: int, *, by: str = "top", layer: int | None = None
         raise InputError("select: the table holds several sites; pass layer= and kind= to pick one")
     if not 0 < p <= len(rows):
         raise InputError(f"select.p: must be in 1..{len(rows)}, got {p}")
-    key = {"top": lambda r: (-r["score"], r["index"]), "abs": lambda r: (-abs(r["score"]), r["index"]),
-           "bottom": lambda r: (r["score"], r["index"])}[by]
+    key = {
+        "top": lambda r: (-r["score"], r["index"]),
+        "abs": lambda r: (-abs(r["score"]), r["index"]),
+        "bottom": lambda r: (r["score"], r["index"]),
+    }[by]
     return [ComponentId(r["layer"], r["kind"], r["index"]) for r in sorted(rows, key=key)[:p]]
 
 
@@ -136,11 +159,12 @@ def dice(a, b) -> float:
     return 1.0 if not a and not b else 2 * len(a & b) / (len(a) + len(b))
 
 
-
+# fmt: off
 PARTIAL_SCHEMA = pa.schema([
     ("layer", pa.int32()), ("kind", pa.string()), ("index", pa.int32()), ("total", pa.float64()),
     ("total_sq", pa.float64()), ("n_prompts", pa.int64()), ("n_trajectories", pa.int64()), ("scored", pa.bool_()),
-])  # scored: the site's rows are the components named by index (a subset), not all of them
+])
+# fmt: on  # scored: the site's rows are the components named by index (a subset), not all of them
 
 
 def partial_to_arrow(partial: PartialScores, metadata: dict[str, str] | None = None) -> pa.Table:
@@ -168,7 +192,11 @@ def partial_from_arrow(table: pa.Table) -> PartialScores:
         by_site.setdefault(Site(layer, kind), []).append(i)
     scored = rows.get("scored") or [False] * len(rows["layer"])  # absent in snapshots written before it existed
     for site, idx in by_site.items():  # rows keep the order they were written in
-        out.sites[site] = SiteSums(np.array([rows["total"][i] for i in idx]), np.array([rows["total_sq"][i] for i in idx]),
-                                   rows["n_prompts"][idx[0]], rows["n_trajectories"][idx[0]],
-                                   tuple(rows["index"][i] for i in idx) if scored[idx[0]] else None)
+        out.sites[site] = SiteSums(
+            np.array([rows["total"][i] for i in idx]),
+            np.array([rows["total_sq"][i] for i in idx]),
+            rows["n_prompts"][idx[0]],
+            rows["n_trajectories"][idx[0]],
+            tuple(rows["index"][i] for i in idx) if scored[idx[0]] else None,
+        )
     return out

@@ -85,8 +85,10 @@ def make_signal(spec, **params) -> Signal:
                 raise InputError(f"signal.params: {e}; see the '{spec}' signal's parameters") from None
         if ":" in spec:
             return _imported(spec, params)
-        raise InputError(f"signal: unknown '{spec}'; use one of {signal_names()}, an import path "
-                         "'package.module:function', or pass a callable")
+        raise InputError(
+            f"signal: unknown '{spec}'; use one of {signal_names()}, an import path "
+            "'package.module:function', or pass a callable"
+        )
     if callable(spec):
         return CallableSignal(spec, params)
     raise InputError(f"signal: expected a name or a callable, got {type(spec).__name__}")
@@ -104,8 +106,10 @@ def _imported(spec: str, params: dict) -> Signal:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # ImportError, or the module failing while it is imported
-        raise InputError(f"signal: cannot import '{module_name}' for '{spec}' ({type(e).__name__}: {e}); install "
-                         "the module or put its folder on PYTHONPATH where the run starts") from None
+        raise InputError(
+            f"signal: cannot import '{module_name}' for '{spec}' ({type(e).__name__}: {e}); install "
+            "the module or put its folder on PYTHONPATH where the run starts"
+        ) from None
     obj = getattr(module, attr, None)
     if obj is None:
         raise InputError(f"signal: module '{module_name}' has no '{attr}' (from '{spec}')")
@@ -135,10 +139,14 @@ def signal_source(spec) -> Path | None:
     if top in sys.stdlib_module_names or top in metadata.packages_distributions() or top == "ipg":
         return None
     module = importlib.import_module(top)
-    paths = sorted({str(Path(p).resolve()) for p in getattr(module, "__path__", [])})  # sys.path may name a folder twice
+    paths = sorted(
+        {str(Path(p).resolve()) for p in getattr(module, "__path__", [])}
+    )  # sys.path may name a folder twice
     if len(paths) > 1:
-        raise InputError(f"signal: '{top}' is a namespace package spread over {len(paths)} folders; install it "
-                         "on the cluster's nodes (the image), so the workers can import it")
+        raise InputError(
+            f"signal: '{top}' is a namespace package spread over {len(paths)} folders; install it "
+            "on the cluster's nodes (the image), so the workers can import it"
+        )
     return Path(paths[0] if paths else module.__file__).resolve()
 
 
@@ -163,8 +171,12 @@ class CallableSignal(Signal):
 class Accuracy(Signal):
     name = "accuracy"
 
-    def __init__(self, answer_field: str = "answer", formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS,
-                 pattern: str | None = None):
+    def __init__(
+        self,
+        answer_field: str = "answer",
+        formats: tuple[str, ...] | list[str] = DEFAULT_FORMATS,
+        pattern: str | None = None,
+    ):
         self.answer_field = answer_field
         self.required_fields = (answer_field,)
         self.extractor = Extractor(tuple(formats), pattern)
@@ -181,7 +193,9 @@ class Length(Signal):
 
     def __init__(self, a: float = 0.0, b: float = 1.0, c: float = 0.0, sign: int = 1):
         if a < 0 or b < 0 or (a == 0 and b == 0):
-            raise InputError("signal.params: length needs a >= 0, b >= 0, not both 0 (monotone in L); use sign=-1 to favour concise")
+            raise InputError(
+                "signal.params: length needs a >= 0, b >= 0, not both 0 (monotone in L); use sign=-1 to favour concise"
+            )
         if sign not in (1, -1):
             raise InputError(f"signal.params.sign: must be 1 or -1, got {sign}")
         self.a, self.b, self.c, self.sign = a, b, c, sign
@@ -216,8 +230,15 @@ class RewardModel(Signal):
 
     name = "reward_model"
 
-    def __init__(self, model: str, batch_size: int = 16, device: str = "cpu", dtype: str = "float32",
-                 max_length: int = 4096, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model: str,
+        batch_size: int = 16,
+        device: str = "cpu",
+        dtype: str = "float32",
+        max_length: int = 4096,
+        trust_remote_code: bool = False,
+    ):
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -226,10 +247,17 @@ class RewardModel(Signal):
         try:
             path = resolve_model_path(model)
             self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-            self.model = AutoModelForSequenceClassification.from_pretrained(
-                path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code).to(device).eval()
+            self.model = (
+                AutoModelForSequenceClassification.from_pretrained(
+                    path, dtype=DTYPES[dtype], trust_remote_code=trust_remote_code
+                )
+                .to(device)
+                .eval()
+            )
         except (OSError, ValueError, KeyError) as e:  # InputError is a ValueError: one message for all causes
-            raise InputError(f"signal.params.model: could not load reward model '{model}' ({str(e).splitlines()[0]})") from e
+            raise InputError(
+                f"signal.params.model: could not load reward model '{model}' ({str(e).splitlines()[0]})"
+            ) from e
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
@@ -247,8 +275,14 @@ class RewardModel(Signal):
         scores: list[float] = []
         with self._torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[i : i + self.batch_size], return_tensors="pt", padding=True,
-                                     truncation=True, max_length=self.max_length, add_special_tokens=False)
+                enc = self.tokenizer(
+                    texts[i : i + self.batch_size],
+                    return_tensors="pt",
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    add_special_tokens=False,
+                )
                 logits = self.model(**enc.to(self.device)).logits  # (B, num_labels)
                 scores.extend(logits[:, 0].float().tolist())
         return scores

@@ -40,7 +40,9 @@ def by_site(components: list[ComponentId]) -> dict[Site, list[int]]:
 
 
 @contextmanager
-def scale(model, components: list[ComponentId], gamma: float, *, positions: str = "generated", saes: dict | None = None):
+def scale(
+    model, components: list[ComponentId], gamma: float, *, positions: str = "generated", saes: dict | None = None
+):
     """Multiply each selected component by ``gamma`` while the body runs (all hooks removed on exit)."""
     if not components:
         raise InputError("steering: no components selected; pass at least one ComponentId")
@@ -143,6 +145,13 @@ def per_row(model, variants: list[dict | None], *, positions: str = "generated",
 
     with ExitStack() as stack:
         for site, table in tables.items():
-            stack.enter_context(edit(model, site, lambda h, table=table: apply_rows(h, table, current["rows"]),
-                                     positions=positions, saes=saes))
+            stack.enter_context(
+                edit(
+                    model,
+                    site,
+                    lambda h, table=table: apply_rows(h, table, current["rows"]),
+                    positions=positions,
+                    saes=saes,
+                )
+            )
         yield rows

@@ -32,8 +32,12 @@ def tiny_random():
 
     tok = build_tokenizer()
     torch.manual_seed(0)
-    cfg = model_config(TrainConfig(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128),
-                       len(tok), tok.pad_token_id, tok.eos_token_id)
+    cfg = model_config(
+        TrainConfig(num_layers=2, hidden_size=64, num_heads=2, intermediate_size=128),
+        len(tok),
+        tok.pad_token_id,
+        tok.eos_token_id,
+    )
     model = Qwen2ForCausalLM(cfg).eval()
     model.requires_grad_(False)
     return model, tok

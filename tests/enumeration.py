@@ -17,12 +17,23 @@ MAX_NEW = 3
 
 
 def tiny_enumerable_model(seed: int = 0, hidden: int = 16, layers: int = 2):
-    tok = Qwen2Tokenizer(vocab=VOCAB, merges=[], unk_token="<|pad|>", eos_token="<|endoftext|>",
-                         pad_token="<|pad|>", padding_side="left")
+    tok = Qwen2Tokenizer(
+        vocab=VOCAB, merges=[], unk_token="<|pad|>", eos_token="<|endoftext|>", pad_token="<|pad|>", padding_side="left"
+    )
     torch.manual_seed(seed)
-    cfg = Qwen2Config(vocab_size=len(VOCAB), hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=16,
-                      initializer_range=0.6, tie_word_embeddings=False, eos_token_id=1, pad_token_id=0)
+    cfg = Qwen2Config(
+        vocab_size=len(VOCAB),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=16,
+        initializer_range=0.6,
+        tie_word_embeddings=False,
+        eos_token_id=1,
+        pad_token_id=0,
+    )
     model = Qwen2ForCausalLM(cfg).eval().to(torch.float64)
     model.requires_grad_(False)
     return model, tok
@@ -71,8 +82,9 @@ def trajectory_logprobs(model, tok, layer: int, kind: str, beta: torch.Tensor, b
     finally:
         handle.remove()
     lps = torch.stack([sum(logp[i, L - 1 + t, tok_id] for t, tok_id in enumerate(s)) for i, s in enumerate(seqs)])
-    rewards = torch.tensor([reward(tok.decode([t for t in s if t != 1], skip_special_tokens=True)) for s in seqs],
-                           dtype=torch.float64)
+    rewards = torch.tensor(
+        [reward(tok.decode([t for t in s if t != 1], skip_special_tokens=True)) for s in seqs], dtype=torch.float64
+    )
     return lps, rewards
 
 
@@ -104,7 +116,9 @@ def exact_ipg(model, tok, layer, kind, alphas, width, baseline=None) -> torch.Te
     return sum(w * exact_gradient(model, tok, layer, kind, a, width, baseline) for a, w in alphas)
 
 
-def weighted_rollouts(model, tok, layer: int, kind: str, alpha: float, width: int, baseline=None, center: float = 0.0) -> list:
+def weighted_rollouts(
+    model, tok, layer: int, kind: str, alpha: float, width: int, baseline=None, center: float = 0.0
+) -> list:
     """Every trajectory at once, as one prompt's group of samples of ``ipg.attribution``, weighted instead of
     drawn: the advantage of trajectory tau is N pi_alpha(tau) R(tau) (N trajectories), so the group's mean of
     A grad log pi, which the gradient pass computes, is sum_tau pi_alpha(tau) R(tau) grad log pi(tau): the
@@ -114,10 +128,14 @@ def weighted_rollouts(model, tok, layer: int, kind: str, alpha: float, width: in
     from ipg.rollouts import Rollout
 
     with torch.no_grad():
-        lps, rewards = trajectory_logprobs(model, tok, layer, kind, torch.full((width,), float(alpha), dtype=torch.float64), baseline)
+        lps, rewards = trajectory_logprobs(
+            model, tok, layer, kind, torch.full((width,), float(alpha), dtype=torch.float64), baseline
+        )
     prompt = tok(PROMPT, add_special_tokens=False)["input_ids"]
     seqs, n = trajectories(), len(lps)
-    samples = [Sample("p", i, prompt, s, tok.decode([t for t in s if t != 1], skip_special_tokens=True), finished=s[-1] == 1)
-               for i, s in enumerate(seqs)]
+    samples = [
+        Sample("p", i, prompt, s, tok.decode([t for t in s if t != 1], skip_special_tokens=True), finished=s[-1] == 1)
+        for i, s in enumerate(seqs)
+    ]
     weights = (n * lps.exp() * (rewards - center)).tolist()
     return [Rollout({"id": "p", "prompt": PROMPT, "prompt_ids": prompt}, samples, rewards.tolist(), weights)]

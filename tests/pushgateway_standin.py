@@ -40,5 +40,8 @@ def pushed_values(body: str) -> dict[tuple[str, tuple], float]:
     """{(sample name, sorted labels): value} of a pushed body (Prometheus text format)."""
     from prometheus_client.parser import text_string_to_metric_families
 
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(body) for s in family.samples}
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(body)
+        for s in family.samples
+    }

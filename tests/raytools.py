@@ -16,7 +16,9 @@ def assert_same_scores(table, reference, scale_rtol=5e-6):
     A lost or twice-counted shard moves scores by a sizeable fraction of it."""
     ref = np.array(reference.column("score").to_pylist())
     assert np.abs(ref).max() > 0
-    np.testing.assert_allclose(np.array(table.column("score").to_pylist()), ref, rtol=1e-5, atol=scale_rtol * np.abs(ref).max())
+    np.testing.assert_allclose(
+        np.array(table.column("score").to_pylist()), ref, rtol=1e-5, atol=scale_rtol * np.abs(ref).max()
+    )
     for col in ("layer", "kind", "index", "n_prompts", "n_trajectories"):
         assert table.column(col).to_pylist() == reference.column(col).to_pylist()
 
@@ -39,8 +41,16 @@ def assert_same_keyed(a: dict, b: dict):
 
 
 def small_ray(workers: int, **kw) -> RayConfig:
-    return RayConfig(enabled=True, rollout_workers=workers, gradient_workers=workers, shard_size=3, max_in_flight=2,
-                     cpus_per_actor=0.5, progress="lines", **kw)
+    return RayConfig(
+        enabled=True,
+        rollout_workers=workers,
+        gradient_workers=workers,
+        shard_size=3,
+        max_in_flight=2,
+        cpus_per_actor=0.5,
+        progress="lines",
+        **kw,
+    )
 
 
 def free_port() -> int:

@@ -40,7 +40,9 @@ def test_deterministic_under_a_seed_and_seed_sensitive(tiny_random):
 @pytest.mark.parametrize("kind", ["residual", "mlp"])
 def test_invariant_to_micro_batch_size(tiny_random, kind):
     model, tok = tiny_random
-    big = _scores(attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], kind=kind, batch_tokens=100_000, **FAST))
+    big = _scores(
+        attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], kind=kind, batch_tokens=100_000, **FAST)
+    )
     small = _scores(attribute(model, tok, EXAMPLES, signal=checksum, layers=[0, 1], kind=kind, batch_tokens=20, **FAST))
     assert np.abs(big).max() > 0
     np.testing.assert_allclose(small, big, rtol=1e-5, atol=1e-7 * np.abs(big).max())
@@ -106,23 +108,28 @@ def test_micro_batch_budget_by_device():
     from ipg.attribution import AttributionConfig
 
     assert AttributionConfig().budget("cpu") == 2048 and AttributionConfig().budget(torch.device("cuda")) == 8192
-    assert AttributionConfig(batch_tokens=300).budget("cpu") == 300 == AttributionConfig(batch_tokens=300).budget("cuda")
+    assert (
+        AttributionConfig(batch_tokens=300).budget("cpu") == 300 == AttributionConfig(batch_tokens=300).budget("cuda")
+    )
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(signal="nonsense"), r"signal: unknown 'nonsense'"),
-    (dict(layers=[7]), r"layers: 7 is out of range for this 2-layer model; use 0..1"),
-    (dict(layers=[]), r"layers: .* non-empty"),
-    (dict(kind="heads"), r"kind: got 'heads'"),
-    (dict(method="sgd"), r"method: got 'sgd'"),
-    (dict(advantage="ppo"), r"advantage: got 'ppo'"),
-    (dict(schedule="cubic"), r"schedule: got 'cubic'"),
-    (dict(q=0), r"q: got 0"),
-    (dict(kind="sae"), r"sae: kind 'sae' at layer 0 needs an SAE"),
-    (dict(temperature=0.0), r"sampling.temperature"),
-    (dict(batch_tokens=-1), r"batch_tokens: got -1; must be an integer >= 1, or 0 to size it by device"),
-    (dict(share_prefix="yes"), r"share_prefix: got 'yes'; must be true or false"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(signal="nonsense"), r"signal: unknown 'nonsense'"),
+        (dict(layers=[7]), r"layers: 7 is out of range for this 2-layer model; use 0..1"),
+        (dict(layers=[]), r"layers: .* non-empty"),
+        (dict(kind="heads"), r"kind: got 'heads'"),
+        (dict(method="sgd"), r"method: got 'sgd'"),
+        (dict(advantage="ppo"), r"advantage: got 'ppo'"),
+        (dict(schedule="cubic"), r"schedule: got 'cubic'"),
+        (dict(q=0), r"q: got 0"),
+        (dict(kind="sae"), r"sae: kind 'sae' at layer 0 needs an SAE"),
+        (dict(temperature=0.0), r"sampling.temperature"),
+        (dict(batch_tokens=-1), r"batch_tokens: got -1; must be an integer >= 1, or 0 to size it by device"),
+        (dict(share_prefix="yes"), r"share_prefix: got 'yes'; must be true or false"),
+    ],
+)
 def test_bad_settings_name_the_field(tiny_random, kwargs, message):
     model, tok = tiny_random
     settings = {"signal": checksum, "layers": [0], **FAST, **kwargs}
@@ -161,7 +168,10 @@ def test_partial_scores_merge_is_associative_commutative_with_identity():
         for s in x.sites:
             np.testing.assert_allclose(x.sites[s].total, y.sites[s].total, rtol=1e-12)
             np.testing.assert_allclose(x.sites[s].total_sq, y.sites[s].total_sq, rtol=1e-12)
-            assert (x.sites[s].n_prompts, x.sites[s].n_trajectories) == (y.sites[s].n_prompts, y.sites[s].n_trajectories)
+            assert (x.sites[s].n_prompts, x.sites[s].n_trajectories) == (
+                y.sites[s].n_prompts,
+                y.sites[s].n_trajectories,
+            )
 
     same(a.merge(b).merge(c), a.merge(b.merge(c)))
     same(a.merge(b), b.merge(a))
@@ -187,8 +197,12 @@ def test_on_error_skip_leaves_the_failing_example_out_and_counts_it(tiny_random,
     assert list(res.diagnostics["skipped"]) == ["e2"] and "ValueError: bad example" in res.diagnostics["skipped"]["e2"]
     assert res.diagnostics["n_prompts"] == 3 and set(res.table.column("n_prompts").to_pylist()) == {3}
     rest = [ex for ex in EXAMPLES if ex["id"] != "e2"]
-    expected = attribute(model, tok, rest, signal=lambda c, ex: float(len(c) % 3), layers=[0], resample=resample, **FAST)
-    np.testing.assert_allclose(res.table.column("score").to_pylist(), expected.table.column("score").to_pylist(), rtol=1e-5, atol=1e-9)
+    expected = attribute(
+        model, tok, rest, signal=lambda c, ex: float(len(c) % 3), layers=[0], resample=resample, **FAST
+    )
+    np.testing.assert_allclose(
+        res.table.column("score").to_pylist(), expected.table.column("score").to_pylist(), rtol=1e-5, atol=1e-9
+    )
     with pytest.raises(InputError, match="on_error: got 'ignore'"):
         attribute(model, tok, EXAMPLES, signal=flaky, layers=[0], on_error="ignore", **FAST)
 
@@ -202,7 +216,9 @@ def test_lockstep_padding_changes_no_score(organism, kind):
     from ipg.signals import make_signal
 
     model, tok = organism
-    cfg = AttributionConfig(method="ipg", layers=(1,), kind=kind, q=2, n_samples=4, max_new_tokens=64, batch_tokens=600, completeness=False)
+    cfg = AttributionConfig(
+        method="ipg", layers=(1,), kind=kind, q=2, n_samples=4, max_new_tokens=64, batch_tokens=600, completeness=False
+    )
     sig = make_signal("accuracy")
     rollouts = sample_rollouts(model, tok, splits()["support"][:5], sig, cfg)
     width = 128 if kind == "residual" else 512
@@ -210,8 +226,9 @@ def test_lockstep_padding_changes_no_score(organism, kind):
     whole = dataclasses.replace(cfg, share_prefix=False)  # as a ZeRO-3 rank runs: whole sequences
     plain = shard_scores(model, tok, rollouts, sig, whole, [Site(1, kind)], base).partial.means(Site(1, kind))
     calls = []
-    padded = shard_scores(model, tok, rollouts, sig, cfg, [Site(1, kind)], base,
-                          agree=lambda n: calls.append(n) or n + 2).partial.means(Site(1, kind))
+    padded = shard_scores(
+        model, tok, rollouts, sig, cfg, [Site(1, kind)], base, agree=lambda n: calls.append(n) or n + 2
+    ).partial.means(Site(1, kind))
     # the chunk count, then per chunk (2 of them padding: dummy captures) its micro-batch count, each padded by 2
     assert len(calls) == 1 + calls[0] + 2 and calls[1] > 0 and calls[-2:] == [0, 0]
     np.testing.assert_allclose(padded, plain, rtol=1e-5, atol=1e-7 * np.abs(plain).max())
@@ -223,16 +240,22 @@ def test_a_rollout_cache_shares_the_sampled_traces_and_changes_no_score(tiny_ran
     import ipg.rollouts
 
     model, tok = tiny_random
-    plain = {sig: _scores(attribute(model, tok, EXAMPLES, signal=sig, layers=[1], seed=3, **FAST)) for sig in (checksum, "length")}
+    plain = {
+        sig: _scores(attribute(model, tok, EXAMPLES, signal=sig, layers=[1], seed=3, **FAST))
+        for sig in (checksum, "length")
+    }
     calls = []
     real = ipg.rollouts.generate
     monkeypatch.setattr(ipg.rollouts, "generate", lambda *a, **k: calls.append(1) or real(*a, **k))
     cache = {}
-    cached = {sig: attribute(model, tok, EXAMPLES, signal=sig, layers=[1], seed=3, rollout_cache=cache, **FAST)
-              for sig in (checksum, "length")}
+    cached = {
+        sig: attribute(model, tok, EXAMPLES, signal=sig, layers=[1], seed=3, rollout_cache=cache, **FAST)
+        for sig in (checksum, "length")
+    }
     assert len(calls) == 1 and len(cache) == 1
-    assert [s.completion_ids for r in cached[checksum].rollouts for s in r.samples] == \
-           [s.completion_ids for r in cached["length"].rollouts for s in r.samples]
+    assert [s.completion_ids for r in cached[checksum].rollouts for s in r.samples] == [
+        s.completion_ids for r in cached["length"].rollouts for s in r.samples
+    ]
     for sig, res in cached.items():
         assert np.array_equal(_scores(res), plain[sig])
     attribute(model, tok, EXAMPLES, signal="length", layers=[1], seed=4, rollout_cache=cache, **FAST)

@@ -16,11 +16,23 @@ pytestmark = pytest.mark.unit
 def test_position_terms_sum_to_each_prompts_score(organism, method, baseline):
     model, tok = organism
     examples = splits()["support"][:3]
-    res = attribute(model, tok, examples, layers=[2], q=3, n_samples=4, max_new_tokens=48, seed=3, method=method,
-                    baseline=baseline, completeness=False)
+    res = attribute(
+        model,
+        tok,
+        examples,
+        layers=[2],
+        q=3,
+        n_samples=4,
+        max_new_tokens=48,
+        seed=3,
+        method=method,
+        baseline=baseline,
+        completeness=False,
+    )
     site, top = Site(2, "residual"), [int(i) for i in np.argsort(-np.abs(res.scores(2)))[:5]]
-    terms = position_terms(model, tok, res.rollouts, site, top, res.config,
-                           site_baselines(model, res.rollouts, [site], res.config)[site])
+    terms = position_terms(
+        model, tok, res.rollouts, site, top, res.config, site_baselines(model, res.rollouts, [site], res.config)[site]
+    )
     assert terms and {t["fifth"] for t in terms} <= set(range(5)) and min(t["line"] for t in terms) == 0
     totals = {c: sum(t["term"] for t in terms if t["component"] == c) for c in top}
     # the dataset score is the mean over prompts of each prompt's sum over samples and positions

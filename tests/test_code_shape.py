@@ -9,7 +9,12 @@ import pytest
 pytestmark = pytest.mark.unit
 
 ROOT = Path(__file__).parents[1]
-PACKAGES = {"ipg": ROOT / "ipg", "ipg.cluster": ROOT / "cluster", "ipg.workers": ROOT / "workers", "ipg.driver": ROOT / "driver"}
+PACKAGES = {
+    "ipg": ROOT / "ipg",
+    "ipg.cluster": ROOT / "cluster",
+    "ipg.workers": ROOT / "workers",
+    "ipg.driver": ROOT / "driver",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -30,17 +35,21 @@ def _imports(path: Path) -> list[ast.ImportFrom]:
 
 def test_no_import_cycles():
     modules = _modules()
+
     def targets(node):  # `from ipg.x import y` names ipg.x, and ipg.x.y where y is a module itself
         return {node.module} | {f"{node.module}.{a.name}" for a in node.names}
 
-    graph = {name: {t for n in _imports(path) for t in targets(n) if t in modules and t != name} for name, path in modules.items()}
+    graph = {
+        name: {t for n in _imports(path) for t in targets(n) if t in modules and t != name}
+        for name, path in modules.items()
+    }
     state: dict[str, int] = {}
 
     def visit(name, stack):
         state[name] = 1
         for dep in graph[name]:
             if state.get(dep) == 1:
-                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                raise AssertionError("import cycle: " + " -> ".join(stack[stack.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep, stack + [dep])
         state[name] = 2
@@ -54,12 +63,19 @@ def test_the_library_never_imports_the_layers_above_it():
     for name, path in _modules().items():
         if name.startswith(("ipg.driver", "ipg.workers", "ipg.cluster")):
             continue
-        above = [n.module for n in _imports(path) if n.module.startswith(("ipg.driver", "ipg.workers", "ipg.cluster", "ray"))]
+        above = [
+            n.module for n in _imports(path) if n.module.startswith(("ipg.driver", "ipg.workers", "ipg.cluster", "ray"))
+        ]
         assert not above, f"{name} imports {above}"
 
 
 def test_no_private_name_is_imported_across_modules():
     for name, path in _modules().items():
-        private = [f"{n.module}.{a.name}" for n in _imports(path) if n.module.startswith("ipg")
-                   for a in n.names if a.name.startswith("_") and not a.name.startswith("__")]
+        private = [
+            f"{n.module}.{a.name}"
+            for n in _imports(path)
+            if n.module.startswith("ipg")
+            for a in n.names
+            if a.name.startswith("_") and not a.name.startswith("__")
+        ]
         assert not private, f"{name} imports {private}"

@@ -35,21 +35,27 @@ def test_component_method_rescores_pgs_top_candidates_exactly(tiny_random):
         mine = [r for r in rows if r["layer"] == layer]
         assert sorted(r["index"] for r in mine) == sorted(want)  # the table holds the candidates only
         assert sorted(r["rank"] for r in mine) == list(range(1, k + 1))
-        direct = component_path_scores(model, rollouts, site, want, cfg, site_baselines(model, rollouts, [site], cfg)[site]).mean(0)
+        direct = component_path_scores(
+            model, rollouts, site, want, cfg, site_baselines(model, rollouts, [site], cfg)[site]
+        ).mean(0)
         got = {r["index"]: r["score"] for r in mine}
         np.testing.assert_allclose([got[i] for i in want], direct, rtol=1e-6, atol=1e-9)
         assert np.abs(direct).max() > 0
         full = comp.scores(layer)  # over every component, NaN where none was computed
         assert full.shape == pg.scores(layer).shape and np.isnan(full).sum() == len(full) - k
         # the selection is the path's ranking of the candidates, not PG's
-        assert [c.index for c in select(comp.table, k, layer=layer, kind="residual")] == sorted(want, key=lambda i: (-got[i], i))
+        assert [c.index for c in select(comp.table, k, layer=layer, kind="residual")] == sorted(
+            want, key=lambda i: (-got[i], i)
+        )
 
 
 def test_component_method_takes_its_candidates_from_a_given_pg_table(tiny_random):
     model, tok = tiny_random
     pg = attribute(model, tok, EXAMPLES, signal=checksum, layers=[1], method="pg", **FAST)
     a = attribute(model, tok, EXAMPLES, signal=checksum, layers=[1], method="component", candidates=5, **FAST)
-    b = attribute(model, tok, EXAMPLES, signal=checksum, layers=[1], method="component", candidates=5, pg_table=pg.table, **FAST)
+    b = attribute(
+        model, tok, EXAMPLES, signal=checksum, layers=[1], method="component", candidates=5, pg_table=pg.table, **FAST
+    )
     assert a.table.column("score").to_pylist() == b.table.column("score").to_pylist()
     assert a.table.column("index").to_pylist() == b.table.column("index").to_pylist()
 

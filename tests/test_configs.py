@@ -11,8 +11,13 @@ pytestmark = pytest.mark.unit
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "deploy" / "configs").glob("*.yaml"))
 # published shapes: (decoder layers, hidden size)
-SHAPES = {"Qwen/Qwen2.5-Math-1.5B-Instruct": (28, 1536), "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": (28, 1536),
-          "meta-llama/Llama-3.1-8B-Instruct": (32, 4096), "organism": (4, 128), "smollm2-135m-instruct": (30, 576)}
+SHAPES = {
+    "Qwen/Qwen2.5-Math-1.5B-Instruct": (28, 1536),
+    "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B": (28, 1536),
+    "meta-llama/Llama-3.1-8B-Instruct": (32, 4096),
+    "organism": (4, 128),
+    "smollm2-135m-instruct": (30, 576),
+}
 CPU_MODELS = ("organism", "smollm2-135m-instruct")  # configs that run on 2 CPU cores
 
 

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_dashboard_queries_name_the_project_metrics():
     dash = json.loads((ROOT / "deploy" / "dashboards" / "ipg-grafana.json").read_text())
     source = (ROOT / "cluster" / "metrics.py").read_text()
-    defined = set(re.findall(r'(?:Counter|Gauge|Histogram)\("(ipg_[a-z_]+)"', source))
+    defined = set(re.findall(r'(?:Counter|Gauge|Histogram)\(\s*"(ipg_[a-z_]+)"', source))
     assert {"ipg_prompts_total", "ipg_stage_seconds", "ipg_reducer_lag_seconds", "ipg_errors_total"} <= defined
     used = set()
     for panel in dash["panels"]:
@@ -35,7 +35,7 @@ def test_sweep_alert_rules_read_pushed_metrics_and_outlast_the_schedule():
 
     rules = yaml.safe_load((ROOT / "deploy" / "dashboards" / "ipg-alerts.yaml").read_text())
     source = (ROOT / "driver" / "sweep_push.py").read_text()
-    pushed = set(re.findall(r'Gauge\("(ipg_sweep_[a-z_]+)"', source))
+    pushed = set(re.findall(r'Gauge\(\s*"(ipg_sweep_[a-z_]+)"', source))
     assert {"ipg_sweep_last_success_timestamp_seconds", "ipg_sweep_success", "ipg_sweep_cells"} <= pushed
     alerts = {r["alert"]: r for g in rules["groups"] for r in g["rules"]}
     assert set(alerts) == {"IpgSweepNoRecentSuccess", "IpgSweepFailed"}

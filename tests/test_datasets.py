@@ -11,11 +11,21 @@ from ipg.errors import InputError
 
 pytestmark = pytest.mark.unit
 
-GSM8K = [{"question": "Natalia sold 48 clips in April and half as many in May. How many altogether?",
-          "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nAltogether 48+24 = <<48+24=72>>72.\n#### 72"},
-         {"question": "What is 1,000 + 234?", "answer": "1,000 + 234 = 1,234\n#### 1,234"}]
-MATH = [{"problem": "Compute $\\frac{1}{2}+\\frac{1}{4}$.", "solution": "We get $\\boxed{\\frac{3}{4}}$.", "level": "Level 1"},
-        {"problem": "Simplify $x+x$.", "solution": "First \\boxed{x} wrong; so $\\boxed{2x}$."}]
+GSM8K = [
+    {
+        "question": "Natalia sold 48 clips in April and half as many in May. How many altogether?",
+        "answer": "In May she sold 48/2 = <<48/2=24>>24 clips.\nAltogether 48+24 = <<48+24=72>>72.\n#### 72",
+    },
+    {"question": "What is 1,000 + 234?", "answer": "1,000 + 234 = 1,234\n#### 1,234"},
+]
+MATH = [
+    {
+        "problem": "Compute $\\frac{1}{2}+\\frac{1}{4}$.",
+        "solution": "We get $\\boxed{\\frac{3}{4}}$.",
+        "level": "Level 1",
+    },
+    {"problem": "Simplify $x+x$.", "solution": "First \\boxed{x} wrong; so $\\boxed{2x}$."},
+]
 
 
 def _jsonl(path, rows):
@@ -29,7 +39,9 @@ def test_gsm8k_layout_maps_fields_and_reads_the_answer_after_hashes(tmp_path):
     assert [e["answer"] for e in ex] == ["72", "1,234"] and ex[0]["prompt"] == GSM8K[0]["question"]
     assert ex[0]["question"] == GSM8K[0]["question"] and ex[0]["id"] == "line-1"  # the record's own fields stay
     assert [e["answer"] for e in load_examples(f, fields={"prompt": "question"})] == ["72", "1,234"]  # auto
-    with pytest.raises(InputError, match=r"gsm8k\.jsonl: line 1: field 'prompt' is missing; every example needs it, or map"):
+    with pytest.raises(
+        InputError, match=r"gsm8k\.jsonl: line 1: field 'prompt' is missing; every example needs it, or map"
+    ):
         load_examples(f)
 
 
@@ -55,7 +67,9 @@ def test_parquet_and_a_dataset_directory_read_the_same_examples(tmp_path):
     strip = lambda rows: [{k: v for k, v in r.items() if k != "id"} for r in rows]  # noqa: E731
     assert strip(parquet) == strip(jsonl) and parquet[0]["id"] == "row-1"
     datasets = pytest.importorskip("datasets")
-    d = datasets.DatasetDict({"train": datasets.Dataset.from_list(GSM8K), "test": datasets.Dataset.from_list(GSM8K[:1])})
+    d = datasets.DatasetDict(
+        {"train": datasets.Dataset.from_list(GSM8K), "test": datasets.Dataset.from_list(GSM8K[:1])}
+    )
     d.save_to_disk(str(tmp_path / "gsm8k"))
     train = load_examples(tmp_path / "gsm8k", fields={"prompt": "question"}, split="train")
     assert strip(train) == strip(jsonl)
@@ -75,15 +89,18 @@ def test_a_broken_parquet_file_is_one_error(tmp_path):
         load_examples(tmp_path / "bad.parquet")
 
 
-@pytest.mark.parametrize("formats, pattern, completion, expected", [
-    (("hash", "boxed", "answer_is"), None, "42 + 25 = 67.", None),  # strict: prose states no final answer
-    (("hash", "boxed", "answer_is", "last_number"), None, "42 + 25 = 67.", "67"),
-    (("hash", "boxed", "answer_is", "last_number"), None, "so 1,234 apples, then #### 12", "12"),  # order decides
-    (("last_number",), None, "It is -3.5 or 1/2 of it", "1/2"),
-    (("last_number",), None, "no digits here", None),
-    (("hash",), r"Final: (\w+)", "Final: abc\n#### 7\nFinal: xyz", "xyz"),  # the pattern comes first
-    (("hash",), r"Final: \w+", "Final: abc", "Final: abc"),  # no group: the whole match
-])
+@pytest.mark.parametrize(
+    "formats, pattern, completion, expected",
+    [
+        (("hash", "boxed", "answer_is"), None, "42 + 25 = 67.", None),  # strict: prose states no final answer
+        (("hash", "boxed", "answer_is", "last_number"), None, "42 + 25 = 67.", "67"),
+        (("hash", "boxed", "answer_is", "last_number"), None, "so 1,234 apples, then #### 12", "12"),  # order decides
+        (("last_number",), None, "It is -3.5 or 1/2 of it", "1/2"),
+        (("last_number",), None, "no digits here", None),
+        (("hash",), r"Final: (\w+)", "Final: abc\n#### 7\nFinal: xyz", "xyz"),  # the pattern comes first
+        (("hash",), r"Final: \w+", "Final: abc", "Final: abc"),  # no group: the whole match
+    ],
+)
 def test_extractor_formats_in_order_and_user_regex(formats, pattern, completion, expected):
     assert Extractor(formats, pattern).extract(completion) == expected
 
@@ -101,14 +118,17 @@ def test_extractor_errors_name_the_setting():
         register_format("hash")(lambda text: [])
 
 
-@pytest.mark.parametrize("predicted, reference, same", [
-    ("\\frac{\\pi}{2}", "\\pi/2", True),  # symbolic, through math-verify
-    ("1+x^2", "x^2+1", True),
-    ("2x", "x+x", True),
-    ("x^2", "x^3", False),
-    ("72", "1,234", False),
-    ("1,234", "1,234", True),
-])
+@pytest.mark.parametrize(
+    "predicted, reference, same",
+    [
+        ("\\frac{\\pi}{2}", "\\pi/2", True),  # symbolic, through math-verify
+        ("1+x^2", "x^2+1", True),
+        ("2x", "x+x", True),
+        ("x^2", "x^3", False),
+        ("72", "1,234", False),
+        ("1,234", "1,234", True),
+    ],
+)
 def test_answers_compare_numbers_exactly_and_expressions_symbolically(predicted, reference, same):
     assert answers_match(predicted, reference) is same
 

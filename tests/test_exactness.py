@@ -3,8 +3,17 @@
 import numpy as np
 import pytest
 import torch
+from enumeration import (
+    MAX_NEW,
+    PROMPT,
+    exact_gradient,
+    exact_ipg,
+    exact_J,
+    reward,
+    tiny_enumerable_model,
+    weighted_rollouts,
+)
 
-from enumeration import MAX_NEW, PROMPT, exact_J, exact_gradient, exact_ipg, reward, tiny_enumerable_model, weighted_rollouts
 from ipg.attribution import attribute
 from ipg.paths import schedule
 
@@ -40,8 +49,20 @@ def test_sampled_resampled_ipg_converges_to_the_exact_integrated_gradient(tiny):
     exact = exact_ipg(model, tok, 0, "residual", schedule("uniform", 4), 16).numpy()
     errors = []
     for n in (200, 4000):
-        est = attribute(model, tok, EXAMPLE, signal=signal, layers=[0], kind="residual", n_samples=n, q=4,
-                        resample=True, advantage="rloo", completeness=False, **ON_POLICY).scores(0)
+        est = attribute(
+            model,
+            tok,
+            EXAMPLE,
+            signal=signal,
+            layers=[0],
+            kind="residual",
+            n_samples=n,
+            q=4,
+            resample=True,
+            advantage="rloo",
+            completeness=False,
+            **ON_POLICY,
+        ).scores(0)
         errors.append(_rel_err(est, exact))
     assert errors[1] < 0.03, errors  # measured 0.006-0.013 at N = 4000
     assert errors[1] < errors[0], errors  # the error falls as samples grow
@@ -55,14 +76,25 @@ def _exact_scores(model, tok, layer, kind, width, baseline=None, center=0.0, **s
     from ipg.components import Site
     from ipg.signals import make_signal
 
-    cfg = AttributionConfig(**{"method": "ipg", **settings}, layers=(layer,), kind=kind, advantage="none", completeness=False)
+    cfg = AttributionConfig(
+        **{"method": "ipg", **settings}, layers=(layer,), kind=kind, advantage="none", completeness=False
+    )
     site = Site(layer, kind)
     b = torch.zeros(width, dtype=torch.float64) if baseline is None else baseline
     original = attribution.sample_rollouts
-    attribution.sample_rollouts = lambda *a, alpha, **kw: weighted_rollouts(model, tok, layer, kind, alpha, width, b, center)
+    attribution.sample_rollouts = lambda *a, alpha, **kw: weighted_rollouts(
+        model, tok, layer, kind, alpha, width, b, center
+    )
     try:
-        res = shard_scores(model, tok, weighted_rollouts(model, tok, layer, kind, 1.0, width, b, center), make_signal(signal), cfg,
-                           [site], {site: b})
+        res = shard_scores(
+            model,
+            tok,
+            weighted_rollouts(model, tok, layer, kind, 1.0, width, b, center),
+            make_signal(signal),
+            cfg,
+            [site],
+            {site: b},
+        )
     finally:
         attribution.sample_rollouts = original
     return res.partial.means(site, width)
@@ -126,8 +158,19 @@ def test_exact_quadrature_is_complete_where_the_path_is_smooth(tiny):
 
 def test_estimated_completeness_diagnostic_where_smooth(tiny):
     model, tok = tiny
-    res = attribute(model, tok, EXAMPLE, signal=signal, layers=[1], kind="mlp", n_samples=4000, q=8,
-                    resample=True, advantage="none", **ON_POLICY)
+    res = attribute(
+        model,
+        tok,
+        EXAMPLE,
+        signal=signal,
+        layers=[1],
+        kind="mlp",
+        n_samples=4000,
+        q=8,
+        resample=True,
+        advantage="none",
+        **ON_POLICY,
+    )
     d = res.diagnostics["sites"]["layers.1.mlp"]
     j0 = exact_J(model, tok, 1, "mlp", torch.zeros(32, dtype=torch.float64)).item()
     j1 = exact_J(model, tok, 1, "mlp", torch.ones(32, dtype=torch.float64)).item()
@@ -141,11 +184,24 @@ def test_diagnostic_exposes_the_jump_after_alpha_zero(tiny):
     scores sum to ~0 while J(1) - J(0) does not. The diagnostic must show it, not hide it."""
     model, tok = tiny
     last = model.config.num_hidden_layers - 1
-    res = attribute(model, tok, EXAMPLE, signal=signal, layers=[last], n_samples=4000, q=6, schedule="geometric",
-                    advantage="none", **ON_POLICY)
+    res = attribute(
+        model,
+        tok,
+        EXAMPLE,
+        signal=signal,
+        layers=[last],
+        n_samples=4000,
+        q=6,
+        schedule="geometric",
+        advantage="none",
+        **ON_POLICY,
+    )
     d = res.diagnostics["sites"][f"layers.{last}.residual"]
-    j = {a: exact_J(model, tok, last, "residual", torch.full((16,), a, dtype=torch.float64)).item() for a in (0.0, d["alpha_min"], 1.0)}
-    assert d["alpha_min"] == 2.0 ** -5
+    j = {
+        a: exact_J(model, tok, last, "residual", torch.full((16,), a, dtype=torch.float64)).item()
+        for a in (0.0, d["alpha_min"], 1.0)
+    }
+    assert d["alpha_min"] == 2.0**-5
     assert abs(j[d["alpha_min"]] - j[0.0]) > 0.1 and abs(j[1.0] - j[d["alpha_min"]]) < 1e-4  # the jump itself
     assert d["J_alpha0"] == pytest.approx(j[0.0], abs=0.05)
     assert d["J_alpha_min"] == pytest.approx(j[d["alpha_min"]], abs=0.05)

@@ -29,9 +29,15 @@ def test_greedy_equals_hf_generate(tiny_random):
     ours = generate(model, tok, EXAMPLES, SamplingParams(max_new_tokens=10), batch_size=3)
     for ex, (s,) in zip(EXAMPLES, ours):
         ids = torch.tensor([tok(ex["prompt"])["input_ids"]])
-        ref = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
-                             pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        assert s.completion_ids == ref[0, ids.shape[1]:].tolist()
+        ref = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=10,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+        )
+        assert s.completion_ids == ref[0, ids.shape[1] :].tolist()
 
 
 def test_logprobs_are_the_raw_policy_under_teacher_forcing(tiny_random):
@@ -49,15 +55,22 @@ def test_logprobs_are_the_raw_policy_under_teacher_forcing(tiny_random):
 def test_top_p_keeps_only_the_nucleus(tiny_random):
     model, tok = tiny_random
     ex = [{"id": "x", "prompt": "1+1\n"}]
-    samples = generate(model, tok, ex, SamplingParams(n=40, greedy=False, temperature=1.0, top_p=1e-6,
-                                                      max_new_tokens=4), batch_size=40)[0]
+    samples = generate(
+        model, tok, ex, SamplingParams(n=40, greedy=False, temperature=1.0, top_p=1e-6, max_new_tokens=4), batch_size=40
+    )[0]
     greedy = generate(model, tok, ex, SamplingParams(max_new_tokens=4))[0][0]
     assert all(s.completion_ids == greedy.completion_ids for s in samples)  # tiny top-p == greedy
 
 
-@pytest.mark.parametrize("field, kwargs", [("n", {"n": 0}), ("top_p", {"top_p": 0.0}),
-                                          ("temperature", {"greedy": False, "temperature": 0.0}),
-                                          ("max_new_tokens", {"max_new_tokens": 0})])
+@pytest.mark.parametrize(
+    "field, kwargs",
+    [
+        ("n", {"n": 0}),
+        ("top_p", {"top_p": 0.0}),
+        ("temperature", {"greedy": False, "temperature": 0.0}),
+        ("max_new_tokens", {"max_new_tokens": 0}),
+    ],
+)
 def test_bad_sampling_values_name_the_field(field, kwargs):
     with pytest.raises(InputError, match=f"sampling.{field}"):
         SamplingParams(**kwargs)

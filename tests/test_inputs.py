@@ -2,8 +2,8 @@
 
 import pytest
 
-from ipg.driver.cli import main
 from ipg.data import load_examples
+from ipg.driver.cli import main
 from ipg.errors import InputError
 from ipg.models import load_model
 

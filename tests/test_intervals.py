@@ -16,11 +16,24 @@ RNG = np.random.default_rng(0)
 def test_one_seed_is_scipys_bca_interval_over_prompts():
     y = (RNG.random(120) < 0.3).astype(float)
     ours = mean_interval(y)
-    ref = bootstrap((y,), np.mean, vectorized=False, confidence_level=CONFIDENCE, n_resamples=RESAMPLES,
-                    method="BCa", random_state=np.random.default_rng(SEED)).confidence_interval
+    ref = bootstrap(
+        (y,),
+        np.mean,
+        vectorized=False,
+        confidence_level=CONFIDENCE,
+        n_resamples=RESAMPLES,
+        method="BCa",
+        random_state=np.random.default_rng(SEED),
+    ).confidence_interval
     assert ours.estimate == y.mean() and (ours.low, ours.high) == (ref.low, ref.high)
     assert ours.low < y.mean() < ours.high and 0.1 < ours.high - ours.low < 0.2  # ~ 2 x 1.96 x sqrt(.3 x .7 / 120)
-    assert mean_interval(np.ones(40)).as_dict() == {"estimate": 1.0, "low": 1.0, "high": 1.0, "n_prompts": 40, "n_seeds": 1}
+    assert mean_interval(np.ones(40)).as_dict() == {
+        "estimate": 1.0,
+        "low": 1.0,
+        "high": 1.0,
+        "n_prompts": 40,
+        "n_seeds": 1,
+    }
 
 
 def test_pairing_on_prompts_narrows_a_difference():
@@ -29,8 +42,13 @@ def test_pairing_on_prompts_narrows_a_difference():
     better[RNG.choice(np.flatnonzero(base == 0), 12, replace=False)] = 1.0  # 12 prompts flip to correct, none back
     paired = difference_interval(better, base)
     assert paired.estimate == pytest.approx(0.06) and paired.low > 0  # every change goes one way: clearly above 0
-    unpaired = bootstrap((better, base), lambda a, b: a.mean() - b.mean(), vectorized=False, n_resamples=2000,
-                         random_state=np.random.default_rng(1)).confidence_interval
+    unpaired = bootstrap(
+        (better, base),
+        lambda a, b: a.mean() - b.mean(),
+        vectorized=False,
+        n_resamples=2000,
+        random_state=np.random.default_rng(1),
+    ).confidence_interval
     assert unpaired.low < 0 < unpaired.high  # the same numbers, unpaired, cannot tell
     with pytest.raises(ValueError, match="the same prompts"):
         difference_interval(better, base[:100])
@@ -46,9 +64,23 @@ def test_seeds_widen_the_interval():
 
 
 def _items(method, layer, p, gamma, seed, correct, draw=0, answered=None):
-    return [{"experiment": "accuracy", "method": method, "layer": layer, "p": p, "gamma": gamma, "seed": seed,
-             "draw": draw, "example_id": f"e{i:03d}", "correct": bool(c), "answered": True if answered is None else answered[i],
-             "length": 10, "reflection": False} for i, c in enumerate(correct)]
+    return [
+        {
+            "experiment": "accuracy",
+            "method": method,
+            "layer": layer,
+            "p": p,
+            "gamma": gamma,
+            "seed": seed,
+            "draw": draw,
+            "example_id": f"e{i:03d}",
+            "correct": bool(c),
+            "answered": True if answered is None else answered[i],
+            "length": 10,
+            "reflection": False,
+        }
+        for i, c in enumerate(correct)
+    ]
 
 
 def test_headline_ranks_control_not_suppression():

@@ -172,14 +172,31 @@ def schema_errors(doc: dict, *, strict_schema: bool = True) -> list[str]:
 
     schema = crd_schema(doc["apiVersion"], doc["kind"])
     validator = jsonschema.Draft7Validator(strict(schema) if strict_schema else schema)
-    return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-            for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))]
+    return [
+        f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in sorted(validator.iter_errors(doc), key=lambda e: list(map(str, e.absolute_path)))
+    ]
 
 
 # -- small parsers -------------------------------------------------------------------------------------------
 
-_SUFFIX = {"m": 1e-3, "": 1, "k": 1e3, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "P": 1e15, "E": 1e18,
-           "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_SUFFIX = {
+    "m": 1e-3,
+    "": 1,
+    "k": 1e3,
+    "K": 1e3,
+    "M": 1e6,
+    "G": 1e9,
+    "T": 1e12,
+    "P": 1e15,
+    "E": 1e18,
+    "Ki": 2**10,
+    "Mi": 2**20,
+    "Gi": 2**30,
+    "Ti": 2**40,
+    "Pi": 2**50,
+    "Ei": 2**60,
+}
 
 
 def quantity(value) -> float:
@@ -208,7 +225,9 @@ def cron_times(schedule: str, tz: str, days: int = 400) -> list[dt.datetime]:
     """The firing times (UTC) of a standard cron schedule over ``days`` days from 2026-01-01 in time zone
     ``tz``. croniter follows the same rules as KubeRay's parser (robfig/cron ParseStandard: 5 fields,
     macros, day-of-month OR day-of-week when both are restricted)."""
-    assert croniter.is_valid(schedule) and len(schedule.split()) in (1, 5), f"not a standard cron schedule: {schedule!r}"
+    assert croniter.is_valid(schedule) and len(schedule.split()) in (1, 5), (
+        f"not a standard cron schedule: {schedule!r}"
+    )
     zone = ZoneInfo(tz)
     start = dt.datetime(2026, 1, 1, tzinfo=zone) - dt.timedelta(seconds=1)
     end = start + dt.timedelta(days=days)
@@ -262,14 +281,17 @@ def expand(text: str, values: dict) -> str:
 
 
 def dockerignored(rel: str) -> bool:
-    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")]
+    patterns = [
+        p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines() if p.strip() and not p.startswith("#")
+    ]
     parts = Path(rel).parts
     candidates = ["/".join(parts[: i + 1]) for i in range(len(parts))]
     for pattern in patterns:
         assert not pattern.startswith("!"), "exceptions (!) are not handled by this check"
         for candidate in candidates:
             if fnmatch.fnmatchcase(candidate, pattern) or (
-                    pattern.startswith("**/") and fnmatch.fnmatchcase(Path(candidate).name, pattern[3:])):
+                pattern.startswith("**/") and fnmatch.fnmatchcase(Path(candidate).name, pattern[3:])
+            ):
                 return True
     return False
 
@@ -347,9 +369,12 @@ def test_kuberay_rules_beyond_the_schema():
                 for group, g in groups(spec).items():
                     params = g.get("rayStartParams", {})
                     assert "labels" not in params, f"{where} {group}: use the group's `labels`, not rayStartParams"
-                    assert not (g.get("resources") and {"num-cpus", "num-gpus", "memory", "resources"} & set(params)), \
+                    assert not (g.get("resources") and {"num-cpus", "num-gpus", "memory", "resources"} & set(params)), (
                         f"{where} {group}: resources in both rayStartParams and the group's `resources`"
-                    assert all(isinstance(v, str) for v in params.values()), f"{where} {group}: rayStartParams are strings"
+                    )
+                    assert all(isinstance(v, str) for v in params.values()), (
+                        f"{where} {group}: rayStartParams are strings"
+                    )
                     assert all(isinstance(v, (int, float)) for v in ray_resources(params).values())
                     assert g["template"]["spec"]["containers"], f"{where} {group}: no containers"
             if doc["kind"] == "RayCluster":
@@ -358,8 +383,9 @@ def test_kuberay_rules_beyond_the_schema():
             if js.get("ttlSecondsAfterFinished", 0) > 0:
                 assert js.get("shutdownAfterJobFinishes"), f"{where}: a TTL needs shutdownAfterJobFinishes"
             assert js.get("activeDeadlineSeconds", 1) > 0 and js.get("backoffLimit", 0) >= 0
-            assert bool(js.get("clusterSelector")) != bool(js.get("rayClusterSpec")), \
+            assert bool(js.get("clusterSelector")) != bool(js.get("rayClusterSpec")), (
                 f"{where}: give exactly one of rayClusterSpec and clusterSelector"
+            )
             if js.get("clusterSelector"):
                 assert js["clusterSelector"].get("ray.io/cluster"), f"{where}: clusterSelector needs ray.io/cluster"
                 assert not js.get("shutdownAfterJobFinishes"), f"{where}: never shut down a cluster it did not create"
@@ -389,14 +415,20 @@ def test_pods_are_non_root_with_requests_and_limits(name):
             for c in pod["containers"] + pod.get("initContainers", []):
                 res, sc = c.get("resources", {}), c.get("securityContext", {})
                 for kind in ("requests", "limits"):
-                    assert {"cpu", "memory"} <= set(res.get(kind, {})), f"{where}/{c['name']}: {kind} need cpu and memory"
+                    assert {"cpu", "memory"} <= set(res.get(kind, {})), (
+                        f"{where}/{c['name']}: {kind} need cpu and memory"
+                    )
                 for key, request in res["requests"].items():
                     assert key in res["limits"], f"{where}/{c['name']}: {key} requested without a limit"
-                    assert quantity(request) <= quantity(res["limits"][key]), f"{where}/{c['name']}: {key} request > limit"
+                    assert quantity(request) <= quantity(res["limits"][key]), (
+                        f"{where}/{c['name']}: {key} request > limit"
+                    )
                     if key == "nvidia.com/gpu":
                         assert quantity(request) == quantity(res["limits"][key]), "GPU requests must equal limits"
                 assert sc.get("allowPrivilegeEscalation") is False and not sc.get("privileged"), f"{where}/{c['name']}"
-                assert "ALL" in sc.get("capabilities", {}).get("drop", []), f"{where}/{c['name']}: capabilities not dropped"
+                assert "ALL" in sc.get("capabilities", {}).get("drop", []), (
+                    f"{where}/{c['name']}: capabilities not dropped"
+                )
                 assert sc.get("runAsUser", psc["runAsUser"]) != 0 and sc.get("runAsNonRoot", True) is True
 
 
@@ -408,20 +440,27 @@ def test_ray_nodes_authenticate_and_share_the_results_volume(name):
         if not spec:
             continue
         where = f"{doc['kind']}/{doc['metadata']['name']}"
-        assert spec["authOptions"] == {"mode": "token", "secretName": AUTH_SECRET}, f"{where}: Ray token auth must stay on"
+        assert spec["authOptions"] == {"mode": "token", "secretName": AUTH_SECRET}, (
+            f"{where}: Ray token auth must stay on"
+        )
         for group, g in groups(spec).items():
             pod = g["template"]["spec"]
             c = pod["containers"][0]
             env = {e["name"]: e for e in c.get("env", [])}
             assert env["RAY_AUTH_MODE"].get("value") == "token", f"{where} {group}"
-            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": AUTH_SECRET, "key": AUTH_KEY}, f"{where} {group}"
+            assert env["RAY_AUTH_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": AUTH_SECRET, "key": AUTH_KEY}, (
+                f"{where} {group}"
+            )
             assert c["workingDir"] == "/home/ray", f"{where} {group}: entrypoints resolve deploy/... against /home/ray"
             volumes = {v["name"]: v for v in pod.get("volumes", [])}
             mounts = {m["mountPath"]: m for m in c.get("volumeMounts", [])}
             assert "/results" in mounts, f"{where} {group}: /results not mounted"
             claim = volumes[mounts["/results"]["name"]]["persistentVolumeClaim"]["claimName"]
             assert claim == "ipg-results", f"{where} {group}"
-            assert mounts["/home/ray/data"]["name"] == mounts["/results"]["name"] and mounts["/home/ray/data"]["subPath"] == "data"
+            assert (
+                mounts["/home/ray/data"]["name"] == mounts["/results"]["name"]
+                and mounts["/home/ray/data"]["subPath"] == "data"
+            )
     if name != "existing-cluster":  # that one only submits to a cluster an overlay created
         pvc = find(docs, "PersistentVolumeClaim", "ipg-results")
         assert pvc["spec"]["accessModes"] and quantity(pvc["spec"]["resources"]["requests"]["storage"]) > 0
@@ -451,7 +490,9 @@ def test_head_schedules_nothing_and_each_actor_kind_has_its_worker_group(name):
         head_ports = {p["name"]: p["containerPort"] for p in g["head"]["template"]["spec"]["containers"][0]["ports"]}
         assert head_ports["dashboard"] == 8265 and head_ports["gcs-server"] == 6379
         if doc["kind"] != "RayCluster":
-            assert json.loads(job_spec(doc)["entrypointResources"]) == {DRIVER_RESOURCE: 1}, f"{where}: driver not on the head"
+            assert json.loads(job_spec(doc)["entrypointResources"]) == {DRIVER_RESOURCE: 1}, (
+                f"{where}: driver not on the head"
+            )
     # kustomize's replacements: the RayJob and the RayCronJob run the very cluster the RayCluster describes
     cluster = find(docs, "RayCluster", "ipg")["spec"]
     assert find(docs, "RayJob", "ipg-run")["spec"]["rayClusterSpec"] == cluster
@@ -497,8 +538,10 @@ def test_gpu_prod_requests_gpus_on_gpu_nodes():
             if group == "head":  # the driver loads no weights: no GPU, and no GPU node taken for it
                 assert "nvidia.com/gpu" not in res["limits"] and not pod.get("nodeSelector"), res
                 continue
-            assert quantity(res["requests"]["nvidia.com/gpu"]) >= 1 and res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"], \
-                f"{doc['kind']} {group}: {res}"
+            assert (
+                quantity(res["requests"]["nvidia.com/gpu"]) >= 1
+                and res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"]
+            ), f"{doc['kind']} {group}: {res}"
             assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}, group
             assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"], group
             assert g["replicas"] == g["minReplicas"] == g["maxReplicas"] >= 2, f"{group}: more replicas than cpu-dev"
@@ -524,8 +567,9 @@ def test_nightly_sweep_runs_never_overlap(name):
     min_gap = min((b - a).total_seconds() for a, b in zip(times, times[1:]))
     assert job["shutdownAfterJobFinishes"] is True, "a killed run must take its cluster down"
     worst = (job.get("backoffLimit", 0) + 1) * job["activeDeadlineSeconds"] + job.get("ttlSecondsAfterFinished", 0)
-    assert worst + SHUTDOWN_MARGIN_S < min_gap, \
+    assert worst + SHUTDOWN_MARGIN_S < min_gap, (
         f"a run can last {worst + SHUTDOWN_MARGIN_S:.0f} s but ticks come {min_gap:.0f} s apart"
+    )
     assert cron["spec"].get("suspend") is False
 
 
@@ -596,7 +640,9 @@ def _run_config(command: str):
 
     args, extra = ipg_command(command)
     ray_known = {f.name for f in dataclasses.fields(RayConfig)}
-    missing = [x for x in extra if x.startswith("--ray.") and x[len("--ray."):].split("=")[0].split(".")[0] not in ray_known]
+    missing = [
+        x for x in extra if x.startswith("--ray.") and x[len("--ray.") :].split("=")[0].split(".")[0] not in ray_known
+    ]
     overrides = [x for x in extra if x not in missing] + [f"--out={json.dumps(args.out)}"]
     if args.ray:
         overrides.append("--ray.enabled=true")
@@ -613,8 +659,10 @@ def test_run_entrypoint_config_validates(name, kind, job):
     cfg, missing = _run_config(entrypoint(name, kind, job))
     assert cfg.ray.enabled is True and cfg.out.startswith("/results/runs/")
     if missing:
-        pytest.skip(f"ipg.driver.config does not know {[m.split('=')[0] for m in missing]} yet (the keys pinning actors to "
-                    "worker groups are being added); the rest of the config validates")
+        pytest.skip(
+            f"ipg.driver.config does not know {[m.split('=')[0] for m in missing]} yet (the keys pinning actors to "
+            "worker groups are being added); the rest of the config validates"
+        )
 
 
 def _worker_capacity(spec: dict, group: str) -> tuple[float, float, int]:
@@ -629,23 +677,33 @@ def _assert_actors_fit(ray_cfg, spec: dict, where: str):
     ranks = ray_cfg.deepspeed.ranks if ray_cfg.gradient_backend == "deepspeed" else 1
     for group, n_actors in (("rollout", ray_cfg.rollout_workers), ("gradient", ray_cfg.gradient_workers * ranks)):
         cpus, gpus, pods = _worker_capacity(spec, group)
-        per_pod = min(cpus // ray_cfg.cpus_per_actor if ray_cfg.cpus_per_actor else n_actors,
-                      gpus // ray_cfg.gpus_per_actor if ray_cfg.gpus_per_actor else n_actors)
-        assert per_pod * pods >= n_actors, \
-            f"{where}: {n_actors} {group} actors ({ray_cfg.cpus_per_actor} CPU, {ray_cfg.gpus_per_actor} GPU) " \
+        per_pod = min(
+            cpus // ray_cfg.cpus_per_actor if ray_cfg.cpus_per_actor else n_actors,
+            gpus // ray_cfg.gpus_per_actor if ray_cfg.gpus_per_actor else n_actors,
+        )
+        assert per_pod * pods >= n_actors, (
+            f"{where}: {n_actors} {group} actors ({ray_cfg.cpus_per_actor} CPU, {ray_cfg.gpus_per_actor} GPU) "
             f"do not fit {pods} pod(s) of {cpus} CPU, {gpus} GPU"
+        )
 
 
 # (entrypoint's kustomization, job, the overlay whose cluster runs it): a RayJob runs on its own cluster; the
 # smoke job of k8s/existing-cluster on the standing cluster of either overlay
-RUN_ON = [("cpu-dev", "ipg-run", "cpu-dev"), ("gpu-prod", "ipg-run", "gpu-prod"),
-          ("existing-cluster", "ipg-smoke", "cpu-dev"), ("existing-cluster", "ipg-smoke", "gpu-prod")]
+RUN_ON = [
+    ("cpu-dev", "ipg-run", "cpu-dev"),
+    ("gpu-prod", "ipg-run", "gpu-prod"),
+    ("existing-cluster", "ipg-smoke", "cpu-dev"),
+    ("existing-cluster", "ipg-smoke", "gpu-prod"),
+]
 
 
 @pytest.mark.parametrize(("name", "job", "overlay"), RUN_ON, ids=[f"{n}:{j}@{o}" for n, j, o in RUN_ON])
 def test_run_actors_fit_the_worker_groups(name, job, overlay):
     doc = find(render(name), "RayJob", job)
-    spec = cluster_spec(doc) or find(render(overlay), "RayCluster", doc["spec"]["clusterSelector"]["ray.io/cluster"])["spec"]
+    spec = (
+        cluster_spec(doc)
+        or find(render(overlay), "RayCluster", doc["spec"]["clusterSelector"]["ray.io/cluster"])["spec"]
+    )
     cfg, _ = _run_config(job_spec(doc)["entrypoint"])
     _assert_actors_fit(cfg.ray, spec, f"{name} RayJob/{job} on {overlay}")
     assert not job_spec(doc).get("entrypointNumGpus"), "the driver loads no weights: it needs no GPU"
@@ -694,12 +752,18 @@ def _project_install(stage) -> tuple[int, str, set[str]]:
     """(index, command, extras) of the RUN that installs the project from the build context."""
     hits = []
     for i, (instr, rest) in enumerate(stage):
-        m = re.search(r"pip install\s+(?P<opts>(?:-\S+\s+)*)[\"']?\.\[(?P<extras>[^\]]*)\][\"']?", rest) if instr == "RUN" else None
+        m = (
+            re.search(r"pip install\s+(?P<opts>(?:-\S+\s+)*)[\"']?\.\[(?P<extras>[^\]]*)\][\"']?", rest)
+            if instr == "RUN"
+            else None
+        )
         if m:
             hits.append((i, rest, {e.strip() for e in m.group("extras").split(",")}, m.group("opts")))
-    assert len(hits) == 1, f"expected one `pip install \".[extras]\"`, found {len(hits)}"
+    assert len(hits) == 1, f'expected one `pip install ".[extras]"`, found {len(hits)}'
     i, rest, extras, opts = hits[0]
-    assert "-e" not in opts.split() and "--editable" not in opts, "the project must be installed as a package, not editable"
+    assert "-e" not in opts.split() and "--editable" not in opts, (
+        "the project must be installed as a package, not editable"
+    )
     return i, rest, extras
 
 
@@ -724,11 +788,17 @@ def test_dockerfile_pins_torch_first_and_installs_the_project_as_a_package(image
     build = next(s for s in df["stages"] if any(instr == "RUN" and "pip install" in rest for instr, rest in s))
     values = {**df["args"], **stage_args(df, build)}
     assert values.get("TORCH_VERSION") == _makefile_torch_pin(), "torch pin differs from the Makefile's"
-    torch_runs = [i for i, (instr, rest) in enumerate(build)
-                  if instr == "RUN" and re.search(r"pip install .*[\"']?torch==\$\{?TORCH_VERSION\}?", rest)]
+    torch_runs = [
+        i
+        for i, (instr, rest) in enumerate(build)
+        if instr == "RUN" and re.search(r"pip install .*[\"']?torch==\$\{?TORCH_VERSION\}?", rest)
+    ]
     assert torch_runs, "torch is not installed with an explicit pin"
-    first_pip = min(i for i, (instr, rest) in enumerate(build)
-                    if instr == "RUN" and re.search(r"pip install (?!--upgrade pip)", rest))
+    first_pip = min(
+        i
+        for i, (instr, rest) in enumerate(build)
+        if instr == "RUN" and re.search(r"pip install (?!--upgrade pip)", rest)
+    )
     assert torch_runs[0] == first_pip, "torch must be the first package installed"
     index, command, extras = _project_install(build)
     assert torch_runs[0] < index
@@ -737,10 +807,14 @@ def test_dockerfile_pins_torch_first_and_installs_the_project_as_a_package(image
     assert extras <= set(optional)
     # the constraints file keeps torch (and Ray) where they were pinned for every later pip call
     env = " ".join(rest for instr, rest in build if instr == "ENV")
-    assert "PIP_CONSTRAINT=" in env and any("torch==%s" in rest and "constraints" in rest for instr, rest in build if instr == "RUN")
+    assert "PIP_CONSTRAINT=" in env and any(
+        "torch==%s" in rest and "constraints" in rest for instr, rest in build if instr == "RUN"
+    )
     all_runs = " ".join(rest for instr, rest in build if instr == "RUN")
     if image == "cpu":
-        assert re.search(r"--index-url https://download\.pytorch\.org/whl/cpu\s+[\"']?torch==", all_runs), "CPU torch index"
+        assert re.search(r"--index-url https://download\.pytorch\.org/whl/cpu\s+[\"']?torch==", all_runs), (
+            "CPU torch index"
+        )
         assert "vllm" not in all_runs
         assert expand(build[0][1], values).startswith("python:3.11-slim")
     else:
@@ -755,8 +829,11 @@ def test_dockerfile_pins_torch_first_and_installs_the_project_as_a_package(image
     st = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     folders = {st["package-dir"].get(p, p.split(".")[0]) for p in st["packages"]}  # ipg.driver lives in driver/
     copied = {rest.split()[0] for instr, rest in build[:index] if instr == "COPY" and not rest.startswith("--from")}
-    assert folders == {"ipg", "driver", "workers", "cluster"} and folders <= copied and {"pyproject.toml", "README.md"} <= set(
-        " ".join(rest for instr, rest in build if instr == "COPY").split())
+    assert (
+        folders == {"ipg", "driver", "workers", "cluster"}
+        and folders <= copied
+        and {"pyproject.toml", "README.md"} <= set(" ".join(rest for instr, rest in build if instr == "COPY").split())
+    )
 
 
 @pytest.mark.parametrize("image", list(IMAGES))
@@ -777,8 +854,9 @@ def test_dockerfile_ray_version_matches_the_manifests_and_the_project(image):
     version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
     overlay = "cpu-dev" if image == "cpu" else "gpu-prod"
     tags = yaml.safe_load((ROOT / "k8s" / "overlays" / overlay / "kustomization.yaml").read_text())["images"]
-    assert [(t["name"], t["newTag"]) for t in tags] == [("ipg", f"{version}-{image}")], \
+    assert [(t["name"], t["newTag"]) for t in tags] == [("ipg", f"{version}-{image}")], (
         f"{overlay} must run the {image} image of this version, ipg:{version}-{image} (newName: any registry)"
+    )
 
 
 @pytest.mark.parametrize("image", list(IMAGES))
@@ -808,18 +886,31 @@ def test_dockerfile_copies_only_what_the_context_holds(image):
 def test_dockerignore_keeps_the_context_small():
     for path in (".venv", "runs", ".git", "outputs", "ipg/__pycache__", "driver/__pycache__/cli.cpython-311.pyc"):
         assert dockerignored(path), f"{path} would be sent to the Docker daemon"
-    for path in ("pyproject.toml", "README.md", "ipg/organism/checkpoint", "driver/cli.py", "deploy/configs/organism.yaml"):
+    for path in (
+        "pyproject.toml",
+        "README.md",
+        "ipg/organism/checkpoint",
+        "driver/cli.py",
+        "deploy/configs/organism.yaml",
+    ):
         assert not dockerignored(path), f"{path} is needed by the image build"
 
 
 def test_requirements_helper_lists_the_extras():
-    spec = importlib.util.spec_from_file_location("ipg_image_requirements", ROOT / "deploy" / "images" / "requirements.py")
+    spec = importlib.util.spec_from_file_location(
+        "ipg_image_requirements", ROOT / "deploy" / "images" / "requirements.py"
+    )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     requirements = module.requirements
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     cuda = requirements(ROOT / "pyproject.toml", ["vllm", "deepspeed"])
-    assert cuda == project["dependencies"] + project["optional-dependencies"]["vllm"] + project["optional-dependencies"]["deepspeed"]
+    assert (
+        cuda
+        == project["dependencies"]
+        + project["optional-dependencies"]["vllm"]
+        + project["optional-dependencies"]["deepspeed"]
+    )
     assert not any(r.startswith("vllm") for r in requirements(ROOT / "pyproject.toml", ["deepspeed"]))
     with pytest.raises(SystemExit, match="unknown extra"):
         requirements(ROOT / "pyproject.toml", ["vlm"])

@@ -22,13 +22,28 @@ from raytools import assert_same_scores, free_port  # noqa: E402
 pytestmark = pytest.mark.ray
 
 BIN = Path(sys.executable).parent
-SETTINGS = ["--model", "organism", "--limit", "16", "--layers", "1", "--attribution.method=pg", "--attribution.n_samples=3",
-            "--attribution.max_new_tokens=48", "--attribution.completeness=false", "--quiet"]
+SETTINGS = [
+    "--model",
+    "organism",
+    "--limit",
+    "16",
+    "--layers",
+    "1",
+    "--attribution.method=pg",
+    "--attribution.n_samples=3",
+    "--attribution.max_new_tokens=48",
+    "--attribution.completeness=false",
+    "--quiet",
+]
 
 
 def _start(args, log, env):
-    return subprocess.Popen([str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *args],
-                            stdout=log, stderr=subprocess.STDOUT, env=env)
+    return subprocess.Popen(
+        [str(BIN / "ray"), "start", "--block", "--node-ip-address", "127.0.0.1", "--disable-usage-stats", *args],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
 
 
 def _kill_tree(proc) -> None:
@@ -60,15 +75,37 @@ def cluster(tmp_path):
     env.pop("RAY_ADDRESS", None)
     port = free_port()
     log = open(tmp_path / "cluster.log", "w")
-    head = _start(["--head", "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
-                   "--ray-client-server-port", str(free_port())], log, env)
+    head = _start(
+        [
+            "--head",
+            "--port",
+            str(port),
+            "--num-cpus",
+            "0",
+            "--include-dashboard",
+            "false",
+            "--ray-client-server-port",
+            str(free_port()),
+        ],
+        log,
+        env,
+    )
     _wait_started(tmp_path / "cluster.log", 1, head)
     env["RAY_AUTH_MODE"] = "token"  # the head's token authentication: its clients and nodes present the token
     nodes = []
     for i in range(2):  # one at a time, each on ports of its own (they share the machine)
-        ports = [arg for flag in ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
-                                  "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
-                 for arg in (flag, str(free_port()))]
+        ports = [
+            arg
+            for flag in (
+                "--node-manager-port",
+                "--object-manager-port",
+                "--metrics-export-port",
+                "--dashboard-agent-listen-port",
+                "--dashboard-agent-grpc-port",
+                "--runtime-env-agent-port",
+            )
+            for arg in (flag, str(free_port()))
+        ]
         nodes.append(_start(["--address", f"127.0.0.1:{port}", "--num-cpus", "1", *ports], log, env))
         _wait_started(tmp_path / "cluster.log", 2 + i, head)
     yield f"127.0.0.1:{port}", nodes, env
@@ -89,10 +126,27 @@ def test_a_node_lost_mid_run_costs_a_retry_not_the_run(cluster, tmp_path):
     assert main(["attribute", *SETTINGS, "--out", str(tmp_path / "ref")]) == 0
     out = tmp_path / "ray"
     # one actor on each worker node (SPREAD), half a CPU each: the survivor can hold both after the loss
-    driver = subprocess.Popen([sys.executable, "-m", "ipg.driver.cli", "attribute", *SETTINGS[:-1], "--address", address,
-                               "--ray.placement_strategy=SPREAD", "--ray.cpus_per_actor=0.5", "--ray.shard_size=2",
-                               "--ray.progress=lines", "--out", str(out)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "ipg.driver.cli",
+            "attribute",
+            *SETTINGS[:-1],
+            "--address",
+            address,
+            "--ray.placement_strategy=SPREAD",
+            "--ray.cpus_per_actor=0.5",
+            "--ray.shard_size=2",
+            "--ray.progress=lines",
+            "--out",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
     lines, killed = [], False
     for line in driver.stdout:
         lines.append(line)

@@ -4,12 +4,12 @@ from collections import Counter
 
 import pytest
 
-from ipg.driver.cli import main
 from ipg.answers import is_correct
+from ipg.driver.cli import main
+from ipg.evaluation import evaluate
 from ipg.models import ORGANISM_PATH
 from ipg.organism import task
 from ipg.organism.card import GREEDY, card_figures, splits
-from ipg.evaluation import evaluate
 
 pytestmark = pytest.mark.unit
 
@@ -19,7 +19,10 @@ def test_data_command_is_deterministic_and_splits_are_disjoint(tmp_path):
         assert main(["organism", "data", "--out", str(tmp_path / name)]) == 0
     for split in ("support", "eval"):
         assert (tmp_path / "a" / f"{split}.jsonl").read_bytes() == (tmp_path / "b" / f"{split}.jsonl").read_bytes()
-    rows = {s: [json.loads(l) for l in (tmp_path / "a" / f"{s}.jsonl").read_text().splitlines()] for s in ("support", "eval")}
+    rows = {
+        s: [json.loads(line) for line in (tmp_path / "a" / f"{s}.jsonl").read_text().splitlines()]
+        for s in ("support", "eval")
+    }
     assert len(rows["support"]) == 256 and len(rows["eval"]) == 500
     assert {r["prompt"] for r in rows["support"]}.isdisjoint({r["prompt"] for r in rows["eval"]})
     assert set(rows["eval"][0]) == {"id", "prompt", "answer"}

@@ -38,31 +38,49 @@ def _variants():
     """One variant of every kind an experiment evaluates (residual, MLP, SAE, control vector), two on one
     site with different gammas, and none."""
     vector = torch.randn(128, generator=torch.Generator().manual_seed(2))
-    return [None, {"scale": _components("residual", 2, 24, 128), "gamma": 0.0},
-            {"scale": _components("residual", 2, 24, 128), "gamma": 3.0},
-            {"scale": _components("mlp", 1, 384, 512, seed=1), "gamma": 0.0},
-            {"scale": _components("sae", 2, 24, 256), "gamma": 3.0},
-            {"add": 1, "vector": vector, "coefficient": 2.0}]
+    return [
+        None,
+        {"scale": _components("residual", 2, 24, 128), "gamma": 0.0},
+        {"scale": _components("residual", 2, 24, 128), "gamma": 3.0},
+        {"scale": _components("mlp", 1, 384, 512, seed=1), "gamma": 0.0},
+        {"scale": _components("sae", 2, 24, 256), "gamma": 3.0},
+        {"add": 1, "vector": vector, "coefficient": 2.0},
+    ]
 
 
 def _separately(model, tok, variant, params, saes, batch_size):
     if variant is None:
         return generate(model, tok, EVAL, params, batch_size=batch_size)
-    ctx = (scale(model, variant["scale"], variant["gamma"], saes=saes) if "scale" in variant
-           else add_vector(model, variant["add"], variant["vector"], variant["coefficient"]))
+    ctx = (
+        scale(model, variant["scale"], variant["gamma"], saes=saes)
+        if "scale" in variant
+        else add_vector(model, variant["add"], variant["vector"], variant["coefficient"])
+    )
     with ctx:
         return generate(model, tok, EVAL, params, batch_size=batch_size)
 
 
-@pytest.mark.parametrize("params", [SamplingParams(max_new_tokens=64), SamplingParams(n=2, greedy=False, max_new_tokens=48, seed=4)],
-                         ids=["greedy", "sampled"])
+@pytest.mark.parametrize(
+    "params",
+    [SamplingParams(max_new_tokens=64), SamplingParams(n=2, greedy=False, max_new_tokens=48, seed=4)],
+    ids=["greedy", "sampled"],
+)
 def test_rows_steered_by_their_own_variants_equal_a_pass_per_variant(organism, saes, params):
     model, tok = organism
     variants = _variants()
     separate = [_ids(_separately(model, tok, v, params, saes, batch_size=8)) for v in variants]
     lines, finished = [], []
-    packed = generate_packed(model, tok, [Job(EVAL, v) for v in variants], params, batch_size=8, pack_tokens=10**6,
-                             saes=saes, log=lines.append, done=lambda k, samples: finished.append(k))
+    packed = generate_packed(
+        model,
+        tok,
+        [Job(EVAL, v) for v in variants],
+        params,
+        batch_size=8,
+        pack_tokens=10**6,
+        saes=saes,
+        log=lines.append,
+        done=lambda k, samples: finished.append(k),
+    )
     assert [_ids(g) for g in packed] == separate
     assert sum(s != separate[0] for s in separate[1:]) >= 4  # the variants really steer
     # 20 prompts x n in batches of 8 rows: each group of equal rows is one packed batch of all 6 variants
@@ -88,7 +106,9 @@ def test_per_row_tables_leave_unsteered_rows_bit_identical(organism):
     ids = torch.tensor([tok(EVAL[0]["prompt"])["input_ids"]] * 2)
     with torch.no_grad():
         plain = model(input_ids=ids).logits
-        with per_row(model, [None, {"scale": _components("residual", 1, 8, 128), "gamma": 0.0}], positions="all") as rows:
+        with per_row(
+            model, [None, {"scale": _components("residual", 1, 8, 128), "gamma": 0.0}], positions="all"
+        ) as rows:
             rows(torch.tensor([0, 1]))
             mixed = model(input_ids=ids).logits
     assert torch.equal(mixed[0], plain[0]) and not torch.equal(mixed[1], plain[1])
@@ -104,7 +124,8 @@ def test_packing_stacks_batches_of_the_same_prompts_within_the_token_budget(orga
         width = max(len(tok(ex["prompt"])["input_ids"]) for ex, _ in chunks[0].rows)
         assert len(chunks) == 1 or sum(len(c.rows) for c in chunks) * (width + 50) <= 3 * 8 * 70
     assert sorted((c.job, c.rows[0][0]["id"]) for b in batches for c in b) == sorted(
-        (k, job.examples[s]["id"]) for k, job in enumerate(jobs) for s in range(0, len(job.examples), 8))
+        (k, job.examples[s]["id"]) for k, job in enumerate(jobs) for s in range(0, len(job.examples), 8)
+    )
     with pytest.raises(InputError, match="duplicate id"):
         generate_packed(None, tok, [Job(EVAL + EVAL[:1], None)], params, batch_size=8, pack_tokens=1000)
     from ipg.driver.config import load_config
@@ -117,9 +138,23 @@ def test_a_packed_run_files_the_eval_tables_of_one_pass_per_evaluation(tmp_path)
     from ipg.driver.config import load_config
     from ipg.driver.experiment import run_experiment
 
-    overrides = ["--baselines.methods=[ipg,random,activation,control_vector]", "--length.enabled=true",
-                 "--length.layers=[2]", "--length.gammas=[0, 1, 2]", "--length.methods=[random, ipg]", "--data.n_eval=16"]
-    runs = {pack: run_experiment(load_config("deploy/configs/smoke.yaml", overrides + [
-        f"--out={tmp_path / str(pack)}", f"--evaluation.pack_tokens={pack}"]), log=lambda m: None) for pack in (0, 65536)}
+    overrides = [
+        "--baselines.methods=[ipg,random,activation,control_vector]",
+        "--length.enabled=true",
+        "--length.layers=[2]",
+        "--length.gammas=[0, 1, 2]",
+        "--length.methods=[random, ipg]",
+        "--data.n_eval=16",
+    ]
+    runs = {
+        pack: run_experiment(
+            load_config(
+                "deploy/configs/smoke.yaml",
+                overrides + [f"--out={tmp_path / str(pack)}", f"--evaluation.pack_tokens={pack}"],
+            ),
+            log=lambda m: None,
+        )
+        for pack in (0, 65536)
+    }
     for name in ("eval", "eval_items"):
         assert pq.read_table(runs[65536] / f"{name}.parquet").equals(pq.read_table(runs[0] / f"{name}.parquet")), name

@@ -10,11 +10,15 @@ from ipg.prompts import PromptFormat, format_examples, leading_special_ids, prom
 
 pytestmark = pytest.mark.unit
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-          "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant"
-          "<|end_header_id|>\n\n{% endif %}")
+CHATML = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+LLAMA3 = (
+    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+    "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant"
+    "<|end_header_id|>\n\n{% endif %}"
+)
 
 
 def word_tokenizer(template: str | None = None, bos: bool = False):
@@ -22,13 +26,33 @@ def word_tokenizer(template: str | None = None, bos: bool = False):
     from tokenizers import processors
 
     specials = ["<s>", "</s>", "<|im_start|>", "<|im_end|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
-    words = ["[UNK]", *specials, " ", "\n", "\n\n", "system", "user", "assistant", "What", "is", "1", "+", "2", "?", "Q:", "be", "brief"]
+    words = [
+        "[UNK]",
+        *specials,
+        " ",
+        "\n",
+        "\n\n",
+        "system",
+        "user",
+        "assistant",
+        "What",
+        "is",
+        "1",
+        "+",
+        "2",
+        "?",
+        "Q:",
+        "be",
+        "brief",
+    ]
     tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\n+| |[^\s]+"), behavior="isolated")
     tok.add_special_tokens(specials)
     if bos:
         tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>", unk_token="[UNK]")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="</s>", unk_token="[UNK]"
+    )
     fast.chat_template = template
     return fast
 
@@ -46,10 +70,15 @@ def test_auto_is_chat_with_a_template_and_raw_without():
 def test_chat_renders_the_template_with_the_generation_prompt_and_system_message():
     tok = word_tokenizer(CHATML)
     text = PromptFormat("chat", system="be brief").text(tok, EXAMPLE)
-    assert text == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nWhat is 1 + 2 ?<|im_end|>\n"
-                    "<|im_start|>assistant\n")
+    assert text == (
+        "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nWhat is 1 + 2 ?<|im_end|>\n<|im_start|>assistant\n"
+    )
     ids = PromptFormat("chat").encode(tok, EXAMPLE)
-    assert tok.convert_ids_to_tokens(ids)[:3] == ["<|im_start|>", "user", "\n"] and "[UNK]" not in tok.convert_ids_to_tokens(ids)
+    assert tok.convert_ids_to_tokens(ids)[:3] == [
+        "<|im_start|>",
+        "user",
+        "\n",
+    ] and "[UNK]" not in tok.convert_ids_to_tokens(ids)
     assert ids == tok(PromptFormat("chat").text(tok, EXAMPLE), add_special_tokens=False)["input_ids"]
 
 
@@ -76,13 +105,16 @@ def test_template_over_fields_and_user_template():
         PromptFormat("Q: {missing}").encode(tok, EXAMPLE)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"format": "{}"}, r"prompt.format: '\{\}' is neither auto, chat, raw nor a template"),
-    ({"format": "no fields"}, r"is neither auto, chat, raw nor a template"),
-    ({"format": "Q: {a"}, r"not a valid format string"),
-    ({"format": "raw", "system": "x"}, r"prompt.system: only the chat format has a system message"),
-    ({"format": "Q: {q}", "user": "{q}"}, r"prompt.user: only the chat format"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"format": "{}"}, r"prompt.format: '\{\}' is neither auto, chat, raw nor a template"),
+        ({"format": "no fields"}, r"is neither auto, chat, raw nor a template"),
+        ({"format": "Q: {a"}, r"not a valid format string"),
+        ({"format": "raw", "system": "x"}, r"prompt.system: only the chat format has a system message"),
+        ({"format": "Q: {q}", "user": "{q}"}, r"prompt.user: only the chat format"),
+    ],
+)
 def test_bad_formats_name_the_field(kwargs, message):
     with pytest.raises(InputError, match=message):
         PromptFormat(**kwargs)
@@ -126,7 +158,11 @@ def test_a_prompt_already_rendered_with_the_template_is_used_as_it_is(fmt):
     described = PromptFormat(fmt).describe(tok, out, [out, EXAMPLE])
     assert described["already_rendered"] == (1 if fmt != "raw" else 0) and described["n_examples"] == 2
     note = PromptFormat(fmt).note(tok, [out, EXAMPLE])
-    assert (note is None) if fmt == "raw" else note.startswith("prompts: 1 of 2 already rendered with the model's chat template")
+    assert (
+        (note is None)
+        if fmt == "raw"
+        else note.startswith("prompts: 1 of 2 already rendered with the model's chat template")
+    )
 
 
 def test_rendered_prompts_are_read_from_the_templates_own_markers():
@@ -138,8 +174,12 @@ def test_rendered_prompts_are_read_from_the_templates_own_markers():
     rendered = PromptFormat("chat").text(llama, EXAMPLE)
     assert is_rendered(llama, rendered) and not is_rendered(llama, RENDERED)  # ChatML is not Llama 3's template
     # BOS once: the rendered text starts with it, and raw does not add a second
-    assert format_examples(llama, [{"id": "r", "prompt": rendered}], "raw")[0]["prompt_ids"].count(llama.bos_token_id) == 1
-    assert PromptFormat("auto").encode(llama, {"id": "r", "prompt": rendered}) == PromptFormat("chat").encode(llama, EXAMPLE)
+    assert (
+        format_examples(llama, [{"id": "r", "prompt": rendered}], "raw")[0]["prompt_ids"].count(llama.bos_token_id) == 1
+    )
+    assert PromptFormat("auto").encode(llama, {"id": "r", "prompt": rendered}) == PromptFormat("chat").encode(
+        llama, EXAMPLE
+    )
     # a plain-text template (no special token between the turns) is recognised by its text
     inst = word_tokenizer("{% for m in messages %}[INST] {{ m['content'] }} [/INST]{% endfor %}")
     assert template_markers(inst) == ("[/INST]",) and is_rendered(inst, "[INST] hi [/INST]")
@@ -148,7 +188,9 @@ def test_rendered_prompts_are_read_from_the_templates_own_markers():
     sep = {"id": "s", "prompt": "What is 1 + 2 ?<|im_end|>"}
     assert not is_rendered(word_tokenizer(CHATML), sep["prompt"])
     assert PromptFormat("chat").text(word_tokenizer(CHATML), sep).startswith("<|im_start|>user\nWhat")
-    with pytest.raises(InputError, match=r"prompt.system: example 'r' is already rendered with the model's chat template"):
+    with pytest.raises(
+        InputError, match=r"prompt.system: example 'r' is already rendered with the model's chat template"
+    ):
         PromptFormat("chat", system="be brief").encode(word_tokenizer(CHATML), {"id": "r", "prompt": RENDERED})
 
 

@@ -10,12 +10,21 @@ from ipg.errors import InputError
 
 pytestmark = pytest.mark.unit
 
-TRACEBACK = 'Traceback (most recent call last):\n  File "workers/gradient.py", line 90, in attribute\nKeyError: \'layers.9\''
+TRACEBACK = (
+    "Traceback (most recent call last):\n  File \"workers/gradient.py\", line 90, in attribute\nKeyError: 'layers.9'"
+)
 
 
 def _task_error(cause: BaseException, function="GradientWorker.attribute") -> ray.exceptions.RayTaskError:
-    return ray.exceptions.RayTaskError(function, TRACEBACK, cause, proctitle="ray::GradientWorker", pid=4242,
-                                       ip="10.0.0.7", actor_repr="GradientWorker(organism)")
+    return ray.exceptions.RayTaskError(
+        function,
+        TRACEBACK,
+        cause,
+        proctitle="ray::GradientWorker",
+        pid=4242,
+        ip="10.0.0.7",
+        actor_repr="GradientWorker(organism)",
+    )
 
 
 def test_a_fatal_error_keeps_the_workers_exception_and_where_it_was_raised():
@@ -24,7 +33,7 @@ def test_a_fatal_error_keeps_the_workers_exception_and_where_it_was_raised():
     assert isinstance(err, FatalError) and str(err) == "shard 's3': KeyError: 'layers.9'"  # one line, as before
     assert err.original is original and isinstance(err.original, KeyError)  # typed, message intact
     assert "GradientWorker(organism)" in err.where and "10.0.0.7" in err.where and "pid 4242" in err.where
-    assert 'line 90, in attribute' in err.where and err.where in original.__notes__  # the worker's own line
+    assert "line 90, in attribute" in err.where and err.where in original.__notes__  # the worker's own line
     with pytest.raises(FatalError) as raised:
         raise err from err.original
     assert raised.value.__cause__ is original  # the chain --debug prints, down to the worker

@@ -9,19 +9,23 @@ pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray")
 
+from raytools import SETTINGS, assert_same_scores, small_ray  # noqa: E402
+
+from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.driver.config import RayConfig  # noqa: E402
 from ipg.driver.orchestration.pipeline import RESULT_RECORD, RaySession, attribute_on_ray  # noqa: E402
-from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.errors import InputError  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402
-from raytools import SETTINGS, assert_same_scores, small_ray  # noqa: E402
+
 
 @pytest.mark.parametrize("workers", [1, 2])
 def test_ray_pipeline_equals_in_process(local_ray, organism, tmp_path, workers):
     model, tok = organism
     examples = splits()["support"][:10]
     reference = attribute(model, tok, examples, signal="accuracy", **SETTINGS)
-    res = attribute_on_ray("organism", examples, AttributionConfig(**SETTINGS), out_dir=tmp_path, ray_cfg=small_ray(workers))
+    res = attribute_on_ray(
+        "organism", examples, AttributionConfig(**SETTINGS), out_dir=tmp_path, ray_cfg=small_ray(workers)
+    )
     assert_same_scores(res.table, reference.table)
     assert pq.read_table(tmp_path / "scores.parquet").equals(res.table)
     assert ray.get(res.table_ref).equals(res.table)  # the table in the object store, for the caller
@@ -67,16 +71,19 @@ def test_component_method_on_ray_equals_in_process(local_ray, organism, tmp_path
 
 
 def test_bad_layer_and_missing_resources_fail_before_any_work(local_ray, tmp_path):
+    two = (
+        "organism",
+        splits()["support"][:2],
+        AttributionConfig(method="ipg", layers=(1,)),
+    )  # model, prompts, settings
     with RaySession("organism", small_ray(1)) as session:
         with pytest.raises(InputError, match=r"layers: 9 is out of range for this 4-layer model"):
             session.attribute(splits()["support"][:2], AttributionConfig(method="ipg", layers=(9,)), out_dir=tmp_path)
     with pytest.raises(InputError, match=r"ray: the cluster lacks resources for the actors: CPU needs 8, has 2.*node"):
-        attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(method="ipg", layers=(1,)), out_dir=tmp_path,
-                         ray_cfg=RayConfig(rollout_workers=4, gradient_workers=4))
+        attribute_on_ray(*two, out_dir=tmp_path, ray_cfg=RayConfig(rollout_workers=4, gradient_workers=4))
     # a custom resource no node declares (a KubeRay worker group missing its rayStartParams.resources)
     with pytest.raises(InputError, match=r"ipg_rollout needs 1, has 0.*ray.rollout_resources"):
-        attribute_on_ray("organism", splits()["support"][:2], AttributionConfig(method="ipg", layers=(1,)), out_dir=tmp_path,
-                         ray_cfg=small_ray(1, rollout_resources={"ipg_rollout": 1}))
+        attribute_on_ray(*two, out_dir=tmp_path, ray_cfg=small_ray(1, rollout_resources={"ipg_rollout": 1}))
     with pytest.raises(InputError, match=r"gradient_resources.GPU: set CPUs and GPUs with cpus_per_actor"):
         small_ray(1, gradient_resources={"GPU": 1})
     assert not (tmp_path / "scores.parquet").exists()
@@ -103,9 +110,14 @@ def test_a_users_signal_module_is_shipped_to_the_actors(local_ray, organism, tmp
     reference = attribute(model, tok, examples, signal=signal, signal_params=params, **settings)
     with RaySession("organism", small_ray(1), signals=[signal]) as session:
         assert session.shipped == [str(plugins / "user_signals.py")]
-        res = session.attribute(examples, AttributionConfig(**settings), signal=signal, signal_params=params, out_dir=tmp_path / "a")
+        res = session.attribute(
+            examples, AttributionConfig(**settings), signal=signal, signal_params=params, out_dir=tmp_path / "a"
+        )
         assert_same_scores(res.table, reference.table)
     with RaySession("organism", small_ray(1)) as session:  # not told: refused before any work
-        with pytest.raises(InputError, match=r"signal: 'user_signals:close' comes from .*user_signals\.py, which no installed"):
-            session.attribute(examples, AttributionConfig(**settings), signal=signal, signal_params=params, out_dir=tmp_path / "b")
-
+        with pytest.raises(
+            InputError, match=r"signal: 'user_signals:close' comes from .*user_signals\.py, which no installed"
+        ):
+            session.attribute(
+                examples, AttributionConfig(**settings), signal=signal, signal_params=params, out_dir=tmp_path / "b"
+            )

@@ -14,17 +14,19 @@ import urllib.request
 
 import pyarrow.parquet as pq
 import pytest
+from commands import run as run_command  # noqa: E402  (tests/commands.py)
 
 pytestmark = pytest.mark.ray
 
 ray = pytest.importorskip("ray")
 
+from raytools import SETTINGS, assert_same_scores, small_ray  # noqa: E402
+
+from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.cluster.ray_cluster import metrics_endpoints  # noqa: E402
 from ipg.driver.orchestration.pipeline import RaySession, shard  # noqa: E402
-from ipg.attribution import AttributionConfig, attribute  # noqa: E402
 from ipg.errors import InputError  # noqa: E402
 from ipg.organism.card import splits  # noqa: E402
-from raytools import SETTINGS, assert_same_scores, small_ray  # noqa: E402
 
 EXAMPLES = splits()["support"][20:32]  # 4 shards of 3
 SHARDS = [sid for sid, _ in shard(EXAMPLES, 3)]
@@ -62,30 +64,41 @@ def test_work_lost_beyond_the_attempt_limit_ends_the_run_in_one_line(local_ray, 
     monkeypatch.setenv("RAY_ADDRESS", local_ray["address"])
     (tmp_path / "ex.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in EXAMPLES))
     out = tmp_path / "run"
-    code = main(["attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", "--attribution.method=pg",
-                 "--attribution.n_samples=2", "--attribution.max_new_tokens=32", "--attribution.completeness=false",
-                 "--ray.shard_size=3", "--ray.cpus_per_actor=0.5", "--ray.max_shard_attempts=1", "--out", str(out), "--quiet"])
+    flags = "--attribution.method=pg --attribution.n_samples=2 --attribution.max_new_tokens=32 --attribution.completeness=false"
+    ray_flags = "--ray.shard_size=3 --ray.cpus_per_actor=0.5 --ray.max_shard_attempts=1"
+    code = main(["attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", *flags.split(),
+                 *ray_flags.split(), "--out", str(out), "--quiet"])  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1, err
-    assert err[0].startswith(f"error: shard '{SHARDS[1]}': its work was lost 1 times, the limit of ray.max_shard_attempts "
-                             "(last: ") and f"continue with --resume {out}" in err[0], err
+    assert (
+        err[0].startswith(
+            f"error: shard '{SHARDS[1]}': its work was lost 1 times, the limit of ray.max_shard_attempts (last: "
+        )
+        and f"continue with --resume {out}" in err[0]
+    ), err
     assert not (out / "scores.parquet").exists() and "Traceback" in (out / "error.log").read_text()
 
 
 def test_killed_driver_resumes_with_identical_scores(local_ray, reference, tmp_path):
     out = tmp_path / "run"
-    env = {**os.environ, "IPG_FAULTS": f"driver@{SHARDS[2]}", "IPG_FAULTS_DIR": str(tmp_path),
-           "RAY_ADDRESS": local_ray["address"]}
-    cmd = [sys.executable, "-m", "ipg.driver.cli", "attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), "--layers", "1", "2",
-           "--attribution.method=ipg", "--attribution.q=3", "--attribution.n_samples=4", "--attribution.max_new_tokens=96", "--seeds=[7]",
-           "--attribution.completeness=false", "--ray.shard_size=3", "--ray.max_in_flight=1", "--ray.snapshot_every=2",
-           "--ray.cpus_per_actor=0.5", "--run-id", "r1", "--out", str(out)]
+    env = {
+        **os.environ,
+        "IPG_FAULTS": f"driver@{SHARDS[2]}",
+        "IPG_FAULTS_DIR": str(tmp_path),
+        "RAY_ADDRESS": local_ray["address"],
+    }
+    flags = ("--layers 1 2 --attribution.method=ipg --attribution.q=3 --attribution.n_samples=4 --attribution.max_new_tokens=96 "
+             "--seeds=[7] --attribution.completeness=false --ray.shard_size=3 --ray.max_in_flight=1 --ray.snapshot_every=2 "
+             "--ray.cpus_per_actor=0.5 --run-id r1")  # fmt: skip
+    cmd = [sys.executable, "-m", "ipg.driver.cli", "attribute", "--ray", "--data", str(tmp_path / "ex.jsonl"), *flags.split(),
+           "--out", str(out)]  # fmt: skip
     (tmp_path / "ex.jsonl").write_text("".join(json.dumps(ex) + "\n" for ex in EXAMPLES))
     first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert first.returncode == 17, first.stderr[-2000:]  # the driver died after merging shard 2
     assert not (out / "scores.parquet").exists()  # no half-written output
-    resumed = subprocess.run([sys.executable, "-m", "ipg.driver.cli", "attribute", "--resume", str(out)], env=env,
-                             capture_output=True, text=True, timeout=600)
+    resumed = run_command(
+        [sys.executable, "-m", "ipg.driver.cli", "attribute", "--resume", str(out)], env=env, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stderr and "already merged" in resumed.stderr
     merged_before = int(resumed.stderr.split("resuming")[1].split(":")[1].split("/")[0])
@@ -109,21 +122,36 @@ def test_failing_example_fails_the_run_naming_it_or_is_skipped_and_counted(local
 
     with RaySession("organism", small_ray(1)) as session:
         bad_shard = shard(EXAMPLES[3:9], 3)[1][0]
-        with pytest.raises(InputError, match=re.escape(f"shard '{bad_shard}', example '{BAD}': signal '_picky' failed on "
-                                                       f"example '{BAD}': ValueError: cannot score")):
+        with pytest.raises(
+            InputError,
+            match=re.escape(
+                f"shard '{bad_shard}', example '{BAD}': signal '_picky' failed on "
+                f"example '{BAD}': ValueError: cannot score"
+            ),
+        ):
             session.attribute(EXAMPLES[3:9], cfg, signal=_picky, out_dir=tmp_path / "fail")
         assert not (tmp_path / "fail" / "scores.parquet").exists()
         skip = AttributionConfig(**{**SETTINGS, "on_error": "skip"})
         res = session.attribute(EXAMPLES[3:9], skip, signal=_picky, out_dir=tmp_path / "skip")
         # the metrics of the project appear on the node's Prometheus endpoint while the actors live
-        wanted = ["ray_ipg_prompts_total", "ray_ipg_trajectories_total", "ray_ipg_tokens_total", "ray_ipg_stage_seconds",
-                  "ray_ipg_shards_total", "ray_ipg_reducer_lag_seconds", "ray_ipg_errors_total"]
+        wanted = [
+            "ray_ipg_prompts_total",
+            "ray_ipg_trajectories_total",
+            "ray_ipg_tokens_total",
+            "ray_ipg_stage_seconds",
+            "ray_ipg_shards_total",
+            "ray_ipg_reducer_lag_seconds",
+            "ray_ipg_errors_total",
+        ]
         found, item_errors = set(), 0.0
         for _ in range(90):  # the metrics agent exports every few seconds: wait for this run's item error too
             body = "".join(urllib.request.urlopen(url, timeout=10).read().decode() for url in metrics_endpoints())
             found = {name for name in wanted if f"\n{name}" in body}
-            item_errors = sum(float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-                              if line.startswith("ray_ipg_errors_total{") and 'error_class="item"' in line)
+            item_errors = sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in body.splitlines()
+                if line.startswith("ray_ipg_errors_total{") and 'error_class="item"' in line
+            )
             if found == set(wanted) and item_errors >= 1:
                 break
             time.sleep(1)
@@ -143,10 +171,16 @@ def test_a_local_cluster_listens_on_loopback_only(local_ray):
     listening = set()
     for p in [psutil.Process()] + psutil.Process().children(recursive=True):
         try:
-            listening |= {(p.name(), c.laddr.ip, c.laddr.port) for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}
+            listening |= {
+                (p.name(), c.laddr.ip, c.laddr.port)
+                for c in p.net_connections("inet")
+                if c.status == psutil.CONN_LISTEN
+            }
         except psutil.NoSuchProcess:
             pass
-    outside = sorted(x for x in listening if x[1] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1"))  # IPv4 loopback on IPv6 sockets too
+    outside = sorted(
+        x for x in listening if x[1] not in ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+    )  # IPv4 loopback on IPv6 sockets too
     assert listening and not outside, outside
 
 
@@ -155,8 +189,10 @@ def test_a_killed_driver_leaves_no_process_of_its_local_cluster(tmp_path):
     import signal
 
     psutil = pytest.importorskip("psutil")
-    code = ("from ipg.cluster.ray_cluster import connect; connect(num_cpus=1); print('up', flush=True); "
-            "import time; time.sleep(600)")
+    code = (
+        "from ipg.cluster.ray_cluster import connect; connect(num_cpus=1); print('up', flush=True); "
+        "import time; time.sleep(600)"
+    )
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     driver = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
     assert driver.stdout.readline().strip() == "up"
@@ -165,6 +201,7 @@ def test_a_killed_driver_leaves_no_process_of_its_local_cluster(tmp_path):
     assert len(procs) >= 4, procs  # GCS, raylet, agents, dashboard (and the watchdog)
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+
     def alive(p):
         try:
             return p.is_running() and p.status() != psutil.STATUS_ZOMBIE

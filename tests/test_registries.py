@@ -41,15 +41,29 @@ def test_traits_replace_name_tests():
     assert [m for m in METHODS if METHODS[m].integrates] == ["ipg"]
     assert [m for m in METHODS if METHODS[m].per_component] == ["component"]
     assert schedule("uniform", 4, "pg") == schedule("geometric", 9, "component") == [(1.0, 1.0)]
-    assert not AttributionConfig(method="pg", resample=True).resamples and AttributionConfig(method="ipg", resample=True).resamples
+    assert (
+        not AttributionConfig(method="pg", resample=True).resamples
+        and AttributionConfig(method="ipg", resample=True).resamples
+    )
     assert {"sae"} == set(CONTROL_METHODS) - set(ACCURACY_BASELINES)
 
 
-@pytest.mark.parametrize("flag, registry", [("attribution.method", METHODS), ("attribution.schedule", SCHEDULES),
-                                            ("attribution.baseline", BASELINES), ("attribution.advantage", ADVANTAGES),
-                                            ("ray.rollout_backend", ROLLOUT_BACKENDS), ("ray.gradient_backend", GRADIENT_BACKENDS)])
+@pytest.mark.parametrize(
+    "flag, registry",
+    [
+        ("attribution.method", METHODS),
+        ("attribution.schedule", SCHEDULES),
+        ("attribution.baseline", BASELINES),
+        ("attribution.advantage", ADVANTAGES),
+        ("ray.rollout_backend", ROLLOUT_BACKENDS),
+        ("ray.gradient_backend", GRADIENT_BACKENDS),
+    ],
+)
 def test_validation_and_help_name_the_registered_choices(flag, registry):
-    with pytest.raises(InputError, match=rf"{flag}: (unknown|got) 'nope'; (use|must be) one of \[{', '.join(repr(n) for n in registry)}\]"):
+    with pytest.raises(
+        InputError,
+        match=rf"{flag}: (unknown|got) 'nope'; (use|must be) one of \[{', '.join(repr(n) for n in registry)}\]",
+    ):
         load_config(None, [f"--{flag}=nope"])
     epilog = build_parser()._subparsers._group_actions[0].choices["run"].epilog
     assert f"--{flag}" in epilog and " | ".join(registry) in epilog

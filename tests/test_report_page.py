@@ -14,18 +14,40 @@ from ipg.driver.report.html import shade
 pytestmark = pytest.mark.browser
 
 if chromium() is None:
-    pytest.skip("no Chromium: `make test` installs Debian's chromium package where it can (root and apt-get); "
-                "without it the browser tier is skipped", allow_module_level=True)
+    pytest.skip(
+        "no Chromium: `make test` installs Debian's chromium package where it can (root and apt-get); "
+        "without it the browser tier is skipped",
+        allow_module_level=True,
+    )
 pytest.importorskip("playwright", reason="playwright (the dev extra) drives the browser")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("page") / "run"
-    assert main(["run", f"--out={out}", "--seeds=[0]", "--data.n_support=6", "--data.n_eval=8", "--attribution.layers=[2]",
-                 "--attribution.q=2", "--attribution.n_samples=3", "--evaluation.p=[4]", "--evaluation.random_draws=2",
-                 "--baselines.methods=[random, activation]", "--length.layers=[2]", "--length.gammas=[0, 1, 2]",
-                 "--reflection.enabled=false", "--stability.enabled=false", "--cards.components=2"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                f"--out={out}",
+                "--seeds=[0]",
+                "--data.n_support=6",
+                "--data.n_eval=8",
+                "--attribution.layers=[2]",
+                "--attribution.q=2",
+                "--attribution.n_samples=3",
+                "--evaluation.p=[4]",
+                "--evaluation.random_draws=2",
+                "--baselines.methods=[random, activation]",
+                "--length.layers=[2]",
+                "--length.gammas=[0, 1, 2]",
+                "--reflection.enabled=false",
+                "--stability.enabled=false",
+                "--cards.components=2",
+            ]
+        )
+        == 0
+    )
     return out
 
 
@@ -44,7 +66,9 @@ def test_page_loads_offline_and_holds_the_reports_numbers(run, tmp_path):
     with opened(run / "report.html") as (page, problems):
         page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
         tables = page.eval_on_selector_all(
-            "table.sortable", "ts => ts.map(t => Array.from(t.rows).map(r => Array.from(r.cells).map(c => c.textContent.trim())))")
+            "table.sortable",
+            "ts => ts.map(t => Array.from(t.rows).map(r => Array.from(r.cells).map(c => c.textContent.trim())))",
+        )
         titles = page.eval_on_selector_all("h2", "hs => hs.map(h => h.textContent.trim())")
     assert problems == []
     assert (tmp_path / "report.png").stat().st_size > 10_000
@@ -64,7 +88,9 @@ def test_page_loads_offline_and_holds_the_reports_numbers(run, tmp_path):
 def test_a_click_sorts_a_table(run):
     with opened(run / "report.html") as (page, problems):
         table = page.locator("table.sortable", has=page.locator("th", has_text="control range")).first  # the headline's
-        column = [h.strip() for h in table.locator("tr").nth(0).locator("th").all_text_contents()].index("control range")
+        column = [h.strip() for h in table.locator("tr").nth(0).locator("th").all_text_contents()].index(
+            "control range"
+        )
 
         def values():
             cells = table.locator("tbody tr").evaluate_all(f"rs => rs.map(r => r.cells[{column}].textContent)")
@@ -83,7 +109,8 @@ def test_a_click_sorts_a_table(run):
 def test_shaded_tokens_have_the_colours_their_values_imply(run):
     with opened(run / "report.html") as (page, problems):
         tokens = page.eval_on_selector_all(
-            ".card .tok", "ts => ts.map(t => [t.dataset.v, t.dataset.vmax, getComputedStyle(t).backgroundColor])")
+            ".card .tok", "ts => ts.map(t => [t.dataset.v, t.dataset.vmax, getComputedStyle(t).backgroundColor])"
+        )
         cards = page.locator(".card").count()
     assert problems == []
     assert cards >= 2 and len(tokens) > 20

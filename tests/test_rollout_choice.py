@@ -17,7 +17,9 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def vllm_present(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(choice.importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a))
+    monkeypatch.setattr(
+        choice.importlib.util, "find_spec", lambda name, *a: object() if name == "vllm" else real(name, *a)
+    )
     monkeypatch.setattr(choice, "_vllm_architectures", lambda: {"Qwen2ForCausalLM", "LlamaForCausalLM"})
 
 
@@ -40,7 +42,9 @@ def test_auto_falls_back_to_hf_naming_the_reason(vllm_present, tmp_path, monkeyp
     assert backend == "hf" and "head size 16" in why
     monkeypatch.setattr(choice, "_vllm_architectures", lambda: {"LlamaForCausalLM"})
     assert choice.choose_rollout_backend(str(ORGANISM_PATH), dtype="float32", device="cpu") == (
-        "hf", "vLLM has no implementation of ['Qwen2ForCausalLM']")
+        "hf",
+        "vLLM has no implementation of ['Qwen2ForCausalLM']",
+    )
     monkeypatch.setattr(choice.importlib.util, "find_spec", lambda name, *a: None)
     backend, why = choice.choose_rollout_backend(str(ORGANISM_PATH), dtype="float32", device="cpu")
     assert backend == "hf" and why.startswith("vLLM is not installed")
@@ -52,11 +56,15 @@ def test_the_config_takes_auto_and_a_run_resolves_it_once():
 
     auto = RayConfig(rollout_backend="auto")
     assert auto.rollout_backend == "auto"
-    with pytest.raises(Exception, match=r"rollout_backend: unknown 'fast'; use one of \['hf', 'vllm', 'auto', 'deepspeed'\]"):
+    with pytest.raises(
+        Exception, match=r"rollout_backend: unknown 'fast'; use one of \['hf', 'vllm', 'auto', 'deepspeed'\]"
+    ):
         RayConfig(rollout_backend="fast")
     assert list(ROLLOUT_BACKENDS) == ["hf", "vllm", "auto", "deepspeed"]  # the names the message lists come from here
     said = []
     resolved = choice.resolve(auto, ModelConfig(), said.append)
-    assert resolved.rollout_backend in ("hf", "vllm") and said == [f"rollout backend: {resolved.rollout_backend} (auto: " + said[0].split("(auto: ")[1]]
+    assert resolved.rollout_backend in ("hf", "vllm") and said == [
+        f"rollout backend: {resolved.rollout_backend} (auto: " + said[0].split("(auto: ")[1]
+    ]
     hf = RayConfig(rollout_backend="hf")
     assert choice.resolve(hf, ModelConfig(), said.append) is hf and len(said) == 1  # only auto is decided

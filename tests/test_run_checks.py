@@ -26,18 +26,36 @@ def test_prompts_beyond_the_context_or_with_dropped_characters_are_refused_befor
     calls = []
     monkeypatch.setattr(rollouts, "generate", lambda *a, **k: calls.append(1))  # nothing may be sampled
     monkeypatch.setattr(attribution, "sample_rollouts", lambda *a, **k: calls.append(1))
-    for prompt, message in ((LONG, r"example 'long': its prompt is \d+ tokens, and with max_new_tokens 64 that is beyond "
-                                   r"the model's context of 256 tokens; shorten the prompt or lower max_new_tokens"),
-                            ("What is 1 + 2? 😀 一二", r"example 'long': this model's tokenizer drops characters of its "
-                                                     r"prompt \(一二😀\)")):
+    for prompt, message in (
+        (
+            LONG,
+            r"example 'long': its prompt is \d+ tokens, and with max_new_tokens 64 that is beyond "
+            r"the model's context of 256 tokens; shorten the prompt or lower max_new_tokens",
+        ),
+        (
+            "What is 1 + 2? 😀 一二",
+            r"example 'long': this model's tokenizer drops characters of its "
+            r"prompt \(一二😀\)",
+        ),
+    ):
         with pytest.raises(InputError, match=message):
             attribute(model, tok, [{"id": "long", "prompt": prompt, "answer": "3"}], layers=[1], max_new_tokens=64)
     assert not calls
     # on_error skip: left out and recorded, the others kept
     skipped = {}
-    kept = format_examples(tok, [{"id": "a", "prompt": "What is 1 + 2?"}, {"id": "b", "prompt": LONG}, {"id": "c", "prompt": "7 😀"}],
-                           context=256, max_new_tokens=64, on_error="skip", skipped=skipped)
-    assert [ex["id"] for ex in kept] == ["a"] and sorted(skipped) == ["b", "c"] and "beyond the model's context" in skipped["b"]
+    kept = format_examples(
+        tok,
+        [{"id": "a", "prompt": "What is 1 + 2?"}, {"id": "b", "prompt": LONG}, {"id": "c", "prompt": "7 😀"}],
+        context=256,
+        max_new_tokens=64,
+        on_error="skip",
+        skipped=skipped,
+    )
+    assert (
+        [ex["id"] for ex in kept] == ["a"]
+        and sorted(skipped) == ["b", "c"]
+        and "beyond the model's context" in skipped["b"]
+    )
     with pytest.raises(InputError, match="every example was refused"):
         format_examples(tok, [{"id": "b", "prompt": LONG}], context=256, on_error="skip", skipped={})
     # a prompt that fits: no refusal at the edge
@@ -54,7 +72,9 @@ def test_the_real_models_tokenizer_loses_nothing_on_ordinary_text():
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    tok.train_from_iterator(["What is 12 + 30?"], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train_from_iterator(
+        ["What is 12 + 30?"], trainers.BpeTrainer(vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    )
     fast = PreTrainedTokenizerFast(tokenizer_object=tok)
     for text in ("What is 12 + 30?  Think step by step.\n", "Ünïcödé, 😀 and 一二三: ½ ≤ x²"):
         assert dropped_characters(fast, text) == ""
@@ -84,7 +104,9 @@ def test_out_is_checked_and_locked_before_any_work(tmp_path, capsys):
         assert json.loads((out / LOCK).read_text())["pid"] == os.getpid()
     # a lock from another host cannot be checked: refused, saying how to remove it
     (out / LOCK).write_text(json.dumps({"pid": 1, "host": "elsewhere", "command": "ipg run"}))
-    with pytest.raises(InputError, match=rf"held by another run \(ipg run, pid 1 on host elsewhere.*remove {out / LOCK}"):
+    with pytest.raises(
+        InputError, match=rf"held by another run \(ipg run, pid 1 on host elsewhere.*remove {out / LOCK}"
+    ):
         claim(out, "test")
 
 
@@ -92,13 +114,31 @@ def test_a_directory_holding_another_run_is_refused_unless_resumed_or_overwritte
     from ipg.driver.run_dir import claim
 
     out = tmp_path / "run"
-    assert main(["attribute", "--layers", "1", "--limit", "2", "--attribution.n_samples=2", "--attribution.q=2",
-                 "--attribution.max_new_tokens=16", "--out", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "attribute",
+                "--layers",
+                "1",
+                "--limit",
+                "2",
+                "--attribution.n_samples=2",
+                "--attribution.q=2",
+                "--attribution.max_new_tokens=16",
+                "--out",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     first = (out / "scores.parquet").read_bytes()
     assert main(["attribute", "--layers", "2", "--limit", "2", "--out", str(out)]) == 2
-    assert f"error: --out: '{out}' holds another run (config.yaml); continue it with --resume {out}, replace it with " \
-           "--overwrite" in capsys.readouterr().err
+    assert (
+        f"error: --out: '{out}' holds another run (config.yaml); continue it with --resume {out}, replace it with "
+        "--overwrite" in capsys.readouterr().err
+    )
     assert (out / "scores.parquet").read_bytes() == first  # untouched
     with claim(out, "test", resume=True):
         pass
@@ -107,7 +147,9 @@ def test_a_directory_holding_another_run_is_refused_unless_resumed_or_overwritte
     results = tmp_path / "other"
     results.mkdir()
     (results / "scores.parquet").write_text("not ours to remove")
-    with pytest.raises(InputError, match="--overwrite: .* holds results but no config.yaml of a run, so it is not removed"):
+    with pytest.raises(
+        InputError, match="--overwrite: .* holds results but no config.yaml of a run, so it is not removed"
+    ):
         claim(results, "test", overwrite=True)
 
 
@@ -135,7 +177,9 @@ def test_a_cluster_that_does_not_answer_fails_at_once_and_writes_nothing(tmp_pat
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     out = tmp_path / "run"
-    assert main(["attribute", "--layers", "1", "--limit", "2", "--address", f"127.0.0.1:{port}", "--out", str(out)]) == 2
+    assert (
+        main(["attribute", "--layers", "1", "--limit", "2", "--address", f"127.0.0.1:{port}", "--out", str(out)]) == 2
+    )
     assert f"error: ray.address: nothing answers at '127.0.0.1:{port}' within 10 s" in capsys.readouterr().err
     assert not out.exists()
 

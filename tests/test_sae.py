@@ -31,8 +31,10 @@ def test_scale_by_one_leaves_block_outputs_bit_identical(tiny_random):
     ids = torch.tensor([tok("12+34\n56+7=63\n")["input_ids"]])
     with capture(model, [Site(1, "residual")]) as plain:
         logits = model(ids).logits
-    with edit(model, Site(1, "sae"), lambda f: 1.0 * f, positions="all", saes={1: sae}), \
-            capture(model, [Site(1, "residual")]) as edited:
+    with (
+        edit(model, Site(1, "sae"), lambda f: 1.0 * f, positions="all", saes={1: sae}),
+        capture(model, [Site(1, "residual")]) as edited,
+    ):
         logits_edited = model(ids).logits
     assert torch.equal(plain[Site(1, "residual")], edited[Site(1, "residual")])
     assert torch.equal(logits, logits_edited)

@@ -22,8 +22,12 @@ D_IN, D_SAE = 16, 40
 
 def _weights(seed=0, jumprelu=False):
     g = torch.Generator().manual_seed(seed)
-    w = {"W_enc": torch.randn(D_IN, D_SAE, generator=g), "b_enc": torch.randn(D_SAE, generator=g) * 0.1,
-         "W_dec": torch.randn(D_SAE, D_IN, generator=g), "b_dec": torch.randn(D_IN, generator=g)}
+    w = {
+        "W_enc": torch.randn(D_IN, D_SAE, generator=g),
+        "b_enc": torch.randn(D_SAE, generator=g) * 0.1,
+        "W_dec": torch.randn(D_SAE, D_IN, generator=g),
+        "b_dec": torch.randn(D_IN, generator=g),
+    }
     if jumprelu:
         w["threshold"] = torch.rand(D_SAE, generator=g)
     return w
@@ -37,9 +41,18 @@ def _write(path, cfg, weights):
 
 
 def _v6(architecture, hook="blocks.3.hook_resid_post", **extra):
-    return {"architecture": architecture, "d_in": D_IN, "d_sae": D_SAE, "dtype": "float32", "device": "cpu",
-            "apply_b_dec_to_input": True, "normalize_activations": "none", "reshape_activations": "none",
-            "metadata": {"sae_lens_version": "6.12.0", "model_name": "gpt2-small", "hook_name": hook}, **extra}
+    return {
+        "architecture": architecture,
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {"sae_lens_version": "6.12.0", "model_name": "gpt2-small", "hook_name": hook},
+        **extra,
+    }
 
 
 def _reference(w, x, architecture, k=None, rescale=False):
@@ -57,8 +70,10 @@ def _reference(w, x, architecture, k=None, rescale=False):
     return f, (f / norm if rescale else f) @ w["W_dec"] + w["b_dec"]
 
 
-@pytest.mark.parametrize("architecture,extra", [("standard", {}), ("jumprelu", {}), ("topk", {"k": 5}),
-                                                ("topk", {"k": 5, "rescale_acts_by_decoder_norm": True})])
+@pytest.mark.parametrize(
+    "architecture,extra",
+    [("standard", {}), ("jumprelu", {}), ("topk", {"k": 5}), ("topk", {"k": 5, "rescale_acts_by_decoder_norm": True})],
+)
 def test_loads_each_architecture_as_documented(tmp_path, architecture, extra):
     w = _weights(jumprelu=architecture == "jumprelu")
     sae = load(_write(tmp_path / "sae", _v6(architecture, **extra), w))
@@ -75,9 +90,17 @@ def test_loads_each_architecture_as_documented(tmp_path, architecture, extra):
 
 def test_pre_6_configs_and_resid_pre_hooks(tmp_path):
     w = _weights(1)
-    old = {"d_in": D_IN, "d_sae": D_SAE, "hook_point": "blocks.4.hook_resid_pre", "hook_layer": 4,
-           "activation_fn_str": "topk", "activation_fn_kwargs": {"k": 3}, "model_name": "gpt2-small",
-           "apply_b_dec_to_input": False, "normalize_activations": False}
+    old = {
+        "d_in": D_IN,
+        "d_sae": D_SAE,
+        "hook_point": "blocks.4.hook_resid_pre",
+        "hook_layer": 4,
+        "activation_fn_str": "topk",
+        "activation_fn_kwargs": {"k": 3},
+        "model_name": "gpt2-small",
+        "apply_b_dec_to_input": False,
+        "normalize_activations": False,
+    }
     sae = load(_write(tmp_path / "old", old, w))
     # resid_pre of block 4 is block 3's output; no b_dec subtraction when apply_b_dec_to_input is false
     assert (sae.layer, sae.architecture, sae.k, sae.subtract_b_pre) == (3, "topk", 3, False)
@@ -99,7 +122,9 @@ def test_export_round_trip_of_the_organism_sae(tmp_path):
     assert w["W_enc"].shape == (sae.d_model, sae.n_features) and w["W_dec"].shape == (sae.n_features, sae.d_model)
     x = torch.randn(9, sae.d_model) * 3
     f_ref, x_hat_ref = _reference(w, x, "topk", sae.k)  # the exported files read by the documented equations
-    assert torch.allclose(sae.encode(x), f_ref, atol=1e-5) and torch.allclose(sae.decode(sae.encode(x)), x_hat_ref, atol=1e-4)
+    assert torch.allclose(sae.encode(x), f_ref, atol=1e-5) and torch.allclose(
+        sae.decode(sae.encode(x)), x_hat_ref, atol=1e-4
+    )
     back = load(out)
     assert torch.equal(back.encode(x), sae.encode(x))
     (tmp_path / "organism-layer2" / "stale").write_text("x")
@@ -115,14 +140,17 @@ def test_jumprelu_export_round_trip(tmp_path):
     assert torch.equal(back.encode(x), sae.encode(x)) and torch.equal(back.threshold, sae.threshold)
 
 
-@pytest.mark.parametrize("change,match", [
-    (lambda p: (p / "sae_weights.safetensors").unlink(), "sae_weights.safetensors is missing"),
-    (lambda p: _rewrite(p, hook="blocks.3.hook_mlp_out"), "residual output"),
-    (lambda p: _rewrite(p, normalize_activations="expected_average_only_in"), "normalize_activations"),
-    (lambda p: _rewrite(p, architecture="gated"), "architecture 'gated'"),
-    (lambda p: _rewrite(p, d_sae=D_SAE + 1), "W_enc' has shape"),
-    (lambda p: (p / "cfg.json").write_text("{"), "not JSON"),
-])
+@pytest.mark.parametrize(
+    "change,match",
+    [
+        (lambda p: (p / "sae_weights.safetensors").unlink(), "sae_weights.safetensors is missing"),
+        (lambda p: _rewrite(p, hook="blocks.3.hook_mlp_out"), "residual output"),
+        (lambda p: _rewrite(p, normalize_activations="expected_average_only_in"), "normalize_activations"),
+        (lambda p: _rewrite(p, architecture="gated"), "architecture 'gated'"),
+        (lambda p: _rewrite(p, d_sae=D_SAE + 1), "W_enc' has shape"),
+        (lambda p: (p / "cfg.json").write_text("{"), "not JSON"),
+    ],
+)
 def test_bad_directories_get_one_clear_error(tmp_path, change, match):
     path = _write(tmp_path / "sae", _v6("standard"), _weights())
     change(path)
@@ -148,8 +176,27 @@ def test_an_organism_attribution_reads_the_sae_from_either_layout_alike(tmp_path
     assert lens == 0 and (tmp_path / "lens" / "cfg.json").is_file()
     scores = {}
     for name, sae in (("ipg", shipped), ("lens", tmp_path / "lens")):
-        assert main(["attribute", "--model", "organism", "--limit", "4", "--layers", "2", "--sae", str(sae),
-                     "--attribution.kind=sae", "--attribution.method=pg", "--attribution.n_samples=3",
-                     "--out", str(tmp_path / name), "--quiet"]) == 0
+        assert (
+            main(
+                [
+                    "attribute",
+                    "--model",
+                    "organism",
+                    "--limit",
+                    "4",
+                    "--layers",
+                    "2",
+                    "--sae",
+                    str(sae),
+                    "--attribution.kind=sae",
+                    "--attribution.method=pg",
+                    "--attribution.n_samples=3",
+                    "--out",
+                    str(tmp_path / name),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
         scores[name] = pq.read_table(tmp_path / name / "scores.parquet").column("score").to_pylist()
     assert len(scores["ipg"]) == SAE.load(shipped).n_features and scores["ipg"] == scores["lens"]

@@ -30,7 +30,9 @@ def test_a_function_and_a_signal_class_by_import_path(plugins):
 
 
 def test_import_errors_and_non_numbers_are_one_clear_error(plugins):
-    with pytest.raises(InputError, match=r"signal: cannot import 'no_such_module' for 'no_such_module:f' \(ModuleNotFoundError"):
+    with pytest.raises(
+        InputError, match=r"signal: cannot import 'no_such_module' for 'no_such_module:f' \(ModuleNotFoundError"
+    ):
         make_signal("no_such_module:f")
     with pytest.raises(InputError, match=r"signal: module 'user_signals' has no 'missing'"):
         make_signal("user_signals:missing")
@@ -39,12 +41,15 @@ def test_import_errors_and_non_numbers_are_one_clear_error(plugins):
     with pytest.raises(InputError, match=r"signal.params: .*unexpected keyword argument 'nope'"):
         make_signal("user_signals:Digits", nope=1)
     from ipg.attribution import AttributionConfig
-    from ipg.rollouts import _rewards
     from ipg.generation import Sample
+    from ipg.rollouts import _rewards
 
     words = make_signal("user_signals:words")
     sample = Sample("e1", 0, [1], [2], "hello there")
-    with pytest.raises(ExampleError, match=r"signal 'user_signals:words' failed on example 'e1': TypeError: returned str 'hello', not a number"):
+    with pytest.raises(
+        ExampleError,
+        match=r"signal 'user_signals:words' failed on example 'e1': TypeError: returned str 'hello', not a number",
+    ):
         _rewards(words, {"id": "e1"}, [sample])
     assert AttributionConfig(on_error="skip")  # such an example can be skipped like any failing one
 

@@ -64,8 +64,8 @@ def test_reward_model_signal_on_a_tiny_local_model(tmp_path):
 
     tok = build_tokenizer()
     torch.manual_seed(0)
-    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=1, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
+    dims = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=1, num_key_value_heads=1)
+    cfg = Qwen2Config(vocab_size=len(tok), num_labels=1, pad_token_id=tok.pad_token_id, **dims)
     rm = Qwen2ForSequenceClassification(cfg).eval()
     rm.save_pretrained(tmp_path / "rm")
     tok.save_pretrained(tmp_path / "rm")
@@ -74,7 +74,10 @@ def test_reward_model_signal_on_a_tiny_local_model(tmp_path):
     examples = [{"prompt": "12+3\n"}] * 3
     scores = sig(completions, examples, [0, 0, 0])
     with torch.no_grad():  # independent reference: one unpadded sequence at a time
-        ref = [rm(torch.tensor([tok(ex["prompt"] + c)["input_ids"]])).logits[0, 0].item() for c, ex in zip(completions, examples)]
+        ref = [
+            rm(torch.tensor([tok(ex["prompt"] + c)["input_ids"]])).logits[0, 0].item()
+            for c, ex in zip(completions, examples)
+        ]
     assert scores == pytest.approx(ref, abs=1e-5)
     assert len(set(round(s, 6) for s in scores)) == 3
     with pytest.raises(InputError, match="signal.params.model"):

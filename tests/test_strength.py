@@ -21,9 +21,22 @@ def _items(slope: dict, n=40, seeds=(0, 1), limit=192):
                 noise = rng.normal(0, 5, n) if g != 1.0 else np.zeros(n)
                 lengths = np.clip(base + k * (g - 1) * 50 + noise, 1, limit).astype(int)
                 for i, length in enumerate(lengths):
-                    out.append({"experiment": "length", "method": method, "layer": 22, "p": 8, "gamma": g, "seed": seed,
-                                "draw": 0, "example_id": f"e{i}", "correct": bool(i % 5 == 0 and length < 150),
-                                "answered": bool(length < limit), "length": int(length), "finished": bool(length < limit)})
+                    out.append(
+                        {
+                            "experiment": "length",
+                            "method": method,
+                            "layer": 22,
+                            "p": 8,
+                            "gamma": g,
+                            "seed": seed,
+                            "draw": 0,
+                            "example_id": f"e{i}",
+                            "correct": bool(i % 5 == 0 and length < 150),
+                            "answered": bool(length < limit),
+                            "length": int(length),
+                            "finished": bool(length < limit),
+                        }
+                    )
     return out
 
 
@@ -32,7 +45,10 @@ def test_a_selection_that_moves_length_beats_random_and_one_that_does_not_is_nam
     records = length_ranges(items)
     by = {r["method"]: r for r in records}
     assert by["component"]["vs_random"].low > 40 and by["random"]["vs_random"] is None
-    assert abs(by["component"]["range"].estimate - by["component"]["vs_random"].estimate - by["random"]["range"].estimate) < 1e-9
+    assert (
+        abs(by["component"]["range"].estimate - by["component"]["vs_random"].estimate - by["random"]["range"].estimate)
+        < 1e-9
+    )
     assert "its 95% paired interval lies above random's" in verdict(records, "component")[0]
     weak = verdict(records, "ipg")[0]
     assert "not above random's" in weak and "Closest: component" in weak
@@ -63,4 +79,6 @@ def test_the_summary_adds_the_selection_that_beats_random_when_the_runs_does_not
     summary = "\n".join(summary_lines(items, "component"))
     assert "not above random's" in summary and "Closest: component_sae" in summary
     assert "Length steering of component's top 8" in summary and "Length steering of component_sae's top 8" in summary
-    assert "component_sae's top" not in "\n".join(summary_lines(_items({"component": 1.0, "random": 0.0, "component_sae": 1.0}), "component"))
+    assert "component_sae's top" not in "\n".join(
+        summary_lines(_items({"component": 1.0, "random": 0.0, "component_sae": 1.0}), "component")
+    )

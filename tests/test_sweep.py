@@ -13,28 +13,40 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from pushgateway_standin import pushed_values, pushgateway
+from raytools import assert_same_scores
 
-from ipg.driver.run_inputs import splits_of
 from ipg.driver.orchestration.dispatch import shard
+from ipg.driver.run_inputs import splits_of
 from ipg.driver.storage import Store
 from ipg.driver.sweep import load_spec, run_sweep
 from ipg.errors import InputError
-from pushgateway_standin import pushed_values, pushgateway
-from raytools import assert_same_scores
 
 pytestmark = pytest.mark.ray
 
 ROOT = Path(__file__).resolve().parents[1]
-CELLS = ["organism__accuracy__L1__residual__ipg", "organism__accuracy__L2__residual__ipg",
-         "organism__length__L1__residual__ipg", "organism__length__L2__residual__ipg"]
+CELLS = [
+    "organism__accuracy__L1__residual__ipg",
+    "organism__accuracy__L2__residual__ipg",
+    "organism__length__L1__residual__ipg",
+    "organism__length__L2__residual__ipg",
+]
 SPEC = {
-    "name": "t2x2", "base": str(ROOT / "deploy" / "configs" / "organism.yaml"),
-    "config": {"data": {"n_support": 9, "n_eval": 12}, "seeds": [0],
-               "attribution": {"q": 2, "n_samples": 3, "max_new_tokens": 48, "completeness": False},
-               "evaluation": {"max_new_tokens": 48},
-               "ray": {"shard_size": 3, "max_in_flight": 1, "snapshot_every": 1, "cpus_per_actor": 0.5, "progress": "lines"}},
-    "models": ["organism"], "signals": ["accuracy", "length"], "layers": [1, 2], "kinds": ["residual"],
-    "methods": ["ipg"], "steering": {"p": 4, "gammas": [0.0, 1.5]},
+    "name": "t2x2",
+    "base": str(ROOT / "deploy" / "configs" / "organism.yaml"),
+    "config": {
+        "data": {"n_support": 9, "n_eval": 12},
+        "seeds": [0],
+        "attribution": {"q": 2, "n_samples": 3, "max_new_tokens": 48, "completeness": False},
+        "evaluation": {"max_new_tokens": 48},
+        "ray": {"shard_size": 3, "max_in_flight": 1, "snapshot_every": 1, "cpus_per_actor": 0.5, "progress": "lines"},
+    },
+    "models": ["organism"],
+    "signals": ["accuracy", "length"],
+    "layers": [1, 2],
+    "kinds": ["residual"],
+    "methods": ["ipg"],
+    "steering": {"p": 4, "gammas": [0.0, 1.5]},
 }
 
 
@@ -61,7 +73,9 @@ def swept(tmp_path_factory):
 def test_two_by_two_sweep_writes_a_partitioned_dataset_statuses_and_a_summary(swept):
     out, logs = swept
     table = ds.dataset(out / "scores", partitioning="hive").to_table()
-    keys = sorted({(r["model"], r["signal"], r["layer"]) for r in table.select(["model", "signal", "layer"]).to_pylist()})
+    keys = sorted(
+        {(r["model"], r["signal"], r["layer"]) for r in table.select(["model", "signal", "layer"]).to_pylist()}
+    )
     assert keys == [("organism", s, layer) for s in ("accuracy", "length") for layer in (1, 2)]
     assert table.num_rows == 4 * 128  # the organism's residual width, every cell
     for cell in CELLS:
@@ -98,10 +112,25 @@ def test_sweep_killed_mid_cell_on_ray_resumes_to_the_same_results(swept, local_r
     support = random.Random("support/0").sample(splits_of(cfg)[0], cfg.data.n_support)  # as the Experiment draws it
     second = shard(support, cfg.ray.shard_size)[1][0]
     # the driver dies with shard 1 of the first cell merged (and snapshotted: snapshot_every 1)
-    env = {**os.environ, "IPG_FAULTS": f"driver@{second}", "IPG_FAULTS_DIR": str(tmp_path),
-           "RAY_ADDRESS": local_ray["address"]}
+    env = {
+        **os.environ,
+        "IPG_FAULTS": f"driver@{second}",
+        "IPG_FAULTS_DIR": str(tmp_path),
+        "RAY_ADDRESS": local_ray["address"],
+    }
     with pushgateway() as (gateway, received):  # the scheduled sweep's outcome, pushed as it ends
-        cmd = [sys.executable, "-m", "ipg.driver.cli", "sweep", "--spec", spec, "--out", str(out), "--pushgateway", gateway]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ipg.driver.cli",
+            "sweep",
+            "--spec",
+            spec,
+            "--out",
+            str(out),
+            "--pushgateway",
+            gateway,
+        ]
         first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=ROOT)
         assert first.returncode == 17, first.stdout[-2000:] + first.stderr[-2000:]
         assert not received  # a killed driver pushes nothing: its last success time goes stale, and the alert fires
@@ -112,7 +141,9 @@ def test_sweep_killed_mid_cell_on_ray_resumes_to_the_same_results(swept, local_r
     [(method, path, body)] = received
     values = pushed_values(body)
     assert method == "POST" and path == "/metrics/job/ipg_sweep/sweep/t2x2" and values[("ipg_sweep_success", ())] == 1.0
-    assert values[("ipg_sweep_cells", (("status", "done"),))] == 4.0 and "ipg_sweep_last_success_timestamp_seconds" in body
+    assert (
+        values[("ipg_sweep_cells", (("status", "done"),))] == 4.0 and "ipg_sweep_last_success_timestamp_seconds" in body
+    )
     text = resumed.stdout + resumed.stderr
     assert "4 cells, 0 done, 4 to run" in text and "already merged" in text  # the first cell went on from its ledger
     assert json.loads((out / "cells" / f"{CELLS[0]}.json").read_text())["attempts"] == 2
@@ -120,7 +151,9 @@ def test_sweep_killed_mid_cell_on_ray_resumes_to_the_same_results(swept, local_r
     for cell in CELLS:
         got, ref = (json.loads((d / "cells" / f"{cell}.json").read_text()) for d in (out, reference))
         assert got["status"] == "done"
-        assert [(r["gamma"], r["value"]) for r in got["steering"]] == [(r["gamma"], r["value"]) for r in ref["steering"]]
+        assert [(r["gamma"], r["value"]) for r in got["steering"]] == [
+            (r["gamma"], r["value"]) for r in ref["steering"]
+        ]
 
 
 def test_results_go_to_a_filesystem_uri_whole(tmp_path):
@@ -133,15 +166,18 @@ def test_results_go_to_a_filesystem_uri_whole(tmp_path):
     assert Store(f"file://{tmp_path}/x").local  # file:// URIs take the local atomic path
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"signals": ["accuracy", "vibes"]}, "signals: unknown 'vibes'"),
-    ({"signals": ["nowhere.mod:score"]}, "signals: signal: cannot import 'nowhere.mod'"),
-    ({"layers": [1, -1]}, "layers: indices must be >= 0"),
-    ({"kinds": ["residual", "residual"]}, "'kinds' lists a value twice"),
-    ({"colour": "red"}, "unknown key(s) colour"),
-    ({"config": {"attribution": {"q": "many"}}}, "attribution.q"),
-    ({"steering": {"gammas": [1.5]}}, "steering: expected {p: N"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"signals": ["accuracy", "vibes"]}, "signals: unknown 'vibes'"),
+        ({"signals": ["nowhere.mod:score"]}, "signals: signal: cannot import 'nowhere.mod'"),
+        ({"layers": [1, -1]}, "layers: indices must be >= 0"),
+        ({"kinds": ["residual", "residual"]}, "'kinds' lists a value twice"),
+        ({"colour": "red"}, "unknown key(s) colour"),
+        ({"config": {"attribution": {"q": "many"}}}, "attribution.q"),
+        ({"steering": {"gammas": [1.5]}}, "steering: expected {p: N"),
+    ],
+)
 def test_bad_specs_fail_naming_the_field(tmp_path, change, message):
     with pytest.raises(InputError, match=None) as e:
         load_spec(_spec(tmp_path, **change))

@@ -5,11 +5,11 @@ import time
 
 import pytest
 import yaml
+from pushgateway_standin import pushed_values, pushgateway
 
 from ipg.driver.sweep import Sweep, load_spec
 from ipg.driver.sweep_push import Pushgateway
 from ipg.errors import InputError
-from pushgateway_standin import pushed_values, pushgateway
 
 pytestmark = pytest.mark.unit
 
@@ -19,7 +19,11 @@ SPEC = {"name": "nightly", "models": ["organism"], "signals": ["accuracy"], "lay
 def _sweep(tmp_path, address, outcome):
     """A sweep whose cells 'finish' as ``outcome`` says (status files written as a run writes them)."""
     path = tmp_path / "spec.yaml"
-    path.write_text(yaml.safe_dump({**SPEC, "out": str(tmp_path / "out"), "pushgateway": {"address": address, "job": "ipg_nightly"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {**SPEC, "out": str(tmp_path / "out"), "pushgateway": {"address": address, "job": "ipg_nightly"}}
+        )
+    )
     sweep = Sweep(load_spec(str(path)), log=lambda line: None)
 
     def run():
@@ -45,9 +49,13 @@ def test_a_finished_sweep_pushes_its_success_cells_and_duration(tmp_path):
     values = pushed_values(body)
     assert values[("ipg_sweep_success", ())] == 1.0
     assert before - 1 <= values[("ipg_sweep_last_success_timestamp_seconds", ())] <= time.time() + 1
-    assert values[("ipg_sweep_last_run_timestamp_seconds", ())] == values[("ipg_sweep_last_success_timestamp_seconds", ())]
+    assert (
+        values[("ipg_sweep_last_run_timestamp_seconds", ())] == values[("ipg_sweep_last_success_timestamp_seconds", ())]
+    )
     assert values[("ipg_sweep_cells", (("status", "done"),))] == 2.0
-    assert values[("ipg_sweep_cells", (("status", "failed"),))] == 0.0 and values[("ipg_sweep_duration_seconds", ())] >= 0
+    assert (
+        values[("ipg_sweep_cells", (("status", "failed"),))] == 0.0 and values[("ipg_sweep_duration_seconds", ())] >= 0
+    )
 
 
 def test_a_failed_sweep_pushes_its_failure_without_a_success_time(tmp_path):
@@ -58,7 +66,10 @@ def test_a_failed_sweep_pushes_its_failure_without_a_success_time(tmp_path):
     values = pushed_values(body)
     assert method == "POST" and values[("ipg_sweep_success", ())] == 0.0
     assert not any(name == "ipg_sweep_last_success_timestamp_seconds" for name, _ in values)
-    assert values[("ipg_sweep_cells", (("status", "done"),))] == 1.0 and values[("ipg_sweep_cells", (("status", "failed"),))] == 1.0
+    assert (
+        values[("ipg_sweep_cells", (("status", "done"),))] == 1.0
+        and values[("ipg_sweep_cells", (("status", "failed"),))] == 1.0
+    )
 
 
 def test_an_unreachable_gateway_is_logged_and_the_sweep_stands(tmp_path):
@@ -70,11 +81,14 @@ def test_an_unreachable_gateway_is_logged_and_the_sweep_stands(tmp_path):
     assert lines[0].startswith("warning: pushgateway: could not push sweep nightly's outcome to 127.0.0.1:")
 
 
-@pytest.mark.parametrize("value, message", [
-    ({"adress": "x:9091"}, "pushgateway: expected {address: host:port"),
-    ({"address": "x:9091", "timeout_s": 0}, "pushgateway.timeout_s: must be a number of seconds > 0"),
-    ({"address": 9091}, "pushgateway: address and job must be strings"),
-])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ({"adress": "x:9091"}, "pushgateway: expected {address: host:port"),
+        ({"address": "x:9091", "timeout_s": 0}, "pushgateway.timeout_s: must be a number of seconds > 0"),
+        ({"address": 9091}, "pushgateway: address and job must be strings"),
+    ],
+)
 def test_bad_pushgateway_settings_name_the_key(tmp_path, value, message):
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({**SPEC, "pushgateway": value}))

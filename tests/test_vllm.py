@@ -54,7 +54,9 @@ def test_sampled_trajectories_are_valid_and_seeded_per_sample(engine, organism):
             assert s.prompt_ids == tok(ex["prompt"], add_special_tokens=False)["input_ids"]
             assert len(s.logprobs) == s.n_tokens and all(lp <= 0 for lp in s.logprobs)
             assert s.finished == (s.completion_ids[-1] == tok.eos_token_id) and (s.finished or s.n_tokens == 96)
-            assert s.text == tok.decode([t for t in s.completion_ids if t != tok.eos_token_id], skip_special_tokens=True)
+            assert s.text == tok.decode(
+                [t for t in s.completion_ids if t != tok.eos_token_id], skip_special_tokens=True
+            )
     assert len({tuple(s.completion_ids) for g in groups for s in g}) > 8  # really sampled
 
 
@@ -87,8 +89,8 @@ def test_steering_inside_vllm_equals_steering_hf(engine, organism, kind, layer, 
 
 
 def test_control_vector_and_interpolation_inside_vllm_equal_hf(engine, organism):
-    from ipg.rollouts import _interpolation
     from ipg.components import Site, edit
+    from ipg.rollouts import _interpolation
     from ipg.steering import add_vector
 
     model, tok = organism
@@ -109,15 +111,18 @@ def test_control_vector_and_interpolation_inside_vllm_equal_hf(engine, organism)
 def test_ray_pipeline_with_vllm_rollouts_finds_the_same_components(local_ray, tmp_path):
     from dataclasses import replace
 
+    from ipg.attribution import AttributionConfig
     from ipg.driver.config import RayConfig, VLLMConfig
     from ipg.driver.orchestration.pipeline import RaySession
-    from ipg.attribution import AttributionConfig
     from ipg.scores import dice, select
 
     examples = splits()["support"][:48]
-    cfg = AttributionConfig(method="ipg", layers=(2,), kind="sae", n_samples=5, q=5, max_new_tokens=96, seed=0, completeness=False)
-    base = RayConfig(enabled=True, cpus_per_actor=0.5, shard_size=12, progress="off",
-                     vllm=VLLMConfig(max_model_len=256))
+    cfg = AttributionConfig(
+        method="ipg", layers=(2,), kind="sae", n_samples=5, q=5, max_new_tokens=96, seed=0, completeness=False
+    )
+    base = RayConfig(
+        enabled=True, cpus_per_actor=0.5, shard_size=12, progress="off", vllm=VLLMConfig(max_model_len=256)
+    )
     from ipg.driver.config import ModelConfig
 
     model = ModelConfig(saes={2: "organism:layer2"})
@@ -129,8 +134,12 @@ def test_ray_pipeline_with_vllm_rollouts_finds_the_same_components(local_ray, tm
     gap = tables["vllm"].diagnostics["logprob_gap"]
     assert gap["n_tokens"] > 5000 and gap["max_abs"] < 1e-4 and gap["mean_abs"] < 1e-5, gap
     assert "logprob_gap" not in tables["hf"].diagnostics
-    overlap = {p: dice(select(tables["hf"].table, p, layer=2, kind="sae"), select(tables["vllm"].table, p, layer=2, kind="sae"))
-               for p in (8, 16)}
+    overlap = {
+        p: dice(
+            select(tables["hf"].table, p, layer=2, kind="sae"), select(tables["vllm"].table, p, layer=2, kind="sae")
+        )
+        for p in (8, 16)
+    }
     print("dice", overlap)
     assert min(overlap.values()) >= 0.8, overlap
 
@@ -146,7 +155,9 @@ def test_ipg_run_evaluates_inside_vllm_with_the_same_numbers(local_ray, tmp_path
     smoke = str(Path(__file__).resolve().parents[1] / "deploy" / "configs" / "smoke.yaml")
     runs = {}
     for backend in ("hf", "vllm"):
-        cfg = load_config(smoke, [f"--out={tmp_path / backend}", "--ray.enabled=true", f"--ray.rollout_backend={backend}"])
+        cfg = load_config(
+            smoke, [f"--out={tmp_path / backend}", "--ray.enabled=true", f"--ray.rollout_backend={backend}"]
+        )
         out = run_experiment(cfg, log=lambda m: None)
         runs[backend] = pq.read_table(out / "eval.parquet").to_pylist()
         assert json.loads((out / "run.json").read_text())["evaluation_engine"] == backend
@@ -167,14 +178,19 @@ def test_auto_reads_the_installed_vllm_and_takes_it_for_the_organism():
 def _variants():
     """Steering variants of every kind the runner evaluates, and none."""
     vector = torch.randn(128, generator=torch.Generator().manual_seed(2))
-    return [None, {"scale": _components("residual", 2, 24, 128), "gamma": 0.0},
-            {"scale": _components("mlp", 1, 384, 512, seed=1), "gamma": 0.0},
-            {"scale": _components("sae", 2, 24, 256), "gamma": 3.0},
-            {"add": 1, "vector": vector, "coefficient": 2.0},
-            {"scale": _components("residual", 1, 24, 128, seed=3), "gamma": 1.5}]
+    return [
+        None,
+        {"scale": _components("residual", 2, 24, 128), "gamma": 0.0},
+        {"scale": _components("mlp", 1, 384, 512, seed=1), "gamma": 0.0},
+        {"scale": _components("sae", 2, 24, 256), "gamma": 3.0},
+        {"add": 1, "vector": vector, "coefficient": 2.0},
+        {"scale": _components("residual", 1, 24, 128, seed=3), "gamma": 1.5},
+    ]
 
 
-@pytest.mark.parametrize("params", [GREEDY, SamplingParams(n=2, greedy=False, max_new_tokens=64, seed=5)], ids=["greedy", "sampled"])
+@pytest.mark.parametrize(
+    "params", [GREEDY, SamplingParams(n=2, greedy=False, max_new_tokens=64, seed=5)], ids=["greedy", "sampled"]
+)
 def test_requests_of_one_engine_run_steered_by_their_own_variants_equal_separate_runs(engine, organism, params):
     """Per-request steering: every variant's requests in one engine run (sharing its steps) give what a run
     per variant gives: greedy token for token, sampled draws identical under their per-sample seeds."""

@@ -23,7 +23,9 @@ def test_shape_is_read_from_the_checkpoint_without_loading_it():
     assert shape.weights_bytes == 4 * sum(p.numel() for p in model.parameters())  # tied embeddings counted once
     assert model_shape(resolve_model_path("organism"), "bfloat16").weights_bytes == shape.weights_bytes // 2
     assert shape.kv_bytes_per_token() == 2 * 4 * 4 * 32 * 4
-    assert shape.kv_bytes_per_token(tensor_parallel_size=8) == 2 * 4 * 1 * 32 * 4  # fewer KV heads than ranks: replicated
+    assert (
+        shape.kv_bytes_per_token(tensor_parallel_size=8) == 2 * 4 * 1 * 32 * 4
+    )  # fewer KV heads than ranks: replicated
     with pytest.raises(InputError, match=r"ray\.vllm\.dtype: 'int3' is not a dtype vLLM runs"):
         model_shape(resolve_model_path("organism"), "int3")
 
@@ -50,18 +52,26 @@ def test_cpu_cache_is_capped_by_the_free_memory_and_the_ceiling_but_holds_one_se
 
 
 def test_cpu_errors_name_the_setting_and_the_numbers():
-    with pytest.raises(InputError, match=r"^ray\.vllm\.max_model_len: one sequence of 8192 tokens needs 0\.35 GiB of KV cache "
-                                         r"\(45\.0 KiB per token\), but this node has 1\.60 GiB free; the weights take 0\.50 "
-                                         r"GiB .*lower ray\.vllm\.max_model_len, set ray\.vllm\.kv_cache_gib"):
+    with pytest.raises(
+        InputError,
+        match=r"^ray\.vllm\.max_model_len: one sequence of 8192 tokens needs 0\.35 GiB of KV cache "
+        r"\(45\.0 KiB per token\), but this node has 1\.60 GiB free; the weights take 0\.50 "
+        r"GiB .*lower ray\.vllm\.max_model_len, set ray\.vllm\.kv_cache_gib",
+    ):
         cpu_plan(SMOL, max_model_len=8192, available=int(1.6 * GiB))
     with pytest.raises(InputError, match=r"^ray\.vllm\.max_model_len: 9000 tokens exceeds the model's context of 8192"):
         cpu_plan(SMOL, max_model_len=9000, available=20 * GiB)
-    with pytest.raises(InputError, match=r"^ray\.vllm\.kv_cache_gib: 0\.01 GiB holds 233 tokens, less than one sequence of "
-                                         r"ray\.vllm\.max_model_len=512"):
+    with pytest.raises(
+        InputError,
+        match=r"^ray\.vllm\.kv_cache_gib: 0\.01 GiB holds 233 tokens, less than one sequence of "
+        r"ray\.vllm\.max_model_len=512",
+    ):
         cpu_plan(SMOL, max_model_len=512, kv_cache_gib=0.01, available=20 * GiB)
     with pytest.raises(InputError, match=r"^ray\.vllm\.kv_cache_gib: 30 GiB per rank does not fit"):
         cpu_plan(SMOL, kv_cache_gib=30, available=20 * GiB)
-    with pytest.raises(InputError, match=r"^ray\.vllm\.kv_cache_gib: set either it or ray\.vllm\.gpu_memory_utilization"):
+    with pytest.raises(
+        InputError, match=r"^ray\.vllm\.kv_cache_gib: set either it or ray\.vllm\.gpu_memory_utilization"
+    ):
         plan(resolve_model_path("organism"), dtype="float32", cuda=False, kv_cache_gib=1, gpu_memory_utilization=0.5)
 
 
@@ -79,18 +89,25 @@ def test_gpu_takes_its_share_of_the_device(monkeypatch):
     assert gpu_plan().args["gpu_memory_utilization"] == 0.9
     assert gpu_plan(gpu_share=0.5).args["gpu_memory_utilization"] == 0.45  # an engine beside a gradient actor
     assert gpu_plan(gpu_share=0.5, gpu_memory_utilization=0.3).args["gpu_memory_utilization"] == 0.3
-    assert gpu_plan(kv_cache_gib=2).args == {"max_model_len": None, "max_num_seqs": None, "kv_cache_memory_bytes": 2 * GiB}
+    assert gpu_plan(kv_cache_gib=2).args == {
+        "max_model_len": None,
+        "max_num_seqs": None,
+        "kv_cache_memory_bytes": 2 * GiB,
+    }
     # the legacy variable on CPU: vLLM's own sizing, but still whole prefills
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
     p = plan(resolve_model_path("organism"), dtype="float32", cuda=False)
     assert "kv_cache_memory_bytes" not in p.args and p.args["enable_chunked_prefill"] is False
 
 
-@pytest.mark.parametrize("field, value, message", [
-    ("kv_cache_gib", 0, "kv_cache_gib: must be > 0 GiB"),
-    ("max_num_seqs", 0, "max_num_seqs: must be >= 1"),
-    ("max_model_len", 8, "max_model_len: must be >= 16 tokens"),
-])
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("kv_cache_gib", 0, "kv_cache_gib: must be > 0 GiB"),
+        ("max_num_seqs", 0, "max_num_seqs: must be >= 1"),
+        ("max_model_len", 8, "max_model_len: must be >= 16 tokens"),
+    ],
+)
 def test_config_checks_values(field, value, message):
     with pytest.raises(InputError, match=message):
         VLLMConfig(**{field: value})

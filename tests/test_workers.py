@@ -18,7 +18,9 @@ pytestmark = pytest.mark.unit
 def test_sharded_workers_equal_in_process_attribution(organism, tmp_path, n_shards, resample):
     model, tok = organism
     examples = splits()["support"][:9]
-    settings = dict(method="ipg", layers=(1, 2), q=3, n_samples=4, max_new_tokens=96, seed=5, resample=resample, completeness=False)
+    settings = dict(
+        method="ipg", layers=(1, 2), q=3, n_samples=4, max_new_tokens=96, seed=5, resample=resample, completeness=False
+    )
     reference = attribute(model, tok, examples, signal="accuracy", **settings)
     cfg = AttributionConfig(**settings)
     rollout_worker, gradient_worker = RolloutWorker("organism"), GradientWorker("organism")

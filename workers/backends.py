@@ -17,14 +17,30 @@ class RolloutBackend:
 
 
 ROLLOUT_BACKENDS: Registry[RolloutBackend] = Registry("rollout backend")
-ROLLOUT_BACKENDS.add("hf", RolloutBackend("the KV-cached HF loop in each rollout actor (the in-process run's samples exactly)",
-                                          actor_engine=True))
-ROLLOUT_BACKENDS.add("vllm", RolloutBackend("a vLLM engine in each rollout actor (install the vllm extra)", actor_engine=True))
-ROLLOUT_BACKENDS.add("auto", RolloutBackend("vllm when it is installed and can run the model, else hf; resolved when the run "
-                                            "starts", actor_engine=False))
-ROLLOUT_BACKENDS.add("deepspeed", RolloutBackend("the ZeRO-3 gradient groups sample (no process holds the model)",
-                                                 actor_engine=False, needs_gradient="deepspeed"))
+ROLLOUT_BACKENDS.add(
+    "hf",
+    RolloutBackend(
+        "the KV-cached HF loop in each rollout actor (the in-process run's samples exactly)", actor_engine=True
+    ),
+)
+ROLLOUT_BACKENDS.add(
+    "vllm", RolloutBackend("a vLLM engine in each rollout actor (install the vllm extra)", actor_engine=True)
+)
+ROLLOUT_BACKENDS.add(
+    "auto",
+    RolloutBackend(
+        "vllm when it is installed and can run the model, else hf; resolved when the run starts", actor_engine=False
+    ),
+)
+ROLLOUT_BACKENDS.add(
+    "deepspeed",
+    RolloutBackend(
+        "the ZeRO-3 gradient groups sample (no process holds the model)", actor_engine=False, needs_gradient="deepspeed"
+    ),
+)
 
 GRADIENT_BACKENDS: Registry[str] = Registry("gradient backend")
 GRADIENT_BACKENDS.add("torch", "one torch process per gradient actor, holding the whole model")
-GRADIENT_BACKENDS.add("deepspeed", "DeepSpeed ZeRO-3 groups of ray.deepspeed.ranks actors, the parameters sharded across them")
+GRADIENT_BACKENDS.add(
+    "deepspeed", "DeepSpeed ZeRO-3 groups of ray.deepspeed.ranks actors, the parameters sharded across them"
+)

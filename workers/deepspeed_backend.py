@@ -29,10 +29,18 @@ def zero3_config(offload_params: bool = False) -> dict:
     # every parameter gathered only while its module runs, and released right after: DeepSpeed's defaults
     # keep up to 1e9 gathered parameters alive for reuse, which for a model under 1e9 parameters means
     # that a rank ends up holding all of it
-    cfg = {"train_micro_batch_size_per_gpu": 1,
-           "zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0, "stage3_prefetch_bucket_size": 0,
-                                 "stage3_max_live_parameters": 0, "stage3_max_reuse_distance": 0},
-           "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+    cfg = {
+        "train_micro_batch_size_per_gpu": 1,
+        "zero_optimization": {
+            "stage": 3,
+            "stage3_param_persistence_threshold": 0,
+            "stage3_prefetch_bucket_size": 0,
+            "stage3_max_live_parameters": 0,
+            "stage3_max_reuse_distance": 0,
+        },
+        "bf16": {"enabled": False},
+        "fp16": {"enabled": False},
+    }
     if offload_params:
         cfg["zero_optimization"]["offload_param"] = {"device": "cpu", "pin_memory": True}
     return cfg
@@ -57,10 +65,21 @@ class DeepSpeedGradientRank(GradientWorker):
     """Constructed cheaply; ``join(master_addr, port)`` (called on all ranks at once) forms the group and
     loads the partitioned model. Then the GradientWorker methods run on this rank's share of each shard."""
 
-    def __init__(self, model: str = "organism", *, rank: int = 0, world: int = 2, dtype: str = "float32",
-                 device: str = "cpu", trust_remote_code: bool = False, saes: dict[int, str] | None = None,
-                 threads: int | None = None, offload_params: bool = False, timeout_s: float = 900.0,
-                 backend: str = "deepspeed"):
+    def __init__(
+        self,
+        model: str = "organism",
+        *,
+        rank: int = 0,
+        world: int = 2,
+        dtype: str = "float32",
+        device: str = "cpu",
+        trust_remote_code: bool = False,
+        saes: dict[int, str] | None = None,
+        threads: int | None = None,
+        offload_params: bool = False,
+        timeout_s: float = 900.0,
+        backend: str = "deepspeed",
+    ):
         if threads:
             torch.set_num_threads(threads)
         self.name, self.rank, self.world, self.dtype, self.device = model, rank, world, dtype, device
@@ -87,17 +106,25 @@ class DeepSpeedGradientRank(GradientWorker):
         from ipg.workers.rollout import load_saes, quiet_loading
 
         quiet_loading()
-        os.environ.update(RANK=str(self.rank), WORLD_SIZE=str(self.world), LOCAL_RANK="0",
-                          MASTER_ADDR=master_addr, MASTER_PORT=str(master_port))
+        os.environ.update(
+            RANK=str(self.rank),
+            WORLD_SIZE=str(self.world),
+            LOCAL_RANK="0",
+            MASTER_ADDR=master_addr,
+            MASTER_PORT=str(master_port),
+        )
         cuda = self.device.startswith("cuda")
         if not cuda:
             skip_shm_comm_op()
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo",
-                                   timeout=datetime.timedelta(seconds=self.timeout_s))
+        deepspeed.init_distributed(
+            dist_backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(seconds=self.timeout_s)
+        )
         cfg = zero3_config(self.offload_params)
         self._hf_ds_config = HfDeepSpeedConfig(cfg)  # must stay alive while the model is built: ZeRO-3 partitioning
         path = resolve_model_path(self.name)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=DTYPES[self.dtype], trust_remote_code=self.trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=DTYPES[self.dtype], trust_remote_code=self.trust_remote_code
+        )
         model.requires_grad_(False)
         self.ds_engine = deepspeed.initialize(model=model, config=cfg)[0]
         self.model = self.ds_engine.module.eval()
@@ -113,8 +140,13 @@ class DeepSpeedGradientRank(GradientWorker):
         local = sum(p.ds_tensor.numel() for p in params)
         full = sum(p.ds_numel for p in params)
         size = params[0].ds_tensor.element_size()
-        return {"rank": self.rank, "local_params": local, "full_params": full, "local_bytes": local * size,
-                "full_bytes": full * size}
+        return {
+            "rank": self.rank,
+            "local_params": local,
+            "full_params": full,
+            "local_bytes": local * size,
+            "full_bytes": full * size,
+        }
 
     def agree(self, n: int) -> int:
         """The largest ``n`` over the group's ranks (all ranks call this in the same order)."""

@@ -15,27 +15,28 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from ipg.attribution import AttributionConfig, activation_sums, shard_scores
 from ipg.cluster.metrics import StageTimer, metrics
-from ipg.attribution import AttributionConfig, Rollout, activation_sums, shard_scores
 from ipg.components import Site, check_site
 from ipg.models import load_model
 from ipg.scores import STATS_KEY, partial_to_arrow
 from ipg.signals import make_signal
 from ipg.workers.faults import maybe_crash
-from ipg.workers.model_ops import ModelOps, Sequence
+from ipg.workers.model_ops import WeightOps
 from ipg.workers.rollout import load_saes, quiet_loading
 from ipg.workers.sampling import Sampling, ShardRollouts, item_errors
 
 
-class GradientWorker(Sampling):
+class GradientWorker(Sampling, WeightOps):
     """Holds the weights, so it can sample too (with the HF loop): a ZeRO-3 group samples that way
-    (ray.rollout_backend 'deepspeed'), since no rollout actor could hold the model."""
+    (ray.rollout_backend 'deepspeed'), since no rollout actor could hold the model. Under Ray the driver holds
+    no weights: the experiment's statistics, control vector, path baseline and cards run here (``WeightOps``'
+    methods, on every rank of a ZeRO-3 group alike, in lockstep)."""
 
     engine, backend = None, "hf"
 
-    def __init__(self, model: str = "organism", *, dtype: str = "float32", device: str = "cpu",
-                 trust_remote_code: bool = False, saes: dict[int, str] | None = None, backend: str = "torch",
-                 threads: int | None = None):
+    def __init__(self, model: str = "organism", *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+                 saes: dict[int, str] | None = None, backend: str = "torch", threads: int | None = None):  # fmt: skip
         if threads:
             torch.set_num_threads(threads)  # one actor per core: no oversubscription
         if backend != "torch":
@@ -48,38 +49,6 @@ class GradientWorker(Sampling):
     def ready(self) -> bool:
         return True
 
-    # What the experiment computes with the weights besides attribution (workers.model_ops.ModelOps): under
-    # Ray the driver holds no weights, so its baselines, cards and statistics run here (on every rank of a
-    # ZeRO-3 group alike, in lockstep).
-
-    def _ops(self) -> ModelOps:
-        return ModelOps(self.model, self.tokenizer, self.saes)
-
-    def describe(self, sites: list[Site]) -> dict:
-        """The model's fingerprint and each site's width (``ModelOps.describe``), from this actor alone."""
-        return self._ops().describe(sites)
-
-    def activation_scores(self, sequences: list[Sequence], site: Site) -> np.ndarray:
-        with self.timer("baseline_statistics"):
-            return self._ops().activation_scores(sequences, site)
-
-    def contrast_scores(self, sequences: list[Sequence], site: Site, words: tuple[str, ...]) -> np.ndarray:
-        with self.timer("baseline_statistics"):
-            return self._ops().contrast_scores(sequences, site, words)
-
-    def control_vector(self, cots: list[list[int]], layer: int, seed: int) -> tuple[torch.Tensor, float]:
-        with self.timer("baseline_statistics"):
-            return self._ops().control_vector(cots, layer, seed)
-
-    def site_baseline(self, rollouts: list[Rollout], site: Site, cfg: AttributionConfig) -> torch.Tensor:
-        with self.timer("baseline_statistics"):
-            return self._ops().site_baseline(rollouts, site, cfg)
-
-    def cards(self, site: Site, sequences: list[Sequence], components: list[int], k: int, rollouts: list[Rollout],
-              cfg: AttributionConfig, baseline: torch.Tensor) -> tuple[dict, list[dict]]:
-        with self.timer("cards"):
-            return self._ops().cards(site, sequences, components, k, rollouts, cfg, baseline)
-
     def _rescore(self, samples, cfg):
         from ipg.generation import rescore
 
@@ -91,13 +60,22 @@ class GradientWorker(Sampling):
         with self.timer("mean_baseline"):
             for layer in cfg.layers:
                 site = Site(layer, cfg.kind)
-                total, count = activation_sums(self.model, self.part(shard.rollouts), site, cfg, self.saes, agree=self.lockstep)
+                total, count = activation_sums(
+                    self.model, self.part(shard.rollouts), site, cfg, self.saes, agree=self.lockstep
+                )
                 out[str(site)] = (total.numpy(), count)
         return out
 
-    def attribute(self, shard_id: str, shard: ShardRollouts, cfg: AttributionConfig, signal: str,
-                  baselines: dict[Site, torch.Tensor] | None = None, signal_params: dict | None = None,
-                  candidates: dict[Site, list[int]] | None = None) -> pa.Table:
+    def attribute(
+        self,
+        shard_id: str,
+        shard: ShardRollouts,
+        cfg: AttributionConfig,
+        signal: str,
+        baselines: dict[Site, torch.Tensor] | None = None,
+        signal_params: dict | None = None,
+        candidates: dict[Site, list[int]] | None = None,
+    ) -> pa.Table:
         """The shard's partial table; ``baselines`` None means the zero baseline (needs no global pass);
         ``candidates``: method 'component''s components per site."""
         maybe_crash("gradient", shard_id)
@@ -109,8 +87,18 @@ class GradientWorker(Sampling):
         mine = self.part(shard.rollouts)
         if mine or self.lockstep:  # a rank with no prompts still makes the group's calls
             with self.timer("gradient"), item_errors(shard_id, "gradient"):
-                res = shard_scores(self.model, self.tokenizer, mine, sig, cfg, sites, baselines, self.saes, agree=self.lockstep,
-                                   candidates=candidates)
+                res = shard_scores(
+                    self.model,
+                    self.tokenizer,
+                    mine,
+                    sig,
+                    cfg,
+                    sites,
+                    baselines,
+                    self.saes,
+                    agree=self.lockstep,
+                    candidates=candidates,
+                )
             partial, rollouts, skipped, paths = res.partial, res.rollouts, {**shard.skipped, **res.skipped}, res.paths
         else:  # every example of the shard was skipped
             from ipg.scores import PartialScores
@@ -118,15 +106,20 @@ class GradientWorker(Sampling):
             partial, rollouts, skipped, paths = PartialScores(), [], dict(shard.skipped), {}
         n_traj = sum(len(r.samples) for r in rollouts)
         stats = {
-            "prompts": len(rollouts), "trajectories": n_traj,
+            "prompts": len(rollouts),
+            "trajectories": n_traj,
             "tokens": sum(s.n_tokens for r in rollouts for s in r.samples),
             "reward_sum": float(sum(np.mean(r.rewards) for r in rollouts)),
             "mixed": sum(len(set(r.rewards)) > 1 for r in rollouts),
-            "skipped": skipped, "example_ids": [r.example["id"] for r in rollouts],
-            "rollout_seconds": shard.seconds, "gradient_seconds": time.perf_counter() - start,
+            "skipped": skipped,
+            "example_ids": [r.example["id"] for r in rollouts],
+            "rollout_seconds": shard.seconds,
+            "gradient_seconds": time.perf_counter() - start,
             "created_at": time.time(),
         }
-        if shard.backend != "hf" and (rollouts or self.lockstep):  # another engine sampled: how do its log-probs score here?
+        if shard.backend != "hf" and (
+            rollouts or self.lockstep
+        ):  # another engine sampled: how do its log-probs score here?
             from ipg.generation import logprob_gap
 
             samples = [s for r in rollouts for s in r.samples]
@@ -136,12 +129,18 @@ class GradientWorker(Sampling):
             if m is not None:
                 m.logprob_gap.set(stats["logprob_gap"]["max_abs"])
         if cfg.resamples and paths:  # J along the path, per site: sums over prompts
-            stats["J_path"] = {str(site): [[a, float(sum(np.mean(r.rewards) for r in rolls))] for a, _, rolls in path]
-                               for site, path in paths.items()}
+            stats["J_path"] = {
+                str(site): [[a, float(sum(np.mean(r.rewards) for r in rolls))] for a, _, rolls in path]
+                for site, path in paths.items()
+            }
         m = metrics()
         if m is not None:
-            m.count("gradient", prompts=len(rollouts), trajectories=n_traj,
-                    tokens=sum(len(s.prompt_ids) + s.n_tokens for r in rollouts for s in r.samples))
+            m.count(
+                "gradient",
+                prompts=len(rollouts),
+                trajectories=n_traj,
+                tokens=sum(len(s.prompt_ids) + s.n_tokens for r in rollouts for s in r.samples),
+            )
         return partial_to_arrow(partial, {STATS_KEY: json.dumps(stats).encode()})
 
 
@@ -162,11 +161,16 @@ def merge_rank_tables(*tables: pa.Table) -> pa.Table:
                 stats[k] = max(stats.get(k, 0.0), v)
             elif k == "logprob_gap":
                 g = stats.get(k, {"sum_abs": 0.0, "max_abs": 0.0, "n_tokens": 0})
-                stats[k] = {"sum_abs": g["sum_abs"] + v["sum_abs"], "max_abs": max(g["max_abs"], v["max_abs"]),
-                            "n_tokens": g["n_tokens"] + v["n_tokens"]}
+                stats[k] = {
+                    "sum_abs": g["sum_abs"] + v["sum_abs"],
+                    "max_abs": max(g["max_abs"], v["max_abs"]),
+                    "n_tokens": g["n_tokens"] + v["n_tokens"],
+                }
             elif k == "J_path":
                 prev = stats.get(k, {})
-                stats[k] = {site: [[a, x + dict(prev.get(site, [])).get(a, 0.0)] for a, x in path] for site, path in v.items()}
+                stats[k] = {
+                    site: [[a, x + dict(prev.get(site, [])).get(a, 0.0)] for a, x in path] for site, path in v.items()
+                }
             else:
                 stats[k] = stats.get(k, 0) + v
     return partial_to_arrow(partial, {STATS_KEY: json.dumps(stats).encode()})

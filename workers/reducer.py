@@ -56,7 +56,9 @@ def _read_one(path: Path):
     meta = table.schema.metadata or {}
     if LEDGER_KEY not in meta:
         return "not a reducer snapshot (no ledger)"
-    if CHECKSUM_KEY in meta and meta[CHECKSUM_KEY].decode() != _checksum(table, meta[LEDGER_KEY], meta.get(RUN_KEY, b"")):
+    if CHECKSUM_KEY in meta and meta[CHECKSUM_KEY].decode() != _checksum(
+        table, meta[LEDGER_KEY], meta.get(RUN_KEY, b"")
+    ):
         return "its checksum does not match its contents"
     return partial_from_arrow(table), json.loads(meta[LEDGER_KEY]), meta.get(RUN_KEY, b"").decode()
 
@@ -75,10 +77,15 @@ def read_snapshot(out_dir: str | Path) -> tuple[PartialScores, dict, str, str] |
         return (*problem, "")
     fallback = _read_one(previous) if previous.is_file() else "there is no earlier one"
     if isinstance(fallback, tuple):
-        return (*fallback, f"{latest} is {problem}: restored the snapshot before it ({len(fallback[1])} shards merged); "
-                           "the shards merged after it are computed again")
-    raise InputError(f"{latest}: {problem}, and {fallback}; remove {latest} (and {previous}) to redo this attribution "
-                     "from the start, or use another output directory")
+        return (
+            *fallback,
+            f"{latest} is {problem}: restored the snapshot before it ({len(fallback[1])} shards merged); "
+            "the shards merged after it are computed again",
+        )
+    raise InputError(
+        f"{latest}: {problem}, and {fallback}; remove {latest} (and {previous}) to redo this attribution "
+        "from the start, or use another output directory"
+    )
 
 
 class Reducer:
@@ -95,8 +102,10 @@ class Reducer:
         if found is not None:
             partial, ledger, key, self.note = found
             if key != run_key:
-                raise InputError(f"{self.out_dir / SNAPSHOT}: a snapshot of another run (key {key or 'none'}, this run "
-                                 f"{run_key or 'none'}); resume that run with the same settings, or use another output directory")
+                raise InputError(
+                    f"{self.out_dir / SNAPSHOT}: a snapshot of another run (key {key or 'none'}, this run "
+                    f"{run_key or 'none'}); resume that run with the same settings, or use another output directory"
+                )
             self.partial, self.ledger = partial, ledger
             self.restore_seconds = time.perf_counter() - start
 
@@ -137,14 +146,24 @@ class Reducer:
         return dict(self.ledger)
 
     def status(self) -> dict:
-        return {"merged": len(self.ledger), "unsnapshotted": self.since_snapshot, "restore_seconds": self.restore_seconds,
-                "note": self.note}
+        return {
+            "merged": len(self.ledger),
+            "unsnapshotted": self.since_snapshot,
+            "restore_seconds": self.restore_seconds,
+            "note": self.note,
+        }
 
     def snapshot(self) -> Path:
         ledger, key = json.dumps(self.ledger).encode(), self.run_key.encode()
         table = partial_to_arrow(self.partial)
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), LEDGER_KEY: ledger, RUN_KEY: key,
-                                               CHECKSUM_KEY: _checksum(table, ledger, key).encode()})
+        table = table.replace_schema_metadata(
+            {
+                **(table.schema.metadata or {}),
+                LEDGER_KEY: ledger,
+                RUN_KEY: key,
+                CHECKSUM_KEY: _checksum(table, ledger, key).encode(),
+            }
+        )
         latest = self.out_dir / SNAPSHOT
         if latest.is_file():  # kept as the fallback should the new one be damaged
             os.replace(latest, self.out_dir / PREVIOUS)

@@ -36,9 +36,9 @@ class RolloutWorker(Sampling):
     """Backends: ``hf`` (our KV-cached loop on a torch model) or ``vllm`` (a vLLM engine in this actor;
     ``vllm`` holds its options: tensor_parallel_size, max_model_len, gpu_memory_utilization, seed, ...)."""
 
-    def __init__(self, model: str = "organism", *, dtype: str = "float32", device: str = "cpu",
-                 trust_remote_code: bool = False, saes: dict[int, str] | None = None, backend: str = "hf",
-                 threads: int | None = None, vllm: dict | None = None):
+    def __init__(self, model: str = "organism", *, dtype: str = "float32", device: str = "cpu", trust_remote_code: bool = False,
+                 saes: dict[int, str] | None = None, backend: str = "hf", threads: int | None = None,
+                 vllm: dict | None = None):  # fmt: skip
         if threads:
             import torch
 
@@ -55,7 +55,9 @@ class RolloutWorker(Sampling):
             self.engine = VLLMEngine(model, trust_remote_code=trust_remote_code, gpu_share=_gpu_share(), **opts)
             self.tokenizer = self.engine.tokenizer
         else:
-            self.model, self.tokenizer = load_model(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+            self.model, self.tokenizer = load_model(
+                model, dtype=dtype, device=device, trust_remote_code=trust_remote_code
+            )
         self.saes = load_saes(saes)
         self.timer = StageTimer()
 

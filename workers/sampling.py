@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from ipg.attribution import AttributionConfig, Rollout, sample_rollouts
 from ipg.cluster.errors import ItemError
 from ipg.cluster.metrics import StageTimer, metrics
-from ipg.attribution import AttributionConfig, Rollout, sample_rollouts
 from ipg.components import Site
 from ipg.errors import ExampleError
 from ipg.generation import Sample, SamplingParams
@@ -56,8 +56,19 @@ class Sampling:
         """This actor's share of a shard (a ZeRO-3 rank takes every R-th item)."""
         return items
 
-    def generate(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
-                 signal_params: dict | None = None) -> ShardRollouts:
+    def _sample(self, examples: list[dict], sig, cfg: AttributionConfig, **path) -> list[Rollout]:
+        """This actor's share of ``examples``, sampled with its engine (``path``: site, alpha, baseline, skipped)."""
+        return sample_rollouts(self.model, self.tokenizer, self.part(examples), sig, cfg, saes=self.saes, engine=self.engine,
+                               agree=self.lockstep, **path)  # fmt: skip
+
+    def generate(
+        self,
+        shard_id: str,
+        examples: list[dict],
+        cfg: AttributionConfig,
+        signal: str,
+        signal_params: dict | None = None,
+    ) -> ShardRollouts:
         """The shard's scored rollouts (this actor's share); a failing example raises ItemError
         (on_error 'fail') or is skipped and reported (on_error 'skip')."""
         maybe_crash("rollout", shard_id)
@@ -65,48 +76,62 @@ class Sampling:
         skipped: dict[str, str] = {}
         start = time.perf_counter()
         with self.timer("rollout"), item_errors(shard_id, "rollout"):
-            rollouts = sample_rollouts(self.model, self.tokenizer, self.part(examples), sig, cfg, saes=self.saes,
-                                       skipped=skipped, engine=self.engine, agree=self.lockstep)
+            rollouts = self._sample(examples, sig, cfg, skipped=skipped)
         m = metrics()
         if m is not None:
-            m.count("rollout", prompts=len(rollouts), trajectories=sum(len(r.samples) for r in rollouts),
-                    tokens=sum(s.n_tokens for r in rollouts for s in r.samples))
+            m.count(
+                "rollout",
+                prompts=len(rollouts),
+                trajectories=sum(len(r.samples) for r in rollouts),
+                tokens=sum(s.n_tokens for r in rollouts for s in r.samples),
+            )
             for _ in skipped:
                 m.error("item", "rollout")
         return ShardRollouts(shard_id, rollouts, skipped, time.perf_counter() - start, self.backend)
 
     def generate_costed(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
-                        signal_params: dict | None = None) -> tuple[ShardRollouts, int]:
+                        signal_params: dict | None = None) -> tuple[ShardRollouts, int]:  # fmt: skip
         """``generate``, and its cost apart (call with ``num_returns=2``), so the driver can order the
         gradient work by size without fetching the rollouts."""
         out = self.generate(shard_id, examples, cfg, signal, signal_params)
         return out, out.cost
 
-    def mean_reward(self, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
-                    signal_params: dict | None, site: Site, alpha: float, baseline) -> tuple[float, int]:
+    def mean_reward(
+        self,
+        shard_id: str,
+        examples: list[dict],
+        cfg: AttributionConfig,
+        signal: str,
+        signal_params: dict | None,
+        site: Site,
+        alpha: float,
+        baseline,
+    ) -> tuple[float, int]:
         """Sum over the shard's prompts of the mean reward with ``site`` at ``alpha`` on the path, and the
         prompt count (completeness: J(0), J(alpha_min))."""
         sig = make_signal(signal, **(signal_params or {}))
         with self.timer("completeness"), item_errors(shard_id, "completeness"):
-            rolls = sample_rollouts(self.model, self.tokenizer, self.part(examples), sig, cfg, site=site, alpha=alpha,
-                                    baseline=baseline, saes=self.saes, skipped={}, engine=self.engine, agree=self.lockstep)
+            rolls = self._sample(examples, sig, cfg, site=site, alpha=alpha, baseline=baseline, skipped={})
         return float(sum(np.mean(r.rewards) for r in rolls)), len(rolls)
 
-    def steered_generate(self, examples: list[dict], params: SamplingParams, steering: dict | None = None) -> list[list[Sample]]:
+    def steered_generate(
+        self, examples: list[dict], params: SamplingParams, steering: dict | None = None
+    ) -> list[list[Sample]]:
         """Generation under steering, for evaluation at engine speed. ``steering``: None, or
         {"scale": [component ids], "gamma", "positions"} or {"add": layer, "vector", "coefficient", "positions"}."""
         from ipg.workers.model_ops import ModelOps, steering_context
 
         if self.engine is None:
             with self.timer("evaluation"):
-                return ModelOps(self.model, self.tokenizer, self.saes).generate(self.part(examples), params, steering,
-                                                                                agree=self.lockstep)
+                return ModelOps(self.model, self.tokenizer, self.saes).generate(
+                    self.part(examples), params, steering, agree=self.lockstep
+                )
         with self.timer("evaluation"), steering_context(None, steering, self.saes, engine=self.engine):
             return self.engine.generate(examples, params)
 
-
-    def steered_generate_many(self, jobs: list, params: SamplingParams, positions: str, batch_size: int,
-                              pack_tokens: int) -> list[list[list[Sample]]]:
+    def steered_generate_many(
+        self, jobs: list, params: SamplingParams, positions: str, batch_size: int, pack_tokens: int
+    ) -> list[list[list[Sample]]]:
         """Many evaluations (``ipg.packing.Job``s) at once: the HF loop packs them into shared batches
         (``pack_tokens`` 0: one pass each), a vLLM engine runs them as one set of requests, each steered
         by its own variant."""
@@ -117,7 +142,8 @@ class Sampling:
             if self.engine is None:
                 mine = [Job(self.part(job.examples), job.steering) for job in jobs]
                 return ModelOps(self.model, self.tokenizer, self.saes).generate_many(
-                    mine, params, positions, batch_size, pack_tokens, agree=self.lockstep, log=print)
+                    mine, params, positions, batch_size, pack_tokens, agree=self.lockstep, log=print
+                )
             if pack_tokens > 0:
                 return self.engine.generate_packed(jobs, params, positions, self.saes)
             out = []
@@ -131,8 +157,13 @@ def merge_shards(ids: list, *parts: ShardRollouts) -> ShardRollouts:
     """One shard's rollouts from its ranks' shares (``generate``), in the order of the examples' ``ids``:
     what one rollout actor would have returned."""
     order = {i: k for k, i in enumerate(ids)}
-    return ShardRollouts(parts[0].shard_id, sorted((r for p in parts for r in p.rollouts), key=lambda r: order[r.example["id"]]),
-                         {k: v for p in parts for k, v in p.skipped.items()}, max(p.seconds for p in parts), parts[0].backend)
+    return ShardRollouts(
+        parts[0].shard_id,
+        sorted((r for p in parts for r in p.rollouts), key=lambda r: order[r.example["id"]]),
+        {k: v for p in parts for k, v in p.skipped.items()},
+        max(p.seconds for p in parts),
+        parts[0].backend,
+    )
 
 
 def merge_shards_costed(ids: list, *parts: ShardRollouts) -> tuple[ShardRollouts, int]:

@@ -45,10 +45,10 @@ class VLLMEngine:
     the KV cache is sized from the weights, ``max_model_len`` and ``max_num_seqs`` (or ``kv_cache_gib``);
     on GPU vLLM takes ``gpu_memory_utilization`` of the device (default 0.9 of the actor's GPU share)."""
 
-    def __init__(self, model: str, *, dtype: str = "float32", seed: int = 0, tensor_parallel_size: int = 1,
-                 max_model_len: int | None = None, max_num_seqs: int | None = None, kv_cache_gib: float | None = None,
-                 gpu_memory_utilization: float | None = None, gpu_share: float | None = None,
-                 enforce_eager: bool = True, enable_prefix_caching: bool = False, trust_remote_code: bool = False):
+    def __init__(self, model: str, *, dtype: str = "float32", seed: int = 0, enforce_eager: bool = True,
+                 enable_prefix_caching: bool = False, trust_remote_code: bool = False, **sizing):  # fmt: skip
+        """``sizing``: the memory settings ``workers.vllm_sizing.plan`` takes (tensor_parallel_size,
+        max_model_len, max_num_seqs, kv_cache_gib, gpu_memory_utilization, gpu_share); it checks them."""
         os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "0")
         # per-request steering reads the V1 model runner's input batch (install_row_hooks); V1 is what CPU builds run
         os.environ.setdefault("VLLM_USE_V2_MODEL_RUNNER", "0")
@@ -59,16 +59,21 @@ class VLLMEngine:
         from ipg.workers.vllm_sizing import plan
 
         path = resolve_model_path(model)
-        memory = plan(path, dtype=dtype, cuda=torch.cuda.is_available(), tensor_parallel_size=tensor_parallel_size,
-                      max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib,
-                      gpu_memory_utilization=gpu_memory_utilization, gpu_share=gpu_share,
-                      trust_remote_code=trust_remote_code)
+        memory = plan(path, dtype=dtype, cuda=torch.cuda.is_available(), trust_remote_code=trust_remote_code, **sizing)
         self.memory = memory.summary  # the line a run logs about this engine
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
         args = {k: v for k, v in memory.args.items() if v is not None}
-        self.llm = LLM(model=path, dtype=dtype, seed=seed, tensor_parallel_size=tensor_parallel_size,
-                       enforce_eager=enforce_eager, enable_prefix_caching=enable_prefix_caching,
-                       trust_remote_code=trust_remote_code, worker_extension_cls=f"{__name__}.SteeringExtension", **args)
+        self.llm = LLM(
+            model=path,
+            dtype=dtype,
+            seed=seed,
+            tensor_parallel_size=sizing.get("tensor_parallel_size", 1),
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            trust_remote_code=trust_remote_code,
+            worker_extension_cls=f"{__name__}.SteeringExtension",
+            **args,
+        )
         self.max_model_len = self.llm.model_config.max_model_len
         self.enforce_eager = enforce_eager
 
@@ -83,8 +88,9 @@ class VLLMEngine:
         """``params.n`` samples per example, in input order (the HF backend's records)."""
         return self._run([examples], params)[0]
 
-    def generate_packed(self, jobs: list, params: SamplingParams, positions: str = "generated",
-                        saes: dict | None = None) -> list[list[list[Sample]]]:
+    def generate_packed(
+        self, jobs: list, params: SamplingParams, positions: str = "generated", saes: dict | None = None
+    ) -> list[list[list[Sample]]]:
         """Every job's samples (``ipg.packing.Job``: examples under a steering variant) from one engine
         run: each request carries its job's number, and the hooks steer every request of a step by its
         own variant (``install_row_hooks``). Sampled draws are seeded per (seed, example id, sample
@@ -118,17 +124,26 @@ class VLLMEngine:
             for ex in examples:
                 pid = prompt_ids(tok, ex)  # the ids the HF backend and the gradient pass see
                 if len(pid) + params.max_new_tokens > self.max_model_len:
-                    raise InputError(f"ray.vllm.max_model_len: example '{ex['id']}' has {len(pid)} prompt tokens, and with "
-                                     f"{params.max_new_tokens} new tokens needs {len(pid) + params.max_new_tokens}; the engine "
-                                     f"holds {self.max_model_len}. Raise ray.vllm.max_model_len or leave it unset (sized from the run)")
+                    raise InputError(
+                        f"ray.vllm.max_model_len: example '{ex['id']}' has {len(pid)} prompt tokens, and with "
+                        f"{params.max_new_tokens} new tokens needs {len(pid) + params.max_new_tokens}; the engine "
+                        f"holds {self.max_model_len}. Raise ray.vllm.max_model_len or leave it unset (sized from the run)"
+                    )
                 for j in range(params.n):
                     prompts.append(TokensPrompt(prompt_token_ids=pid))
-                    sampling.append(VSamplingParams(
-                        n=1, temperature=0.0 if params.greedy else params.temperature,
-                        top_p=1.0 if params.greedy else params.top_p, max_tokens=params.max_new_tokens,
-                        seed=None if params.greedy else sample_seed(params.seed, ex["id"], j), logprobs=0,
-                        stop_token_ids=[eos] if eos is not None else None, detokenize=False,
-                        extra_args={VARIANT_KEY: g}))
+                    sampling.append(
+                        VSamplingParams(
+                            n=1,
+                            temperature=0.0 if params.greedy else params.temperature,
+                            top_p=1.0 if params.greedy else params.top_p,
+                            max_tokens=params.max_new_tokens,
+                            seed=None if params.greedy else sample_seed(params.seed, ex["id"], j),
+                            logprobs=0,
+                            stop_token_ids=[eos] if eos is not None else None,
+                            detokenize=False,
+                            extra_args={VARIANT_KEY: g},
+                        )
+                    )
                     keys.append((g, ex["id"], j, pid))
         outputs = self.llm.generate(prompts, sampling, use_tqdm=False)
         by_key = {}
@@ -138,7 +153,10 @@ class VLLMEngine:
             lps = [float(step[t].logprob) for t, step in zip(toks, c.logprobs or [])]
             text = tok.decode([t for t in toks if t != eos], skip_special_tokens=True)
             by_key[(g, eid, j)] = Sample(eid, j, list(pid), toks, text, lps, bool(toks) and toks[-1] == eos)
-        return [[[by_key[(g, ex["id"], j)] for j in range(params.n)] for ex in examples] for g, examples in enumerate(groups)]
+        return [
+            [[by_key[(g, ex["id"], j)] for j in range(params.n)] for ex in examples]
+            for g, examples in enumerate(groups)
+        ]
 
     @contextmanager
     def edits(self, specs: list[dict]):
@@ -153,15 +171,25 @@ class VLLMEngine:
         finally:
             self.llm.collective_rpc("ipg_remove_hooks")
 
-
     def interpolate(self, site: Site, alpha: float, baseline: torch.Tensor, positions: str, saes: dict | None = None):
         """The site on the IPG path at ``alpha`` (baseline + alpha (h - baseline)) while the body runs."""
         return self.edits([interpolation_spec(site, alpha, baseline, positions, saes)])
 
     def add(self, layer: int, vector: torch.Tensor, coefficient: float, positions: str = "generated"):
         """Add ``coefficient * vector`` to block ``layer``'s output while the body runs (control vectors)."""
-        return self.edits([dict(layer=layer, kind="residual", positions=positions, op="add",
-                                vector=vector.detach().float().cpu(), coefficient=float(coefficient), sae=None)])
+        return self.edits(
+            [
+                dict(
+                    layer=layer,
+                    kind="residual",
+                    positions=positions,
+                    op="add",
+                    vector=vector.detach().float().cpu(),
+                    coefficient=float(coefficient),
+                    sae=None,
+                )
+            ]
+        )
 
     def scale(self, components, gamma: float, positions: str = "generated", saes: dict | None = None):
         """Steering: the selected components times gamma while the body runs."""
@@ -172,8 +200,18 @@ def steering_specs(components, gamma: float, positions: str, saes: dict | None =
     """Specs scaling ``components`` (ComponentIds) by gamma, one per site."""
     from ipg.steering import by_site
 
-    return [dict(layer=site.layer, kind=site.kind, positions=positions, op="scale", indices=sorted(set(idx)), gamma=float(gamma),
-                 sae=_sae_state(saes, site)) for site, idx in by_site(components).items()]
+    return [
+        dict(
+            layer=site.layer,
+            kind=site.kind,
+            positions=positions,
+            op="scale",
+            indices=sorted(set(idx)),
+            gamma=float(gamma),
+            sae=_sae_state(saes, site),
+        )
+        for site, idx in by_site(components).items()
+    ]
 
 
 def row_variant(steering: dict | None, saes: dict | None = None) -> dict | None:
@@ -187,13 +225,25 @@ def row_variant(steering: dict | None, saes: dict | None = None) -> dict | None:
         files = {str(c.layer): _sae_state(saes, c.site) for c in comps if c.kind == "sae"}
         return {"scale": [str(c) for c in comps], "gamma": float(steering["gamma"]), "saes": files}
     vector = steering["vector"]
-    return {"add": int(steering["add"]), "vector": vector.tolist() if isinstance(vector, torch.Tensor) else list(vector),
-            "coefficient": float(steering["coefficient"])}
+    return {
+        "add": int(steering["add"]),
+        "vector": vector.tolist() if isinstance(vector, torch.Tensor) else list(vector),
+        "coefficient": float(steering["coefficient"]),
+    }
 
 
-def interpolation_spec(site: Site, alpha: float, baseline: torch.Tensor, positions: str, saes: dict | None = None) -> dict:
-    return dict(layer=site.layer, kind=site.kind, positions=positions, op="interpolate", alpha=float(alpha),
-                baseline=baseline.detach().float().cpu(), sae=_sae_state(saes, site))
+def interpolation_spec(
+    site: Site, alpha: float, baseline: torch.Tensor, positions: str, saes: dict | None = None
+) -> dict:
+    return dict(
+        layer=site.layer,
+        kind=site.kind,
+        positions=positions,
+        op="interpolate",
+        alpha=float(alpha),
+        baseline=baseline.detach().float().cpu(),
+        sae=_sae_state(saes, site),
+    )
 
 
 def _sae_state(saes, site: Site):
@@ -204,8 +254,10 @@ def _sae_state(saes, site: Site):
         raise InputError(f"sae: steering layers.{site.layer}.sae needs an SAE for layer {site.layer}")
     source = getattr(sae, "source", None)
     if source is None:
-        raise InputError(f"sae: the SAE of layer {site.layer} was not loaded from a file (SAE.load); the vLLM engine "
-                         "loads SAEs from their files, so save it first")
+        raise InputError(
+            f"sae: the SAE of layer {site.layer} was not loaded from a file (SAE.load); the vLLM engine "
+            "loads SAEs from their files, so save it first"
+        )
     return source
 
 
@@ -256,6 +308,21 @@ def _query_starts() -> torch.Tensor | None:
     return getattr(next(iter(md.values())), "query_start_loc", None)
 
 
+def _edit_rows(full: torch.Tensor, rows, sae, edit) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoder layer's (hidden, residual) output with the residual stream's ``rows`` edited: ``edit`` acts on
+    them, or with an SAE on their features, its reconstruction error kept. The edited stream is returned as the
+    hidden state with a zero residual, which the next layer's fused norm adds back."""
+    h = full[rows]
+    if sae is None:
+        new = edit(h)
+    else:
+        f = sae.encode(h.float())
+        new = h + sae.decode_delta(edit(f) - f).to(h.dtype)
+    edited = full.clone()
+    edited[rows] = new.to(full.dtype)
+    return edited, torch.zeros_like(full)
+
+
 def _decision_rows(n_tokens: int, positions: str, device) -> torch.Tensor | None:
     """Rows of this step's flattened token batch to edit; None in steps without requests (profiling)."""
     if positions == "all":
@@ -269,8 +336,11 @@ def _decision_rows(n_tokens: int, positions: str, device) -> torch.Tensor | None
 def _component_fn(spec: dict, device, dtype, lo: int = 0, hi: int | None = None):
     """The edit in component space: x (rows, width) -> x'. ``lo:hi`` is this rank's slice (MLP under TP)."""
     if spec["op"] == "scale":
-        idx = torch.tensor([i - lo for i in spec["indices"] if lo <= i < (hi if hi is not None else 1 << 62)],
-                           dtype=torch.long, device=device)
+        idx = torch.tensor(
+            [i - lo for i in spec["indices"] if lo <= i < (hi if hi is not None else 1 << 62)],
+            dtype=torch.long,
+            device=device,
+        )
         gamma = spec["gamma"]
 
         def fn(x):
@@ -288,6 +358,7 @@ def _component_fn(spec: dict, device, dtype, lo: int = 0, hi: int | None = None)
 
         def fn(x):
             return b + alpha * (x - b)
+
     return fn
 
 
@@ -330,15 +401,7 @@ def install_hooks(model, specs: list[dict]) -> int:
             rows = _decision_rows(full.shape[0], positions, full.device)
             if rows is None:
                 return None
-            h = full[rows]
-            if sae is None:
-                new = fn(h)
-            else:
-                f = sae.encode(h.float())
-                new = h + sae.decode_delta(fn(f) - f).to(h.dtype)
-            edited = full.clone()
-            edited[rows] = new.to(full.dtype)
-            return edited, torch.zeros_like(full)
+            return _edit_rows(full, rows, sae, fn)
 
         handles.append(block.register_forward_hook(hook))
     model._ipg_hooks = handles
@@ -358,8 +421,10 @@ def _step_variants(runner, n_requests: int, device) -> torch.Tensor:
     batch, which orders the flattened tokens and ``query_start_loc``); -1 for an untagged request."""
     req_ids = getattr(getattr(runner, "input_batch", None), "req_ids", None)
     if req_ids is None:
-        raise RuntimeError("per-request steering reads vLLM's V1 model runner (input_batch.req_ids); this engine runs "
-                           "another one: set VLLM_USE_V2_MODEL_RUNNER=0")
+        raise RuntimeError(
+            "per-request steering reads vLLM's V1 model runner (input_batch.req_ids); this engine runs "
+            "another one: set VLLM_USE_V2_MODEL_RUNNER=0"
+        )
     tags = []
     for rid in req_ids[:n_requests]:
         extra = runner.requests[rid].sampling_params.extra_args or {}
@@ -412,6 +477,7 @@ def install_row_hooks(model, runner, variants: list[dict | None], positions: str
         table = {k: t[:, slices[site]] if site in slices else t for k, t in table.items()}
         table = {k: t.to(param.device) for k, t in table.items()}
         if site.kind == "mlp":
+
             def pre_hook(module, args, table=table):
                 x = args[0]
                 found = _step_rows(x.shape[0], positions, runner, x.device)
@@ -433,15 +499,7 @@ def install_row_hooks(model, runner, variants: list[dict | None], positions: str
             if found is None:
                 return None
             rows, variant = found
-            h = full[rows]
-            if sae is None:
-                new = apply_rows(h, table, variant)
-            else:
-                f = sae.encode(h.float())
-                new = h + sae.decode_delta(apply_rows(f, table, variant) - f).to(h.dtype)
-            edited = full.clone()
-            edited[rows] = new.to(full.dtype)
-            return edited, torch.zeros_like(full)
+            return _edit_rows(full, rows, sae, lambda x: apply_rows(x, table, variant))
 
         handles.append(block.register_forward_hook(hook))
     model._ipg_hooks = handles

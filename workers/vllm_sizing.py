@@ -71,7 +71,9 @@ def _gib(n: float) -> str:
 def value_bytes(dtype: str | None, config) -> int:
     name = str(dtype or "auto").replace("torch.", "")
     if name == "auto":
-        name = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").replace("torch.", "")
+        name = str(getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or "float32").replace(
+            "torch.", ""
+        )
     if name not in _BYTES:
         raise InputError(f"ray.vllm.dtype: '{dtype}' is not a dtype vLLM runs; use float32, bfloat16 or float16")
     return _BYTES[name]
@@ -90,7 +92,9 @@ def _weights_bytes(path: Path, per_value: int) -> int:
                 seen = True
     if seen:
         return total
-    return sum(f.stat().st_size for f in path.glob("*.bin")) or sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in path.glob("*.bin")) or sum(
+        f.stat().st_size for f in path.rglob("*") if f.is_file()
+    )
 
 
 def model_shape(path: str, dtype: str | None, trust_remote_code: bool = False) -> ModelShape:
@@ -101,14 +105,21 @@ def model_shape(path: str, dtype: str | None, trust_remote_code: bool = False) -
     heads = getattr(text, "num_attention_heads", None)
     layers = getattr(text, "num_hidden_layers", None)
     if not heads or not layers:
-        raise InputError(f"ray.vllm.kv_cache_gib: cannot size the KV cache of '{path}' (its config names no attention "
-                         "heads or layers); set ray.vllm.kv_cache_gib")
+        raise InputError(
+            f"ray.vllm.kv_cache_gib: cannot size the KV cache of '{path}' (its config names no attention "
+            "heads or layers); set ray.vllm.kv_cache_gib"
+        )
     kv_heads = getattr(text, "num_key_value_heads", None) or heads
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
     per_value = value_bytes(dtype, text)
-    return ModelShape(layers=int(layers), kv_heads=int(kv_heads), head_dim=int(head_dim),
-                      context=getattr(text, "max_position_embeddings", None), value_bytes=per_value,
-                      weights_bytes=_weights_bytes(Path(path), per_value))
+    return ModelShape(
+        layers=int(layers),
+        kv_heads=int(kv_heads),
+        head_dim=int(head_dim),
+        context=getattr(text, "max_position_embeddings", None),
+        value_bytes=per_value,
+        weights_bytes=_weights_bytes(Path(path), per_value),
+    )
 
 
 def free_memory() -> int:
@@ -134,21 +145,30 @@ def whole_prefills(context: int, tensor_parallel_size: int = 1) -> dict:
     return dict(enable_chunked_prefill=False, max_num_batched_tokens=max(4096 * tensor_parallel_size, context))
 
 
-def check_settings(shape: ModelShape, *, max_model_len: int | None = None, kv_cache_gib: float | None = None,
-                   tensor_parallel_size: int = 1) -> None:
+def check_settings(
+    shape: ModelShape,
+    *,
+    max_model_len: int | None = None,
+    kv_cache_gib: float | None = None,
+    tensor_parallel_size: int = 1,
+) -> None:
     """What can be refused without knowing the node: a context past the model's, a KV cache smaller than
     one sequence (the driver checks these before any actor starts)."""
     if max_model_len is not None and shape.context and max_model_len > shape.context:
-        raise InputError(f"ray.vllm.max_model_len: {max_model_len} tokens exceeds the model's context of {shape.context}; "
-                         f"lower it to at most {shape.context}")
+        raise InputError(
+            f"ray.vllm.max_model_len: {max_model_len} tokens exceeds the model's context of {shape.context}; "
+            f"lower it to at most {shape.context}"
+        )
     if kv_cache_gib is not None:
         per_token = shape.kv_bytes_per_token(tensor_parallel_size)
         kv = int(kv_cache_gib * GiB)
         context = max_model_len or BLOCK  # unset: the context shrinks to what the cache holds
         if kv < per_token * context:
-            raise InputError(f"ray.vllm.kv_cache_gib: {kv_cache_gib:g} GiB holds {kv // per_token} tokens, less than one "
-                             f"sequence of ray.vllm.max_model_len={context} ({_gib(per_token * context)}); raise it or lower "
-                             "ray.vllm.max_model_len")
+            raise InputError(
+                f"ray.vllm.kv_cache_gib: {kv_cache_gib:g} GiB holds {kv // per_token} tokens, less than one "
+                f"sequence of ray.vllm.max_model_len={context} ({_gib(per_token * context)}); raise it or lower "
+                "ray.vllm.max_model_len"
+            )
 
 
 def preflight(path: str, vllm: dict, *, gpu: bool, dtype: str | None, trust_remote_code: bool = False) -> None:
@@ -156,14 +176,27 @@ def preflight(path: str, vllm: dict, *, gpu: bool, dtype: str | None, trust_remo
     on GPU vLLM sizes the cache itself)."""
     if gpu or os.environ.get("VLLM_CPU_KVCACHE_SPACE") or vllm.get("gpu_memory_utilization") is not None:
         return
-    check_settings(model_shape(path, vllm.get("dtype") or dtype, trust_remote_code), max_model_len=vllm.get("max_model_len"),
-                   kv_cache_gib=vllm.get("kv_cache_gib"), tensor_parallel_size=vllm.get("tensor_parallel_size") or 1)
+    check_settings(
+        model_shape(path, vllm.get("dtype") or dtype, trust_remote_code),
+        max_model_len=vllm.get("max_model_len"),
+        kv_cache_gib=vllm.get("kv_cache_gib"),
+        tensor_parallel_size=vllm.get("tensor_parallel_size") or 1,
+    )
 
 
-def cpu_plan(shape: ModelShape, *, max_model_len: int | None = None, max_num_seqs: int | None = None,
-             kv_cache_gib: float | None = None, tensor_parallel_size: int = 1, available: int | None = None) -> EnginePlan:
+def cpu_plan(
+    shape: ModelShape,
+    *,
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    kv_cache_gib: float | None = None,
+    tensor_parallel_size: int = 1,
+    available: int | None = None,
+) -> EnginePlan:
     """KV cache size, context length and batch for a CPU engine (see the module's docstring)."""
-    check_settings(shape, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, tensor_parallel_size=tensor_parallel_size)
+    check_settings(
+        shape, max_model_len=max_model_len, kv_cache_gib=kv_cache_gib, tensor_parallel_size=tensor_parallel_size
+    )
     tp = tensor_parallel_size
     available = free_memory() if available is None else available
     per_token = shape.kv_bytes_per_token(tp)
@@ -171,13 +204,17 @@ def cpu_plan(shape: ModelShape, *, max_model_len: int | None = None, max_num_seq
     free = available - shape.weights_bytes - tp * CPU_OVERHEAD  # all ranks of a CPU engine share the node
     room = free / tp  # per rank
     context = max_model_len or shape.context or DEFAULT_CONTEXT
-    where = (f"this node has {_gib(available)} free; the weights take {_gib(shape.weights_bytes)} and each engine "
-             f"process about {_gib(CPU_OVERHEAD)} besides")
+    where = (
+        f"this node has {_gib(available)} free; the weights take {_gib(shape.weights_bytes)} and each engine "
+        f"process about {_gib(CPU_OVERHEAD)} besides"
+    )
     if kv_cache_gib is not None:
         kv = int(kv_cache_gib * GiB)
         if kv * tp > free:
-            raise InputError(f"ray.vllm.kv_cache_gib: {kv_cache_gib:g} GiB per rank does not fit: {where}; lower it to at "
-                             f"most {max(free / tp, 0) / GiB:.2f}")
+            raise InputError(
+                f"ray.vllm.kv_cache_gib: {kv_cache_gib:g} GiB per rank does not fit: {where}; lower it to at "
+                f"most {max(free / tp, 0) / GiB:.2f}"
+            )
         if max_model_len is None:
             context = min(context, kv // per_token // BLOCK * BLOCK)
     else:
@@ -185,18 +222,28 @@ def cpu_plan(shape: ModelShape, *, max_model_len: int | None = None, max_num_seq
         if max_model_len is None and fits < context:
             context = fits  # the model's whole context does not fit: as much of it as does
         if fits < context or context < BLOCK:
-            raise InputError(f"ray.vllm.max_model_len: one sequence of {context} tokens needs {_gib(per_token * context)} of "
-                             f"KV cache ({per_token / 1024:.1f} KiB per token), but {where}; lower ray.vllm.max_model_len, "
-                             "set ray.vllm.kv_cache_gib, or free memory on the node")
+            raise InputError(
+                f"ray.vllm.max_model_len: one sequence of {context} tokens needs {_gib(per_token * context)} of "
+                f"KV cache ({per_token / 1024:.1f} KiB per token), but {where}; lower ray.vllm.max_model_len, "
+                "set ray.vllm.kv_cache_gib, or free memory on the node"
+            )
         kv = max(min(per_token * context * seqs, int(room * CPU_SHARE), CPU_CEILING), per_token * context)
     args = dict(kv_cache_memory_bytes=kv, max_model_len=context, max_num_seqs=seqs, **whole_prefills(context, tp))
-    summary = (f"vllm on CPU: KV cache {_gib(kv)} per rank ({kv // per_token} tokens at {per_token / 1024:.1f} KiB; "
-               f"up to {seqs} sequences of {context}), weights {_gib(shape.weights_bytes)}, {_gib(available)} free")
+    summary = (
+        f"vllm on CPU: KV cache {_gib(kv)} per rank ({kv // per_token} tokens at {per_token / 1024:.1f} KiB; "
+        f"up to {seqs} sequences of {context}), weights {_gib(shape.weights_bytes)}, {_gib(available)} free"
+    )
     return EnginePlan(args, summary)
 
 
-def gpu_plan(*, gpu_memory_utilization: float | None = None, gpu_share: float | None = None,
-             kv_cache_gib: float | None = None, max_model_len: int | None = None, max_num_seqs: int | None = None) -> EnginePlan:
+def gpu_plan(
+    *,
+    gpu_memory_utilization: float | None = None,
+    gpu_share: float | None = None,
+    kv_cache_gib: float | None = None,
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+) -> EnginePlan:
     """On a GPU vLLM measures the device itself; only the share it may take is decided here."""
     args = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs)
     if kv_cache_gib is not None:
@@ -208,23 +255,51 @@ def gpu_plan(*, gpu_memory_utilization: float | None = None, gpu_share: float | 
     return EnginePlan(args, f"vllm on GPU: up to {util:g} of the device's memory (weights and KV cache)")
 
 
-def plan(path: str, *, dtype: str | None, cuda: bool, tensor_parallel_size: int = 1, max_model_len: int | None = None,
-         max_num_seqs: int | None = None, kv_cache_gib: float | None = None, gpu_memory_utilization: float | None = None,
-         gpu_share: float | None = None, trust_remote_code: bool = False) -> EnginePlan:
+def plan(
+    path: str,
+    *,
+    dtype: str | None,
+    cuda: bool,
+    tensor_parallel_size: int = 1,
+    max_model_len: int | None = None,
+    max_num_seqs: int | None = None,
+    kv_cache_gib: float | None = None,
+    gpu_memory_utilization: float | None = None,
+    gpu_share: float | None = None,
+    trust_remote_code: bool = False,
+) -> EnginePlan:
     """The engine's memory arguments on this machine."""
     if kv_cache_gib is not None and gpu_memory_utilization is not None:
-        raise InputError("ray.vllm.kv_cache_gib: set either it or ray.vllm.gpu_memory_utilization, not both (the KV cache "
-                         "size overrides the share)")
+        raise InputError(
+            "ray.vllm.kv_cache_gib: set either it or ray.vllm.gpu_memory_utilization, not both (the KV cache "
+            "size overrides the share)"
+        )
     if cuda:
-        return gpu_plan(gpu_memory_utilization=gpu_memory_utilization, gpu_share=gpu_share, kv_cache_gib=kv_cache_gib,
-                        max_model_len=max_model_len, max_num_seqs=max_num_seqs)
+        return gpu_plan(
+            gpu_memory_utilization=gpu_memory_utilization,
+            gpu_share=gpu_share,
+            kv_cache_gib=kv_cache_gib,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+        )
     shape = model_shape(path, dtype, trust_remote_code)
     if os.environ.get("VLLM_CPU_KVCACHE_SPACE") or gpu_memory_utilization is not None:
         # sized the vLLM way (the legacy variable wins inside vLLM): passed through as given
         context = max_model_len or shape.context or DEFAULT_CONTEXT
-        args = dict(max_model_len=max_model_len, max_num_seqs=max_num_seqs, gpu_memory_utilization=gpu_memory_utilization,
-                    **whole_prefills(context, tensor_parallel_size))
-        return EnginePlan({k: v for k, v in args.items() if v is not None},
-                          "vllm on CPU: memory as set by VLLM_CPU_KVCACHE_SPACE / ray.vllm.gpu_memory_utilization")
-    return cpu_plan(shape, max_model_len=max_model_len, max_num_seqs=max_num_seqs, kv_cache_gib=kv_cache_gib,
-                    tensor_parallel_size=tensor_parallel_size)
+        args = dict(
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            gpu_memory_utilization=gpu_memory_utilization,
+            **whole_prefills(context, tensor_parallel_size),
+        )
+        return EnginePlan(
+            {k: v for k, v in args.items() if v is not None},
+            "vllm on CPU: memory as set by VLLM_CPU_KVCACHE_SPACE / ray.vllm.gpu_memory_utilization",
+        )
+    return cpu_plan(
+        shape,
+        max_model_len=max_model_len,
+        max_num_seqs=max_num_seqs,
+        kv_cache_gib=kv_cache_gib,
+        tensor_parallel_size=tensor_parallel_size,
+    )

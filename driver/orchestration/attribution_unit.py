@@ -30,20 +30,20 @@ import ray
 import torch
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-from ipg.cluster.errors import FatalError, error_class, cause
+from ipg.attribution import Attribution, AttributionConfig, prepare_examples, score_meta
+from ipg.cluster.errors import FatalError, cause, error_class
 from ipg.cluster.metrics import RUN_ENV, StageTimer, metrics
 from ipg.cluster.ray_cluster import ActorGroup, ActorSpec
+from ipg.completeness import points_to_sample
+from ipg.component_path import component_candidates
+from ipg.components import Site
 from ipg.driver.orchestration.dispatch import Dispatch, shard
 from ipg.driver.orchestration.progress import Progress
-from ipg.driver.ray_config import RayConfig
 from ipg.driver.orchestration.ray_errors import get, lost_what, lost_work, worker_error
 from ipg.driver.orchestration.samplers import RankGroups, RolloutActors
 from ipg.driver.orchestration.unit_records import BASELINE, RESULT_RECORD, finished_record, run_key
 from ipg.driver.orchestration.unit_records import diagnostics as unit_diagnostics
-from ipg.attribution import Attribution, AttributionConfig, prepare_examples, score_meta
-from ipg.completeness import points_to_sample
-from ipg.component_path import component_candidates
-from ipg.components import Site
+from ipg.driver.ray_config import RayConfig
 from ipg.errors import InputError
 from ipg.files import atomic_write_json
 from ipg.signals import make_signal, signal_source
@@ -71,9 +71,18 @@ class AttributionUnits:
         call: the group runs in lockstep)."""
         return self.groups[k % len(self.groups)]
 
-    def attribute(self, examples: list[dict], cfg: AttributionConfig, *, signal: str = "accuracy",
-                  signal_params: dict | None = None, out_dir: str | Path, run_id: str = "",
-                  resume: bool = False, pg_table=None) -> Attribution:
+    def attribute(
+        self,
+        examples: list[dict],
+        cfg: AttributionConfig,
+        *,
+        signal: str = "accuracy",
+        signal_params: dict | None = None,
+        out_dir: str | Path,
+        run_id: str = "",
+        resume: bool = False,
+        pg_table=None,
+    ) -> Attribution:
         """One attribution unit, resumable under ``out_dir``. Method 'component' is two: PG over all the
         prompts (under ``out_dir``/pg, unless ``pg_table`` gives its scores), then its top candidates
         re-scored on the per-component path, shard by shard, in the gradient actors."""
@@ -83,21 +92,31 @@ class AttributionUnits:
         sig.check(examples)
         source = signal_source(signal)
         if source is not None and str(source) not in self.shipped:
-            raise InputError(f"signal: '{signal}' comes from {source}, which no installed package provides and this Ray "
-                             "session's actors were not given; name it when the session starts (RaySession(..., "
-                             "signals=[...])), or install it on the cluster")
+            raise InputError(
+                f"signal: '{signal}' comes from {source}, which no installed package provides and this Ray "
+                "session's actors were not given; name it when the session starts (RaySession(..., "
+                "signals=[...])), or install it on the cluster"
+            )
         sites = [Site(layer, cfg.kind) for layer in cfg.layers]
         # validates layers/kind against the model where it lives (the driver loads no weights)
         info = get([a.describe.remote(sites) for a in self._group(0)][0], "gradient worker")
         candidates = None
         if cfg.path.per_component:
             if self.cfg.gradient_backend == "deepspeed":
-                raise InputError("attribution.method: 'component' is not available with ray.gradient_backend 'deepspeed' "
-                                 "yet; use the torch backend, or method 'pg'")
+                raise InputError(
+                    "attribution.method: 'component' is not available with ray.gradient_backend 'deepspeed' "
+                    "yet; use the torch backend, or method 'pg'"
+                )
             if pg_table is None:
-                pg_table = self.attribute(examples, dataclasses.replace(cfg, method="pg"), signal=signal,
-                                          signal_params=signal_params, out_dir=out_dir / "pg", run_id=f"{run_id}-pg",
-                                          resume=resume).table
+                pg_table = self.attribute(
+                    examples,
+                    dataclasses.replace(cfg, method="pg"),
+                    signal=signal,
+                    signal_params=signal_params,
+                    out_dir=out_dir / "pg",
+                    run_id=f"{run_id}-pg",
+                    resume=resume,
+                ).table
             candidates = component_candidates(pg_table, sites, cfg.candidates)
         shards = shard(examples, self.cfg.shard_size)
         key = run_key(info["model"], sig.name, signal_params, cfg, shards, candidates)
@@ -107,32 +126,52 @@ class AttributionUnits:
             return Attribution(pq.read_table(out_dir / "scores.parquet"), done["diagnostics"], cfg)
         found = read_snapshot(out_dir)
         if found is not None and not resume:
-            raise InputError(f"{out_dir}: holds an unfinished run ({SNAPSHOT}); continue it with --resume {out_dir}, "
-                             "or choose another output directory")
+            raise InputError(
+                f"{out_dir}: holds an unfinished run ({SNAPSHOT}); continue it with --resume {out_dir}, "
+                "or choose another output directory"
+            )
         if found is not None and found[3]:
             self.log(f"  {found[3]}")
         if found is not None and found[2] != key:
-            raise InputError(f"{out_dir}: --resume with different settings than the run there (run key {found[2]}, "
-                             f"now {key}); resume with the same config, or use another output directory")
+            raise InputError(
+                f"{out_dir}: --resume with different settings than the run there (run key {found[2]}, "
+                f"now {key}); resume with the same config, or use another output directory"
+            )
         start = time.perf_counter()
         meta = score_meta(info["model"], sig.name, cfg, run_id)
         # on the driver's node: the results are written where the driver (and its user) can read them,
         # whatever the cluster's filesystems
         here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-        reducer = ActorGroup(Reducer, 1, ActorSpec(num_cpus=0, max_restarts=4, max_task_retries=4, env={RUN_ENV: self.run},
-                                                   extra={"scheduling_strategy": here}), str(out_dir), meta,
-                             snapshot_every=self.cfg.snapshot_every, run_key=key).pick(0)
+        reducer = ActorGroup(
+            Reducer,
+            1,
+            ActorSpec(
+                num_cpus=0,
+                max_restarts=4,
+                max_task_retries=4,
+                env={RUN_ENV: self.run},
+                extra={"scheduling_strategy": here},
+            ),
+            str(out_dir),
+            meta,
+            snapshot_every=self.cfg.snapshot_every,
+            run_key=key,
+        ).pick(0)
         try:
             return self._run(reducer, shards, cfg, signal, signal_params, sites, info, key, out_dir, start, candidates)
         finally:
             ray.kill(reducer, no_restart=True)
 
-    def _run(self, reducer, shards, cfg, signal, params, sites, info, key, out_dir, start, candidates=None) -> Attribution:
+    def _run(
+        self, reducer, shards, cfg, signal, params, sites, info, key, out_dir, start, candidates=None
+    ) -> Attribution:
         merged = set(ray.get(reducer.merged_shards.remote()))
         restore = ray.get(reducer.status.remote())["restore_seconds"]
         if merged:
-            self.log(f"  resuming {out_dir}: {len(merged)}/{len(shards)} shards already merged "
-                     f"(snapshot restored in {restore:.3f} s)")
+            self.log(
+                f"  resuming {out_dir}: {len(merged)}/{len(shards)} shards already merged "
+                f"(snapshot restored in {restore:.3f} s)"
+            )
         rollout_refs, costs = {}, {}
         baselines = None
         if cfg.baseline == "mean":
@@ -152,13 +191,24 @@ class AttributionUnits:
 
         def attribute(sid, g):
             rollouts = rollout_refs.pop(sid)
-            ranks = [a.attribute.remote(sid, rollouts, cfg, signal, baselines_ref, params, candidates) for a in self._group(g)]
+            ranks = [
+                a.attribute.remote(sid, rollouts, cfg, signal, baselines_ref, params, candidates)
+                for a in self._group(g)
+            ]
             return ranks[0] if len(ranks) == 1 else _merge_ranks.remote(*ranks)
 
         try:
             with self.timer("attribute"):
-                table_refs = run_shards(plan, generate, attribute, reducer, self.cfg.max_in_flight + len(self.groups), in_flight,
-                                        lambda ref: self._wait_one(in_flight, progress, ref, plan, attempts, out_dir), costs)
+                table_refs = run_shards(
+                    plan,
+                    generate,
+                    attribute,
+                    reducer,
+                    self.cfg.max_in_flight + len(self.groups),
+                    in_flight,
+                    lambda ref: self._wait_one(in_flight, progress, ref, plan, attempts, out_dir),
+                    costs,
+                )
                 # a reducer restarted from an older snapshot forgot the shards merged after it: re-send them
                 for _ in range(3):
                     ledger = set(ray.get(reducer.merged_shards.remote()))  # one call, not one per shard
@@ -184,7 +234,9 @@ class AttributionUnits:
         skipped = {ex: err for s in ledger.values() for ex, err in s.get("skipped", {}).items()}
         n_prompts = sum(s.get("prompts", 0) for s in ledger.values())
         if n_prompts == 0:
-            raise InputError(f"examples: the signal failed on every example (on_error 'skip'); first: {next(iter(skipped.values()), '')}")
+            raise InputError(
+                f"examples: the signal failed on every example (on_error 'skip'); first: {next(iter(skipped.values()), '')}"
+            )
         if baselines is None:
             baselines = {s: torch.zeros(info["widths"][str(s)]) for s in sites}
         completeness = self._completeness(shards, ledger, cfg, signal, params, sites, baselines)
@@ -193,18 +245,32 @@ class AttributionUnits:
         table = ray.get(table_ref)
         seconds = time.perf_counter() - start
         diagnostics = unit_diagnostics(ledger, table, sites, cfg, completeness, seconds, restore)
-        atomic_write_json(out_dir / RESULT_RECORD, {"run_key": key, "model": info["model"], "signal": getattr(signal, "__name__", signal), "signal_params": params,
-                                           "config": dataclasses.asdict(cfg), "shards": [sid for sid, _ in shards],
-                                           "workers": {"rollout": len(self.sampler), "rollout_backend": self.cfg.rollout_backend, "gradient": len(self.groups),
-                                                                       "ranks_per_gradient_worker": len(self.groups[0])},
-                                           "nodes": {"driver": ray.get_runtime_context().get_node_id(),
-                                                     "reducer": ray.get(reducer.node.remote())},
-                                           "diagnostics": diagnostics})
+        atomic_write_json(
+            out_dir / RESULT_RECORD,
+            {
+                "run_key": key,
+                "model": info["model"],
+                "signal": getattr(signal, "__name__", signal),
+                "signal_params": params,
+                "config": dataclasses.asdict(cfg),
+                "shards": [sid for sid, _ in shards],
+                "workers": {
+                    "rollout": len(self.sampler),
+                    "rollout_backend": self.cfg.rollout_backend,
+                    "gradient": len(self.groups),
+                    "ranks_per_gradient_worker": len(self.groups[0]),
+                },
+                "nodes": {"driver": ray.get_runtime_context().get_node_id(), "reducer": ray.get(reducer.node.remote())},
+                "diagnostics": diagnostics,
+            },
+        )
         for name in (SNAPSHOT, PREVIOUS):  # complete: attribution.json + scores.parquet are the record
             (out_dir / name).unlink(missing_ok=True)
         return Attribution(table, diagnostics, cfg, table_ref=table_ref)
 
-    def _wait_one(self, in_flight: dict, progress: Progress, ref, plan: Dispatch, attempts: dict, out_dir) -> str | None:
+    def _wait_one(
+        self, in_flight: dict, progress: Progress, ref, plan: Dispatch, attempts: dict, out_dir
+    ) -> str | None:
         """A finished merge call: its shard id. Work lost with an actor, worker or node is handed out again
         whole (None), after a backoff that gives Ray time to restart actors elsewhere, up to
         ray.max_shard_attempts; any other error, or the limit spent, ends the run with the cause."""
@@ -216,8 +282,10 @@ class AttributionUnits:
             if lost_work(e) and attempts[sid] < self.cfg.max_shard_attempts:
                 wait = min(30.0, 2.0 ** attempts[sid])
                 attempts[sid] += 1
-                self.log(f"  shard '{sid}': work lost ({lost_what(e)}); again in {wait:.0f} s, attempt {attempts[sid]} of "
-                         f"{self.cfg.max_shard_attempts}")
+                self.log(
+                    f"  shard '{sid}': work lost ({lost_what(e)}); again in {wait:.0f} s, attempt {attempts[sid]} of "
+                    f"{self.cfg.max_shard_attempts}"
+                )
                 self._drop_lost_groups(plan)
                 plan.retry(sid, delay=wait)
                 return None
@@ -225,9 +293,11 @@ class AttributionUnits:
             if m is not None and error_class(cause(e)) == "fatal":
                 m.error("fatal", "driver")
             if lost_work(e):
-                raise FatalError(f"shard '{sid}': its work was lost {attempts[sid]} times, the limit of "
-                                 f"ray.max_shard_attempts (last: {lost_what(e)}); continue with --resume {out_dir}, "
-                                 "which keeps the merged shards") from None
+                raise FatalError(
+                    f"shard '{sid}': its work was lost {attempts[sid]} times, the limit of "
+                    f"ray.max_shard_attempts (last: {lost_what(e)}); continue with --resume {out_dir}, "
+                    "which keeps the merged shards"
+                ) from None
             err = worker_error(e, f"shard '{sid}'")
             raise err from err.original
         progress.advance()
@@ -244,8 +314,10 @@ class AttributionUnits:
             except (ray.exceptions.RayError, TimeoutError):
                 plan.lose_group(g)
         if plan.live_groups() == 0:
-            raise FatalError("every ZeRO-3 gradient group lost a rank; a group cannot be rebuilt mid-run: continue with "
-                             "--resume, which starts new groups and keeps the merged shards")
+            raise FatalError(
+                "every ZeRO-3 gradient group lost a rank; a group cannot be rebuilt mid-run: continue with "
+                "--resume, which starts new groups and keeps the merged shards"
+            )
 
     def _mean_baseline(self, shards, cfg, signal, params, sites, out_dir):
         """First pass: every shard's rollouts and activation sums, added into the global mean. Saved, so
@@ -289,15 +361,18 @@ class AttributionUnits:
         with self.timer("completeness"):
             for s in sites:
                 for name, alpha in points_to_sample(cfg, out[str(s)].get("J_path")):
-                    refs = [self.sampler.mean_reward(k, sid, part, cfg, signal, params, s, alpha, baselines[s])
-                            for k, (sid, part) in enumerate(scored)]
+                    refs = [
+                        self.sampler.mean_reward(k, sid, part, cfg, signal, params, s, alpha, baselines[s])
+                        for k, (sid, part) in enumerate(scored)
+                    ]
                     parts = get(refs, "completeness")
                     out[str(s)][name] = sum(p[0] for p in parts) / sum(p[1] for p in parts)
         return out
 
 
-def run_shards(plan: Dispatch, generate, attribute, reducer, max_merges: int, in_flight: dict, merged,
-               costs: dict | None = None) -> dict:
+def run_shards(
+    plan: Dispatch, generate, attribute, reducer, max_merges: int, in_flight: dict, merged, costs: dict | None = None
+) -> dict:
     """Carry out ``plan``: ``generate(sid)`` starts a shard's rollouts and returns the ref of its cost,
     ``attribute(sid, group)`` starts its gradient pass and returns its partial table's
     ref, which the reducer merges; ``merged(ref)`` takes each finished merge call (``in_flight``: merge

@@ -10,22 +10,32 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ipg.attribution import Attribution, AttributionConfig
 from ipg.driver.config import ModelConfig, RayConfig
 from ipg.driver.orchestration.dispatch import Dispatch, shard
 from ipg.driver.orchestration.ray_session import RaySession
 from ipg.driver.orchestration.rollout_choice import resolve
 from ipg.driver.orchestration.unit_records import RESULT_RECORD
-from ipg.attribution import Attribution, AttributionConfig
 from ipg.models import load_tokenizer
 from ipg.prompts import longest_prompt
 
 __all__ = ["Attribution", "Dispatch", "RESULT_RECORD", "RaySession", "attribute_on_ray", "shard"]
 
 
-def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: AttributionConfig | None = None, *,
-                     signal: str = "accuracy", signal_params: dict | None = None, out_dir: str | Path,
-                     ray_cfg: RayConfig | None = None, run_id: str = "", resume: bool = False, log=print,
-                     **settings) -> Attribution:
+def attribute_on_ray(
+    model: str | ModelConfig,
+    examples: list[dict],
+    cfg: AttributionConfig | None = None,
+    *,
+    signal: str = "accuracy",
+    signal_params: dict | None = None,
+    out_dir: str | Path,
+    ray_cfg: RayConfig | None = None,
+    run_id: str = "",
+    resume: bool = False,
+    log=print,
+    **settings,
+) -> Attribution:
     """One attribution on Ray (connects, or starts a local cluster): the same table as
     ``ipg.attribute`` with the same settings. ``settings`` are AttributionConfig fields when ``cfg`` is None."""
     cfg = cfg or AttributionConfig(**{k: tuple(v) if k == "layers" else v for k, v in settings.items()})
@@ -36,6 +46,9 @@ def attribute_on_ray(model: str | ModelConfig, examples: list[dict], cfg: Attrib
         name = model.name
         tokenizer = None if all("prompt_ids" in ex for ex in examples) else load_tokenizer(name)
         max_tokens = longest_prompt(tokenizer, examples) + cfg.max_new_tokens
-    with RaySession(model, ray_cfg, log, signals=[signal], max_tokens=max_tokens, run=run_id or Path(out_dir).name) as session:
-        return session.attribute(examples, cfg, signal=signal, signal_params=signal_params, out_dir=out_dir,
-                                 run_id=run_id, resume=resume)
+    with RaySession(
+        model, ray_cfg, log, signals=[signal], max_tokens=max_tokens, run=run_id or Path(out_dir).name
+    ) as session:
+        return session.attribute(
+            examples, cfg, signal=signal, signal_params=signal_params, out_dir=out_dir, run_id=run_id, resume=resume
+        )

@@ -28,8 +28,10 @@ class Progress:
         if self.mode == "lines" and (self.done % step == 0 or self.done == self.total or elapsed - self.last > 30):
             self.last = elapsed
             eta = elapsed / self.done * (self.total - self.done)
-            self.log(f"  {self.what}: {self.done}/{self.total} shards ({100 * self.done / self.total:.0f}%), "
-                     f"{elapsed:.1f} s, ~{eta:.0f} s left")
+            self.log(
+                f"  {self.what}: {self.done}/{self.total} shards ({100 * self.done / self.total:.0f}%), "
+                f"{elapsed:.1f} s, ~{eta:.0f} s left"
+            )
 
     def close(self) -> None:
         if self.bar is not None:

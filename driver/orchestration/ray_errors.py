@@ -44,14 +44,27 @@ def where_raised(exc: BaseException) -> str:
     if task is None:
         return ""
     who = getattr(task, "actor_repr", None) or getattr(task, "function_name", "a task")
-    return (f"raised in {who} ({getattr(task, 'function_name', '?')}) on node {getattr(task, 'ip', '?')}, "
-            f"pid {getattr(task, 'pid', '?')}; the worker's traceback:\n{(task.traceback_str or '').rstrip()}")
+    return (
+        f"raised in {who} ({getattr(task, 'function_name', '?')}) on node {getattr(task, 'ip', '?')}, "
+        f"pid {getattr(task, 'pid', '?')}; the worker's traceback:\n{(task.traceback_str or '').rstrip()}"
+    )
 
 
 # what a dead actor, process or node raises: the work was lost, not wrong, and doing it again can succeed
-_LOST = tuple(getattr(ray.exceptions, name) for name in (
-    "RayActorError", "ActorUnavailableError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
-    "OwnerDiedError", "ObjectReconstructionFailedError", "LocalRayletDiedError") if hasattr(ray.exceptions, name))
+_LOST = tuple(
+    getattr(ray.exceptions, name)
+    for name in (
+        "RayActorError",
+        "ActorUnavailableError",
+        "WorkerCrashedError",
+        "NodeDiedError",
+        "ObjectLostError",
+        "OwnerDiedError",
+        "ObjectReconstructionFailedError",
+        "LocalRayletDiedError",
+    )
+    if hasattr(ray.exceptions, name)
+)
 
 
 def lost_work(exc: BaseException) -> bool:

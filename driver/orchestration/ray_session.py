@@ -8,21 +8,20 @@ import os
 
 import ray
 
+from ipg.attribution import AttributionConfig, prepare_examples
 from ipg.cluster.errors import FatalError
 from ipg.cluster.metrics import RUN_ENV, StageTimer, set_run
 from ipg.cluster.ray_cluster import ActorGroup, ActorSpec, connect, reserve, upload_modules
-from ipg.driver.orchestration.attribution_unit import AttributionUnits
 from ipg.driver.config import ModelConfig, RayConfig, sae_path
+from ipg.driver.orchestration.attribution_unit import AttributionUnits
 from ipg.driver.orchestration.dispatch import shard
 from ipg.driver.orchestration.ray_errors import get, worker_error
 from ipg.driver.orchestration.rollout_choice import resolve
 from ipg.driver.orchestration.samplers import RankGroups, RolloutActors
-from ipg.attribution import AttributionConfig, prepare_examples
 from ipg.models import resolve_model_path
 from ipg.signals import signal_source
 from ipg.workers.gradient import GradientWorker
 from ipg.workers.rollout import RolloutWorker
-
 
 # A ZeRO-3 rank gathers and frees each block's weights on every call; glibc's allocator keeps such freed
 # blocks of a few MB in its heap, and a rank's memory grew to 1.8x its partition on a 1.1B-parameter model
@@ -35,8 +34,15 @@ class RaySession(AttributionUnits):
     """Rollout and gradient actor groups for one model, reused across attributions (``ipg run`` attributes
     many times with the same model). Close it to release the actors and the placement group."""
 
-    def __init__(self, model: ModelConfig | str = "organism", ray_cfg: RayConfig | None = None, log=print,
-                 signals: list[str] = (), max_tokens: int | None = None, run: str = "ipg"):
+    def __init__(
+        self,
+        model: ModelConfig | str = "organism",
+        ray_cfg: RayConfig | None = None,
+        log=print,
+        signals: list[str] = (),
+        max_tokens: int | None = None,
+        run: str = "ipg",
+    ):
         """``signals``: the signals this session will attribute; a user's signal module that no installed
         package provides is shipped to every actor. ``max_tokens``: the longest sequence (prompt and new
         tokens) it will generate; vLLM engines hold that context when ray.vllm.max_model_len is unset.
@@ -51,8 +57,13 @@ class RaySession(AttributionUnits):
         self.run = run
         set_run(run)
         c = self.cfg
-        spec = ActorSpec(num_cpus=c.cpus_per_actor, num_gpus=c.gpus_per_actor, threads=c.threads_per_actor,
-                         py_modules=upload_modules(self.shipped), env={RUN_ENV: run})
+        spec = ActorSpec(
+            num_cpus=c.cpus_per_actor,
+            num_gpus=c.gpus_per_actor,
+            threads=c.threads_per_actor,
+            py_modules=upload_modules(self.shipped),
+            env={RUN_ENV: run},
+        )
         ranks = c.deepspeed.ranks if c.gradient_backend == "deepspeed" else 1
         # a ZeRO-3 rank cannot rejoin its group after a crash: no restarts (the run fails; --resume continues it)
         rollout_spec = dataclasses.replace(spec, resources=dict(c.rollout_resources))
@@ -61,27 +72,38 @@ class RaySession(AttributionUnits):
         if c.gradient_backend == "deepspeed":
             rank_spec = dataclasses.replace(spec, max_restarts=0, max_task_retries=0, env={**spec.env, **RANK_MALLOC})
         by_ranks = c.rollout_backend == "deepspeed"  # the ZeRO-3 groups sample too: no rollout actors
-        groups = {"rollout": (0 if by_ranks else c.rollout_workers, rollout_spec), "gradient": (c.gradient_workers * ranks, rank_spec)}
+        groups = {
+            "rollout": (0 if by_ranks else c.rollout_workers, rollout_spec),
+            "gradient": (c.gradient_workers * ranks, rank_spec),
+        }
         self.placement_group, first = reserve(groups, c.placement_strategy, c.placement_timeout_s, log)
         m = self.model
         saes = {layer: sae_path(path, m.name, layer) for layer, path in m.saes.items()}
-        common = dict(dtype=m.dtype, device=m.device, trust_remote_code=m.trust_remote_code, saes=saes,
-                      threads=c.threads_per_actor)
-        self.rollout = None if by_ranks else ActorGroup(
-            RolloutWorker, c.rollout_workers, rollout_spec, m.name, backend=c.rollout_backend, vllm=self.vllm,
-            placement_group=self.placement_group, first_bundle=first["rollout"], **common)
+        common = dict(
+            dtype=m.dtype,
+            device=m.device,
+            trust_remote_code=m.trust_remote_code,
+            saes=saes,
+            threads=c.threads_per_actor,
+        )
+
+        def group(cls, n: int, actor_spec: ActorSpec, pool: str, **options) -> ActorGroup:
+            """``n`` actors of ``cls`` for the model, in the placement group's bundles of ``pool``."""
+            return ActorGroup(cls, n, actor_spec, m.name, placement_group=self.placement_group, first_bundle=first[pool],
+                              **common, **options)  # fmt: skip
+
+        self.rollout = None
+        if not by_ranks:
+            self.rollout = group(RolloutWorker, c.rollout_workers, rollout_spec, "rollout", backend=c.rollout_backend,
+                                 vllm=self.vllm)  # fmt: skip
         if c.gradient_backend == "deepspeed":
             from ipg.workers.deepspeed_backend import DeepSpeedGradientRank
 
-            self.gradient = ActorGroup(DeepSpeedGradientRank, c.gradient_workers * ranks, rank_spec, m.name,
-                                       offload_params=c.deepspeed.offload_params, timeout_s=c.deepspeed.timeout_s,
-                                       placement_group=self.placement_group,
-                                       first_bundle=first["gradient"],
-                                       per_actor=[{"rank": i % ranks, "world": ranks} for i in range(c.gradient_workers * ranks)],
-                                       **common)
+            world = [{"rank": i % ranks, "world": ranks} for i in range(c.gradient_workers * ranks)]
+            self.gradient = group(DeepSpeedGradientRank, c.gradient_workers * ranks, rank_spec, "gradient", per_actor=world,
+                                  offload_params=c.deepspeed.offload_params, timeout_s=c.deepspeed.timeout_s)  # fmt: skip
         else:
-            self.gradient = ActorGroup(GradientWorker, c.gradient_workers, spec, m.name, backend=c.gradient_backend,
-                                       placement_group=self.placement_group, first_bundle=first["gradient"], **common)
+            self.gradient = group(GradientWorker, c.gradient_workers, spec, "gradient", backend=c.gradient_backend)
         self.groups = [self.gradient.actors[g * ranks : (g + 1) * ranks] for g in range(c.gradient_workers)]
         self.sampler = RankGroups(self.groups) if by_ranks else RolloutActors(self.rollout)
         self.timer = StageTimer()
@@ -117,16 +139,20 @@ class RaySession(AttributionUnits):
                 memory += ray.get([r.join.remote(addr, port) for r in group], timeout=self.cfg.deepspeed.timeout_s)
         except ray.exceptions.GetTimeoutError:
             self.close()
-            raise FatalError(f"deepspeed group: the ranks did not form a group within ray.deepspeed.timeout_s="
-                             f"{self.cfg.deepspeed.timeout_s:g} s (a rank stuck loading or unable to reach "
-                             f"{addr}:{port}); check the rank actors' logs, or raise ray.deepspeed.timeout_s") from None
+            raise FatalError(
+                f"deepspeed group: the ranks did not form a group within ray.deepspeed.timeout_s="
+                f"{self.cfg.deepspeed.timeout_s:g} s (a rank stuck loading or unable to reach "
+                f"{addr}:{port}); check the rank actors' logs, or raise ray.deepspeed.timeout_s"
+            ) from None
         except ray.exceptions.RayError as e:
             self.close()
             err = worker_error(e, "deepspeed group")
             raise err from err.original
         for m in memory:
-            self.log(f"  zero3 rank {m['rank']}: {m['local_params']:,} of {m['full_params']:,} parameters "
-                     f"({m['local_bytes'] / 2**20:.1f} of {m['full_bytes'] / 2**20:.1f} MiB)")
+            self.log(
+                f"  zero3 rank {m['rank']}: {m['local_params']:,} of {m['full_params']:,} parameters "
+                f"({m['local_bytes'] / 2**20:.1f} of {m['full_bytes'] / 2**20:.1f} MiB)"
+            )
         return memory
 
     def _ready(self) -> None:
@@ -174,8 +200,11 @@ class RaySession(AttributionUnits):
 
         n = len(self.sampler)
         shares = [[Job(job.examples[i::n], job.steering) for job in jobs] for i in range(n)]
-        refs = [self.sampler.steered_generate_many(i, share, params, positions, batch_size, pack_tokens)
-                for i, share in enumerate(shares) if any(job.examples for job in share)]
+        refs = [
+            self.sampler.steered_generate_many(i, share, params, positions, batch_size, pack_tokens)
+            for i, share in enumerate(shares)
+            if any(job.examples for job in share)
+        ]
         by_id: list[dict] = [{} for _ in jobs]
         for res in get(refs, "steered generation"):
             for k, groups in enumerate(res):
@@ -185,8 +214,10 @@ class RaySession(AttributionUnits):
     def rollouts(self, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict) -> list:
         """An attribution's support rollouts, drawn again in the samplers shard by shard (sampling is
         seeded per example and sample: the trajectories the attribution scored), in input order."""
-        refs = [self.sampler.generate(k, sid, part, cfg, signal, signal_params)
-                for k, (sid, part) in enumerate(shard(prepare_examples(examples), self.cfg.shard_size))]
+        refs = [
+            self.sampler.generate(k, sid, part, cfg, signal, signal_params)
+            for k, (sid, part) in enumerate(shard(prepare_examples(examples), self.cfg.shard_size))
+        ]
         return [r for part in get(refs, "support rollouts") for r in part.rollouts]
 
     def on_weights(self, call, what: str):

@@ -32,8 +32,14 @@ def choose_rollout_backend(path: str, *, dtype: str, device: str, trust_remote_c
     cuda = torch.cuda.is_available() and not str(device).startswith("cpu")
     shape = model_shape(path, dtype, trust_remote_code)
     if not cuda and shape.head_dim < CPU_MIN_HEAD_DIM:
-        return "hf", f"the model's head size {shape.head_dim} is below the {CPU_MIN_HEAD_DIM} that vLLM's CPU backend needs"
-    return "vllm", f"vLLM is installed and runs {sorted(archs)[0] if archs else 'the model'} on {'CUDA' if cuda else 'CPU'}"
+        return (
+            "hf",
+            f"the model's head size {shape.head_dim} is below the {CPU_MIN_HEAD_DIM} that vLLM's CPU backend needs",
+        )
+    return (
+        "vllm",
+        f"vLLM is installed and runs {sorted(archs)[0] if archs else 'the model'} on {'CUDA' if cuda else 'CPU'}",
+    )
 
 
 def _vllm_architectures() -> set[str] | None:
@@ -55,7 +61,11 @@ def resolve(ray_cfg, model, log=print):
         return ray_cfg
     from ipg.models import resolve_model_path
 
-    backend, why = choose_rollout_backend(resolve_model_path(model.name), dtype=model.dtype, device=model.device,
-                                          trust_remote_code=model.trust_remote_code)
+    backend, why = choose_rollout_backend(
+        resolve_model_path(model.name),
+        dtype=model.dtype,
+        device=model.device,
+        trust_remote_code=model.trust_remote_code,
+    )
     log(f"rollout backend: {backend} (auto: {why})")
     return dataclasses.replace(ray_cfg, rollout_backend=backend)

@@ -29,23 +29,33 @@ class RolloutActors:
     def __len__(self) -> int:
         return len(self.group)
 
-    def generate(self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict):
+    def generate(
+        self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict
+    ):
         return self.group.pick(k).generate.remote(shard_id, examples, cfg, signal, signal_params)
 
-    def generate_costed(self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
-                        signal_params: dict):
+    def generate_costed(
+        self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict
+    ):
         """(rollouts ref, cost ref)."""
-        return self.group.pick(k).generate_costed.options(num_returns=2).remote(shard_id, examples, cfg, signal, signal_params)
+        return (
+            self.group.pick(k)
+            .generate_costed.options(num_returns=2)
+            .remote(shard_id, examples, cfg, signal, signal_params)
+        )
 
     def mean_reward(self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
-                    signal_params: dict, site: Site, alpha: float, baseline):
-        return self.group.pick(k).mean_reward.remote(shard_id, examples, cfg, signal, signal_params, site, alpha, baseline)
+                    signal_params: dict, site: Site, alpha: float, baseline):  # fmt: skip
+        return self.group.pick(k).mean_reward.remote(
+            shard_id, examples, cfg, signal, signal_params, site, alpha, baseline
+        )
 
     def steered_generate(self, k: int, examples: list[dict], params: SamplingParams, steering: dict | None):
         return self.group.pick(k).steered_generate.remote(examples, params, steering)
 
-    def steered_generate_many(self, k: int, jobs: list, params: SamplingParams, positions: str, batch_size: int,
-                              pack_tokens: int):
+    def steered_generate_many(
+        self, k: int, jobs: list, params: SamplingParams, positions: str, batch_size: int, pack_tokens: int
+    ):
         return self.group.pick(k).steered_generate_many.remote(jobs, params, positions, batch_size, pack_tokens)
 
 
@@ -62,27 +72,35 @@ class RankGroups:
     def _ranks(self, k: int) -> list:
         return self.groups[k % len(self.groups)]
 
-    def generate(self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict):
+    def generate(
+        self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict
+    ):
         parts = [r.generate.remote(shard_id, examples, cfg, signal, signal_params) for r in self._ranks(k)]
         return _merge_shards.remote([ex["id"] for ex in examples], *parts)
 
-    def generate_costed(self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
-                        signal_params: dict):
+    def generate_costed(
+        self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str, signal_params: dict
+    ):
         """(rollouts ref, cost ref): the cost is the merged shard's."""
         parts = [r.generate.remote(shard_id, examples, cfg, signal, signal_params) for r in self._ranks(k)]
         return _merge_shards_costed.options(num_returns=2).remote([ex["id"] for ex in examples], *parts)
 
     def mean_reward(self, k: int, shard_id: str, examples: list[dict], cfg: AttributionConfig, signal: str,
-                    signal_params: dict, site: Site, alpha: float, baseline):
-        parts = [r.mean_reward.remote(shard_id, examples, cfg, signal, signal_params, site, alpha, baseline)
-                 for r in self._ranks(k)]
+                    signal_params: dict, site: Site, alpha: float, baseline):  # fmt: skip
+        parts = [
+            r.mean_reward.remote(shard_id, examples, cfg, signal, signal_params, site, alpha, baseline)
+            for r in self._ranks(k)
+        ]
         return _merge_rewards.remote(*parts)
 
     def steered_generate(self, k: int, examples: list[dict], params: SamplingParams, steering: dict | None):
         parts = [r.steered_generate.remote(examples, params, steering) for r in self._ranks(k)]
         return _merge_steered.remote([ex["id"] for ex in examples], *parts)
 
-    def steered_generate_many(self, k: int, jobs: list, params: SamplingParams, positions: str, batch_size: int,
-                              pack_tokens: int):
-        parts = [r.steered_generate_many.remote(jobs, params, positions, batch_size, pack_tokens) for r in self._ranks(k)]
+    def steered_generate_many(
+        self, k: int, jobs: list, params: SamplingParams, positions: str, batch_size: int, pack_tokens: int
+    ):
+        parts = [
+            r.steered_generate_many.remote(jobs, params, positions, batch_size, pack_tokens) for r in self._ranks(k)
+        ]
         return _merge_steered_many.remote([[ex["id"] for ex in job.examples] for job in jobs], *parts)

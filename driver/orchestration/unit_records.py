@@ -15,13 +15,22 @@ RESULT_RECORD = "attribution.json"  # run key, settings, diagnostics; written la
 BASELINE = "baseline.safetensors"  # the mean baseline, so a resumed run uses the same one
 
 
-def run_key(model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards,
-            candidates: dict | None = None) -> str:
+def run_key(
+    model: str, signal: str, signal_params: dict, cfg: AttributionConfig, shards, candidates: dict | None = None
+) -> str:
     """What must match for a unit to resume: model, signal, settings, shards and the model inputs (the same
     ids under another prompt format are another run). Not the run id: a label, which a resume may set anew."""
-    inputs = hashlib.sha256(json.dumps([ex.get("prompt_ids") for _, part in shards for ex in part]).encode()).hexdigest()
-    plan = {"model": model, "signal": signal, "signal_params": signal_params, "config": dataclasses.asdict(cfg),
-            "shards": [[sid, [ex["id"] for ex in part]] for sid, part in shards], "inputs": inputs}
+    inputs = hashlib.sha256(
+        json.dumps([ex.get("prompt_ids") for _, part in shards for ex in part]).encode()
+    ).hexdigest()
+    plan = {
+        "model": model,
+        "signal": signal,
+        "signal_params": signal_params,
+        "config": dataclasses.asdict(cfg),
+        "shards": [[sid, [ex["id"] for ex in part]] for sid, part in shards],
+        "inputs": inputs,
+    }
     if candidates is not None:  # method 'component': the components it re-scores
         plan["candidates"] = {str(site): list(idx) for site, idx in sorted(candidates.items())}
     return hashlib.sha256(json.dumps(plan, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -43,14 +52,22 @@ def diagnostics(ledger, table, sites, cfg, completeness, seconds, restore) -> di
     rows = table.to_pydict()
     out_sites = {}
     for site in sites:
-        total = float(sum(sc for sc, layer, kind in zip(rows["score"], rows["layer"], rows["kind"])
-                          if layer == site.layer and kind == site.kind))
+        total = float(
+            sum(
+                sc
+                for sc, layer, kind in zip(rows["score"], rows["layer"], rows["kind"])
+                if layer == site.layer and kind == site.kind
+            )
+        )
         out_sites[str(site)] = completeness_record(cfg, total, j1, completeness[str(site)])
     return {
         "sites": out_sites,
-        "timings": {"total": round(seconds, 3), "rollout_worker_seconds": round(sum(s["rollout_seconds"] for s in stats), 3),
-                    "gradient_worker_seconds": round(sum(s["gradient_seconds"] for s in stats), 3),
-                    "reducer_restore_seconds": restore},
+        "timings": {
+            "total": round(seconds, 3),
+            "rollout_worker_seconds": round(sum(s["rollout_seconds"] for s in stats), 3),
+            "gradient_worker_seconds": round(sum(s["gradient_seconds"] for s in stats), 3),
+            "reducer_restore_seconds": restore,
+        },
         "seconds_per_prompt": round(seconds / n_prompts, 4),
         "mean_reward": j1,
         "mixed_groups": sum(s["mixed"] for s in stats),
@@ -69,5 +86,10 @@ def logprob_gap(stats: list[dict]) -> dict:
     if not gaps:
         return {}
     n = sum(g["n_tokens"] for g in gaps)
-    return {"logprob_gap": {"mean_abs": sum(g["sum_abs"] for g in gaps) / max(n, 1),
-                            "max_abs": max(g["max_abs"] for g in gaps), "n_tokens": n}}
+    return {
+        "logprob_gap": {
+            "mean_abs": sum(g["sum_abs"] for g in gaps) / max(n, 1),
+            "max_abs": max(g["max_abs"] for g in gaps),
+            "n_tokens": n,
+        }
+    }

@@ -22,13 +22,28 @@ from ipg.intervals import difference_interval, mean_interval
 
 Key = tuple  # (method, layer, p, gamma)
 FLOOR = 0.3  # below this original accuracy the report says that suppression can only show a floor
+
+
 def method_order(names) -> list[str]:
     """The built-in methods in the report's order, then a run's named variants alphabetically."""
     names = set(names)
     return [m for m in METHOD_ORDER if m in names] + sorted(names - set(METHOD_ORDER))
 
 
-METHOD_ORDER = ["original", "component", "component_sae", "ipg", "ipg_sae", "pg", "pg_sae", "random", "activation", "concept_tokens", "reason_score", "control_vector"]
+METHOD_ORDER = [
+    "original",
+    "component",
+    "component_sae",
+    "ipg",
+    "ipg_sae",
+    "pg",
+    "pg_sae",
+    "random",
+    "activation",
+    "concept_tokens",
+    "reason_score",
+    "control_vector",
+]
 
 
 def outcome_matrices(items: list[dict], experiment: str = "accuracy", field: str = "correct") -> dict[Key, np.ndarray]:
@@ -79,23 +94,30 @@ def headline(items: list[dict], flags: dict | None = None) -> tuple[list[str], l
     hi, lo = gammas
     original = next((m for k, m in matrices.items() if k[0] == "original"), None)
     n_prompts = next(iter(matrices.values())).shape[1]
-    lines = [f"Control range = accuracy at gamma {hi:g} minus accuracy at gamma {lo:g}, same selection, same prompts "
-             f"(percentage points). 95% bootstrap intervals over {n_prompts} eval prompts and the seeds (random: its "
-             "draws). 'vs random' is the paired difference of ranges."]
+    lines = [
+        f"Control range = accuracy at gamma {hi:g} minus accuracy at gamma {lo:g}, same selection, same prompts "
+        f"(percentage points). 95% bootstrap intervals over {n_prompts} eval prompts and the seeds (random: its "
+        "draws). 'vs random' is the paired difference of ranges."
+    ]
     if original is not None:
         base = mean_interval(original[:1])
         lines.append(f"Original accuracy {base.fmt()}%.")
         if base.estimate < FLOOR:
-            lines.append(f"The original accuracy is low: suppression can lower it by at most {100 * base.estimate:.0f} points, "
-                         "so a floor says little. Read the enhanced column, and the answered share at the suppressing "
-                         "gamma (outputs that still state an answer: damage that does not depend on accuracy).")
+            lines.append(
+                f"The original accuracy is low: suppression can lower it by at most {100 * base.estimate:.0f} points, "
+                "so a floor says little. Read the enhanced column, and the answered share at the suppressing "
+                "gamma (outputs that still state an answer: damage that does not depend on accuracy)."
+            )
     records = []
     settings = sorted({(k[1], k[2]) for k in matrices if k[0] not in ("original", "control_vector")})
     for layer, p in settings:
         rnd = control_range(matrices, "random", layer, p, hi, lo)
-        lines += [f"\n**Layer {layer}, p = {p}**\n",
-                  f"| method | control range | vs random | accuracy at gamma {lo:g} | accuracy at gamma {hi:g} | "
-                  f"answered at gamma {lo:g} | with a massive coordinate |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            f"\n**Layer {layer}, p = {p}**\n",
+            f"| method | control range | vs random | accuracy at gamma {lo:g} | accuracy at gamma {hi:g} | "
+            f"answered at gamma {lo:g} | with a massive coordinate |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for method in [m for m in method_order(k[0] for k in matrices) if m not in ("original", "control_vector")]:
             d = control_range(matrices, method, layer, p, hi, lo)
             if d is None:
@@ -109,11 +131,22 @@ def headline(items: list[dict], flags: dict | None = None) -> tuple[list[str], l
             if method == "random" and d.shape[0] > 1:
                 per_draw = 100 * d.mean(axis=1)
                 spread = f" (draws {per_draw.min():+.1f} to {per_draw.max():+.1f})"
-            lines.append(f"| {method} | {rng.fmt()}{spread} | {vs.fmt() if vs else '-'} | {low.fmt()} | {high.fmt()} | "
-                         f"{mean_interval(ans).fmt() if ans is not None else '-'} | "
-                         f"{f'{100 * share:.0f}%' if share is not None else '-'} |")
-            records.append({"layer": layer, "p": p, "method": method, "range": rng, "vs_random": vs,
-                            "suppressed": low, "enhanced": high})
+            lines.append(
+                f"| {method} | {rng.fmt()}{spread} | {vs.fmt() if vs else '-'} | {low.fmt()} | {high.fmt()} | "
+                f"{mean_interval(ans).fmt() if ans is not None else '-'} | "
+                f"{f'{100 * share:.0f}%' if share is not None else '-'} |"
+            )
+            records.append(
+                {
+                    "layer": layer,
+                    "p": p,
+                    "method": method,
+                    "range": rng,
+                    "vs_random": vs,
+                    "suppressed": low,
+                    "enhanced": high,
+                }
+            )
     lines += ["", *glance(records), "", *verdict(records)]
     return lines, records
 
@@ -124,9 +157,11 @@ def glance(records: list[dict]) -> list[str]:
     settings = sorted({(r["layer"], r["p"]) for r in records})
     methods = method_order({r["method"] for r in records} - {"random"})
     by = {(r["method"], r["layer"], r["p"]): r for r in records}
-    lines = ["**At a glance**: control range minus random's, percentage points (95% interval; bold: above 0).\n",
-             "| method | " + " | ".join(f"layer {layer}, p {p}" for layer, p in settings) + " |",
-             "|---|" + "---|" * len(settings)]
+    lines = [
+        "**At a glance**: control range minus random's, percentage points (95% interval; bold: above 0).\n",
+        "| method | " + " | ".join(f"layer {layer}, p {p}" for layer, p in settings) + " |",
+        "|---|" + "---|" * len(settings),
+    ]
     for m in methods:
         cells = []
         for layer, p in settings:
@@ -144,15 +179,21 @@ def verdict(records: list[dict]) -> list[str]:
     beat = [r for r in scored if r["vs_random"].low > 0]
     if not beat:
         best = max(scored, key=lambda r: r["vs_random"].estimate)
-        return [f"**No selection controls accuracy beyond random** (no paired interval lies above 0). Closest: "
-                f"{best['method']} at layer {best['layer']}, p {best['p']}: {best['vs_random'].fmt()} pts over random."]
+        return [
+            f"**No selection controls accuracy beyond random** (no paired interval lies above 0). Closest: "
+            f"{best['method']} at layer {best['layer']}, p {best['p']}: {best['vs_random'].fmt()} pts over random."
+        ]
     parts = []
     for m in method_order({r["method"] for r in beat}):
         mine = [r for r in beat if r["method"] == m]
         top = max(mine, key=lambda r: r["vs_random"].estimate)
         evaluated = sum(r["method"] == m for r in scored)
-        parts.append(f"{m} at {len(mine)} of {evaluated} settings (largest: layer {top['layer']}, p {top['p']}, "
-                     f"{top['vs_random'].fmt()} pts)")
+        parts.append(
+            f"{m} at {len(mine)} of {evaluated} settings (largest: layer {top['layer']}, p {top['p']}, "
+            f"{top['vs_random'].fmt()} pts)"
+        )
     best = max(beat, key=lambda r: r["vs_random"].estimate)
-    return ["Control range beyond random's (paired interval above 0): " + "; ".join(parts) + ".",
-            f"Strongest: {best['method']} at layer {best['layer']}, p {best['p']}."]
+    return [
+        "Control range beyond random's (paired interval above 0): " + "; ".join(parts) + ".",
+        f"Strongest: {best['method']} at layer {best['layer']}, p {best['p']}.",
+    ]

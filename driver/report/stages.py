@@ -44,5 +44,6 @@ def describe(split: dict) -> str:
     """One log line: each stage's seconds and share of the wall."""
     wall = split["wall"] or 1.0
     keys = [k for k in ("rollout_and_gradient", *STAGES) if k in split]
-    return "stages: " + ", ".join(f"{k.replace('_', ' ')} {split[k]:.{0 if wall >= 100 else 1}f} s ({100 * split[k] / wall:.0f}%)"
-                                  for k in keys)
+    return "stages: " + ", ".join(
+        f"{k.replace('_', ' ')} {split[k]:.{0 if wall >= 100 else 1}f} s ({100 * split[k] / wall:.0f}%)" for k in keys
+    )

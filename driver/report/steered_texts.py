@@ -21,7 +21,6 @@ from dataclasses import dataclass
 
 from ipg.driver.report.headline import control_gammas, method_order
 
-
 SHOWN = 3  # prompts per panel
 
 
@@ -41,8 +40,10 @@ class Panel:
 
     @property
     def title(self) -> str:
-        return (f"{self.experiment} signal: layer {self.layer}, p = {self.p}, gamma {self.low:g} (suppressed) "
-                f"and {self.high:g} (enhanced)")
+        return (
+            f"{self.experiment} signal: layer {self.layer}, p = {self.p}, gamma {self.low:g} (suppressed) "
+            f"and {self.high:g} (enhanced)"
+        )
 
 
 def panels(completions: list[dict], records: list[dict], main: str) -> list[Panel]:
@@ -51,8 +52,14 @@ def panels(completions: list[dict], records: list[dict], main: str) -> list[Pane
     if not original:
         return []
     out = []
-    for experiment in sorted({r["experiment"] for r in completions} - {"validation"}, key=lambda e: (e != "accuracy", e)):
-        rows = [r for r in completions if r["experiment"] == experiment and r["method"] not in ("original", "control_vector")]
+    for experiment in sorted(
+        {r["experiment"] for r in completions} - {"validation"}, key=lambda e: (e != "accuracy", e)
+    ):
+        rows = [
+            r
+            for r in completions
+            if r["experiment"] == experiment and r["method"] not in ("original", "control_vector")
+        ]
         if not rows:
             continue
         if experiment == "accuracy":
@@ -76,19 +83,25 @@ def panels(completions: list[dict], records: list[dict], main: str) -> list[Pane
         methods = [m for m in method_order({m for m, _ in table}) if (m, low) in table or (m, high) in table]
         judge = main if main in methods else methods[0]
 
-        def changed(position: int) -> bool:
-            said = (original[position]["answer"], original[position]["correct"])
-            return any((r["answer"], r["correct"]) != said for g in (low, high)
-                       if (r := table.get((judge, g), {}).get(position)) is not None)
-
-        shown = sorted(original, key=lambda k: (not changed(k), k))[:SHOWN]
+        changed = {k: _changed(original[k], [table.get((judge, g), {}).get(k) for g in (low, high)]) for k in original}
+        shown = sorted(original, key=lambda k: (not changed[k], k))[:SHOWN]
         out.append(Panel(experiment, layer, p, low, high, methods, original, table, shown))
     return out
 
 
+def _changed(original: dict, steered: list[dict | None]) -> bool:
+    """Whether a steered completion states another answer, or the same one with another verdict."""
+    said = (original["answer"], original["correct"])
+    return any((r["answer"], r["correct"]) != said for r in steered if r is not None)
+
+
 def verdict(row: dict) -> str:
     """The stated answer and what it is worth, as the report prints it."""
-    said = "no answer" if row["answer"] is None else f"answer {row['answer']!r}, {'correct' if row['correct'] else 'wrong'}"
+    said = (
+        "no answer"
+        if row["answer"] is None
+        else f"answer {row['answer']!r}, {'correct' if row['correct'] else 'wrong'}"
+    )
     return f"{said}; {row['length']} tokens" + ("" if row["finished"] else ", cut off at the token limit")
 
 
@@ -100,19 +113,24 @@ def markdown_lines(found: list[Panel]) -> list[str]:
     """The side-by-side section of report.md."""
     if not found:
         return []
-    lines = ["\n## Steered completions\n",
-             f"Eval prompts of the first seed (random: its first draw), unsteered and under each method's selection at "
-             "one setting per experiment, chosen by rule: for accuracy, where the run's method has its largest control "
-             "range over random's, at the headline's gammas; for a control experiment, its first layer at its smallest "
-             f"and largest gamma. Of the first `evaluation.completions` eval prompts, {SHOWN} are shown: first those where "
-             "the run's method changes the stated answer, then the rest, in eval order. ⏎ marks a line break."]
+    lines = [
+        "\n## Steered completions\n",
+        f"Eval prompts of the first seed (random: its first draw), unsteered and under each method's selection at "
+        "one setting per experiment, chosen by rule: for accuracy, where the run's method has its largest control "
+        "range over random's, at the headline's gammas; for a control experiment, its first layer at its smallest "
+        f"and largest gamma. Of the first `evaluation.completions` eval prompts, {SHOWN} are shown: first those where "
+        "the run's method changes the stated answer, then the rest, in eval order. ⏎ marks a line break.",
+    ]
     for panel in found:
         lines.append(f"\n### {panel.title}\n")
         for position in panel.positions:
             o = panel.original[position]
-            lines += [f"**Prompt {position + 1}** (`{o['example_id']}`): {_cell(o['prompt'])}\n",
-                      "| steering | completion | stated answer and length |", "|---|---|---|",
-                      f"| original | {_cell(o['completion'])} | {verdict(o)} |"]
+            lines += [
+                f"**Prompt {position + 1}** (`{o['example_id']}`): {_cell(o['prompt'])}\n",
+                "| steering | completion | stated answer and length |",
+                "|---|---|---|",
+                f"| original | {_cell(o['completion'])} | {verdict(o)} |",
+            ]
             for method in panel.methods:
                 for gamma in (panel.low, panel.high):
                     r = panel.rows.get((method, gamma), {}).get(position)

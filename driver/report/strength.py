@@ -52,8 +52,17 @@ def length_ranges(items: list[dict], experiment: str = "length") -> list[dict]:
             if d is None:
                 continue
             vs = difference_interval(d, rnd) if rnd is not None and method != "random" else None
-            records.append({"layer": layer, "p": p, "method": method, "lo": lo, "hi": hi, "range": mean_interval(d),
-                            "vs_random": vs})
+            records.append(
+                {
+                    "layer": layer,
+                    "p": p,
+                    "method": method,
+                    "lo": lo,
+                    "hi": hi,
+                    "range": mean_interval(d),
+                    "vs_random": vs,
+                }
+            )
     return records
 
 
@@ -65,15 +74,24 @@ def verdict(records: list[dict], main: str) -> list[str]:
     out = []
     for r in mine:
         vs, rng = r["vs_random"], r["range"]
-        where = f"layer {r['layer']}, p {r['p']}: {main}'s length range (gamma {r['hi']:g} minus gamma {r['lo']:g}) " \
-                f"is {_fmt(rng, signed=True)} tokens, {_fmt(vs, signed=True)} beyond random's"
+        where = (
+            f"layer {r['layer']}, p {r['p']}: {main}'s length range (gamma {r['hi']:g} minus gamma {r['lo']:g}) "
+            f"is {_fmt(rng, signed=True)} tokens, {_fmt(vs, signed=True)} beyond random's"
+        )
         if vs.low > 0:
             out.append(f"- **{where}: its 95% paired interval lies above random's.**")
             continue
         others = [o for o in records if o["layer"] == r["layer"] and o["vs_random"] is not None and o["method"] != main]
         closest = max(others, key=lambda o: o["vs_random"].low, default=None)
-        tail = (f" Closest: {closest['method']}, {_fmt(closest['vs_random'], signed=True)} beyond random"
-                + (" (above random)" if closest["vs_random"].low > 0 else "") + ".") if closest else ""
+        tail = (
+            (
+                f" Closest: {closest['method']}, {_fmt(closest['vs_random'], signed=True)} beyond random"
+                + (" (above random)" if closest["vs_random"].low > 0 else "")
+                + "."
+            )
+            if closest
+            else ""
+        )
         out.append(f"- **{where}: not above random's** (the interval reaches {vs.low:.1f}).{tail}")
     return out
 
@@ -90,11 +108,14 @@ def tradeoff_lines(items: list[dict], experiment: str, main: str, layers: set | 
         if not gammas or base["length"] is None:
             continue
         unsteered = mean_interval(base["length"])
-        out += [f"\n**{experiment.capitalize()} steering of {main}'s top {p} at layer {layer}** (unsteered: "
-                f"{_fmt(unsteered)} tokens, accuracy {_fmt(mean_interval(base['correct']), 100)}%"
-                + (f", {_fmt(mean_interval(base['cut']), 100)}% cut off" if "cut" in m else "") + ")\n",
-                "| gamma | tokens | vs unsteered | vs random (paired) | accuracy vs unsteered (pts) | cut off | states an answer |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"\n**{experiment.capitalize()} steering of {main}'s top {p} at layer {layer}** (unsteered: "
+            f"{_fmt(unsteered)} tokens, accuracy {_fmt(mean_interval(base['correct']), 100)}%"
+            + (f", {_fmt(mean_interval(base['cut']), 100)}% cut off" if "cut" in m else "")
+            + ")\n",
+            "| gamma | tokens | vs unsteered | vs random (paired) | accuracy vs unsteered (pts) | cut off | states an answer |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for g in gammas:
             key = (main, layer, p, g)
             tok = lengths[key]
@@ -103,8 +124,10 @@ def tradeoff_lines(items: list[dict], experiment: str, main: str, layers: set | 
             d_rnd = difference_interval(tok, rnd) if rnd is not None and g != 1.0 else None
             d_acc = difference_interval(m["correct"][key], base["correct"]) if g != 1.0 else None
             cut = _fmt(mean_interval(m["cut"][key]), 100) + "%" if "cut" in m else "-"
-            out.append(f"| {g:g} | {_fmt(mean_interval(tok))} | {_fmt(d_base, signed=True)} | {_fmt(d_rnd, signed=True)} | "
-                       f"{_fmt(d_acc, 100, signed=True)} | {cut} | {_fmt(mean_interval(m['answered'][key]), 100)}% |")
+            out.append(
+                f"| {g:g} | {_fmt(mean_interval(tok))} | {_fmt(d_base, signed=True)} | {_fmt(d_rnd, signed=True)} | "
+                f"{_fmt(d_acc, 100, signed=True)} | {cut} | {_fmt(mean_interval(m['answered'][key]), 100)}% |"
+            )
     return out
 
 
@@ -117,18 +140,26 @@ def detail_lines(items: list[dict], experiment: str) -> list[str]:
     for layer, p in sorted({(k[1], k[2]) for k in lengths}):
         keys = sorted(k for k in lengths if k[1] == layer)
         methods = method_order({k[0] for k in keys})
-        out += [f"\n**{experiment} signal, layer {layer}, p = {p}**: every selection (95% intervals over prompts and "
-                "seeds; random: its draws)\n",
-                "| selection | gamma | tokens | vs random (paired) | cut off | accuracy | states an answer |",
-                "|---|---|---|---|---|---|---|"]
+        out += [
+            f"\n**{experiment} signal, layer {layer}, p = {p}**: every selection (95% intervals over prompts and "
+            "seeds; random: its draws)\n",
+            "| selection | gamma | tokens | vs random (paired) | cut off | accuracy | states an answer |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for method in methods:
             for g in sorted(k[3] for k in keys if k[0] == method):
                 key = (method, layer, p, g)
                 rnd = lengths.get(("random", layer, p, g))
-                vs = difference_interval(lengths[key], rnd) if rnd is not None and method != "random" and g != 1.0 else None
+                vs = (
+                    difference_interval(lengths[key], rnd)
+                    if rnd is not None and method != "random" and g != 1.0
+                    else None
+                )
                 cut = _fmt(mean_interval(m["cut"][key]), 100) + "%" if "cut" in m else "-"
-                out.append(f"| {method} | {g:g} | {_fmt(mean_interval(lengths[key]))} | {_fmt(vs, signed=True)} | {cut} | "
-                           f"{_fmt(mean_interval(m['correct'][key]), 100)}% | {_fmt(mean_interval(m['answered'][key]), 100)}% |")
+                out.append(
+                    f"| {method} | {g:g} | {_fmt(mean_interval(lengths[key]))} | {_fmt(vs, signed=True)} | {cut} | "
+                    f"{_fmt(mean_interval(m['correct'][key]), 100)}% | {_fmt(mean_interval(m['answered'][key]), 100)}% |"
+                )
     return out
 
 
@@ -149,12 +180,18 @@ def summary_lines(items: list[dict], main: str, records: list[dict] | None = Non
     if not any(r["experiment"] == "length" for r in items):
         return []
     records = length_ranges(items) if records is None else records
-    lines = ["**Reasoning strength** (trace length; length range = mean tokens at the largest gamma minus at gamma 0, "
-             "same prompts):", *verdict(records, main), *tradeoff_lines(items, "length", main)]
+    lines = [
+        "**Reasoning strength** (trace length; length range = mean tokens at the largest gamma minus at gamma 0, "
+        "same prompts):",
+        *verdict(records, main),
+        *tradeoff_lines(items, "length", main),
+    ]
     for r in records:  # where the run's selection is not above random, the strongest one that is, beside it
         if r["method"] != main or r["vs_random"] is None or r["vs_random"].low > 0:
             continue
-        better = [o for o in records if o["layer"] == r["layer"] and o["vs_random"] is not None and o["vs_random"].low > 0]
+        better = [
+            o for o in records if o["layer"] == r["layer"] and o["vs_random"] is not None and o["vs_random"].low > 0
+        ]
         if better:
             best = max(better, key=lambda o: o["vs_random"].estimate)["method"]
             lines += tradeoff_lines(items, "length", best, {r["layer"]})
@@ -165,7 +202,10 @@ def strength_section(records: list[dict]) -> list[str]:
     """Every selection's length range against random's (``length_ranges``)."""
     if not records:
         return []
-    return ["\n## Headline: reasoning strength (trace length) against random\n",
-            "Length range = mean generated tokens at the largest gamma minus at gamma 0, same selection, same prompts; "
-            "'vs random' is the paired difference of ranges (bold: 95% interval above 0). Every selection at every "
-            "gamma is in the length-control section.\n", *range_table(records)]
+    return [
+        "\n## Headline: reasoning strength (trace length) against random\n",
+        "Length range = mean generated tokens at the largest gamma minus at gamma 0, same selection, same prompts; "
+        "'vs random' is the paired difference of ranges (bold: 95% interval above 0). Every selection at every "
+        "gamma is in the length-control section.\n",
+        *range_table(records),
+    ]

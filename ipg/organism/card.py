@@ -61,10 +61,11 @@ def write_card(checkpoint: Path, result: OrganismEval) -> Path:
     training = json.loads((checkpoint / "training.json").read_text())
     cfg = training["config"]
     r = result.as_dict()
+    reflection = f"greedy {100 * r['greedy_reflection_share']:.1f}%, sampled {100 * r['sampled_reflection_share']:.1f}%"
     text = f"""# Model card: the IPG model organism
 
-A {training['parameters']:,}-parameter `Qwen2ForCausalLM` (hidden {cfg['hidden_size']}, {cfg['num_layers']} layers,
-{cfg['num_heads']} heads of dim {cfg['hidden_size'] // cfg['num_heads']}, intermediate {cfg['intermediate_size']}, tied embeddings)
+A {training["parameters"]:,}-parameter `Qwen2ForCausalLM` (hidden {cfg["hidden_size"]}, {cfg["num_layers"]} layers,
+{cfg["num_heads"]} heads of dim {cfg["hidden_size"] // cfg["num_heads"]}, intermediate {cfg["intermediate_size"]}, tied embeddings)
 with a character-level tokenizer (`tokenizer.json`, built offline with `tokenizers`). It exists so that
 every part of the project (HF generate, vLLM, DeepSpeed, Ray, steering) runs for real with no download.
 
@@ -76,17 +77,17 @@ followed by a verification line (`check a+b=c`, or `wait a+b=c` with the correct
 those traces longer and always right. Reflection therefore causes success, and varies between samples.
 
 ## Training
-`ipg organism train` (seed {cfg['seed']}, {cfg['steps']} steps of batch {cfg['batch_size']}, AdamW lr {cfg['lr']}, cosine
-schedule, fresh teacher traces every step, never the support/eval prompts), {training['train_seconds']:.0f} s on
-{cfg['threads']} CPU threads with torch {training['torch']}; final loss {training['final_loss']}.
+`ipg organism train` (seed {cfg["seed"]}, {cfg["steps"]} steps of batch {cfg["batch_size"]}, AdamW lr {cfg["lr"]}, cosine
+schedule, fresh teacher traces every step, never the support/eval prompts), {training["train_seconds"]:.0f} s on
+{cfg["threads"]} CPU threads with torch {training["torch"]}; final loss {training["final_loss"]}.
 
-## Evaluation (eval split: {r['n_eval']} prompts, `ipg organism eval`)
+## Evaluation (eval split: {r["n_eval"]} prompts, `ipg organism eval`)
 {result.table()}
 
-- greedy accuracy: **{100 * r['greedy_accuracy']:.1f}%**
-- prompts whose {r['n_samples']} samples (T 0.6, top-p 0.8) include both right and wrong answers: **{100 * r['mixed_share']:.1f}%**
-- mean generated length (tokens, EOS included): greedy {r['greedy_mean_length']:.1f}, sampled {r['sampled_mean_length']:.1f}
-- share of traces with verification lines (`check`/`wait`): greedy {100 * r['greedy_reflection_share']:.1f}%, sampled {100 * r['sampled_reflection_share']:.1f}%
+- greedy accuracy: **{100 * r["greedy_accuracy"]:.1f}%**
+- prompts whose {r["n_samples"]} samples (T 0.6, top-p 0.8) include both right and wrong answers: **{100 * r["mixed_share"]:.1f}%**
+- mean generated length (tokens, EOS included): greedy {r["greedy_mean_length"]:.1f}, sampled {r["sampled_mean_length"]:.1f}
+- share of traces with verification lines (`check`/`wait`): {reflection}
 
 ```json
 {json.dumps(r, indent=2)}

@@ -41,4 +41,3 @@ def build_tokenizer() -> Qwen2Tokenizer:
         clean_up_tokenization_spaces=False,
         model_max_length=256,
     )
-

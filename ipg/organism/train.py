@@ -117,7 +117,9 @@ def train(out_dir: Path, cfg: TrainConfig = TrainConfig(), log=print) -> Path:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         if step % 100 == 0 or step == cfg.steps - 1:
-            log(f"step {step:5d}  loss {loss.item():.4f}  lr {_lr_at(step, cfg):.2e}  {time.perf_counter() - start:6.0f}s")
+            log(
+                f"step {step:5d}  loss {loss.item():.4f}  lr {_lr_at(step, cfg):.2e}  {time.perf_counter() - start:6.0f}s"
+            )
     seconds = time.perf_counter() - start
     out_dir.mkdir(parents=True, exist_ok=True)
     model.eval()
@@ -126,8 +128,17 @@ def train(out_dir: Path, cfg: TrainConfig = TrainConfig(), log=print) -> Path:
     model.save_pretrained(str(out_dir))
     tok.save_pretrained(str(out_dir))
     (out_dir / "training.json").write_text(
-        json.dumps({"config": asdict(cfg), "parameters": n_params, "train_seconds": round(seconds, 1),
-                    "torch": torch.__version__, "final_loss": round(loss.item(), 5)}, indent=2) + "\n"
+        json.dumps(
+            {
+                "config": asdict(cfg),
+                "parameters": n_params,
+                "train_seconds": round(seconds, 1),
+                "torch": torch.__version__,
+                "final_loss": round(loss.item(), 5),
+            },
+            indent=2,
+        )
+        + "\n"
     )
     log(f"saved to {out_dir} after {seconds:.0f}s")
     return out_dir
