@@ -19,7 +19,7 @@ from ipg.data import check_fields
 from ipg.driver.ray_config import DeepSpeedConfig, RayConfig, VLLMConfig
 from ipg.driver.selections import ACCURACY_BASELINES, CONTROL_METHODS
 from ipg.errors import InputError
-from ipg.methods import METHODS
+from ipg.methods import METHODS, PAPER
 from ipg.prompts import PromptFormat
 
 __all__ = [
@@ -395,7 +395,7 @@ PRESETS = {
     # the paper's attribution exactly: whole-vector IPG, zero baseline, right Riemann sum of q = 10, N = 5
     # samples at temperature 0.6 and top-p 0.8 scored once at alpha = 1, GRPO advantages
     "paper": {
-        "attribution.method": "ipg",
+        "attribution.method": PAPER,
         "attribution.baseline": "zero",
         "attribution.schedule": "uniform",
         "attribution.q": 10,

@@ -362,11 +362,13 @@ class Experiment:
     def _attribute_methods(self, examples, methods: set, **kw) -> dict:
         """Attributions of ``methods`` (of ipg / pg / component) on the same prompts, by method. PG runs once,
         before the component path, which re-scores PG's top candidates from its table."""
-        later = [m for m in METHODS if m in methods and METHODS[m].per_component]  # they need PG's table
-        first = [m for m in METHODS if (m in methods or m == "pg" and later) and m not in later]
+        later = [m for m in METHODS if m in methods and METHODS[m].per_component]  # they re-score another's top
+        sources = {METHODS[m].candidates_from for m in later}
+        first = [m for m in METHODS if (m in methods or m in sources) and m not in later]
         results = {}
         for m in first + later:
-            results[m] = self.attribute(examples, method=m, pg_table=results["pg"].table if m in later else None, **kw)
+            source = METHODS[m].candidates_from
+            results[m] = self.attribute(examples, method=m, pg_table=results[source].table if source else None, **kw)
         return results
 
     def _rollouts(self, res, examples, signal: str | None = None, signal_params: dict | None = None):

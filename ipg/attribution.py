@@ -317,7 +317,7 @@ def attribute(
     candidates = None
     if cfg.path.per_component:
         if pg_table is None:
-            pg_cfg = dataclasses.replace(cfg, method="pg")
+            pg_cfg = dataclasses.replace(cfg, method=cfg.path.candidates_from)
             pg_table = shard_scores(model, tokenizer, base, sig, pg_cfg, sites, baselines, saes, log).partial.table(
                 score_meta(model, sig.name, pg_cfg, run_id)
             )

@@ -15,16 +15,17 @@ TRACEBACK = (
 )
 
 
-def _task_error(cause: BaseException, function="GradientWorker.attribute") -> ray.exceptions.RayTaskError:
+def _task_error(cause: BaseException, actor="GradientWorker") -> ray.exceptions.RayTaskError:
+    """As a failed call delivers it: an instance of both RayTaskError and the worker's exception class."""
     return ray.exceptions.RayTaskError(
-        function,
+        f"{actor}.attribute",
         TRACEBACK,
         cause,
-        proctitle="ray::GradientWorker",
+        proctitle=f"ray::{actor}",
         pid=4242,
         ip="10.0.0.7",
-        actor_repr="GradientWorker(organism)",
-    )
+        actor_repr=f"{actor}(organism)",
+    ).as_instanceof_cause()
 
 
 def test_a_fatal_error_keeps_the_workers_exception_and_where_it_was_raised():
@@ -32,7 +33,8 @@ def test_a_fatal_error_keeps_the_workers_exception_and_where_it_was_raised():
     err = worker_error(_task_error(original), "shard 's3'")
     assert isinstance(err, FatalError) and str(err) == "shard 's3': KeyError: 'layers.9'"  # one line, as before
     assert err.original is original and isinstance(err.original, KeyError)  # typed, message intact
-    assert "GradientWorker(organism)" in err.where and "10.0.0.7" in err.where and "pid 4242" in err.where
+    assert err.where.startswith("raised in ray::GradientWorker() (pid=4242, ip=10.0.0.7") and "\x1b" not in err.where
+    assert "GradientWorker(organism)" in err.where  # the actor, then the worker's own traceback
     assert "line 90, in attribute" in err.where and err.where in original.__notes__  # the worker's own line
     with pytest.raises(FatalError) as raised:
         raise err from err.original
@@ -41,9 +43,9 @@ def test_a_fatal_error_keeps_the_workers_exception_and_where_it_was_raised():
 
 def test_input_and_item_errors_stay_one_line_input_errors_with_their_origin():
     item = ItemError("s1", "ex7", "signal raised ValueError: bad answer")
-    err = worker_error(_task_error(item, "RolloutWorker.generate"), "rollouts")
+    err = worker_error(_task_error(item, "RolloutWorker"), "rollouts")
     assert type(err) is InputError and str(err) == "shard 's1', example 'ex7': signal raised ValueError: bad answer"
-    assert err.original is item and "RolloutWorker.generate" in err.where
+    assert err.original is item and err.where.startswith("raised in ray::RolloutWorker()")
 
 
 def test_an_error_without_a_task_has_no_place():

@@ -40,6 +40,7 @@ def test_one_default_method_for_the_library_a_run_and_a_sweep(tmp_path):
 def test_traits_replace_name_tests():
     assert [m for m in METHODS if METHODS[m].integrates] == ["ipg"]
     assert [m for m in METHODS if METHODS[m].per_component] == ["component"]
+    assert METHODS["component"].candidates_from == "pg" and METHODS["pg"].candidates_from is None
     assert schedule("uniform", 4, "pg") == schedule("geometric", 9, "component") == [(1.0, 1.0)]
     assert (
         not AttributionConfig(method="pg", resample=True).resamples

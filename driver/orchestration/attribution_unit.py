@@ -110,7 +110,7 @@ class AttributionUnits:
             if pg_table is None:
                 pg_table = self.attribute(
                     examples,
-                    dataclasses.replace(cfg, method="pg"),
+                    dataclasses.replace(cfg, method=cfg.path.candidates_from),
                     signal=signal,
                     signal_params=signal_params,
                     out_dir=out_dir / "pg",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import ray
 
 from ipg.cluster.errors import FatalError, ItemError, cause
 from ipg.errors import InputError
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the process name on a terminal
 
 
 def worker_error(exc: BaseException, what: str, starting: bool = False) -> BaseException:
@@ -31,23 +35,21 @@ def worker_error(exc: BaseException, what: str, starting: bool = False) -> BaseE
 
 
 def where_raised(exc: BaseException) -> str:
-    """Where a worker raised: the innermost Ray task error's actor or function, node, process and traceback
-    ('' when ``exc`` carries none, e.g. a lost node)."""
+    """Where a worker raised: the innermost Ray task error's process (actor and method), pid, node and the
+    worker's own traceback, as Ray formats them ('' when ``exc`` carries none, e.g. a lost node). Ray delivers
+    a task error as an instance of both RayTaskError and the worker's exception class, which keeps no fields
+    but its text: that text is read."""
     task = None
     for _ in range(32):  # the innermost task error: the one whose cause is the worker's own exception
         if isinstance(exc, ray.exceptions.RayTaskError):
             task = exc
-        nxt = getattr(exc, "cause", None)
+        nxt = exc.__dict__.get("cause")
         if not isinstance(nxt, BaseException) or nxt is exc:
             break
         exc = nxt
     if task is None:
         return ""
-    who = getattr(task, "actor_repr", None) or getattr(task, "function_name", "a task")
-    return (
-        f"raised in {who} ({getattr(task, 'function_name', '?')}) on node {getattr(task, 'ip', '?')}, "
-        f"pid {getattr(task, 'pid', '?')}; the worker's traceback:\n{(task.traceback_str or '').rstrip()}"
-    )
+    return "raised in " + _ANSI.sub("", str(task)).strip()
 
 
 # what a dead actor, process or node raises: the work was lost, not wrong, and doing it again can succeed

@@ -27,6 +27,7 @@ from ipg.driver.report.steered_texts import markdown_lines, panels
 from ipg.driver.report.strength import detail_lines, length_ranges, strength_section, summary_lines
 from ipg.errors import InputError
 from ipg.files import atomic_write_text
+from ipg.methods import METHODS, PAPER
 from ipg.sites import ComponentId
 
 
@@ -82,23 +83,7 @@ def _selection(setup: dict) -> list[str]:
     a = setup.get("attribution")
     if not a:
         return []
-    if a["method"] == "pg":
-        variant = (
-            f"PG (the policy gradient times the activation, at the actual activations) on {a['kind']} components "
-            f"of layers {a['layers']}: N = {a['n_samples']}, {a['advantage']} advantages"
-        )
-    elif a["method"] == "component":
-        variant = (
-            f"the per-component path (PG's top {a.get('candidates', 32)} candidates re-scored by ablating each "
-            f"alone to its {a['baseline']} baseline) on {a['kind']} components of layers {a['layers']}: "
-            f"N = {a['n_samples']}, {a['advantage']} advantages"
-        )
-    else:
-        variant = (
-            f"{a['method'].upper()} on {a['kind']} components of layers {a['layers']}: {a['baseline']} baseline, "
-            f"{a['schedule']} schedule, q = {a['q']}, N = {a['n_samples']}, {a['advantage']} advantages"
-            + (", resampled at each alpha" if a.get("resample") else "")
-        )
+    variant = METHODS[a["method"] if a["method"] in METHODS else PAPER].describe(a)
     return [f"Selection: {variant}" + (f" ({a['why']})" if a.get("why") else "") + ".", ""]
 
 
@@ -272,7 +257,7 @@ def _by_gamma(rows) -> dict:
     return out
 
 
-def _control_table(evals, experiment: str, main: str = "ipg") -> list[str]:
+def _control_table(evals, experiment: str, main: str = PAPER) -> list[str]:
     rows = [r for r in evals if r["experiment"] == experiment]
     if not rows:
         return []
@@ -296,7 +281,7 @@ def _control_table(evals, experiment: str, main: str = "ipg") -> list[str]:
     return out
 
 
-def _monotone(evals, experiment: str, main: str = "ipg") -> list[str]:
+def _monotone(evals, experiment: str, main: str = PAPER) -> list[str]:
     out = []
     rows = [r for r in evals if r["experiment"] == experiment and r["method"] == main]
     for layer in sorted({r["layer"] for r in rows}):
@@ -313,12 +298,12 @@ def _monotone(evals, experiment: str, main: str = "ipg") -> list[str]:
     return out
 
 
-def _evidence(findings, evals, main: str = "ipg") -> list[str]:
+def _evidence(findings, evals, main: str = PAPER) -> list[str]:
     out = ["\n## Evidence (claims of the experiment, checked on these numbers)\n"]
     by = {(f["layer"], f["p"], f["method"]): f for f in findings}
     held = []
     for (layer, p, method), f in sorted(by.items()):
-        if method != "ipg" or not f["suppress"]:
+        if method != PAPER or not f["suppress"]:
             continue
         rnd, act = by.get((layer, p, "random")), by.get((layer, p, "activation"))
         if not rnd or not act:
@@ -339,7 +324,7 @@ def _evidence(findings, evals, main: str = "ipg") -> list[str]:
     )
     original = _mean([r["accuracy"] for r in evals if r["method"] == "original"])
     for f in findings:
-        if f["method"] in ("ipg", "ipg_sae") and f["enhance_best"]:
+        if f["method"] in (PAPER, f"{PAPER}_sae") and f["enhance_best"]:
             delta = _mean(f["enhance_best"]) - original
             out.append(
                 f"- enhancement {f['method']} layer {f['layer']} p {f['p']} at its best gamma {f['best_gamma']:g}: "
@@ -365,7 +350,9 @@ def write_report(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     evals, scores, setup, optional = _load(run_dir)
     stability, items, selections, massive = (optional[k] for k in ("stability", "eval_items", "selections", "massive"))
-    main = setup.get("attribution", {}).get("method", "ipg")  # the run's own selection method
+    main = setup.get("attribution", {}).get(
+        "method", PAPER
+    )  # the run's own selection method (before it was recorded: the paper's)
     table1, findings = _table1(evals)
     head, records = headline(items, massive_shares(selections)) if items else ([], [])
     lengths = length_ranges(items) if items else []
