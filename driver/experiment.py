@@ -295,6 +295,9 @@ class Experiment:
                 "mean_length": s.mean_length,
                 "n": s.n_examples,
                 "reflection_share": s.keyword_share,
+                "cut_off_share": s.unfinished_share,
+                "loop_share": s.loop_share,
+                "answered_share": 1.0 - s.no_answer_share,
             }
             # per prompt: intervals and paired comparisons are computed from these
             p.items = [
@@ -306,6 +309,7 @@ class Experiment:
                     "length": it.length,
                     "reflection": it.keyword,
                     "finished": it.finished,
+                    "looped": it.looped,
                 }
                 for it in items
             ]

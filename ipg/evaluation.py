@@ -13,6 +13,22 @@ from ipg.answers import DEFAULT, Extractor, answers_match
 from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, generate
 
+# A trace loops when one run of LOOP_TOKENS generated tokens occurs LOOP_REPEATS times or more: the model repeats
+# itself instead of reasoning on ("formula-theorem-theorem-theorem-..."). Longer traces made of loops are breakage.
+LOOP_TOKENS = 8
+LOOP_REPEATS = 3
+
+
+def loops(token_ids: list[int], n: int = LOOP_TOKENS, repeats: int = LOOP_REPEATS) -> bool:
+    """Whether some run of ``n`` tokens occurs ``repeats`` times or more in ``token_ids`` (overlaps count)."""
+    seen: dict[tuple[int, ...], int] = {}
+    for i in range(len(token_ids) - n + 1):
+        run = tuple(token_ids[i : i + n])
+        seen[run] = seen.get(run, 0) + 1
+        if seen[run] >= repeats:
+            return True
+    return False
+
 
 @dataclass(frozen=True)
 class EvalSummary:
@@ -24,6 +40,7 @@ class EvalSummary:
     unfinished_share: float  # share of samples cut off by max_new_tokens
     keyword_share: float  # share of samples containing any of the configured keywords
     no_answer_share: float = 0.0  # share of samples in which the extractor found no final answer
+    loop_share: float = 0.0  # share of samples that loop (``loops``)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -40,6 +57,7 @@ class ItemScore:
     length: int  # generated tokens, EOS included
     finished: bool
     keyword: bool  # contains any of the configured keywords
+    looped: bool = False  # repeats one run of LOOP_TOKENS tokens LOOP_REPEATS times or more (``loops``)
 
 
 def score_items(
@@ -62,6 +80,7 @@ def score_items(
                     s.n_tokens,
                     s.finished,
                     any(k in s.text for k in keywords),
+                    loops(s.completion_ids),
                 )
             )
     return items
@@ -82,6 +101,7 @@ def summary_of(items: list[ItemScore], n_examples: int) -> EvalSummary:
         unfinished_share=sum(not it.finished for it in items) / total,
         keyword_share=sum(it.keyword for it in items) / total,
         no_answer_share=sum(not it.answered for it in items) / total,
+        loop_share=sum(it.looped for it in items) / total,
     )
 
 

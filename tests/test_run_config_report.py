@@ -67,7 +67,8 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
     code = main(["run", f"--out={out}", *flags.split(), "--variants={mean_baseline: {baseline: mean}}"])
     assert code == 0
     evals = pq.read_table(out / "eval.parquet").to_pylist()
-    assert {"method", "layer", "p", "gamma", "seed", "draw", "accuracy", "mean_length", "n"} <= set(evals[0])
+    assert {"method", "layer", "p", "gamma", "seed", "draw", "accuracy", "mean_length", "n", "cut_off_share",
+            "loop_share", "answered_share"} <= set(evals[0])  # fmt: skip
     methods = {r["method"] for r in evals if r["experiment"] == "accuracy"}
     # the default selection (component) with PG (its candidates) and the paper's IPG beside it
     assert methods == {
@@ -96,6 +97,10 @@ def test_small_run_writes_outputs_and_report_rebuilds_from_parquet(tmp_path):
             if all(i[k] == r[k] for k in ("experiment", "method", "layer", "p", "gamma", "seed", "draw"))
         ]
         assert len(mine) == 12 and sum(i["correct"] for i in mine) / 12 == r["accuracy"]
+        assert (
+            sum(i["looped"] for i in mine) / 12 == r["loop_share"]
+            and sum(i["answered"] for i in mine) / 12 == r["answered_share"]
+        )
     rnd = {(r["seed"], r["draw"]) for r in evals if r["method"] == "random" and r["experiment"] == "accuracy"}
     assert rnd == {(s, d) for s in (0, 1) for d in range(3)}
     selections = pq.read_table(out / "selections.parquet").to_pylist()

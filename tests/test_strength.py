@@ -82,3 +82,27 @@ def test_the_summary_adds_the_selection_that_beats_random_when_the_runs_does_not
     assert "component_sae's top" not in "\n".join(
         summary_lines(_items({"component": 1.0, "random": 0.0, "component_sae": 1.0}), "component")
     )
+
+
+def test_a_repeated_run_of_tokens_is_a_loop():
+    from ipg.evaluation import loops
+
+    assert loops(list(range(8)) * 3) and not loops(list(range(8)) * 2 + list(range(100, 140)))
+    assert not loops(list(range(7)) * 3) and loops(list(range(7)) * 4)  # a 7-token cycle: its 8-runs repeat 3x in 28
+    assert not loops(list(range(200)))
+
+
+def test_a_length_range_made_of_loops_is_breakage_not_control():
+    items = _items({"component": 1.0, "random": 0.0, "ipg": 0.5})
+    for r in items:  # component loops once it is enhanced; ipg's loops stay near the unsteered model's
+        i = int(r["example_id"][1:])
+        r["looped"] = (r["method"] == "component" and r["gamma"] == 2.0 and i % 5 != 0) or i % 10 == 0
+    records = length_ranges(items)
+    by = {r["method"]: r for r in records}
+    assert by["component"]["vs_random"].low > 40 and by["ipg"]["breakage"] is None
+    assert by["component"]["breakage"] == "at gamma 2 90% of traces loop (unsteered 10%)"
+    said = verdict(records, "component")[0]
+    assert "but that is breakage, not control**: at gamma 2 90% of traces loop (unsteered 10%)" in said
+    assert "its 95% paired interval lies above random's" not in said
+    rows = [line for line in detail_lines(items, "length") if line.startswith("| component | 2 |")]
+    assert rows and rows[0].split(" | ")[5].startswith("90.0")  # the loop column

@@ -7,9 +7,12 @@ From the per-prompt outcomes of a control experiment (``length``, ``reflection``
   whether the run's own selection's range has a 95% interval above random's, and how large it is; if
   not, which selection comes closest.
 - **Trade-off** per gamma: tokens and accuracy against the unsteered model on the same prompts (paired),
-  the share of traces cut off at the token limit, and the share that still state an answer. A shorter
-  trace that no longer answers, or a longer one that only runs into the limit, is not control of
-  reasoning; these columns show which it is.
+  the share of traces cut off at the token limit, the share that loop (``ipg.evaluation.loops``: a run of
+  8 tokens repeated 3 times or more), and the share that still state an answer. A shorter trace that no
+  longer answers, or a longer one that only loops or runs into the limit, is not control of reasoning.
+- **Breakage**: a selection whose looping share moves more than ``BREAKAGE`` (10 points) from the
+  unsteered model's at either end of its range, or whose share stating an answer falls by more than that,
+  is reported as breaking the model, not as controlling how long it reasons, whatever its range.
 
 Every figure carries a 95% bootstrap interval over eval prompts and seeds (``ipg.intervals``); gamma 1 is
 the unsteered model.
@@ -18,7 +21,10 @@ the unsteered model.
 from __future__ import annotations
 
 from ipg.driver.report.headline import control_range, method_order, outcome_matrices
+from ipg.evaluation import LOOP_REPEATS, LOOP_TOKENS
 from ipg.intervals import Interval, difference_interval, mean_interval
+
+BREAKAGE = 0.10  # a move of the looping or answering share beyond this (either end of the range) is breakage
 
 
 def _fmt(i: Interval | None, scale: float = 1.0, signed: bool = False) -> str:
@@ -31,15 +37,43 @@ def _fmt(i: Interval | None, scale: float = 1.0, signed: bool = False) -> str:
 def _matrices(items: list[dict], experiment: str) -> dict[str, dict]:
     fields = {"length": "length", "correct": "correct", "answered": "answered"}
     out = {name: outcome_matrices(items, experiment, field=f) for name, f in fields.items()}
-    if all("finished" in r and r["finished"] is not None for r in items if r["experiment"] == experiment):
+    mine = [r for r in items if r["experiment"] == experiment]
+    if all(r.get("finished") is not None for r in mine):
         out["cut"] = {k: 1.0 - m for k, m in outcome_matrices(items, experiment, field="finished").items()}
+    if all(r.get("looped") is not None for r in mine):  # runs before the loop measure have no such column
+        out["loop"] = outcome_matrices(items, experiment, field="looped")
     return out
+
+
+def _share(m: dict, name: str, key) -> str:
+    """A share's mean with its interval, in percent; '-' where the run did not measure it."""
+    return _fmt(mean_interval(m[name][key]), 100) + "%" if name in m and key in m[name] else "-"
+
+
+def breakage(m: dict, method: str, layer: int, p: int, ends: tuple[float, ...]) -> str | None:
+    """Why ``method``'s steering at ``ends`` (gammas) breaks the model rather than controlling it, or None:
+    its looping share moves, or its share stating an answer falls, by more than ``BREAKAGE`` from the
+    unsteered model's (gamma 1, same selection, same prompts)."""
+    base = (method, layer, p, 1.0)
+    found = []
+    for g in ends:
+        key = (method, layer, p, g)
+        if "loop" in m and key in m["loop"] and base in m["loop"]:
+            before, after = float(m["loop"][base].mean()), float(m["loop"][key].mean())
+            if abs(after - before) > BREAKAGE:
+                found.append(f"at gamma {g:g} {100 * after:.0f}% of traces loop (unsteered {100 * before:.0f}%)")
+        if key in m["answered"] and base in m["answered"]:
+            before, after = float(m["answered"][base].mean()), float(m["answered"][key].mean())
+            if before - after > BREAKAGE:
+                found.append(f"at gamma {g:g} {100 * after:.0f}% state an answer (unsteered {100 * before:.0f}%)")
+    return "; ".join(found) or None
 
 
 def length_ranges(items: list[dict], experiment: str = "length") -> list[dict]:
     """One record per (layer, method): its length range (tokens at the largest gamma minus at gamma 0) and
     that range minus random's, paired on prompts."""
-    lengths = outcome_matrices(items, experiment, field="length")
+    m = _matrices(items, experiment)
+    lengths = m["length"]
     records = []
     for layer, p in sorted({(k[1], k[2]) for k in lengths}):
         gammas = sorted({k[3] for k in lengths if k[1] == layer})
@@ -61,6 +95,7 @@ def length_ranges(items: list[dict], experiment: str = "length") -> list[dict]:
                     "hi": hi,
                     "range": mean_interval(d),
                     "vs_random": vs,
+                    "breakage": breakage(m, method, layer, p, (lo, hi)),
                 }
             )
     return records
@@ -78,15 +113,19 @@ def verdict(records: list[dict], main: str) -> list[str]:
             f"layer {r['layer']}, p {r['p']}: {main}'s length range (gamma {r['hi']:g} minus gamma {r['lo']:g}) "
             f"is {_fmt(rng, signed=True)} tokens, {_fmt(vs, signed=True)} beyond random's"
         )
+        if r.get("breakage"):
+            out.append(f"- **{where}, but that is breakage, not control**: {r['breakage']}.")
+            continue
         if vs.low > 0:
             out.append(f"- **{where}: its 95% paired interval lies above random's.**")
             continue
         others = [o for o in records if o["layer"] == r["layer"] and o["vs_random"] is not None and o["method"] != main]
-        closest = max(others, key=lambda o: o["vs_random"].low, default=None)
+        closest = max(others, key=lambda o: (not o.get("breakage"), o["vs_random"].low), default=None)
         tail = (
             (
                 f" Closest: {closest['method']}, {_fmt(closest['vs_random'], signed=True)} beyond random"
                 + (" (above random)" if closest["vs_random"].low > 0 else "")
+                + (" (breakage)" if closest.get("breakage") else "")
                 + "."
             )
             if closest
@@ -112,9 +151,11 @@ def tradeoff_lines(items: list[dict], experiment: str, main: str, layers: set | 
             f"\n**{experiment.capitalize()} steering of {main}'s top {p} at layer {layer}** (unsteered: "
             f"{_fmt(unsteered)} tokens, accuracy {_fmt(mean_interval(base['correct']), 100)}%"
             + (f", {_fmt(mean_interval(base['cut']), 100)}% cut off" if "cut" in m else "")
+            + (f", {_fmt(mean_interval(base['loop']), 100)}% loop" if base.get("loop") is not None else "")
             + ")\n",
-            "| gamma | tokens | vs unsteered | vs random (paired) | accuracy vs unsteered (pts) | cut off | states an answer |",
-            "|---|---|---|---|---|---|---|",
+            "| gamma | tokens | vs unsteered | vs random (paired) | accuracy vs unsteered (pts) | cut off | loop | "
+            "states an answer |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for g in gammas:
             key = (main, layer, p, g)
@@ -123,10 +164,10 @@ def tradeoff_lines(items: list[dict], experiment: str, main: str, layers: set | 
             d_base = difference_interval(tok, base["length"]) if g != 1.0 else None
             d_rnd = difference_interval(tok, rnd) if rnd is not None and g != 1.0 else None
             d_acc = difference_interval(m["correct"][key], base["correct"]) if g != 1.0 else None
-            cut = _fmt(mean_interval(m["cut"][key]), 100) + "%" if "cut" in m else "-"
             out.append(
                 f"| {g:g} | {_fmt(mean_interval(tok))} | {_fmt(d_base, signed=True)} | {_fmt(d_rnd, signed=True)} | "
-                f"{_fmt(d_acc, 100, signed=True)} | {cut} | {_fmt(mean_interval(m['answered'][key]), 100)}% |"
+                f"{_fmt(d_acc, 100, signed=True)} | {_share(m, 'cut', key)} | {_share(m, 'loop', key)} | "
+                f"{_share(m, 'answered', key)} |"
             )
     return out
 
@@ -143,8 +184,8 @@ def detail_lines(items: list[dict], experiment: str) -> list[str]:
         out += [
             f"\n**{experiment} signal, layer {layer}, p = {p}**: every selection (95% intervals over prompts and "
             "seeds; random: its draws)\n",
-            "| selection | gamma | tokens | vs random (paired) | cut off | accuracy | states an answer |",
-            "|---|---|---|---|---|---|---|",
+            "| selection | gamma | tokens | vs random (paired) | cut off | loop | accuracy | states an answer |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for method in methods:
             for g in sorted(k[3] for k in keys if k[0] == method):
@@ -155,10 +196,10 @@ def detail_lines(items: list[dict], experiment: str) -> list[str]:
                     if rnd is not None and method != "random" and g != 1.0
                     else None
                 )
-                cut = _fmt(mean_interval(m["cut"][key]), 100) + "%" if "cut" in m else "-"
                 out.append(
-                    f"| {method} | {g:g} | {_fmt(mean_interval(lengths[key]))} | {_fmt(vs, signed=True)} | {cut} | "
-                    f"{_fmt(mean_interval(m['correct'][key]), 100)}% | {_fmt(mean_interval(m['answered'][key]), 100)}% |"
+                    f"| {method} | {g:g} | {_fmt(mean_interval(lengths[key]))} | {_fmt(vs, signed=True)} | "
+                    f"{_share(m, 'cut', key)} | {_share(m, 'loop', key)} | {_share(m, 'correct', key)} | "
+                    f"{_share(m, 'answered', key)} |"
                 )
     return out
 
@@ -166,11 +207,16 @@ def detail_lines(items: list[dict], experiment: str) -> list[str]:
 def range_table(records: list[dict]) -> list[str]:
     if not records:
         return []
-    out = ["| layer | selection | length range (tokens) | vs random (paired) |", "|---|---|---|---|"]
+    out = [
+        "| layer | selection | length range (tokens) | vs random (paired) | breakage |",
+        "|---|---|---|---|---|",
+    ]
     for r in records:
         vs = r["vs_random"]
         cell = "-" if vs is None else (f"**{_fmt(vs, signed=True)}**" if vs.low > 0 else _fmt(vs, signed=True))
-        out.append(f"| {r['layer']} | {r['method']} | {_fmt(r['range'], signed=True)} | {cell} |")
+        out.append(
+            f"| {r['layer']} | {r['method']} | {_fmt(r['range'], signed=True)} | {cell} | {r.get('breakage') or '-'} |"
+        )
     return out
 
 
@@ -205,7 +251,9 @@ def strength_section(records: list[dict]) -> list[str]:
     return [
         "\n## Headline: reasoning strength (trace length) against random\n",
         "Length range = mean generated tokens at the largest gamma minus at gamma 0, same selection, same prompts; "
-        "'vs random' is the paired difference of ranges (bold: 95% interval above 0). Every selection at every "
-        "gamma is in the length-control section.\n",
+        "'vs random' is the paired difference of ranges (bold: 95% interval above 0). Breakage: where the share of "
+        f"traces that loop (a run of {LOOP_TOKENS} tokens repeated {LOOP_REPEATS} times or more) moves, or the share "
+        f"stating an answer falls, by more than {100 * BREAKAGE:.0f} points from the unsteered model's; such a range "
+        "is not control. Every selection at every gamma is in the length-control section.\n",
         *range_table(records),
     ]

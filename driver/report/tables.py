@@ -33,11 +33,12 @@ SETTING = [
 ]
 EVAL_SCHEMA = pa.schema(SETTING + [
     ("accuracy", pa.float64()), ("mean_length", pa.float64()), ("n", pa.int64()),
-    ("reflection_share", pa.float64()),
+    ("reflection_share", pa.float64()), ("cut_off_share", pa.float64()), ("loop_share", pa.float64()),
+    ("answered_share", pa.float64()),
 ])
 ITEM_SCHEMA = pa.schema(SETTING + [
     ("example_id", pa.string()), ("correct", pa.bool_()), ("answered", pa.bool_()), ("length", pa.int32()),
-    ("reflection", pa.bool_()), ("finished", pa.bool_()),
+    ("reflection", pa.bool_()), ("finished", pa.bool_()), ("looped", pa.bool_()),
 ])
 SELECTION_SCHEMA = pa.schema([
     ("experiment", pa.string()), ("method", pa.string()), ("layer", pa.int32()), ("kind", pa.string()),
