@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 from ipg.driver import attribute_command
+from ipg.driver.strength_config import StudyConfig
 from ipg.errors import InputError
 
 
@@ -291,6 +292,29 @@ def _run(args) -> None:
     print(f"report: {out / 'report.md'}")
 
 
+def _study(args) -> None:
+    from ipg.driver.run_dir import claim
+    from ipg.driver.strength_study import run_study
+
+    defaults = StudyConfig()
+    cfg = StudyConfig(
+        config=args.config,
+        out=args.out,
+        seeds=tuple(args.seeds or defaults.seeds),
+        n_support=args.n_support,
+        n_dev=args.n_dev,
+        n_test=args.n_test,
+        p=args.p,
+        candidates=tuple(args.candidates or defaults.candidates),
+        interventions=tuple(args.interventions or defaults.interventions),
+        gammas=tuple(args.gammas or defaults.gammas),
+        max_new_tokens=args.max_new_tokens,
+    )
+    with claim(cfg.out, "ipg study strength", resume=False, overwrite=args.overwrite):
+        out = run_study(cfg)
+    print(f"results: {out / 'study.md'}")
+
+
 def _sweep(args) -> None:
     from ipg.driver.sweep import SweepFailed, run_sweep
 
@@ -440,6 +464,28 @@ def build_parser() -> argparse.ArgumentParser:
         "when it ends (replaces the spec's pushgateway.address)",
     )
     p.set_defaults(run=_sweep, overrides=[])
+    study = sub.add_parser("study", help="studies that choose a default by a rule fixed in advance").add_subparsers(
+        dest="study", required=True
+    )
+    p = study.add_parser(
+        "strength",
+        help="reasoning strength: candidate selections, sites and interventions on development prompts, "
+        "the default chosen by a fixed rule, checked on test prompts (docs/results/reasoning-strength.md)",
+    )
+    d = StudyConfig()
+    p.add_argument("--config", default=d.config, help="the run config giving model, data, prompt and answers")
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
+    p.add_argument("--seeds", type=int, nargs="+", help=f"default {list(d.seeds)}")
+    p.add_argument("--n-support", type=int, default=d.n_support, help="support prompts per seed")
+    p.add_argument("--n-dev", type=int, default=d.n_dev, help="eval prompts that choose")
+    p.add_argument("--n-test", type=int, default=d.n_test, help="the next eval prompts, which report")
+    p.add_argument("--p", type=int, default=d.p, help="components per selection")
+    p.add_argument("--candidates", nargs="+", help=f"SITE:top|abs selections (default {list(d.candidates)})")
+    p.add_argument("--interventions", nargs="+", help=f"default {list(d.interventions)}")
+    p.add_argument("--gammas", type=float, nargs="+", help=f"default {list(d.gammas)} (1 is the unsteered model)")
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.set_defaults(run=_study)
     p = sub.add_parser("models", help="the named models (organism, smollm2-135m-instruct) and where they are cached")
     p.add_argument("action", nargs="?", choices=["list", "build"], default="list")
     p.add_argument("name", nargs="?", help="the named model to build (download, check, convert) now")

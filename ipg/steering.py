@@ -30,6 +30,7 @@ import torch
 
 from ipg.components import ComponentId, Site, check_site, edit
 from ipg.errors import InputError
+from ipg.interventions import DEFAULT, affine
 
 
 def by_site(components: list[ComponentId]) -> dict[Site, list[int]]:
@@ -39,23 +40,46 @@ def by_site(components: list[ComponentId]) -> dict[Site, list[int]]:
     return sites
 
 
+def site_edits(components: list[ComponentId], gamma: float, intervention: str = DEFAULT, centre=None):
+    """Per site: ``(indices, factor, offset)`` of the intervention at ``gamma`` (``ipg.interventions``);
+    ``offset`` (one value per index) is None for a pure scaling. Repeated components count once."""
+    factor, offset = affine(intervention, gamma, centre, len(components))
+    per_site: dict[Site, dict[int, float]] = defaultdict(dict)
+    for k, c in enumerate(components):
+        per_site[c.site][c.index] = 0.0 if offset is None else float(offset[k])
+    out = {}
+    for site, entries in per_site.items():
+        idx = sorted(entries)
+        out[site] = (idx, factor, None if offset is None else torch.tensor([entries[i] for i in idx]))
+    return out
+
+
 @contextmanager
 def scale(
-    model, components: list[ComponentId], gamma: float, *, positions: str = "generated", saes: dict | None = None
+    model,
+    components: list[ComponentId],
+    gamma: float,
+    *,
+    positions: str = "generated",
+    saes: dict | None = None,
+    intervention: str = DEFAULT,
+    centre=None,
 ):
-    """Multiply each selected component by ``gamma`` while the body runs (all hooks removed on exit)."""
+    """Steer each selected component at strength ``gamma`` while the body runs (all hooks removed on exit).
+    ``intervention`` (``ipg.interventions``): ``scale`` (the default, h -> gamma h, what ``ipg run`` ships),
+    ``mean`` or ``add``, which need ``centre``: one support mean per component."""
     if not components:
         raise InputError("steering: no components selected; pass at least one ComponentId")
-    if not gamma >= 0:
-        raise InputError(f"steering.gamma: must be >= 0, got {gamma}")
     with ExitStack() as stack:
-        for site, indices in by_site(components).items():
-            idx = torch.tensor(sorted(set(indices)))
+        for site, (indices, factor, offset) in site_edits(components, gamma, intervention, centre).items():
+            idx = torch.tensor(indices)
 
-            def fn(h, idx=idx):  # h: (B, T_sel, width)
+            def fn(h, idx=idx, factor=factor, offset=offset):  # h: (B, T_sel, width)
                 idx_d = idx.to(h.device)
                 out = h.clone()
-                out[..., idx_d] = h[..., idx_d] * gamma
+                out[..., idx_d] = h[..., idx_d] * factor
+                if offset is not None:
+                    out[..., idx_d] = out[..., idx_d] + offset.to(h.device, h.dtype)
                 return out
 
             stack.enter_context(edit(model, site, fn, positions=positions, saes=saes))
@@ -93,20 +117,29 @@ def variant_sites(variants: list[dict | None]) -> list[Site]:
 
 def variant_tables(variants: list[dict | None], widths: dict[Site, int]) -> dict[Site, dict[str, torch.Tensor]]:
     """Per site, ``{"scale": (V, width) float32 factors}`` and/or ``{"add": (V, width) float32 vectors}``
-    of the variants (None: no steering; ``{"scale": components, "gamma"}``; ``{"add": layer, "vector",
+    of the variants (None: no steering; ``{"scale": components, "gamma"}``, optionally with
+    ``"intervention"`` and ``"centre"`` as ``scale`` takes them; ``{"add": layer, "vector",
     "coefficient"}``); row v is variant v. A site gets a table of a kind only when some variant uses it."""
     tables: dict[Site, dict[str, torch.Tensor]] = {}
     for v, variant in enumerate(variants):
         if variant is None:
             continue
         if "scale" in variant:
-            if not variant["gamma"] >= 0:
-                raise InputError(f"steering.gamma: must be >= 0, got {variant['gamma']}")
-            for site, indices in by_site(_variant_components(variant)).items():
+            edits = site_edits(
+                _variant_components(variant),
+                variant["gamma"],
+                variant.get("intervention", DEFAULT),
+                variant.get("centre"),
+            )
+            for site, (indices, factor, offset) in edits.items():
                 t = tables.setdefault(site, {})
                 if "scale" not in t:
                     t["scale"] = torch.ones(len(variants), widths[site])
-                t["scale"][v, sorted(set(indices))] = float(variant["gamma"])
+                t["scale"][v, indices] = factor
+                if offset is not None:
+                    if "add" not in t:
+                        t["add"] = torch.zeros(len(variants), widths[site])
+                    t["add"][v, indices] = offset
         else:
             site = Site(int(variant["add"]), "residual")
             t = tables.setdefault(site, {})

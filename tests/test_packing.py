@@ -45,14 +45,28 @@ def _variants():
         {"scale": _components("mlp", 1, 384, 512, seed=1), "gamma": 0.0},
         {"scale": _components("sae", 2, 24, 256), "gamma": 3.0},
         {"add": 1, "vector": vector, "coefficient": 2.0},
+        # about the mean, and a step along it (ipg.interventions), on the site another variant scales
+        {"scale": _components("residual", 2, 24, 128), "gamma": 0.5, "intervention": "mean", "centre": _centre(24)},
+        {"scale": _components("sae", 2, 24, 256), "gamma": 2.0, "intervention": "add", "centre": _centre(24, 1)},
     ]
+
+
+def _centre(n, seed=0):
+    return torch.randn(n, generator=torch.Generator().manual_seed(10 + seed)).tolist()
 
 
 def _separately(model, tok, variant, params, saes, batch_size):
     if variant is None:
         return generate(model, tok, EVAL, params, batch_size=batch_size)
     ctx = (
-        scale(model, variant["scale"], variant["gamma"], saes=saes)
+        scale(
+            model,
+            variant["scale"],
+            variant["gamma"],
+            saes=saes,
+            intervention=variant.get("intervention", "scale"),
+            centre=variant.get("centre"),
+        )
         if "scale" in variant
         else add_vector(model, variant["add"], variant["vector"], variant["coefficient"])
     )
@@ -83,9 +97,9 @@ def test_rows_steered_by_their_own_variants_equal_a_pass_per_variant(organism, s
     )
     assert [_ids(g) for g in packed] == separate
     assert sum(s != separate[0] for s in separate[1:]) >= 4  # the variants really steer
-    # 20 prompts x n in batches of 8 rows: each group of equal rows is one packed batch of all 6 variants
-    assert len(lines) == len(range(0, 20 * params.n, 8)) and "rows of 6 evaluations" in lines[0]
-    assert sorted(finished) == list(range(6))
+    # 20 prompts x n in batches of 8 rows: each group of equal rows is one packed batch of all the variants
+    assert len(lines) == len(range(0, 20 * params.n, 8)) and f"rows of {len(variants)} evaluations" in lines[0]
+    assert sorted(finished) == list(range(len(variants)))
     assert _ids(generate(model, tok, EVAL, params, batch_size=8)) == separate[0]  # hooks removed
 
 

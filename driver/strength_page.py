@@ -1,0 +1,154 @@
+"""The reasoning-strength study's results page (study.md), built from its summary (study.json) alone."""
+
+from __future__ import annotations
+
+from ipg.driver.strength_config import BREAKAGE
+
+
+def _iv(d: dict, signed: bool = True) -> str:
+    f = "+.1f" if signed else ".1f"
+    return f"{d['estimate']:{f}} [{d['low']:{f}}, {d['high']:{f}}]"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _g(x: float) -> str:
+    return f"{x:g}"
+
+
+def _checks(v: dict) -> list[str]:
+    lo, hi = v["lo"], v["hi"]
+    base = v["unsteered"]
+    ok = lambda b: "yes" if b else "**no**"  # noqa: E731
+    rows = [
+        f"gamma {_g(lo)} shorter than unsteered: {_iv(v['shorter_vs_unsteered'])} tokens: {ok(v['shorter_vs_unsteered']['high'] < 0)}",
+        f"gamma {_g(lo)} shorter than random at {_g(lo)}: {_iv(v['shorter_vs_random'])} tokens: {ok(v['shorter_vs_random']['high'] < 0)}",
+        f"gamma {_g(hi)} longer than unsteered: {_iv(v['longer_vs_unsteered'])} tokens: {ok(v['longer_vs_unsteered']['low'] > 0)}",
+        f"gamma {_g(hi)} longer than random at {_g(hi)}: {_iv(v['longer_vs_random'])} tokens: {ok(v['longer_vs_random']['low'] > 0)}",
+    ]
+    for end, g in (("lo", lo), ("hi", hi)):
+        loop, ans = v["loop_share"][end], v["answered_share"][end]
+        rows.append(
+            f"gamma {_g(g)}: looping {_pct(loop)} (unsteered {_pct(base['looped'])}): "
+            f"{ok(abs(loop - base['looped']) <= BREAKAGE + 1e-9)}; stating an answer {_pct(ans)} "
+            f"(unsteered {_pct(base['answered'])}): {ok(ans >= base['answered'] - BREAKAGE - 1e-9)}"
+        )
+    return [f"- {r}" for r in rows]
+
+
+def _curve_table(curves: list[dict], gammas: list[float]) -> list[str]:
+    unsteered = next(c for c in curves if c["selection"] == "unsteered")
+    head = ["selection", "intervention"] + [f"gamma {_g(g)}" for g in sorted(set(gammas) | {1.0})]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    cell = lambda c: f"{c['length']['estimate']:.0f} ({_pct(c['looped'])} loop, {_pct(c['answered'])} ans)"  # noqa: E731
+    settings = []
+    for c in curves:
+        key = (c["selection"], c["intervention"])
+        if c["selection"] != "unsteered" and key not in settings:
+            settings.append(key)
+    for sel, i in settings:
+        row = {c["gamma"]: c for c in curves if (c["selection"], c["intervention"]) == (sel, i)}
+        row[1.0] = unsteered
+        lines.append(f"| {sel} | {i} | " + " | ".join(cell(row[g]) for g in sorted(row)) + " |")
+    return lines
+
+
+def page(s: dict) -> str:
+    sc, chosen, test = s["config"], s["chosen"], s["test"]
+    held = test["passes"]
+    setting = f"`{chosen['selection']}` with intervention `{chosen['intervention']}`, gammas {_g(chosen['lo'])} and {_g(chosen['hi'])}"
+    out = [
+        "# Reasoning strength: which components set how long the model reasons",
+        "",
+        f"Model and task from `{sc['config']}`; seeds {sc['seeds']}, {sc['n_support']} support prompts per seed, "
+        f"p = {sc['p']} components, greedy, up to {sc['max_new_tokens']} new tokens. "
+        f"{sc['n_dev']} development prompts choose; the next {sc['n_test']} eval prompts report.",
+        "",
+        "```",
+        "ipg study strength --out " + sc["out"],
+        "```",
+        "",
+        "**Answer.** "
+        + (
+            f"On the test prompts, {setting} shortens and lengthens traces beyond random without breaking them: every check below holds."
+            if held
+            else f"No candidate passes every check on the test prompts. The rule chose {setting} on the development "
+            f"prompts ({chosen['tier']}); on the test prompts it fails the checks marked **no** below."
+        ),
+        "",
+        "## The rule (fixed before the data)",
+        "",
+        s["rule"],
+        "",
+        f"A trace loops when one run of {s['loop_rule']['tokens']} generated tokens occurs {s['loop_rule']['repeats']} times or more.",
+        "",
+        "## Test prompts: the chosen setting",
+        "",
+        *_checks(test),
+        "",
+    ]
+    shipped = s["shipped"]
+    if (shipped["selection"], shipped["intervention"]) != (chosen["selection"], chosen["intervention"]):
+        out += [
+            f"The shipped default before this study (`{shipped['selection']}`, `{shipped['intervention']}`) "
+            "on the same test prompts and gammas:",
+            "",
+            *_checks(s["shipped_test"]),
+            "",
+        ]
+    out += [
+        "Mean tokens per setting and gamma on the test prompts, with the looping share and the share stating an answer:",
+        "",
+        *_curve_table(s["curves"]["test"], sc["gammas"]),
+        "",
+        "## Development prompts: every candidate",
+        "",
+        "Each candidate's best gamma pair by the rule's margin (tokens beyond random, the weaker direction's "
+        "interval bound). `moves`: both directions beyond random and the unsteered model; `keeps text`: looping "
+        "and answering within 10 points.",
+        "",
+        "| selection | intervention | best pair | margin | moves | keeps text | shorter vs random | longer vs random |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    best: dict = {}
+    for v in s["dev"]:
+        key = (v["selection"], v["intervention"])
+        if key not in best or v["margin"] > best[key]["margin"]:
+            best[key] = v
+    for (sel, i), v in best.items():
+        out.append(
+            f"| {sel} | {i} | {_g(v['lo'])} / {_g(v['hi'])} | {v['margin']:+.1f} | {'yes' if v['moves'] else 'no'} | "
+            f"{'yes' if v['keeps_text'] else 'no'} | {_iv(v['shorter_vs_random'])} | {_iv(v['longer_vs_random'])} |"
+        )
+    out += [
+        "",
+        "Mean tokens on the development prompts, every setting and gamma:",
+        "",
+        *_curve_table(s["curves"]["dev"], sc["gammas"]),
+        "",
+        "## Are the selected components massive activations?",
+        "",
+        "Each selected component's mean |activation| over its site's median component (support decision "
+        "positions), per seed; a ratio of 10 or more is a massive activation (`ipg.massive`).",
+        "",
+        "| seed | selection | ratios of the selected | site's largest | massive selected |",
+        "|---|---|---|---|---|",
+    ]
+    for r in s["selections"]:
+        ratios = r["median_ratio"]
+        out.append(
+            f"| {r['seed']} | {r['selection']} | {', '.join(f'{x:.1f}' for x in ratios)} | {r['site_max_ratio']:.0f} | "
+            f"{sum(x >= 10 for x in ratios)} of {len(ratios)} |"
+        )
+    t = s["timings"]
+    out += [
+        "",
+        "## Time",
+        "",
+        f"Whole study {t['wall'] / 60:.1f} min: attribution {t['attribution'] / 60:.1f} min, development evaluation "
+        f"{t['evaluation_dev'] / 60:.1f} min, test evaluation {t['evaluation_test'] / 60:.1f} min.",
+        "",
+    ]
+    return "\n".join(out)
