@@ -309,6 +309,7 @@ def _study(args) -> None:
         interventions=tuple(args.interventions or defaults.interventions),
         gammas=tuple(args.gammas or defaults.gammas),
         max_new_tokens=args.max_new_tokens,
+        threads=args.threads,
     )
     with claim(cfg.out, "ipg study strength", resume=False, overwrite=args.overwrite):
         out = run_study(cfg)
@@ -485,6 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--interventions", nargs="+", help=f"default {list(d.interventions)}")
     p.add_argument("--gammas", type=float, nargs="+", help=f"default {list(d.gammas)} (1 is the unsteered model)")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads")
     p.set_defaults(run=_study)
     p = sub.add_parser("models", help="the named models (organism, smollm2-135m-instruct) and where they are cached")
     p.add_argument("action", nargs="?", choices=["list", "build"], default="list")

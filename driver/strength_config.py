@@ -44,6 +44,7 @@ class StudyConfig:
     interventions: tuple[str, ...] = ("scale", "mean", "add")
     gammas: tuple[float, ...] = (0.0, 0.5, 0.8, 1.25, 2.0, 3.0)
     max_new_tokens: int = 192
+    threads: int = 2  # torch threads of the study's process
 
     def __post_init__(self):
         for name in self.interventions:
@@ -54,6 +55,8 @@ class StudyConfig:
             )
         for c in self.candidates:
             candidate(c)
+        if self.threads < 1:
+            raise InputError(f"study.threads: must be >= 1, got {self.threads}")
         if self.n_dev < 2 or self.n_test < 2:
             raise InputError(f"study.n_dev, n_test: need at least 2 prompts each, got {self.n_dev} and {self.n_test}")
 

@@ -62,7 +62,7 @@ def page(s: dict) -> str:
     out = [
         "# Reasoning strength: which components set how long the model reasons",
         "",
-        f"Model and task from `{sc['config']}`; seeds {sc['seeds']}, {sc['n_support']} support prompts per seed, "
+        f"Model and task from `{sc['config']}`; seeds {list(sc['seeds'])}, {sc['n_support']} support prompts per seed, "
         f"p = {sc['p']} components, greedy, up to {sc['max_new_tokens']} new tokens. "
         f"{sc['n_dev']} development prompts choose; the next {sc['n_test']} eval prompts report.",
         "",

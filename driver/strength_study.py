@@ -27,37 +27,27 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ipg.components import ComponentId, Site, site_activations
+from ipg.components import ComponentId
 from ipg.driver.strength_config import BREAKAGE, RULE, StudyConfig, candidate
+from ipg.driver.strength_page import page
 from ipg.errors import InputError
 from ipg.evaluation import LOOP_REPEATS, LOOP_TOKENS, score_items
 from ipg.files import atomic_write_bytes, atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams
-from ipg.gradient_pass import positions_mask
 from ipg.intervals import difference_interval, mean_interval
 from ipg.massive import median_ratio
 from ipg.packing import Job, generate_packed
 from ipg.scores import select
 
 
-def support_statistics(model, rollouts, site: Site, positions: str, saes=None) -> dict[str, np.ndarray]:
-    """Mean and mean |activation| of each component over the decision positions of the support trajectories."""
-    sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts for s in r.samples]
-    total = absolute = None
-    count = 0
-    for ids, prompt_len, h in site_activations(model, site, sequences, saes=saes):
-        h = h[positions_mask(prompt_len, len(ids), len(ids), positions)].double()
-        total = h.sum(0) if total is None else total + h.sum(0)
-        absolute = h.abs().sum(0) if absolute is None else absolute + h.abs().sum(0)
-        count += h.shape[0]
-    return {"mean": (total / count).numpy(), "mean_abs": (absolute / count).numpy()}
-
-
 class Study:
     def __init__(self, sc: StudyConfig, log=print):
+        import torch
+
         from ipg.driver.config import load_config
         from ipg.driver.experiment import Experiment
 
+        torch.set_num_threads(sc.threads)  # explicit: a second torch process on the same cores slows both many times
         self.sc, self.log = sc, log
         cfg = load_config(sc.config, [f"data.n_support={sc.n_support}", f"data.n_eval={sc.n_dev + sc.n_test}"])
         cfg = dataclasses.replace(cfg, out=sc.out, seeds=list(sc.seeds))
@@ -88,9 +78,15 @@ class Study:
             support = exp.support(seed)
             for site in sorted({candidate(c)[0] for c in sc.candidates}):
                 res = exp.attribute(support, signal="length", layers=[site.layer], seed=seed, kind=site.kind)
-                self.stats[seed, site] = support_statistics(
-                    exp.model, res.rollouts, site, res.config.positions, exp.saes
-                )
+                # the centres of 'mean' and 'add': each component's mean over the support decision positions
+                rollouts = res.rollouts
+                sequences = [(x.prompt_ids + x.completion_ids, len(x.prompt_ids)) for r in rollouts for x in r.samples]
+                self.stats[seed, site] = {
+                    "mean": exp.lm.site_baseline(
+                        rollouts, site, dataclasses.replace(res.config, baseline="mean")
+                    ).numpy(),
+                    "mean_abs": exp.lm.activation_scores(sequences, site),
+                }
                 for spec in sc.candidates:
                     s, by = candidate(spec)
                     if s == site:
@@ -256,40 +252,42 @@ class Study:
             f"study: chosen on dev ({tier}): {choice['selection']} {choice['intervention']} gammas {choice['lo']}/{choice['hi']}, "
             f"margin {choice['margin']:.1f} tokens"
         )
-        shipped = (sc.candidates[0], "scale")
-        test_settings = [
-            (choice["selection"], choice["intervention"]),
-            (random_of(choice["selection"]), choice["intervention"]),
-        ]
-        if shipped not in test_settings:
-            test_settings += [shipped, (random_of(shipped[0]), "scale")]
+        test_settings = self.test_settings(choice)
         self.evaluate("test", test_settings)
-        test = self.verdict("test", choice["selection"], choice["intervention"], choice["lo"], choice["hi"])
-        shipped_test = self.verdict("test", shipped[0], shipped[1], choice["lo"], choice["hi"])
         self.timings["wall"] = time.perf_counter() - wall
-        summary = dict(
-            config=dataclasses.asdict(sc),
+        summary = self.summary(choice, tier, found, test_settings)
+        sink = pa.BufferOutputStream()
+        pq.write_table(pa.Table.from_pylist(self.rows), sink)
+        atomic_write_bytes(out / "items.parquet", sink.getvalue().to_pybytes())
+        atomic_write_json(out / "study.json", summary)
+        atomic_write_text(out / "study.md", page(summary))
+        self.log(f"study: written {out / 'study.md'} ({self.timings['wall'] / 60:.1f} min)")
+        return out
+
+    def test_settings(self, choice: dict) -> list[tuple[str, str]]:
+        """The chosen setting and its random arm, and the shipped default and its own when it differs."""
+        shipped = (self.sc.candidates[0], "scale")
+        out = [(choice["selection"], choice["intervention"]), (random_of(choice["selection"]), choice["intervention"])]
+        return out + ([shipped, (random_of(shipped[0]), "scale")] if shipped not in out else [])
+
+    def summary(self, choice: dict, tier: str, found: list[dict], test_settings) -> dict:
+        """Everything study.json holds and study.md shows: the rule, the choice, its test and every curve."""
+        shipped = (self.sc.candidates[0], "scale")
+        lo, hi = choice["lo"], choice["hi"]
+        return dict(
+            config=dataclasses.asdict(self.sc),
             rule=RULE,
             loop_rule={"tokens": LOOP_TOKENS, "repeats": LOOP_REPEATS},
             chosen=dict(choice, tier=tier),
-            test=test,
+            test=self.verdict("test", choice["selection"], choice["intervention"], lo, hi),
             shipped=dict(selection=shipped[0], intervention=shipped[1]),
-            shipped_test=shipped_test,
+            shipped_test=self.verdict("test", shipped[0], shipped[1], lo, hi),
             test_settings=test_settings,
             dev=found,
             selections=self.selection_rows(),
             curves={split: self.curves(split) for split in ("dev", "test")},
             timings=self.timings,
         )
-        sink = pa.BufferOutputStream()
-        pq.write_table(pa.Table.from_pylist(self.rows), sink)
-        atomic_write_bytes(out / "items.parquet", sink.getvalue().to_pybytes())
-        atomic_write_json(out / "study.json", summary)
-        from ipg.driver.strength_page import page
-
-        atomic_write_text(out / "study.md", page(summary))
-        self.log(f"study: written {out / 'study.md'} ({self.timings['wall'] / 60:.1f} min)")
-        return out
 
     def selection_rows(self) -> list[dict]:
         rows = []
