@@ -252,6 +252,7 @@ class Experiment:
                     run_id=run_id,
                     pg_table=pg_table,
                     rollout_cache=self.rollout_cache,
+                    log=lambda line: self.log(f"    {run_id}: {line}"),  # its stages as they end
                     **dataclasses.asdict(a),
                 )
         self.tables.scores.append(res.table)
