@@ -301,6 +301,7 @@ def _study(args) -> None:
         config=args.config,
         out=args.out,
         seeds=tuple(args.seeds or defaults.seeds),
+        dev_seeds=tuple(args.dev_seeds or (args.seeds or defaults.seeds)[:1]),
         n_support=args.n_support,
         n_dev=args.n_dev,
         n_test=args.n_test,
@@ -371,6 +372,8 @@ def named_choices() -> str:
     """The named choices of the settings, read from their registries: the help's epilog."""
     from ipg.advantages import ADVANTAGES
     from ipg.driver.selections import ACCURACY_BASELINES, CONTROL_METHODS
+    from ipg.interventions import DEFAULT as DEFAULT_INTERVENTION
+    from ipg.interventions import INTERVENTIONS
     from ipg.methods import DEFAULT, METHODS
     from ipg.paths import BASELINES, SCHEDULES
     from ipg.signals import signal_names
@@ -383,6 +386,7 @@ def named_choices() -> str:
         ("--attribution.advantage", list(ADVANTAGES), ""),
         ("--baselines.methods", list(ACCURACY_BASELINES), "a list"),
         ("--length.methods", list(CONTROL_METHODS), "a list"),
+        ("--length.intervention", list(INTERVENTIONS), f"default {DEFAULT_INTERVENTION}; also --reflection."),
         ("--signal", signal_names(), "or package.module:function"),
         ("--ray.rollout_backend", list(ROLLOUT_BACKENDS), ""),
         ("--ray.gradient_backend", list(GRADIENT_BACKENDS), ""),
@@ -477,7 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", default=d.config, help="the run config giving model, data, prompt and answers")
     p.add_argument("--out", default=d.out)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output directory")
-    p.add_argument("--seeds", type=int, nargs="+", help=f"default {list(d.seeds)}")
+    p.add_argument("--seeds", type=int, nargs="+", help=f"seeds of the test prompts (default {list(d.seeds)})")
+    p.add_argument("--dev-seeds", type=int, nargs="+", help="seeds of the development prompts (default: the first)")
     p.add_argument("--n-support", type=int, default=d.n_support, help="support prompts per seed")
     p.add_argument("--n-dev", type=int, default=d.n_dev, help="eval prompts that choose")
     p.add_argument("--n-test", type=int, default=d.n_test, help="the next eval prompts, which report")

@@ -29,20 +29,20 @@ RULE = (
 class StudyConfig:
     config: str = "deploy/configs/smollm2-135m-instruct-reasoning.yaml"
     out: str = "runs/strength"
-    seeds: tuple[int, ...] = (0, 1)
-    n_support: int = 6
-    n_dev: int = 12
-    n_test: int = 24
+    seeds: tuple[int, ...] = (0, 1)  # the test prompts are evaluated with every seed's selections
+    dev_seeds: tuple[int, ...] = (0,)  # the development prompts with these seeds' (a subset: time)
+    n_support: int = 4
+    n_dev: int = 6
+    n_test: int = 16
     p: int = 8
     candidates: tuple[str, ...] = (
         "layers.22.residual:top",
         "layers.22.residual:abs",
-        "layers.22.mlp:top",
         "layers.22.sae:top",
-        "layers.15.residual:top",
+        "layers.22.mlp:top",
     )
     interventions: tuple[str, ...] = ("scale", "mean", "add")
-    gammas: tuple[float, ...] = (0.0, 0.5, 0.8, 1.25, 2.0, 3.0)
+    gammas: tuple[float, ...] = (0.0, 0.5, 0.8, 1.25, 2.0)  # development grid; the test evaluates the chosen pair
     max_new_tokens: int = 192
     threads: int = 2  # torch threads of the study's process
 
@@ -55,6 +55,8 @@ class StudyConfig:
             )
         for c in self.candidates:
             candidate(c)
+        if not set(self.dev_seeds) <= set(self.seeds) or not self.dev_seeds:
+            raise InputError(f"study.dev_seeds: must be some of seeds {list(self.seeds)}, got {list(self.dev_seeds)}")
         if self.threads < 1:
             raise InputError(f"study.threads: must be >= 1, got {self.threads}")
         if self.n_dev < 2 or self.n_test < 2:

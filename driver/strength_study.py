@@ -67,6 +67,8 @@ class Study:
         self.selections: dict = {}  # (seed, candidate) -> components
         self.stats: dict = {}  # (seed, site) -> support statistics
         self.rows: list[dict] = []
+        self.seeds_of = {"dev": sc.dev_seeds, "test": sc.seeds}  # the choice uses dev_seeds' selections
+        self.gammas_of: dict = {}
         self.timings: dict[str, float] = {}
 
     # -- attribution ---------------------------------------------------------------------------------------
@@ -113,13 +115,14 @@ class Study:
             "centre": [float(mean[c.index]) for c in comps],
         }
 
-    def evaluate(self, split: str, settings: list[tuple[str, str]]) -> None:
+    def evaluate(self, split: str, settings: list[tuple[str, str]], gammas) -> None:
         """Generate the split's prompts unsteered and under every (selection, intervention) x gamma x seed."""
         examples = self.split[split]
+        self.gammas_of[split] = tuple(gammas)
         jobs, keys = [Job(examples)], [dict(selection="unsteered", intervention="none", gamma=1.0, seed=-1)]
         for spec, intervention in settings:
-            for seed in self.sc.seeds:
-                for gamma in self.sc.gammas:
+            for seed in self.seeds_of[split]:
+                for gamma in gammas:
                     jobs.append(Job(examples, self._steering(seed, spec, intervention, gamma)))
                     keys.append(dict(selection=spec, intervention=intervention, gamma=gamma, seed=seed))
         self.log(f"study: {split}: {len(jobs)} evaluations x {len(examples)} prompts")
@@ -168,9 +171,9 @@ class Study:
             rows = {
                 r["example_id"]: r[field] for r in self.rows if r["split"] == split and r["selection"] == "unsteered"
             }
-            return np.array([[float(rows[i]) for i in ids] for _ in self.sc.seeds])
+            return np.array([[float(rows[i]) for i in ids] for _ in self.seeds_of[split]])
         out = []
-        for seed in self.sc.seeds:
+        for seed in self.seeds_of[split]:
             rows = {
                 r["example_id"]: r[field]
                 for r in self.rows
@@ -246,14 +249,14 @@ class Study:
         sites = sorted({candidate(c)[0] for c in sc.candidates})
         dev_settings = [(c, i) for c in sc.candidates for i in sc.interventions]
         dev_settings += [(f"{s}:random", i) for s in sites for i in sc.interventions]
-        self.evaluate("dev", dev_settings)
+        self.evaluate("dev", dev_settings, sc.gammas)
         choice, tier, found = self.choose()
         self.log(
             f"study: chosen on dev ({tier}): {choice['selection']} {choice['intervention']} gammas {choice['lo']}/{choice['hi']}, "
             f"margin {choice['margin']:.1f} tokens"
         )
         test_settings = self.test_settings(choice)
-        self.evaluate("test", test_settings)
+        self.evaluate("test", test_settings, (choice["lo"], choice["hi"]))  # the chosen pair only
         self.timings["wall"] = time.perf_counter() - wall
         summary = self.summary(choice, tier, found, test_settings)
         sink = pa.BufferOutputStream()
@@ -318,7 +321,7 @@ class Study:
         )
         out = []
         for spec, i in [("unsteered", "none")] + settings:
-            for g in [1.0] if spec == "unsteered" else self.sc.gammas:
+            for g in [1.0] if spec == "unsteered" else self.gammas_of[split]:
                 length = mean_interval(self.matrix(split, spec, i, g, "length"))
                 out.append(
                     dict(

@@ -32,6 +32,7 @@ def _study(clean_mean=True):
     st = Study.__new__(Study)
     st.sc = StudyConfig(candidates=(TOP, ABS), interventions=("scale", "mean"), gammas=(0.0, 2.0), n_dev=N, n_test=N)
     st.split = {s: [{"id": f"{s}{i}"} for i in range(N)] for s in ("dev", "test")}
+    st.seeds_of, st.gammas_of = {"dev": (0, 1), "test": (0, 1)}, {"dev": (0.0, 2.0), "test": (0.0, 2.0)}
     st.rows, st.timings = [], {"wall": 60.0, "attribution": 30.0, "evaluation_dev": 20.0, "evaluation_test": 10.0}
     for split in ("dev", "test"):
         for i in range(N):
