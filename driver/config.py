@@ -19,6 +19,8 @@ from ipg.data import check_fields
 from ipg.driver.ray_config import DeepSpeedConfig, RayConfig, VLLMConfig
 from ipg.driver.selections import ACCURACY_BASELINES, CONTROL_METHODS
 from ipg.errors import InputError
+from ipg.interventions import DEFAULT as INTERVENTION
+from ipg.interventions import INTERVENTIONS
 from ipg.methods import METHODS, PAPER
 from ipg.prompts import PromptFormat
 
@@ -159,14 +161,18 @@ class ControlConfig:
     enabled: bool = True
     layers: list[int] = field(default_factory=lambda: [1, 2])
     p: int = 8
-    gammas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.5, 2.0, 3.0])
+    gammas: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0])
     signal_params: dict = field(default_factory=dict)
     # selections steered beside the run's method (driver.selections.CONTROL_METHODS): random (its own draws),
     # activation, ipg / pg / component (each attributed with this signal), sae (the run's method on SAE features)
     methods: list[str] = field(default_factory=lambda: ["random"])
     random_draws: int = 1
+    # how gamma acts on every selection of the experiment, random's included (ipg.interventions): scale (h -> gamma h),
+    # mean (about each component's support mean) or add (a step along it)
+    intervention: str = INTERVENTION
 
     def __post_init__(self):
+        INTERVENTIONS.get(self.intervention, "intervention")
         unknown = sorted(set(self.methods) - set(CONTROL_METHODS))
         if unknown:
             raise InputError(

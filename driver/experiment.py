@@ -43,6 +43,7 @@ from ipg.errors import InputError
 from ipg.evaluation import score_items, summary_of
 from ipg.files import atomic_write_json, atomic_write_text
 from ipg.generation import SamplingParams
+from ipg.interventions import INTERVENTIONS, centres
 from ipg.massive import RATIO as MASSIVE_RATIO
 from ipg.massive import massive_components, median_ratio
 from ipg.methods import DEFAULT as DEFAULT_METHOD
@@ -144,6 +145,7 @@ class Experiment:
         self.tables = RunTables()
         self.said_candidates = False  # the log says once that attribution.candidates was raised
         self.pending: list[_Pending] = []  # queued evaluations (queue, flush)
+        self.site_means: dict = {}  # (seed, site) -> support mean per component (centred interventions)
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
         if on_ray:
@@ -386,10 +388,21 @@ class Experiment:
         with self.timers("rollout"):
             return self.lm.rollouts(examples, res.config, signal, signal_params_of(self.cfg, signal, signal_params))
 
+    def _centres(self, components, rollouts, acfg, seed: int) -> list[float]:
+        """Each component's mean over the decision positions of the seed's support rollouts (the centre of the
+        'mean' and 'add' interventions), one support pass per site and seed."""
+        for site in {c.site for c in components} - {s for k, s in self.site_means if k == seed}:
+            site_cfg = dataclasses.replace(acfg, baseline="mean", layers=(site.layer,), kind=site.kind)
+            with self.timers("baseline_statistics"):
+                self.site_means[seed, site] = self.lm.site_baseline(rollouts, site, site_cfg)
+        return centres({site: m for (k, site), m in self.site_means.items() if k == seed}, components)
+
     def _random(self, site: Site, p: int, seed: int, draw: int = 0):
         return random_components(self.width(site), site, p, seed, draw=draw)
 
-    def _sweep(self, experiment, method, layer, p, seed, components, gammas, draw: int = 0):
+    def _sweep(self, experiment, method, layer, p, seed, components, gammas, draw: int = 0, how: dict | None = None):
+        """Queue the selection's evaluations over the gammas; ``how``: the intervention and its centres (none:
+        scaling about zero)."""
         self._note_selection(experiment, method, layer, p, seed, draw, components)
         for gamma in gammas:
             row = dict(experiment=experiment, method=method, layer=layer, p=p, gamma=gamma, seed=seed, draw=draw)
@@ -404,7 +417,7 @@ class Experiment:
             if gamma == 1.0:  # scaling by exactly 1 is the identity: the unsteered evaluation, not generated again
                 self.pending.append(_Pending(row, None, [], line, copy=True))
             else:
-                self.queue({"scale": components, "gamma": gamma}, line=line, **row)
+                self.queue({"scale": components, "gamma": gamma, **(how or {})}, line=line, **row)
             if experiment == "accuracy" and gamma > 1 and self.validation_examples:
                 self.queue(
                     {"scale": components, "gamma": gamma},
@@ -632,7 +645,8 @@ class Experiment:
             if sae_layers
             else None
         )
-        need_rollouts = cfg.cards.enabled and seed == cfg.seeds[0] or "activation" in c.methods
+        centred = INTERVENTIONS.get(c.intervention, f"{name}.intervention").needs_centre
+        need_rollouts = cfg.cards.enabled and seed == cfg.seeds[0] or "activation" in c.methods or centred
         rollouts = self._rollouts(results[main], support, name, params) if need_rollouts else None
         sequences = [(s.prompt_ids + s.completion_ids, len(s.prompt_ids)) for r in rollouts or [] for s in r.samples]
         for layer in c.layers:
@@ -649,13 +663,15 @@ class Experiment:
                     chosen["activation"] = top_components(self.lm.activation_scores(sequences, site), site, c.p)
             if sae_res is not None and layer in sae_layers:
                 chosen[f"{main}_sae"] = select(sae_res.table, c.p, layer=layer, kind="sae")
-            for method, components in chosen.items():
-                self._sweep(name, method, layer, c.p, seed, components, c.gammas)
             if "random" in c.methods:
                 for draw in range(c.random_draws):
-                    self._sweep(
-                        name, "random", layer, c.p, seed, self._random(site, c.p, seed, draw), c.gammas, draw=draw
-                    )
+                    chosen[("random", draw)] = self._random(site, c.p, seed, draw)
+            for method, components in chosen.items():
+                method, draw = method if isinstance(method, tuple) else (method, 0)
+                how = {"intervention": c.intervention}
+                if centred:
+                    how["centre"] = self._centres(components, rollouts, results[main].config, seed)
+                self._sweep(name, method, layer, c.p, seed, components, c.gammas, draw=draw, how=how)
 
     def _stability(self) -> None:
         cfg, a = self.cfg, self.cfg.attribution
@@ -723,6 +739,12 @@ class Experiment:
                     )
                 },
                 **({"why": DEFAULT_METHOD_WHY} if self.cfg.attribution.method == DEFAULT_METHOD else {}),
+            },
+            # how gamma acts in each experiment (ipg.interventions); accuracy scales about zero
+            "interventions": {
+                "accuracy": "scale",
+                "length": self.cfg.length.intervention,
+                "reflection": self.cfg.reflection.intervention,
             },
             "data": {
                 "support": d.support or "organism support split",

@@ -66,3 +66,38 @@ def test_mean_ablation_on_the_model_puts_each_components_mean_in_place(tiny_rand
     with pytest.raises(InputError, match="steering.centre"):
         with scale(model, comps, 0.0, intervention="mean"):
             pass
+
+
+def test_a_runs_length_experiment_steers_about_the_support_mean_when_asked(tmp_path, monkeypatch):
+    """``length.intervention: mean``: every selection of the length experiment, random's too, is steered about
+    each component's support mean (the per-row tables then apply it, tested above and in test_packing); the
+    report says how gamma acted; an unknown name is refused with the field."""
+    import math
+
+    from ipg.driver.config import load_config
+    from ipg.driver.experiment import Experiment, run_experiment
+
+    queued = []
+    real_queue = Experiment.queue
+
+    def spy(self, steering, examples=None, **kw):
+        queued.append((kw, steering))
+        return real_queue(self, steering, examples, **kw)
+
+    monkeypatch.setattr(Experiment, "queue", spy)
+    flags = ["--length.enabled=true", "--length.layers=[2]", "--length.gammas=[0, 1, 2]", "--length.methods=[random]",
+             "--cards.enabled=false", "--length.intervention=mean", f"--out={tmp_path / 'run'}"]  # fmt: skip
+    out = run_experiment(load_config("deploy/configs/smoke.yaml", flags), log=lambda m: None)
+    length = [(kw, st) for kw, st in queued if kw.get("experiment") == "length"]
+    assert {kw["method"] for kw, _ in length} == {"component", "random"} and {kw["gamma"] for kw, _ in length} == {0, 2}
+    means = {}
+    for _, st in length:
+        assert st["intervention"] == "mean" and len(st["centre"]) == len(st["scale"])
+        for c, mu in zip(st["scale"], st["centre"]):
+            assert math.isfinite(mu) and means.setdefault(str(c), mu) == mu  # one centre per component
+    assert any(abs(mu) > 0.1 for mu in means.values())
+    accuracy = [st for kw, st in queued if kw.get("experiment") == "accuracy" and st and "scale" in st]
+    assert accuracy and all("intervention" not in st for st in accuracy)  # accuracy scales about zero
+    assert "by `mean`: h -> mu + gamma (h - mu)" in (out / "report.md").read_text()
+    with pytest.raises(InputError, match="length.intervention: unknown 'zero'"):
+        load_config("deploy/configs/smoke.yaml", ["--length.intervention=zero"])

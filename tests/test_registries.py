@@ -11,13 +11,24 @@ from ipg.driver.cli import build_parser
 from ipg.driver.config import load_config
 from ipg.driver.selections import ACCURACY_BASELINES, CONTROL_METHODS, SELECTIONS
 from ipg.errors import InputError
+from ipg.interventions import INTERVENTIONS
 from ipg.methods import DEFAULT, METHODS
 from ipg.paths import BASELINES, SCHEDULES, schedule
 from ipg.workers.backends import GRADIENT_BACKENDS, ROLLOUT_BACKENDS
 
 pytestmark = pytest.mark.unit
 
-FAMILIES = [METHODS, SCHEDULES, BASELINES, ADVANTAGES, SELECTIONS, ROLLOUT_BACKENDS, GRADIENT_BACKENDS, FORMATS]
+FAMILIES = [
+    METHODS,
+    SCHEDULES,
+    BASELINES,
+    ADVANTAGES,
+    SELECTIONS,
+    ROLLOUT_BACKENDS,
+    GRADIENT_BACKENDS,
+    FORMATS,
+    INTERVENTIONS,
+]
 
 
 @pytest.mark.parametrize("registry", FAMILIES, ids=lambda r: r.what)
@@ -58,6 +69,7 @@ def test_traits_replace_name_tests():
         ("attribution.advantage", ADVANTAGES),
         ("ray.rollout_backend", ROLLOUT_BACKENDS),
         ("ray.gradient_backend", GRADIENT_BACKENDS),
+        ("length.intervention", INTERVENTIONS),
     ],
 )
 def test_validation_and_help_name_the_registered_choices(flag, registry):
@@ -77,3 +89,4 @@ def test_the_readme_names_every_method_schedule_baseline_and_advantage():
     settings = readme.split("Settings (all keyword arguments of `attribute`")[1].split("## ")[0]
     for registry in (METHODS, SCHEDULES, BASELINES, ADVANTAGES):
         assert all(name in settings for name in registry), registry.what
+    assert all(f"`{name}`" in readme.split("## Steering")[1].split("\n## ")[0] for name in INTERVENTIONS)

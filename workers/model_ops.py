@@ -22,7 +22,9 @@ from ipg.attribution import AttributionConfig, Rollout, prepare_examples, sample
 from ipg.baselines import activation_scores, contrast_scores, control_vector
 from ipg.cards import position_terms, top_contexts
 from ipg.components import ComponentId, Site, check_site
+from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, generate
+from ipg.interventions import DEFAULT as DEFAULT_INTERVENTION
 from ipg.models import model_fingerprint
 from ipg.packing import Job, generate_packed
 from ipg.signals import make_signal
@@ -39,9 +41,15 @@ def steering_context(model, steering: dict | None, saes: dict | None = None, eng
         return nullcontext()
     if "scale" in steering:
         comps = [ComponentId.parse(c) if isinstance(c, str) else c for c in steering["scale"]]
+        how = {"intervention": steering.get("intervention", DEFAULT_INTERVENTION), "centre": steering.get("centre")}
         if engine is not None:
+            if how["intervention"] != DEFAULT_INTERVENTION:
+                raise InputError(
+                    f"intervention: '{how['intervention']}' runs in vLLM only with packed evaluation; set "
+                    "evaluation.pack_tokens above 0 (the default) or ray.rollout_backend: hf"
+                )
             return engine.scale(comps, steering["gamma"], steering["positions"], saes)
-        return scale(model, comps, steering["gamma"], positions=steering["positions"], saes=saes)
+        return scale(model, comps, steering["gamma"], positions=steering["positions"], saes=saes, **how)
     if engine is not None:
         return engine.add(steering["add"], steering["vector"], steering["coefficient"], steering["positions"])
     return add_vector(

@@ -35,6 +35,7 @@ import torch
 from ipg.components import ComponentId, Site
 from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, sample_seed
+from ipg.interventions import DEFAULT as DEFAULT_INTERVENTION
 from ipg.prompts import prompt_ids
 
 VARIANT_KEY = "ipg_variant"  # a request's steering variant, in its SamplingParams.extra_args
@@ -215,7 +216,8 @@ def steering_specs(components, gamma: float, positions: str, saes: dict | None =
 
 
 def row_variant(steering: dict | None, saes: dict | None = None) -> dict | None:
-    """A steering variant (None, {"scale": components, "gamma"}, {"add": layer, "vector", "coefficient"}) as
+    """A steering variant (None, {"scale": components, "gamma"[, "intervention", "centre"]}, {"add": layer,
+    "vector", "coefficient"}) as
     plain data for the engine: component ids as strings, the vector as a list, and the SAE file of every
     SAE site it scales (``saes``: layer -> path)."""
     if steering is None:
@@ -223,7 +225,14 @@ def row_variant(steering: dict | None, saes: dict | None = None) -> dict | None:
     if "scale" in steering:
         comps = [ComponentId.parse(c) if isinstance(c, str) else c for c in steering["scale"]]
         files = {str(c.layer): _sae_state(saes, c.site) for c in comps if c.kind == "sae"}
-        return {"scale": [str(c) for c in comps], "gamma": float(steering["gamma"]), "saes": files}
+        centre = steering.get("centre")
+        return {
+            "scale": [str(c) for c in comps],
+            "gamma": float(steering["gamma"]),
+            "saes": files,
+            "intervention": steering.get("intervention", DEFAULT_INTERVENTION),
+            "centre": None if centre is None else [float(x) for x in centre],
+        }
     vector = steering["vector"]
     return {
         "add": int(steering["add"]),

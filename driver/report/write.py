@@ -27,6 +27,7 @@ from ipg.driver.report.steered_texts import markdown_lines, panels
 from ipg.driver.report.strength import detail_lines, length_ranges, strength_section, summary_lines
 from ipg.errors import InputError
 from ipg.files import atomic_write_text
+from ipg.interventions import INTERVENTIONS
 from ipg.methods import METHODS, PAPER
 from ipg.sites import ComponentId
 
@@ -76,6 +77,17 @@ def _setup(setup: dict) -> list[str]:
     if p.get("example") is not None:
         lines += ["\nThe first eval prompt as the model sees it:\n", "```", p["example"].rstrip("\n"), "```"]
     return lines
+
+
+def _control_lines(evals: list[dict], experiment: str, main: str, setup: dict) -> list[str]:
+    """A control experiment's table, after how gamma acted on its selections (runs before interventions were
+    named: scaling)."""
+    table = _control_table(evals, experiment, main)
+    if not table:
+        return ["(not run)"]
+    name = setup.get("interventions", {}).get(experiment, "scale")
+    how = INTERVENTIONS.get(name, "intervention").describe
+    return [f"\nGamma acts on every selection here, random's included, by `{name}`: {how}.\n", *table]
 
 
 def _selection(setup: dict) -> list[str]:
@@ -400,7 +412,7 @@ def write_report(run_dir: str | Path) -> Path:
             "length",
             [
                 "\n## Length control",
-                *(_control_table(evals, "length", main) or ["(not run)"]),
+                *_control_lines(evals, "length", main, setup),
                 *(detail_lines(items, "length") if items else []),
             ],
         ),
@@ -408,7 +420,7 @@ def write_report(run_dir: str | Path) -> Path:
             "reflection",
             [
                 "\n## Reflection control",
-                *(_control_table(evals, "reflection", main) or ["(not run)"]),
+                *_control_lines(evals, "reflection", main, setup),
                 *(detail_lines(items, "reflection") if items else []),
             ],
         ),
