@@ -38,9 +38,10 @@ def _checks(v: dict) -> list[str]:
     return [f"- {r}" for r in rows]
 
 
-def _curve_table(curves: list[dict], gammas: list[float]) -> list[str]:
+def _curve_table(curves: list[dict]) -> list[str]:
+    """Mean tokens, looping and answering share of every setting at every gamma the split evaluated."""
     unsteered = next(c for c in curves if c["selection"] == "unsteered")
-    head = ["selection", "intervention"] + [f"gamma {_g(g)}" for g in sorted(set(gammas) | {1.0})]
+    head = ["selection", "intervention"] + [f"gamma {_g(g)}" for g in sorted({c["gamma"] for c in curves})]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     cell = lambda c: f"{c['length']['estimate']:.0f} ({_pct(c['looped'])} loop, {_pct(c['answered'])} ans)"  # noqa: E731
     settings = []
@@ -101,7 +102,7 @@ def page(s: dict) -> str:
     out += [
         "Mean tokens per setting and gamma on the test prompts, with the looping share and the share stating an answer:",
         "",
-        *_curve_table(s["curves"]["test"], sc["gammas"]),
+        *_curve_table(s["curves"]["test"]),
         "",
         "## Development prompts: every candidate",
         "",
@@ -126,7 +127,7 @@ def page(s: dict) -> str:
         "",
         "Mean tokens on the development prompts, every setting and gamma:",
         "",
-        *_curve_table(s["curves"]["dev"], sc["gammas"]),
+        *_curve_table(s["curves"]["dev"]),
         "",
         "## Are the selected components massive activations?",
         "",

@@ -138,3 +138,29 @@ def test_reduced_reasoning_config_runs_every_selection_in_both_experiments(lens_
     assert "**Reasoning strength**" in summary and "| gamma | tokens | vs unsteered |" in summary
     assert "## Component cards: length signal" in report and "Acts **" in report
     assert run["config"]["model"]["saes"] == {"22": str(lens_sae)}
+
+
+def test_reduced_strength_study_chooses_on_dev_and_reports_on_test(lens_sae, tmp_path):
+    """`ipg study strength` at toy size: every candidate and its random arm under every intervention on the
+    development prompts, one choice by the rule, and that choice (with the shipped default) on the test
+    prompts; the page shows the rule, the checks and the massive-activation ratios."""
+    out = tmp_path / "study"
+    flags = (f"--out {out} --config {CONFIG} --seeds 0 --n-support 2 --n-dev 2 --n-test 2 --p 4 --gammas 0 2 "
+             "--candidates layers.22.residual:top layers.22.sae:top --interventions scale mean --max-new-tokens 24")  # fmt: skip
+    assert main(["study", "strength", *flags.split()]) == 0
+    summary = json.loads((out / "study.json").read_text())
+    rows = pq.read_table(out / "items.parquet").to_pylist()
+    dev = {(r["selection"], r["intervention"], r["gamma"]) for r in rows if r["split"] == "dev"}
+    arms = ("layers.22.residual:top", "layers.22.sae:top", "layers.22.residual:random", "layers.22.sae:random")
+    assert dev == {("unsteered", "none", 1.0)} | {
+        (a, i, g) for a in arms for i in ("scale", "mean") for g in (0.0, 2.0)
+    }
+    assert len(rows) == 2 * len(dev) + 2 * (1 + 2 * len(summary["test_settings"]))  # 2 prompts each, 1 seed
+    chosen = summary["chosen"]
+    assert (chosen["selection"], chosen["intervention"]) == tuple(summary["test_settings"][0])
+    assert chosen["tier"] in ("passes", "keeps the text", "largest margin")
+    assert len(summary["dev"]) == 2 * 2  # candidates x interventions, one gamma pair
+    assert {r["selection"] for r in summary["selections"]} == set(arms)
+    page = (out / "study.md").read_text()
+    assert summary["rule"] in page and "## Are the selected components massive activations?" in page
+    assert ("every check below holds" in page) == summary["test"]["passes"]
