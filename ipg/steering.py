@@ -55,16 +55,8 @@ def site_edits(components: list[ComponentId], gamma: float, intervention: str = 
 
 
 @contextmanager
-def scale(
-    model,
-    components: list[ComponentId],
-    gamma: float,
-    *,
-    positions: str = "generated",
-    saes: dict | None = None,
-    intervention: str = DEFAULT,
-    centre=None,
-):
+def scale(model, components: list[ComponentId], gamma: float, *, positions: str = "generated",
+          saes: dict | None = None, intervention: str = DEFAULT, centre=None):  # fmt: skip
     """Steer each selected component at strength ``gamma`` while the body runs (all hooks removed on exit).
     ``intervention`` (``ipg.interventions``): ``scale`` (the default, h -> gamma h, what ``ipg run`` ships),
     ``mean`` or ``add``, which need ``centre``: one support mean per component."""
