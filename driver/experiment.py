@@ -145,7 +145,7 @@ class Experiment:
         self.tables = RunTables()
         self.said_candidates = False  # the log says once that attribution.candidates was raised
         self.pending: list[_Pending] = []  # queued evaluations (queue, flush)
-        self.site_means: dict = {}  # (seed, site) -> support mean per component (centred interventions)
+        self.site_means: dict = {}  # seed -> {site: support mean per component} (centred interventions)
         self.magnitudes: dict = {}  # (layer, seed) -> mean |activation| over the layer's median, per coordinate
         self.main_tables: dict[int, pa.Table] = {}  # the run's method's accuracy scores per seed (for stability)
         if on_ray:
@@ -391,11 +391,12 @@ class Experiment:
     def _centres(self, components, rollouts, acfg, seed: int) -> list[float]:
         """Each component's mean over the decision positions of the seed's support rollouts (the centre of the
         'mean' and 'add' interventions), one support pass per site and seed."""
-        for site in {c.site for c in components} - {s for k, s in self.site_means if k == seed}:
+        means = self.site_means.setdefault(seed, {})
+        for site in {c.site for c in components} - set(means):
             site_cfg = dataclasses.replace(acfg, baseline="mean", layers=(site.layer,), kind=site.kind)
             with self.timers("baseline_statistics"):
-                self.site_means[seed, site] = self.lm.site_baseline(rollouts, site, site_cfg)
-        return centres({site: m for (k, site), m in self.site_means.items() if k == seed}, components)
+                means[site] = self.lm.site_baseline(rollouts, site, site_cfg)
+        return centres(means, components)
 
     def _random(self, site: Site, p: int, seed: int, draw: int = 0):
         return random_components(self.width(site), site, p, seed, draw=draw)

@@ -9,8 +9,6 @@ from ipg.errors import InputError
 from ipg.interventions import INTERVENTIONS
 from ipg.sites import ComponentId, Site
 
-BREAKAGE = 0.10  # the looping share may move, and the answering share fall, by this much at most
-
 RULE = (
     "On the development prompts, for every candidate (selection, intervention) and every pair of gammas "
     "lo < 1 < hi from the grid: it **passes** when (1) mean length at lo is below the unsteered model's and "

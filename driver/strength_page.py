@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from ipg.driver.strength_config import BREAKAGE
-
 
 def _iv(d: dict, signed: bool = True) -> str:
     f = "+.1f" if signed else ".1f"
@@ -19,21 +17,20 @@ def _g(x: float) -> str:
 
 
 def _checks(v: dict) -> list[str]:
-    lo, hi = v["lo"], v["hi"]
-    base = v["unsteered"]
-    ok = lambda b: "yes" if b else "**no**"  # noqa: E731
+    """The rule's tests of one setting, each with its number and verdict (``Study.verdict``'s ``checks``)."""
+    lo, hi, base, ok = v["lo"], v["hi"], v["unsteered"], v["checks"]
+    mark = lambda name: "yes" if ok[name] else "**no**"  # noqa: E731
     rows = [
-        f"gamma {_g(lo)} shorter than unsteered: {_iv(v['shorter_vs_unsteered'])} tokens: {ok(v['shorter_vs_unsteered']['high'] < 0)}",
-        f"gamma {_g(lo)} shorter than random at {_g(lo)}: {_iv(v['shorter_vs_random'])} tokens: {ok(v['shorter_vs_random']['high'] < 0)}",
-        f"gamma {_g(hi)} longer than unsteered: {_iv(v['longer_vs_unsteered'])} tokens: {ok(v['longer_vs_unsteered']['low'] > 0)}",
-        f"gamma {_g(hi)} longer than random at {_g(hi)}: {_iv(v['longer_vs_random'])} tokens: {ok(v['longer_vs_random']['low'] > 0)}",
+        f"gamma {_g(lo)} shorter than unsteered: {_iv(v['shorter_vs_unsteered'])} tokens: {mark('shorter_vs_unsteered')}",
+        f"gamma {_g(lo)} shorter than random at {_g(lo)}: {_iv(v['shorter_vs_random'])} tokens: {mark('shorter_vs_random')}",
+        f"gamma {_g(hi)} longer than unsteered: {_iv(v['longer_vs_unsteered'])} tokens: {mark('longer_vs_unsteered')}",
+        f"gamma {_g(hi)} longer than random at {_g(hi)}: {_iv(v['longer_vs_random'])} tokens: {mark('longer_vs_random')}",
     ]
     for end, g in (("lo", lo), ("hi", hi)):
-        loop, ans = v["loop_share"][end], v["answered_share"][end]
         rows.append(
-            f"gamma {_g(g)}: looping {_pct(loop)} (unsteered {_pct(base['looped'])}): "
-            f"{ok(abs(loop - base['looped']) <= BREAKAGE + 1e-9)}; stating an answer {_pct(ans)} "
-            f"(unsteered {_pct(base['answered'])}): {ok(ans >= base['answered'] - BREAKAGE - 1e-9)}"
+            f"gamma {_g(g)}: looping {_pct(v['loop_share'][end])} (unsteered {_pct(base['looped'])}): "
+            f"{mark(f'loops_{end}')}; stating an answer {_pct(v['answered_share'][end])} "
+            f"(unsteered {_pct(base['answered'])}): {mark(f'answers_{end}')}"
         )
     return [f"- {r}" for r in rows]
 

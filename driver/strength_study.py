@@ -28,7 +28,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ipg.components import ComponentId
-from ipg.driver.strength_config import BREAKAGE, RULE, StudyConfig, candidate
+from ipg.driver.report.strength import BREAKAGE
+from ipg.driver.strength_config import RULE, StudyConfig, candidate
 from ipg.driver.strength_page import page
 from ipg.errors import InputError
 from ipg.evaluation import LOOP_REPEATS, LOOP_TOKENS, score_items
@@ -196,9 +197,19 @@ class Study:
             difference_interval(m(spec, lo), m("unsteered", 1.0)),
             difference_interval(m(spec, hi), m("unsteered", 1.0)),
         )
-        loops_ok = all(abs(m(spec, g, "looped").mean() - base["looped"]) <= BREAKAGE + 1e-9 for g in (lo, hi))
-        answers_ok = all(m(spec, g, "answered").mean() >= base["answered"] - BREAKAGE - 1e-9 for g in (lo, hi))
-        moves = shorter.high < 0 and longer.low > 0 and vs_lo.high < 0 and vs_hi.low > 0
+        ends = {"lo": lo, "hi": hi}
+        loop_share = {end: m(spec, g, "looped").mean() for end, g in ends.items()}
+        answered_share = {end: m(spec, g, "answered").mean() for end, g in ends.items()}
+        checks = {  # each test of the rule, by name: the page shows them one by one
+            "shorter_vs_unsteered": vs_lo.high < 0,
+            "shorter_vs_random": shorter.high < 0,
+            "longer_vs_unsteered": vs_hi.low > 0,
+            "longer_vs_random": longer.low > 0,
+            **{f"loops_{end}": abs(x - base["looped"]) <= BREAKAGE + 1e-9 for end, x in loop_share.items()},
+            **{f"answers_{end}": x >= base["answered"] - BREAKAGE - 1e-9 for end, x in answered_share.items()},
+        }
+        moves = all(ok for name, ok in checks.items() if "_vs_" in name)
+        keeps_text = all(ok for name, ok in checks.items() if "_vs_" not in name)
         return dict(
             selection=spec,
             intervention=intervention,
@@ -208,12 +219,13 @@ class Study:
             longer_vs_random=longer.as_dict(),
             shorter_vs_unsteered=vs_lo.as_dict(),
             longer_vs_unsteered=vs_hi.as_dict(),
-            loop_share={"lo": m(spec, lo, "looped").mean(), "hi": m(spec, hi, "looped").mean()},
-            answered_share={"lo": m(spec, lo, "answered").mean(), "hi": m(spec, hi, "answered").mean()},
+            loop_share=loop_share,
+            answered_share=answered_share,
             unsteered=base,
+            checks=checks,
             moves=moves,
-            keeps_text=loops_ok and answers_ok,
-            passes=moves and loops_ok and answers_ok,
+            keeps_text=keeps_text,
+            passes=moves and keeps_text,
             margin=min(-shorter.high, longer.low),
         )
 

@@ -69,9 +69,8 @@ def scale(model, components: list[ComponentId], gamma: float, *, positions: str 
             def fn(h, idx=idx, factor=factor, offset=offset):  # h: (B, T_sel, width)
                 idx_d = idx.to(h.device)
                 out = h.clone()
-                out[..., idx_d] = h[..., idx_d] * factor
-                if offset is not None:
-                    out[..., idx_d] = out[..., idx_d] + offset.to(h.device, h.dtype)
+                steered = h[..., idx_d] * factor
+                out[..., idx_d] = steered if offset is None else steered + offset.to(h.device, h.dtype)
                 return out
 
             stack.enter_context(edit(model, site, fn, positions=positions, saes=saes))

@@ -217,9 +217,8 @@ def steering_specs(components, gamma: float, positions: str, saes: dict | None =
 
 def row_variant(steering: dict | None, saes: dict | None = None) -> dict | None:
     """A steering variant (None, {"scale": components, "gamma"[, "intervention", "centre"]}, {"add": layer,
-    "vector", "coefficient"}) as
-    plain data for the engine: component ids as strings, the vector as a list, and the SAE file of every
-    SAE site it scales (``saes``: layer -> path)."""
+    "vector", "coefficient"}) as plain data for the engine: component ids as strings, the vector and the
+    centres as lists, and the SAE file of every SAE site it scales (``saes``: layer -> path)."""
     if steering is None:
         return None
     if "scale" in steering:
