@@ -106,3 +106,23 @@ def test_a_length_range_made_of_loops_is_breakage_not_control():
     assert "its 95% paired interval lies above random's" not in said
     rows = [line for line in detail_lines(items, "length") if line.startswith("| component | 2 |")]
     assert rows and rows[0].split(" | ")[5].startswith("90.0")  # the loop column
+
+
+@pytest.mark.parametrize(
+    "curve, verdict_text",
+    [
+        ((29.88, 29.85, 31.0, 45.0), "monotone increasing"),  # a 0.03-token dip prints as 29.9, 29.9: flat
+        ((60.0, 40.0, 40.2, 20.0), "monotone decreasing"),
+        ((30.0, 30.2, 29.9, 30.1), "flat"),
+        ((30.0, 25.0, 31.0, 40.0), "NOT monotone"),
+    ],
+)
+def test_the_length_evidence_allows_steps_below_its_printed_precision(curve, verdict_text):
+    from ipg.driver.report.write import monotone_lines
+
+    evals = [
+        {"experiment": "length", "method": "component", "layer": 1, "gamma": g, "mean_length": v}
+        for g, v in zip(GAMMAS, curve)
+    ]
+    (line,) = monotone_lines(evals, "length", "component")
+    assert f"**{verdict_text}**" in line
