@@ -306,6 +306,7 @@ def _study(args) -> None:
         n_dev=args.n_dev,
         n_test=args.n_test,
         p=args.p,
+        heads=args.heads,
         candidates=tuple(args.candidates or defaults.candidates),
         interventions=tuple(args.interventions or defaults.interventions),
         gammas=tuple(args.gammas or defaults.gammas),
@@ -487,7 +488,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-dev", type=int, default=d.n_dev, help="eval prompts that choose")
     p.add_argument("--n-test", type=int, default=d.n_test, help="the next eval prompts, which report")
     p.add_argument("--p", type=int, default=d.p, help="components per selection")
-    p.add_argument("--candidates", nargs="+", help=f"SITE:top|abs selections (default {list(d.candidates)})")
+    p.add_argument("--heads", type=int, default=d.heads, help="attention heads per SITE:heads selection")
+    p.add_argument(
+        "--candidates",
+        nargs="+",
+        help=f"SITE:top|abs|heads selections, the first the shipped default (default {list(d.candidates)})",
+    )
     p.add_argument("--interventions", nargs="+", help=f"default {list(d.interventions)}")
     p.add_argument("--gammas", type=float, nargs="+", help=f"default {list(d.gammas)} (1 is the unsteered model)")
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)

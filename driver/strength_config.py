@@ -33,6 +33,7 @@ class StudyConfig:
     n_dev: int = 6
     n_test: int = 16
     p: int = 8
+    heads: int = 1  # attention heads per ``attn:heads`` selection (SmolLM2-135M has 9 per block)
     candidates: tuple[str, ...] = (
         "layers.22.residual:top",
         "layers.22.residual:abs",
@@ -55,16 +56,25 @@ class StudyConfig:
             candidate(c)
         if not set(self.dev_seeds) <= set(self.seeds) or not self.dev_seeds:
             raise InputError(f"study.dev_seeds: must be some of seeds {list(self.seeds)}, got {list(self.dev_seeds)}")
+        if self.heads < 1:
+            raise InputError(f"study.heads: must be >= 1, got {self.heads}")
         if self.threads < 1:
             raise InputError(f"study.threads: must be >= 1, got {self.threads}")
         if self.n_dev < 2 or self.n_test < 2:
             raise InputError(f"study.n_dev, n_test: need at least 2 prompts each, got {self.n_dev} and {self.n_test}")
 
 
+BY = ("top", "abs", "heads")
+
+
 def candidate(spec: str) -> tuple[Site, str]:
-    """``layers.22.residual:top`` -> (Site(22, 'residual'), 'top')."""
+    """``layers.22.residual:top`` -> (Site(22, 'residual'), 'top'). ``top``: the p components of highest signed
+    score; ``abs``: of largest |score|; ``heads`` (``attn`` sites only): every coordinate of the ``heads``
+    attention heads of highest score, each head scored as one unit (``ipg.component_path.head_scores``)."""
     site, _, by = spec.partition(":")
-    if by not in ("top", "abs"):
-        raise InputError(f"study.candidates: '{spec}' needs ':top' or ':abs' after the site")
+    if by not in BY:
+        raise InputError(f"study.candidates: '{spec}' needs ':top', ':abs' or ':heads' after the site")
     c = ComponentId.parse(f"{site}:0")
+    if by == "heads" and c.kind != "attn":
+        raise InputError(f"study.candidates: '{spec}': ':heads' selects attention heads; use an attn site")
     return c.site, by

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import statistics
+
+from ipg.driver.strength_config import StudyConfig
+
 
 def _iv(d: dict, signed: bool = True) -> str:
     f = "+.1f" if signed else ".1f"
@@ -35,6 +40,14 @@ def _checks(v: dict) -> list[str]:
     return [f"- {r}" for r in rows]
 
 
+def _selected(r: dict) -> str:
+    """A selection's components by index (by head for whole heads), with their scores where it has them."""
+    units = [f"head {h}" for h in r["heads"]] if r.get("heads") else [c.split(":")[1] for c in r["components"]]
+    if r["scores"] is None:
+        return ", ".join(units)
+    return ", ".join(f"{u} ({x:+.2g})" for u, x in zip(units, r["scores"]))
+
+
 def _curve_table(curves: list[dict]) -> list[str]:
     """Mean tokens, looping and answering share of every setting at every gamma the split evaluated."""
     unsteered = next(c for c in curves if c["selection"] == "unsteered")
@@ -53,6 +66,22 @@ def _curve_table(curves: list[dict]) -> list[str]:
     return lines
 
 
+def command(sc: dict) -> str:
+    """The command that ran the study: ``ipg study strength`` with every setting that is not the default."""
+    listed = lambda v: list(v) if isinstance(v, (list, tuple)) else v  # noqa: E731 (study.json holds lists)
+    defaults, parts = dataclasses.asdict(StudyConfig()), ["ipg study strength"]
+    for name, value in sc.items():
+        if name == "out" or listed(value) != listed(defaults[name]):
+            value = listed(value)
+            shown = (
+                " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
+                if isinstance(value, list)
+                else value
+            )
+            parts.append(f"--{name.replace('_', '-')} {shown}")
+    return " ".join(parts)
+
+
 def page(s: dict) -> str:
     sc, chosen, test = s["config"], s["chosen"], s["test"]
     held = test["passes"]
@@ -65,7 +94,7 @@ def page(s: dict) -> str:
         f"{sc['n_dev']} development prompts choose; the next {sc['n_test']} eval prompts report.",
         "",
         "```",
-        "ipg study strength --out " + sc["out"],
+        command(sc),
         "```",
         "",
         "**Answer.** "
@@ -131,13 +160,18 @@ def page(s: dict) -> str:
         "Each selected component's mean |activation| over its site's median component (support decision "
         "positions), per seed; a ratio of 10 or more is a massive activation (`ipg.massive`).",
         "",
-        "| seed | selection | ratios of the selected | site's largest | massive selected |",
-        "|---|---|---|---|---|",
+        "| seed | selection | selected | ratios of the selected | site's largest | massive selected |",
+        "|---|---|---|---|---|---|",
     ]
     for r in s["selections"]:
         ratios = r["median_ratio"]
+        shown = (
+            ", ".join(f"{x:.1f}" for x in ratios)
+            if len(ratios) <= 16
+            else f"{min(ratios):.1f} to {max(ratios):.1f} (median {statistics.median(ratios):.1f})"  # whole heads
+        )
         out.append(
-            f"| {r['seed']} | {r['selection']} | {', '.join(f'{x:.1f}' for x in ratios)} | {r['site_max_ratio']:.0f} | "
+            f"| {r['seed']} | {r['selection']} | {_selected(r)} | {shown} | {r['site_max_ratio']:.0f} | "
             f"{sum(x >= 10 for x in ratios)} of {len(ratios)} |"
         )
     t = s["timings"]

@@ -5,11 +5,13 @@ model reasons, without breaking it, and which one ``ipg run`` should ship.
 
 Design, fixed before the data (``RULE`` is the text the results page prints):
 
-- **Candidates**: ``site:by`` selections (p components of a block's residual, MLP or SAE site, by signed
-  score ``top`` or by ``abs``), each under every intervention of ``ipg.interventions`` (scale about zero,
-  about the support mean, a step along the mean), at every gamma of the grid. Each is attributed with the
-  run's method on the length signal, per seed, on the seed's support prompts.
-- **Random**: per site, seed and intervention, p random components under the same intervention and gammas.
+- **Candidates**: ``site:by`` selections (p components of a block's residual, MLP, SAE or attention site,
+  by signed score ``top`` or by ``abs``; or ``heads``: whole attention heads, each scored as one unit),
+  each under every intervention of ``ipg.interventions`` (scale about zero, about the support mean, a step
+  along the mean), at every gamma of the grid. Each is attributed with the run's method on the length
+  signal, per seed, on the seed's support prompts.
+- **Random**: per site, seed and intervention, p random components (as many random whole heads for a heads
+  selection) under the same intervention and gammas.
 - **Splits**: the eval prompts are cut in two: the first ``n_dev`` choose, the next ``n_test`` report.
   Nothing measured on the test prompts feeds the choice.
 - **Outcomes** per trace (greedy): tokens generated, cut off at the limit, loops (``ipg.evaluation.loops``),
@@ -27,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ipg.components import ComponentId
+from ipg.components import ComponentId, head_dim, head_groups
 from ipg.driver.report.strength import BREAKAGE
 from ipg.driver.strength_config import RULE, StudyConfig, candidate
 from ipg.driver.strength_page import page
@@ -93,16 +95,43 @@ class Study:
                 for spec in sc.candidates:
                     s, by = candidate(spec)
                     if s == site:
-                        comps = select(res.table, sc.p, by=by, layer=site.layer, kind=site.kind)
-                        scores = {r["index"]: r["score"] for r in res.table.to_pylist()}
-                        self.selections[seed, spec] = (comps, [scores[c.index] for c in comps])
-                width = len(self.stats[seed, site]["mean"])
-                rng = random.Random(f"strength/random/{site}/{seed}")
-                self.selections[seed, f"{site}:random"] = (
-                    [ComponentId(site.layer, site.kind, i) for i in sorted(rng.sample(range(width), sc.p))],
-                    None,
-                )
+                        self.selections[seed, spec] = (
+                            self._heads(res, site) if by == "heads" else self._top(res, site, by)
+                        )
+                        self.selections[seed, random_of(spec)] = self._random(site, seed, by)
         self.timings["attribution"] = time.perf_counter() - start
+
+    def _top(self, res, site, by: str) -> tuple[list[ComponentId], list[float]]:
+        comps = select(res.table, self.sc.p, by=by, layer=site.layer, kind=site.kind)
+        scores = {r["index"]: r["score"] for r in res.table.to_pylist()}
+        return comps, [scores[c.index] for c in comps]
+
+    def _heads(self, res, site) -> tuple[list[ComponentId], list[float]]:
+        """The ``heads`` attention heads whose joint ablation moves the length surrogate most (per-head path
+        scores, mean over the support prompts), every coordinate of each; the scores are the heads'."""
+        from ipg.component_path import head_scores
+
+        groups = head_groups(self.exp.model, site.layer)
+        if self.sc.heads > len(groups):
+            raise InputError(f"study.heads: block {site.layer} has {len(groups)} heads, fewer than {self.sc.heads}")
+        baseline = self.exp.lm.site_baseline(res.rollouts, site, res.config)
+        per_head = head_scores(self.exp.model, res.rollouts, site.layer, res.config, baseline).mean(0)
+        chosen = sorted(range(len(groups)), key=lambda k: (-per_head[k], k))[: self.sc.heads]
+        comps = [ComponentId(site.layer, site.kind, i) for k in chosen for i in groups[k]]
+        return comps, [float(per_head[k]) for k in chosen]
+
+    def _random(self, site, seed: int, by: str) -> tuple[list[ComponentId], None]:
+        """p random components of the site, or for a heads selection as many random whole heads."""
+        rng = random.Random(f"strength/random/{site}/{seed}" + ("/heads" if by == "heads" else ""))
+        if by == "heads":
+            groups = head_groups(self.exp.model, site.layer)
+            return [
+                ComponentId(site.layer, site.kind, i)
+                for k in sorted(rng.sample(range(len(groups)), self.sc.heads))
+                for i in groups[k]
+            ], None
+        width = len(self.stats[seed, site]["mean"])
+        return [ComponentId(site.layer, site.kind, i) for i in sorted(rng.sample(range(width), self.sc.p))], None
 
     # -- evaluation ----------------------------------------------------------------------------------------
 
@@ -258,9 +287,9 @@ class Study:
         out.mkdir(parents=True, exist_ok=True)
         wall = time.perf_counter()
         self.attribute()
-        sites = sorted({candidate(c)[0] for c in sc.candidates})
+        randoms = sorted({random_of(c) for c in sc.candidates})
         dev_settings = [(c, i) for c in sc.candidates for i in sc.interventions]
-        dev_settings += [(f"{s}:random", i) for s in sites for i in sc.interventions]
+        dev_settings += [(r, i) for r in randoms for i in sc.interventions]
         self.evaluate("dev", dev_settings, sc.gammas)
         choice, tier, found = self.choose()
         self.log(
@@ -315,6 +344,9 @@ class Study:
                     selection=spec,
                     components=[str(c) for c in comps],
                     scores=scores,
+                    heads=sorted({c.index // head_dim(self.exp.model) for c in comps})
+                    if spec.endswith("heads")
+                    else None,
                     median_ratio=[float(ratio[c.index]) for c in comps],
                     mean=[float(st["mean"][c.index]) for c in comps],
                     site_max_ratio=float(ratio.max()),
@@ -351,8 +383,9 @@ class Study:
 
 
 def random_of(spec: str) -> str:
-    """The random arm matched to a candidate: the same site."""
-    return f"{candidate(spec)[0]}:random"
+    """The random arm matched to a candidate: the same site, and whole random heads for a heads selection."""
+    site, by = candidate(spec)
+    return f"{site}:random-heads" if by == "heads" else f"{site}:random"
 
 
 def run_study(sc: StudyConfig, log=print) -> Path:

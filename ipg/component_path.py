@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from ipg.attribution_config import AttributionConfig
-from ipg.components import Site
+from ipg.components import Site, head_groups
 from ipg.gradient_pass import TrajectoryAtSite
 from ipg.rollouts import Rollout
 from ipg.scores import PartialScores, select
@@ -89,8 +89,30 @@ def component_path_scores(
 ) -> np.ndarray:
     """(n_prompts, len(candidates)): CP_i per prompt, the mean over its samples of A_n times the drop in
     log pi(tau_n) when candidate i alone is set to its baseline at the path positions."""
-    out = np.zeros((len(rollouts), len(candidates)), dtype=np.float64)
-    if not candidates:
+    return group_path_scores(model, rollouts, site, [[c] for c in candidates], cfg, baseline, saes)
+
+
+def head_scores(
+    model, rollouts: list[Rollout], layer: int, cfg: AttributionConfig, baseline: torch.Tensor
+) -> np.ndarray:
+    """(n_prompts, n_heads): the per-component path of whole attention heads, each head's coordinates of
+    the ``attn`` site set to their baseline together (a head is the unit attention computes)."""
+    return group_path_scores(model, rollouts, Site(layer, "attn"), head_groups(model, layer), cfg, baseline)
+
+
+def group_path_scores(
+    model,
+    rollouts: list[Rollout],
+    site: Site,
+    groups: list[list[int]],
+    cfg: AttributionConfig,
+    baseline: torch.Tensor,
+    saes: dict | None = None,
+) -> np.ndarray:
+    """(n_prompts, len(groups)): as ``component_path_scores``, with group g's components set to their
+    baselines together: f(h) - f(h with the group := h'), the group's joint ablation on the surrogate."""
+    out = np.zeros((len(rollouts), len(groups)), dtype=np.float64)
+    if not groups:
         return out
     budget = cfg.budget(next(model.parameters()).device)
     for p, r in enumerate(rollouts):
@@ -99,14 +121,16 @@ def component_path_scores(
                 continue  # zero advantage: no contribution
             traj = TrajectoryAtSite.capture(model, site, s, cfg, saes)
             h, T = traj.h, len(traj.ids)
+            on_path = traj.on_path.nonzero().squeeze(1)
             b = baseline.to(device=h.device, dtype=h.dtype)
             per_row = max(2, budget // max(T, 1))  # rows per forward: the unedited one and candidates
             base_logp = None
-            for start in range(0, len(candidates), per_row - 1):
-                chunk = candidates[start : start + per_row - 1]
+            for start in range(0, len(groups), per_row - 1):
+                chunk = groups[start : start + per_row - 1]
                 x = h[None].expand(len(chunk) + 1, *h.shape).clone()
-                for j, c in enumerate(chunk):
-                    x[j + 1, traj.on_path, c] = b[c]
+                for j, group in enumerate(chunk):
+                    idx = torch.tensor(group, device=h.device)
+                    x[j + 1, on_path[:, None], idx[None, :]] = b[idx]  # (path positions, group)
                 with torch.no_grad(), traj.rows(model, site, x, cfg, saes) as rows:
                     logp = rows.double().cpu()
                 base_logp = logp[0] if base_logp is None else base_logp

@@ -4,6 +4,8 @@ A *site* is one hookable tensor of block ``l``; its coordinates are the componen
 
 ``layers.{l}.residual``  output of decoder block l, (B, T, hidden)         -- the paper's neurons
 ``layers.{l}.mlp``       input of block l's ``mlp.down_proj``, (B, T, intermediate)
+``layers.{l}.attn``      input of block l's ``self_attn.o_proj``: the heads' outputs side by side,
+                         (B, T, n_heads * head_dim); head k is coordinates k*head_dim .. (k+1)*head_dim-1
 ``layers.{l}.sae``       TopK SAE features of block l's output, (B, T, n_features); editing keeps the
                          SAE's error term: out = z + W_dec (f' - f), so untouched features leave the
                          block output bit-identical
@@ -26,7 +28,7 @@ from typing import Callable
 import torch
 
 from ipg.errors import InputError
-from ipg.sites import KINDS, ComponentId, Site  # noqa: F401 (re-exported: the pure types live in ipg.sites)
+from ipg.sites import KINDS, PROJECTIONS, ComponentId, Site  # noqa: F401 (re-exported: the pure types live in ipg.sites)
 
 POSITIONS = ("generated", "all")
 
@@ -51,13 +53,8 @@ def check_site(model, site: Site, saes: dict | None = None) -> int:
         raise InputError(f"layers: {site.layer} is out of range for this {n_layers}-layer model; use 0..{n_layers - 1}")
     if site.kind == "residual":
         return model.config.hidden_size
-    if site.kind == "mlp":
-        down = getattr(getattr(decoder_layers(model)[site.layer], "mlp", None), "down_proj", None)
-        if not isinstance(down, torch.nn.Linear):
-            raise InputError(
-                f"kind: 'mlp' needs block {site.layer} to have mlp.down_proj (a Linear); this model has none"
-            )
-        return down.in_features
+    if site.kind in PROJECTIONS:
+        return projection(model, site).in_features
     sae = (saes or {}).get(site.layer)
     if sae is None:
         raise InputError(
@@ -68,6 +65,31 @@ def check_site(model, site: Site, saes: dict | None = None) -> int:
             f"sae: SAE for layer {site.layer} has d_model {sae.d_model}, the model's hidden size is {model.config.hidden_size}"
         )
     return sae.n_features
+
+
+def projection(model, site: Site) -> torch.nn.Linear:
+    """The linear projection whose input is the site (``mlp``: ``mlp.down_proj``, ``attn``: ``self_attn.o_proj``)."""
+    parent, name = PROJECTIONS[site.kind]
+    module = getattr(getattr(decoder_layers(model)[site.layer], parent, None), name, None)
+    if not isinstance(module, torch.nn.Linear):
+        raise InputError(
+            f"kind: '{site.kind}' needs block {site.layer} to have {parent}.{name} (a Linear); this model has none"
+        )
+    return module
+
+
+def head_dim(model) -> int:
+    """Width of one attention head: the group of ``attn`` coordinates that one head writes."""
+    cfg = model.config
+    return int(getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads)
+
+
+def head_groups(model, layer: int) -> list[list[int]]:
+    """The ``attn`` components of block ``layer`` grouped by head: group k holds head k's coordinates."""
+    width, d = check_site(model, Site(layer, "attn")), head_dim(model)
+    if width % d:
+        raise InputError(f"kind: 'attn' width {width} of block {layer} is not a whole number of {d}-wide heads")
+    return [list(range(k * d, (k + 1) * d)) for k in range(width // d)]
 
 
 _PREFIX = ContextVar("ipg_prompt_prefix", default=False)
@@ -115,15 +137,15 @@ def edit(
         raise InputError(f"positions: unknown '{positions}'; use one of {list(POSITIONS)}")
     check_site(model, site, saes)
     block = decoder_layers(model)[site.layer]
-    if site.kind == "mlp":
+    if site.kind in PROJECTIONS:
 
         def pre_hook(module, args):
             if positions == "generated" and _PREFIX.get():
                 return None
-            (x,) = args[:1]  # (B, T, intermediate)
+            (x,) = args[:1]  # (B, T, width): the projection's input
             return (_apply(x, fn, _select(x.shape[1], positions)),) + tuple(args[1:])
 
-        handle = block.mlp.down_proj.register_forward_pre_hook(pre_hook)
+        handle = projection(model, site).register_forward_pre_hook(pre_hook)
     else:
         sae = saes[site.layer] if site.kind == "sae" else None
 
@@ -150,7 +172,7 @@ def edit(
 @contextmanager
 def capture(model, sites: list[Site], saes: dict | None = None):
     """Record each site's activations ``{site: (B, T, width)}`` on the forward passes of the body
-    (the last pass wins). Also records the input of each block that an ``mlp`` site needs, under
+    (the last pass wins). Also records the input of each block that an ``mlp`` or ``attn`` site needs, under
     ``Site(l, "block_input")``. Hooks are removed on exit."""
     store: dict[Site, torch.Tensor] = {}
     handles = []
@@ -159,9 +181,9 @@ def capture(model, sites: list[Site], saes: dict | None = None):
         for site in sites:
             check_site(model, site, saes)
             block = layers[site.layer]
-            if site.kind == "mlp":
+            if site.kind in PROJECTIONS:
                 handles.append(
-                    block.mlp.down_proj.register_forward_pre_hook(
+                    projection(model, site).register_forward_pre_hook(
                         lambda m, args, s=site: store.__setitem__(s, args[0].detach())
                     )
                 )
@@ -198,9 +220,10 @@ def capture_sites(
 ) -> dict[Site, dict[str, torch.Tensor]]:
     """One no-grad forward of the right-padded sequences (causal attention: padding after a sequence
     cannot change it) that records every site: ``{site: {"h": (B, T, width)}}``, plus ``"block_input"``
-    for ``mlp`` sites; an ``sae`` site is captured on the residual (kept as ``"residual"``) and encoded. With ``stop_early`` the
-    forward stops after the highest site's block (the blocks above it and the final norm never run);
-    ZeRO-3 ranks pass False, since their collective parameter gathers expect whole forwards."""
+    for ``mlp`` and ``attn`` sites; an ``sae`` site is captured on the residual (kept as ``"residual"``)
+    and encoded. With ``stop_early`` the forward stops after the highest site's block (the blocks above it
+    and the final norm never run); ZeRO-3 ranks pass False, since their collective parameter gathers
+    expect whole forwards."""
     device = next(model.parameters()).device
     width = max(len(ids) for ids in id_lists)
     ids = torch.tensor([i + [0] * (width - len(i)) for i in id_lists], device=device)  # (B, T)
@@ -225,7 +248,7 @@ def capture_sites(
     for site in sites:
         h = store[Site(site.layer, "residual") if site.kind == "sae" else site]
         out[site] = {"h": saes[site.layer].encode(h), "residual": h} if site.kind == "sae" else {"h": h}
-        if site.kind == "mlp":
+        if site.kind in PROJECTIONS:
             out[site]["block_input"] = store[Site(site.layer, "block_input")]
     return out
 

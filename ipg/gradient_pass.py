@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from ipg.attribution_config import AUTOCAST_DTYPES, AttributionConfig
-from ipg.components import Site, capture_sites, check_site, decoder_layers, edit
+from ipg.components import PROJECTIONS, Site, capture_sites, check_site, decoder_layers, edit
 from ipg.generation import Sample
 from ipg.rollouts import Rollout
 
@@ -310,9 +310,9 @@ def site_scores(
 def from_site(model, site: Site, sae, x: torch.Tensor, h: torch.Tensor, padded, cfg: AttributionConfig):
     """While the body runs, a forward of the model skips the blocks below the site and uses ``x`` (R, T,
     width) for the site's components, whose captured values are ``h``. ``padded(key)`` gives the captured
-    block input (MLP sites) or residual (SAE sites) in the rows' layout. A backward pass must run inside
+    block input (MLP and attention sites) or residual (SAE sites) in the rows' layout. A backward pass must run inside
     the body too: checkpointed blocks recompute their forward then."""
-    if site.kind == "mlp":
+    if site.kind in PROJECTIONS:  # the site's own block runs from its captured input, its projection fed x
         ctx_skip = _skip_blocks(model, site.layer, padded("block_input")) if site.layer > 0 else nullcontext()
         ctx_edit = edit(model, site, lambda _: x, positions="all")
         first_run = site.layer
@@ -341,7 +341,7 @@ class TrajectoryAtSite:
     replacing the site's values (the per-component path, the component cards)."""
 
     ids: list[int]
-    acts: dict[str, torch.Tensor]  # "h" (T, width), plus "block_input" (MLP) or "residual" (SAE) sites
+    acts: dict[str, torch.Tensor]  # "h" (T, width), plus "block_input" (MLP, attention) or "residual" (SAE) sites
     on_path: torch.Tensor  # (T,) bool: the path positions
     targets: torch.Tensor  # (T,) bool: the states that predict generated tokens
 
@@ -404,7 +404,7 @@ def _batch_contributions(
             for r in batch
         ]
     ).to(device)[:, start:]  # (R, T): states that predict generated tokens
-    h = padded("h")  # residual: block output (R, T, hidden); mlp: down_proj input (R, T, inter); sae: features
+    h = padded("h")  # residual: block output (R, T, hidden); mlp/attn: projection input (R, T, width); sae: features
     b = b.to(h.dtype)  # a bf16 model's path stays bf16 (the baseline is kept in float32)
     alpha = torch.tensor([r.alpha for r in batch], device=device, dtype=h.dtype)[:, None, None]
     leaf = (b + alpha * (h - b)).detach().requires_grad_(True)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ipg.components import Site, check_site, decoder_layers
+from ipg.components import PROJECTIONS, Site, check_site, decoder_layers, projection
 
 
 def _on_path(prompt_len: int, total: int, positions: str) -> torch.Tensor:
@@ -35,8 +35,8 @@ def _hook(model, site: Site, saes, state: dict):
         state["h"], state["leaf"] = h, leaf
         return torch.where(state["mask"][None, :, None], leaf, h)
 
-    if site.kind == "mlp":
-        return block.mlp.down_proj.register_forward_pre_hook(
+    if site.kind in PROJECTIONS:
+        return projection(model, site).register_forward_pre_hook(
             lambda m, args: (swapped(args[0].detach()),) + tuple(args[1:])
         )
     sae = saes[site.layer] if site.kind == "sae" else None

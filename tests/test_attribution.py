@@ -37,7 +37,7 @@ def test_deterministic_under_a_seed_and_seed_sensitive(tiny_random):
     assert not np.allclose(a, c)
 
 
-@pytest.mark.parametrize("kind", ["residual", "mlp"])
+@pytest.mark.parametrize("kind", ["residual", "mlp", "attn"])
 def test_invariant_to_micro_batch_size(tiny_random, kind):
     model, tok = tiny_random
     big = _scores(
@@ -207,7 +207,7 @@ def test_on_error_skip_leaves_the_failing_example_out_and_counts_it(tiny_random,
         attribute(model, tok, EXAMPLES, signal=flaky, layers=[0], on_error="ignore", **FAST)
 
 
-@pytest.mark.parametrize("kind", ["residual", "mlp"])
+@pytest.mark.parametrize("kind", ["residual", "mlp", "attn"])
 def test_lockstep_padding_changes_no_score(organism, kind):
     """A ZeRO-3 rank pads to the busiest rank's number of calls with zero-advantage dummies."""
     from ipg.attribution import AttributionConfig, sample_rollouts, shard_scores
@@ -221,7 +221,7 @@ def test_lockstep_padding_changes_no_score(organism, kind):
     )
     sig = make_signal("accuracy")
     rollouts = sample_rollouts(model, tok, splits()["support"][:5], sig, cfg)
-    width = 128 if kind == "residual" else 512
+    width = {"residual": 128, "mlp": 512, "attn": 128}[kind]
     base = {Site(1, kind): torch.zeros(width)}
     whole = dataclasses.replace(cfg, share_prefix=False)  # as a ZeRO-3 rank runs: whole sequences
     plain = shard_scores(model, tok, rollouts, sig, whole, [Site(1, kind)], base).partial.means(Site(1, kind))

@@ -146,12 +146,14 @@ def test_reduced_strength_study_chooses_on_dev_and_reports_on_test(lens_sae, tmp
     prompts; the page shows the rule, the checks and the massive-activation ratios."""
     out = tmp_path / "study"
     flags = (f"--out {out} --config {CONFIG} --seeds 0 --n-support 2 --n-dev 2 --n-test 2 --p 4 --gammas 0 2 "
-             "--candidates layers.22.residual:top layers.22.sae:top --interventions scale mean --max-new-tokens 24")  # fmt: skip
+             "--candidates layers.22.residual:top layers.22.sae:top layers.22.attn:heads --interventions scale mean "
+             "--max-new-tokens 24")  # fmt: skip
     assert main(["study", "strength", *flags.split()]) == 0
     summary = json.loads((out / "study.json").read_text())
     rows = pq.read_table(out / "items.parquet").to_pylist()
     dev = {(r["selection"], r["intervention"], r["gamma"]) for r in rows if r["split"] == "dev"}
-    arms = ("layers.22.residual:top", "layers.22.sae:top", "layers.22.residual:random", "layers.22.sae:random")
+    arms = ("layers.22.residual:top", "layers.22.sae:top", "layers.22.attn:heads")
+    arms += ("layers.22.residual:random", "layers.22.sae:random", "layers.22.attn:random-heads")
     assert dev == {("unsteered", "none", 1.0)} | {
         (a, i, g) for a in arms for i in ("scale", "mean") for g in (0.0, 2.0)
     }
@@ -159,8 +161,12 @@ def test_reduced_strength_study_chooses_on_dev_and_reports_on_test(lens_sae, tmp
     chosen = summary["chosen"]
     assert (chosen["selection"], chosen["intervention"]) == tuple(summary["test_settings"][0])
     assert chosen["tier"] in ("passes", "keeps the text", "largest margin")
-    assert len(summary["dev"]) == 2 * 2  # candidates x interventions, one gamma pair
+    assert len(summary["dev"]) == 3 * 2  # candidates x interventions, one gamma pair
     assert {r["selection"] for r in summary["selections"]} == set(arms)
+    for r in summary["selections"]:  # one whole head of SmolLM2's nine (64 coordinates of o_proj's input)
+        if r["selection"].endswith("heads"):
+            (head,) = r["heads"]
+            assert r["components"] == [f"layers.22.attn:{i}" for i in range(64 * head, 64 * head + 64)]
     page = (out / "study.md").read_text()
     assert summary["rule"] in page and "## Are the selected components massive activations?" in page
     assert ("every check below holds" in page) == summary["test"]["passes"]

@@ -71,6 +71,10 @@ def test_mlp_sites_equal_the_reference(organism64, support):
     _compare(organism64, support, [Site(0, "mlp"), Site(2, "mlp")])
 
 
+def test_attention_sites_equal_the_reference(organism64, support):
+    _compare(organism64, support, [Site(0, "attn"), Site(2, "attn")])
+
+
 def test_sae_site_equals_the_reference(organism64, support):
     _compare(organism64, support, [Site(2, "sae")], saes=_saes())
 

@@ -79,9 +79,37 @@ def test_with_no_clean_setting_the_rule_names_the_closest_and_the_page_says_so()
 
 def test_study_settings_are_checked():
     assert candidate("layers.22.sae:top") == (Site(22, "sae"), "top") and random_of(TOP) == RANDOM
-    with pytest.raises(InputError, match="study.candidates: 'layers.22.mlp' needs ':top' or ':abs'"):
+    with pytest.raises(InputError, match="study.candidates: 'layers.22.mlp' needs ':top', ':abs' or ':heads'"):
         StudyConfig(candidates=("layers.22.mlp",))
+    assert candidate("layers.22.attn:heads") == (Site(22, "attn"), "heads")
+    assert random_of("layers.22.attn:heads") == "layers.22.attn:random-heads"
+    with pytest.raises(InputError, match="':heads' selects attention heads; use an attn site"):
+        StudyConfig(candidates=("layers.22.residual:heads",))
+    with pytest.raises(InputError, match="study.heads: must be >= 1"):
+        StudyConfig(heads=0)
     with pytest.raises(InputError, match="study.gammas: need gammas below and above 1 and not 1 itself"):
         StudyConfig(gammas=(0.0, 1.0, 2.0))
     with pytest.raises(InputError, match="study.interventions: unknown 'zero'"):
         StudyConfig(interventions=("zero",))
+
+
+def test_the_page_gives_the_command_that_ran_and_names_selected_heads():
+    st = _study()
+    choice, tier, found = st.choose()
+    st.sc = StudyConfig(  # as if these had run too: the page reads the config and the selections
+        candidates=(TOP, "layers.2.attn:heads"), gammas=(0.0, 3.0), n_dev=N, n_test=N, interventions=("scale", "mean")
+    )
+    heads = [ComponentId(2, "attn", i) for i in range(32, 64)]
+    st.selections[0, "layers.2.attn:heads"] = (heads, [0.25])
+    st.stats[0, Site(2, "attn")] = {"mean": np.zeros(64), "mean_abs": np.ones(64)}
+
+    class _Model:  # head_dim reads the model's config only
+        config = type("C", (), {"head_dim": 32})()
+
+    st.exp = type("E", (), {"model": _Model()})()
+    text = page(st.summary(choice, tier, found, st.test_settings(choice)))
+    assert (
+        "ipg study strength --out runs/strength --n-dev 8 --n-test 8 --candidates layers.2.residual:top "
+        "layers.2.attn:heads --interventions scale mean --gammas 0 3"
+    ) in text
+    assert "| 0 | layers.2.attn:heads | head 1 (+0.25) | 1.0 to 1.0 (median 1.0) | 1 | 0 of 32 |" in text

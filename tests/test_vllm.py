@@ -65,7 +65,10 @@ def _components(kind, layer, n, width, seed=0):
     return [ComponentId(layer, kind, i) for i in idx]
 
 
-@pytest.mark.parametrize("kind, layer, n, width", [("residual", 2, 24, 128), ("mlp", 1, 384, 512), ("sae", 2, 24, 256)])
+@pytest.mark.parametrize(
+    "kind, layer, n, width",
+    [("residual", 2, 24, 128), ("mlp", 1, 384, 512), ("sae", 2, 24, 256), ("attn", 1, 64, 128)],
+)
 def test_steering_inside_vllm_equals_steering_hf(engine, organism, kind, layer, n, width):
     from ipg.workers.rollout import load_saes
 

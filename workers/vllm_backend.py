@@ -21,8 +21,9 @@ prefix caching off. vLLM's decoder layers return
 ``hidden + residual`` and hands ``(edited, 0)`` on, which the next fused add turns back into exactly
 ``edited``. The decision positions (``positions="generated"``) are the last query token of every
 request in the step (``query_start_loc[1:] - 1``): the last prompt token at prefill, the new token at
-decode, as in the HF backend. MLP neurons are the input of ``mlp.down_proj`` (under tensor parallelism
-each rank holds a slice of them; indices are mapped to the rank's slice).
+decode, as in the HF backend. MLP neurons are the input of ``mlp.down_proj``, attention coordinates the
+input of ``self_attn.o_proj`` (under tensor parallelism each rank holds a slice of either; indices are
+mapped to the rank's slice).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ipg.components import ComponentId, Site
+from ipg.components import PROJECTIONS, ComponentId, Site
 from ipg.errors import InputError
 from ipg.generation import Sample, SamplingParams, sample_seed
 from ipg.interventions import DEFAULT as DEFAULT_INTERVENTION
@@ -342,7 +343,7 @@ def _decision_rows(n_tokens: int, positions: str, device) -> torch.Tensor | None
 
 
 def _component_fn(spec: dict, device, dtype, lo: int = 0, hi: int | None = None):
-    """The edit in component space: x (rows, width) -> x'. ``lo:hi`` is this rank's slice (MLP under TP)."""
+    """The edit in component space: x (rows, width) -> x'. ``lo:hi`` is this rank's slice of a projection's input (TP)."""
     if spec["op"] == "scale":
         idx = torch.tensor(
             [i - lo for i in spec["indices"] if lo <= i < (hi if hi is not None else 1 << 62)],
@@ -370,21 +371,28 @@ def _component_fn(spec: dict, device, dtype, lo: int = 0, hi: int | None = None)
     return fn
 
 
+def _projection(block, kind: str):
+    """(the block's projection whose input is a ``kind`` site, the slice of that input this rank holds): a
+    row-parallel projection splits its input across tensor-parallel ranks."""
+    from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+
+    parent, name = PROJECTIONS[kind]
+    module = getattr(getattr(block, parent), name)
+    width = module.input_size_per_partition if hasattr(module, "input_size_per_partition") else module.weight.shape[1]
+    rank = get_tensor_model_parallel_rank() if get_tensor_model_parallel_world_size() > 1 else 0
+    return module, slice(rank * width, (rank + 1) * width)
+
+
 def install_hooks(model, specs: list[dict]) -> int:
     remove_hooks(model)
     handles = []
     layers = model.model.layers
     for spec in specs:
         block = layers[spec["layer"]]
-        if spec["kind"] == "mlp":
-            from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
-
-            down = block.mlp.down_proj
-            width = down.input_size_per_partition if hasattr(down, "input_size_per_partition") else down.weight.shape[1]
-            rank = get_tensor_model_parallel_rank() if get_tensor_model_parallel_world_size() > 1 else 0
-            lo, hi = rank * width, (rank + 1) * width
-            param = next(down.parameters())
-            fn = _component_fn(spec, param.device, param.dtype, lo, hi)
+        if spec["kind"] in PROJECTIONS:
+            proj, part = _projection(block, spec["kind"])
+            param = next(proj.parameters())
+            fn = _component_fn(spec, param.device, param.dtype, part.start, part.stop)
 
             def pre_hook(module, args, fn=fn, positions=spec["positions"]):
                 x = args[0]
@@ -395,7 +403,7 @@ def install_hooks(model, specs: list[dict]) -> int:
                 out[rows] = fn(x[rows]).to(x.dtype)
                 return (out, *args[1:])
 
-            handles.append(down.register_forward_pre_hook(pre_hook))
+            handles.append(proj.register_forward_pre_hook(pre_hook))
             continue
         sae = spec["sae"]
         param = next(block.parameters())
@@ -471,20 +479,17 @@ def install_row_hooks(model, runner, variants: list[dict | None], positions: str
         elif site.kind == "sae":
             widths[site] = saes[site.layer].n_features
         else:
-            from vllm.distributed import get_tensor_model_parallel_rank, get_tensor_model_parallel_world_size
+            from vllm.distributed import get_tensor_model_parallel_world_size
 
-            down = layers[site.layer].mlp.down_proj
-            width = down.input_size_per_partition if hasattr(down, "input_size_per_partition") else down.weight.shape[1]
-            tp = get_tensor_model_parallel_world_size()
-            rank = get_tensor_model_parallel_rank() if tp > 1 else 0
-            widths[site], slices[site] = width * tp, slice(rank * width, (rank + 1) * width)
+            _, part = _projection(layers[site.layer], site.kind)
+            widths[site], slices[site] = (part.stop - part.start) * get_tensor_model_parallel_world_size(), part
     handles = []
     for site, table in variant_tables(variants, widths).items():
         block = layers[site.layer]
         param = next(block.parameters())
         table = {k: t[:, slices[site]] if site in slices else t for k, t in table.items()}
         table = {k: t.to(param.device) for k, t in table.items()}
-        if site.kind == "mlp":
+        if site.kind in PROJECTIONS:
 
             def pre_hook(module, args, table=table):
                 x = args[0]
@@ -496,7 +501,7 @@ def install_row_hooks(model, runner, variants: list[dict | None], positions: str
                 out[rows] = apply_rows(x[rows], table, variant)
                 return (out, *args[1:])
 
-            handles.append(block.mlp.down_proj.register_forward_pre_hook(pre_hook))
+            handles.append(_projection(block, site.kind)[0].register_forward_pre_hook(pre_hook))
             continue
         sae = saes[site.layer].to(param.device) if site.kind == "sae" else None
 
