@@ -28,10 +28,10 @@ def error_class(exc: BaseException) -> str:
     return "item" if isinstance(exc, ItemError) or getattr(exc, "example_id", None) is not None else "fatal"
 
 
-def cause(exc: BaseException) -> BaseException:
-    """The worker's own exception, typed, inside Ray's errors: a task error's cause, an actor's creation
-    error, and the errors of tasks whose inputs failed (a chain of refs: rollouts -> gradient -> merge),
-    unwrapped to the innermost (or ``exc`` itself)."""
+def chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and the errors inside it, outermost first: a task error's cause, an actor's creation error,
+    and the errors of tasks whose inputs failed (a chain of refs: rollouts -> gradient -> merge)."""
+    out = [exc]
     for _ in range(32):  # chains are as long as the refs a result passed through
         inner = next(
             (
@@ -46,5 +46,11 @@ def cause(exc: BaseException) -> BaseException:
         )
         if inner is None:
             break
+        out.append(inner)
         exc = inner
-    return exc
+    return out
+
+
+def cause(exc: BaseException) -> BaseException:
+    """The worker's own exception, typed, inside Ray's errors: the innermost of ``chain`` (or ``exc``)."""
+    return chain(exc)[-1]

@@ -566,6 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    for stream in (sys.stdout, sys.stderr):  # a job log (a pipe or a file) gets each progress line as it is written
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(line_buffering=True)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # anywhere on the line: tracebacks on the terminal
     argv = [a for a in argv if a != "--debug"]

@@ -76,3 +76,16 @@ def test_models_command_lists_and_refuses_unknown_names(empty_cache, capsys):
     assert main(["models", "build", "gpt-17"]) == 2
     assert "error: models build: unknown 'gpt-17'" in capsys.readouterr().err
     assert catalog.model_names() == ["organism", "smollm2-135m-instruct"]
+
+
+def test_each_line_reaches_a_job_log_as_it_is_written(empty_cache, monkeypatch):
+    """stdout into a pipe or file is block-buffered by default: a long run's progress lines would reach the
+    job log only at the end. The CLI makes it line-buffered."""
+    import io
+    import sys
+
+    sink = io.BytesIO()
+    out = io.TextIOWrapper(sink, encoding="utf-8")  # as Python opens a redirected stdout: not line-buffered
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["models"]) == 0
+    assert b"smollm2-135m-instruct" in sink.getvalue()  # written through without a flush

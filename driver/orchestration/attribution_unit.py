@@ -71,6 +71,11 @@ class AttributionUnits:
         call: the group runs in lockstep)."""
         return self.groups[k % len(self.groups)]
 
+    def on_weights(self, call, what: str):
+        """``call(actor)`` (an actor method's ``.remote``) on the first gradient group, which holds the weights
+        (every rank of a ZeRO-3 group runs it, in lockstep); the first rank's answer."""
+        return get([call(a) for a in self._group(0)], what)[0]
+
     def attribute(
         self,
         examples: list[dict],
@@ -99,7 +104,7 @@ class AttributionUnits:
             )
         sites = [Site(layer, cfg.kind) for layer in cfg.layers]
         # validates layers/kind against the model where it lives (the driver loads no weights)
-        info = get([a.describe.remote(sites) for a in self._group(0)][0], "gradient worker")
+        info = self.on_weights(lambda actor: actor.describe.remote(sites), "gradient worker")
         candidates = None
         if cfg.path.per_component:
             if self.cfg.gradient_backend == "deepspeed":

@@ -6,7 +6,7 @@ import re
 
 import ray
 
-from ipg.cluster.errors import FatalError, ItemError, cause
+from ipg.cluster.errors import FatalError, ItemError, cause, chain
 from ipg.errors import InputError
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")  # Ray colours the process name on a terminal
@@ -39,14 +39,7 @@ def where_raised(exc: BaseException) -> str:
     worker's own traceback, as Ray formats them ('' when ``exc`` carries none, e.g. a lost node). Ray delivers
     a task error as an instance of both RayTaskError and the worker's exception class, which keeps no fields
     but its text: that text is read."""
-    task = None
-    for _ in range(32):  # the innermost task error: the one whose cause is the worker's own exception
-        if isinstance(exc, ray.exceptions.RayTaskError):
-            task = exc
-        nxt = exc.__dict__.get("cause")
-        if not isinstance(nxt, BaseException) or nxt is exc:
-            break
-        exc = nxt
+    task = next((e for e in reversed(chain(exc)) if isinstance(e, ray.exceptions.RayTaskError)), None)
     if task is None:
         return ""
     return "raised in " + _ANSI.sub("", str(task)).strip()

@@ -219,8 +219,3 @@ class RaySession(AttributionUnits):
             for k, (sid, part) in enumerate(shard(prepare_examples(examples), self.cfg.shard_size))
         ]
         return [r for part in get(refs, "support rollouts") for r in part.rollouts]
-
-    def on_weights(self, call, what: str):
-        """``call(actor)`` (an actor method's ``.remote``) on the first gradient group, which holds the weights
-        (every rank of a ZeRO-3 group runs it, in lockstep); the first rank's answer."""
-        return get([call(a) for a in self._group(0)], what)[0]
