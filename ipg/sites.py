@@ -10,7 +10,7 @@ from ipg.errors import InputError
 KINDS = ("residual", "mlp", "sae", "attn")
 # Kinds whose components are the input of one of the block's linear projections: (submodule, projection).
 # ``attn`` is the concatenated per-head output that ``o_proj`` mixes: head k owns coordinates
-# k * head_dim .. (k + 1) * head_dim - 1, so a head is a group of components (``ipg.scores.select_heads``).
+# k * head_dim .. (k + 1) * head_dim - 1, so a head is a group of components (``ipg.components.head_groups``).
 PROJECTIONS = {"mlp": ("mlp", "down_proj"), "attn": ("self_attn", "o_proj")}
 _ID = re.compile(r"^layers\.(\d+)\.(residual|mlp|sae|attn):(\d+)$")
 
